@@ -1,0 +1,113 @@
+"""Strict assembly of jtlens params from checkpoint tensors.
+
+A conversion reads tensors through a `TensorReader`, which remembers which ones it consumed:
+every checkpoint tensor must be consumed or explicitly ignored, every param filled, every shape
+checked against `jtlens.param_shapes(cfg)`. A checkpoint that does not fit fails naming the
+first tensor that does not.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable, Iterable, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+
+from jtlens.config import Config
+from jtlens.model import param_shapes
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not fit the architecture it claims."""
+
+
+class TensorReader:
+    """Hands out checkpoint tensors as float32/64 numpy arrays and tracks what was consumed."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray], source: str = "checkpoint"):
+        self.tensors = tensors
+        self.source = source
+        self.used: set[str] = set()
+        self.ignored: set[str] = set()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def take(self, name: str) -> np.ndarray:
+        if name not in self.tensors:
+            near = [k for k in self.tensors if k.split(".")[-1] == name.split(".")[-1]][:5]
+            raise ConversionError(f"{self.source}: missing tensor {name!r}"
+                                  + (f" (similar: {near})" if near else ""))
+        self.used.add(name)
+        return np.asarray(self.tensors[name])
+
+    def take_optional(self, name: str):
+        return self.take(name) if name in self.tensors else None
+
+    def ignore(self, *patterns: str):
+        """Mark tensors matching glob patterns as deliberately unused (e.g. cached rotary buffers)."""
+        for k in self.tensors:
+            if any(fnmatch.fnmatch(k, p) for p in patterns):
+                self.ignored.add(k)
+
+    def finish(self):
+        left = sorted(set(self.tensors) - self.used - self.ignored)
+        if left:
+            raise ConversionError(f"{self.source}: {len(left)} tensor(s) not used by the conversion, "
+                                  f"first {left[0]!r}; this checkpoint does not fit the architecture "
+                                  f"(all unused: {left[:10]}{'...' if len(left) > 10 else ''})")
+
+
+def stack_layers(n_layers: int, per_layer: Callable[[int], dict]) -> dict:
+    """Stack per-layer param dicts (same nesting) along a new leading layer axis."""
+    layers = [per_layer(l) for l in range(n_layers)]
+
+    def stack(items):
+        first = items[0]
+        if isinstance(first, dict):
+            return {k: stack([it[k] for it in items]) for k in first}
+        return np.stack(items)
+
+    return stack(layers)
+
+
+def check_and_cast(params: dict, cfg: Config, dtype=None) -> dict:
+    """Check `params` has exactly the tree and shapes of `param_shapes(cfg)`; cast to the model dtype."""
+    want = param_shapes(cfg)
+    dtype = jnp.dtype(dtype or cfg.dtype)
+
+    def walk(got, exp, path):
+        if isinstance(exp, dict):
+            if not isinstance(got, dict):
+                raise ConversionError(f"param {path or '<root>'} should be a dict")
+            missing = sorted(set(exp) - set(got))
+            extra = sorted(set(got) - set(exp))
+            if missing:
+                raise ConversionError(f"param {path + '.' if path else ''}{missing[0]} was not filled "
+                                      f"by the conversion (missing: {missing})")
+            if extra:
+                raise ConversionError(f"param {path + '.' if path else ''}{extra[0]} is not part of "
+                                      f"this architecture (extra: {extra})")
+            return {k: walk(got[k], exp[k], f"{path}.{k}" if path else k) for k in exp}
+        arr = np.asarray(got)
+        if tuple(arr.shape) != tuple(exp):
+            raise ConversionError(f"param {path}: converted tensor has shape {tuple(arr.shape)}, "
+                                  f"the config expects {tuple(exp)}")
+        return jnp.asarray(arr, dtype=dtype)
+
+    return walk(params, want, "")
+
+
+def heads(w: np.ndarray, n_heads: int, d_head: int) -> np.ndarray:
+    """A torch Linear weight [n_heads*d_head, d_model] -> [n_heads, d_model, d_head]."""
+    return w.reshape(n_heads, d_head, -1).transpose(0, 2, 1)
+
+
+def heads_out(w: np.ndarray, n_heads: int, d_head: int) -> np.ndarray:
+    """An output Linear weight [d_model, n_heads*d_head] -> [n_heads, d_head, d_model]."""
+    return w.T.reshape(n_heads, d_head, -1)
+
+
+def zeros_or(x, shape: Iterable[int]) -> np.ndarray:
+    return np.zeros(tuple(shape), np.float32) if x is None else x

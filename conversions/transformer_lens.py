@@ -1,0 +1,62 @@
+"""TransformerLens state dicts and configs -> jtlens, for users moving a trained model over.
+
+`params_from_state_dict(model.state_dict(), cfg)` takes a HookedTransformer's (numpy-converted)
+state dict; `config_from_tl(model.cfg)` its HookedTransformerConfig.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import numpy as np
+
+from conversions.common import TensorReader, check_and_cast, stack_layers
+from jtlens.config import Config
+from jtlens.model import param_shapes
+
+
+def config_from_tl(tl_cfg: Any) -> Config:
+    """A jtlens Config from a HookedTransformerConfig (or its dict), field by field."""
+    src = tl_cfg if isinstance(tl_cfg, Mapping) else vars(tl_cfg)
+    kwargs = {}
+    for f in dataclasses.fields(Config):
+        if f.name in src and src[f.name] is not None or f.name in ("d_mlp", "rotary_dim"):
+            value = src.get(f.name)
+            if f.name == "dtype":
+                value = str(value).replace("torch.", "")
+            if f.name == "attn_types" and value is not None:
+                value = tuple(value)
+            kwargs[f.name] = value
+    if src.get("positional_embedding_type") != "rotary":
+        kwargs["rotary_dim"] = None
+    return Config(**kwargs)
+
+
+def params_from_state_dict(state_dict: Mapping[str, Any], cfg: Config) -> dict:
+    """Layer-stacked jtlens params from a TransformerLens state dict (strict)."""
+    tensors = {k: np.asarray(v.detach().float().numpy() if hasattr(v, "detach") else v)
+               for k, v in state_dict.items()}
+    r = TensorReader(tensors, "TransformerLens state dict")
+    r.ignore("*.attn.IGNORE", "*.attn.mask", "*.attn.rotary_sin", "*.attn.rotary_cos")
+    if cfg.positional_embedding_type != "standard":
+        r.ignore("pos_embed.W_pos")  # TransformerLens keeps an unused table for rotary/ALiBi models
+    shapes = param_shapes(cfg)
+
+    def sub(prefix, tree):
+        out = {}
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                out[k] = sub(f"{prefix}{k}.", v)
+            else:
+                name = f"{prefix}{k}"
+                if name not in r and f"{prefix}_{k}" in r:  # GQA keeps unexpanded _W_K/_W_V
+                    name = f"{prefix}_{k}"
+                out[k] = r.take(name)
+        return out
+
+    block_shapes = shapes.pop("blocks")
+    params = {k: sub(f"{k}.", v) for k, v in shapes.items()}
+    params["blocks"] = stack_layers(cfg.n_layers, lambda l: sub(f"blocks.{l}.", block_shapes))
+    r.finish()
+    return check_and_cast(params, cfg)

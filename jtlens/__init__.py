@@ -1,0 +1,17 @@
+"""jtlens: TransformerLens as pure JAX functions.
+
+    params = jtlens.init_params(cfg, key)
+    logits = jtlens.forward(params, tokens, cfg)
+    logits, cache = jtlens.forward(params, tokens, cfg, hooks=jtlens.Hooks(capture=True))
+"""
+
+from jtlens.cache import ActivationCache as ActivationCache
+from jtlens.components import lm_cross_entropy_loss as lm_cross_entropy_loss
+from jtlens.config import Config as Config
+from jtlens.hooks import HookPoint as HookPoint
+from jtlens.hooks import Hooks as Hooks
+from jtlens.hooks import get_act_name as get_act_name
+from jtlens.hooks import hook_names as hook_names
+from jtlens.model import forward as forward
+from jtlens.model import init_params as init_params
+from jtlens.model import param_shapes as param_shapes

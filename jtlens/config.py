@@ -1,0 +1,155 @@
+"""Config: every architecture knob of the one forward, with TransformerLens's field names.
+
+A `Config` is frozen and hashable because `jax.jit` takes it as a static argument; derived
+fields (`n_heads`, `d_mlp`, `rotary_dim`, `attn_scale`, ...) are filled in at construction,
+exactly as `HookedTransformerConfig.__post_init__` fills them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional
+
+ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "silu", "relu2", "solu")
+NORMALIZATIONS = ("LN", "LNPre", "RMS", "RMSPre", None)
+POSITIONAL_EMBEDDINGS = ("standard", "rotary", "alibi")
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Architecture of a transformer; field names and defaults follow `HookedTransformerConfig`.
+
+    Derived fields left at their sentinel (-1 / None) are filled in on construction:
+    `n_heads = d_model // d_head`, `d_mlp = 4 * d_model`, `d_vocab_out = d_vocab`,
+    `rotary_dim = d_head`, `attn_scale = sqrt(d_head)`, `initializer_range = 0.8 / sqrt(d_model)`.
+    """
+
+    n_layers: int
+    d_model: int
+    n_ctx: int
+    d_head: int
+    n_heads: int = -1
+    d_mlp: Optional[int] = None
+    d_vocab: int = -1
+    d_vocab_out: int = -1
+    act_fn: str = "relu"
+    normalization_type: Optional[str] = "LN"
+    final_rms: bool = False
+    eps: float = 1e-5
+    positional_embedding_type: str = "standard"
+    rotary_dim: Optional[int] = None
+    rotary_base: float = 10000.0
+    rotary_adjacent_pairs: bool = False
+    use_NTK_by_parts_rope: bool = False
+    NTK_by_parts_low_freq_factor: float = 1.0
+    NTK_by_parts_high_freq_factor: float = 4.0
+    NTK_by_parts_factor: float = 8.0
+    NTK_original_ctx_len: int = 8192
+    n_key_value_heads: Optional[int] = None
+    gated_mlp: bool = False
+    parallel_attn_mlp: bool = False
+    attn_only: bool = False
+    use_attn_scale: bool = True
+    attn_scale: float = -1.0
+    scale_attn_by_inverse_layer_idx: bool = False
+    attn_scores_soft_cap: float = -1.0
+    output_logits_soft_cap: float = -1.0
+    use_local_attn: bool = False
+    window_size: Optional[int] = None
+    attn_types: Optional[tuple] = None
+    use_normalization_before_and_after: bool = False
+    use_qk_norm: bool = False
+    attention_dir: str = "causal"
+    # Which optional hooks a capture-everything run includes (as in TransformerLens). Naming
+    # one of these hooks explicitly always works, whatever the flag says.
+    use_attn_result: bool = False
+    use_split_qkv_input: bool = False
+    use_attn_in: bool = False
+    use_hook_mlp_in: bool = False
+    use_hook_tokens: bool = False
+    default_prepend_bos: bool = True
+    tokenizer_prepends_bos: Optional[bool] = None
+    model_name: str = "custom"
+    original_architecture: Optional[str] = None
+    tokenizer_name: Optional[str] = None
+    dtype: str = "float32"
+    initializer_range: float = -1.0
+
+    def __post_init__(self):
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        if self.n_heads == -1:
+            put("n_heads", self.d_model // self.d_head)
+        if self.d_mlp is None and not self.attn_only:
+            put("d_mlp", 4 * self.d_model)
+        if self.d_vocab_out == -1:
+            put("d_vocab_out", self.d_vocab)
+        if self.positional_embedding_type == "rotary" and self.rotary_dim is None:
+            put("rotary_dim", self.d_head)
+        if self.attn_scale == -1.0:
+            put("attn_scale", math.sqrt(self.d_head))
+        if self.initializer_range == -1.0:
+            put("initializer_range", 0.8 / math.sqrt(self.d_model))
+        if self.attn_types is not None:
+            put("attn_types", tuple(self.attn_types))
+        self._validate()
+
+    def _validate(self):
+        def check(ok, msg):
+            if not ok:
+                raise ValueError(f"Config: {msg}")
+
+        check(self.act_fn in ACTIVATIONS, f"act_fn={self.act_fn!r} is not one of {ACTIVATIONS}")
+        check(self.normalization_type in NORMALIZATIONS,
+              f"normalization_type={self.normalization_type!r} is not one of {NORMALIZATIONS}")
+        check(self.positional_embedding_type in POSITIONAL_EMBEDDINGS,
+              f"positional_embedding_type={self.positional_embedding_type!r} is not one of "
+              f"{POSITIONAL_EMBEDDINGS}")
+        check(self.attention_dir in ("causal", "bidirectional"),
+              f"attention_dir={self.attention_dir!r} must be 'causal' or 'bidirectional'")
+        check(self.dtype in DTYPES, f"dtype={self.dtype!r} is not one of {DTYPES}")
+        check(self.d_vocab > 0, "d_vocab must be set (a positive vocabulary size)")
+        kv = self.n_kv_heads
+        check(self.n_heads % kv == 0,
+              f"n_heads={self.n_heads} is not a multiple of n_key_value_heads={kv}")
+        if self.positional_embedding_type == "rotary":
+            check(self.rotary_dim % 2 == 0 and self.rotary_dim <= self.d_head,
+                  f"rotary_dim={self.rotary_dim} must be even and at most d_head={self.d_head}")
+        if self.use_local_attn:
+            check(self.window_size is not None and self.attn_types is not None,
+                  "use_local_attn needs window_size and attn_types")
+            check(len(self.attn_types) == self.n_layers,
+                  f"attn_types has {len(self.attn_types)} entries for {self.n_layers} layers")
+            check(set(self.attn_types) <= {"global", "local"},
+                  f"attn_types entries must be 'global' or 'local', got {set(self.attn_types)}")
+
+    @property
+    def n_kv_heads(self) -> int:
+        """Number of key/value heads (n_heads unless grouped-query attention)."""
+        return self.n_key_value_heads or self.n_heads
+
+    @property
+    def final_norm_type(self) -> Optional[str]:
+        """Norm type of ln_final: TransformerLens's `final_rms` swaps a LayerNorm for RMS."""
+        if self.final_rms and self.normalization_type in ("LN", "LNPre"):
+            return "RMS" if self.normalization_type == "LN" else "RMSPre"
+        return self.normalization_type
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with fields changed (derived fields are recomputed only if reset)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        """Build from a dict, raising on keys that are not Config fields."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"Config: unknown fields {unknown}")
+        return cls(**d)

@@ -1,0 +1,355 @@
+"""The forward: embed -> lax.scan over layer-stacked blocks -> unembed, one function for all families.
+
+`forward(params, tokens, cfg, hooks)` is pure: jit it with `cfg` static, vmap it over patch
+values or masks, differentiate it with respect to `add` deltas or params.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from jtlens import components as C
+from jtlens.cache import ActivationCache
+from jtlens.config import Config
+from jtlens.hooks import HookRunner, Hooks
+
+Params = dict
+
+
+# ----------------------------------------------------------------------------- params
+
+def _norm_shapes(kind: Optional[str], d: int, lead=()) -> Optional[dict]:
+    if kind == "LN":
+        return {"w": lead + (d,), "b": lead + (d,)}
+    if kind == "RMS":
+        return {"w": lead + (d,)}
+    return None
+
+
+def param_shapes(cfg: Config) -> dict:
+    """The params pytree of `cfg` as shapes: TransformerLens's names and shapes, layer-stacked."""
+    L, D, H, Hkv, Dh = cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+    post_kind = "RMS" if (cfg.normalization_type or "").startswith("RMS") else "LN"
+    attn = {"W_Q": (L, H, D, Dh), "b_Q": (L, H, Dh), "W_K": (L, Hkv, D, Dh), "b_K": (L, Hkv, Dh),
+            "W_V": (L, Hkv, D, Dh), "b_V": (L, Hkv, Dh), "W_O": (L, H, Dh, D), "b_O": (L, D)}
+    if cfg.use_qk_norm:
+        attn["q_norm"] = {"w": (L, Dh)}
+        attn["k_norm"] = {"w": (L, Dh)}
+    blocks: dict[str, Any] = {"attn": attn}
+    norms = {"ln1": cfg.normalization_type}
+    if not cfg.attn_only:
+        M = cfg.d_mlp
+        mlp = {"W_in": (L, D, M), "b_in": (L, M), "W_out": (L, M, D), "b_out": (L, D)}
+        if cfg.gated_mlp:
+            mlp["W_gate"] = (L, D, M)
+        blocks["mlp"] = mlp
+        norms["ln2"] = cfg.normalization_type
+    if cfg.use_normalization_before_and_after:
+        norms["ln1_post"] = post_kind
+        if not cfg.attn_only:
+            norms["ln2_post"] = post_kind
+    for name, kind in norms.items():
+        shapes = _norm_shapes(kind, D, (L,))
+        if shapes:
+            blocks[name] = shapes
+    tree: dict[str, Any] = {"embed": {"W_E": (cfg.d_vocab, D)}}
+    if cfg.positional_embedding_type == "standard":
+        tree["pos_embed"] = {"W_pos": (cfg.n_ctx, D)}
+    tree["blocks"] = blocks
+    final = _norm_shapes(cfg.final_norm_type, D)
+    if final:
+        tree["ln_final"] = final
+    tree["unembed"] = {"W_U": (D, cfg.d_vocab_out), "b_U": (cfg.d_vocab_out,)}
+    return tree
+
+
+def init_params(cfg: Config, key: jax.Array) -> Params:
+    """Random params in TransformerLens's "gpt2" init: N(0, initializer_range) weights,
+    zero biases, unit norm weights."""
+    shapes = param_shapes(cfg)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(
+        shapes, is_leaf=lambda x: isinstance(x, tuple))
+    keys = jax.random.split(key, len(leaves))
+    dtype = jnp.dtype(cfg.dtype)
+    out = []
+    for (path, shape), k in zip(leaves, keys):
+        name = path[-1].key
+        if name == "w":
+            out.append(jnp.ones(shape, dtype))
+        elif name.startswith("b"):
+            out.append(jnp.zeros(shape, dtype))
+        else:
+            out.append((cfg.initializer_range * jax.random.normal(k, shape)).astype(dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+def _sub(hk: HookRunner, rec: dict, prefix: str, layer=None):
+    """A hook callback for a sub-module (e.g. a norm) whose hooks sit under `prefix`."""
+    return lambda name, act: hk(f"{prefix}.{name}", act, rec, layer)
+
+
+def embed(params: Params, tokens, cfg: Config, hk: HookRunner, rec: dict, positions, attention_mask):
+    """Token (+ absolute position) embedding -> residual [batch, pos, d_model]."""
+    if "hook_tokens" in hk.captured or hk.edited("hook_tokens"):
+        tokens = hk("hook_tokens", tokens, rec)
+    x = hk("hook_embed", jnp.take(params["embed"]["W_E"], tokens, axis=0), rec)
+    if cfg.positional_embedding_type == "standard":
+        pos = jnp.take(params["pos_embed"]["W_pos"], positions, axis=0)
+        if attention_mask is not None:
+            pos = jnp.where(attention_mask[..., None] == 0, 0, pos).astype(pos.dtype)
+        x = x + hk("hook_pos_embed", pos, rec)
+    return x
+
+
+def _project(x, W, b):
+    """[b, p, d] or per-head [b, p, h, d] inputs times W [h, d, e] -> [b, p, h, e]."""
+    spec = "bpd,hde->bphe" if x.ndim == 3 else "bphd,hde->bphe"
+    return jnp.einsum(spec, x, W) + b
+
+
+def attention(p, q_in, k_in, v_in, cfg: Config, hk: HookRunner, rec, layer, positions, mask, local):
+    """Multi-/grouped-query attention with every TransformerLens hook; returns [b, p, d_model]."""
+    q = hk("attn.hook_q", _project(q_in, p["W_Q"], p["b_Q"]), rec, layer)
+    k = hk("attn.hook_k", _project(k_in, p["W_K"], p["b_K"]), rec, layer)
+    v = hk("attn.hook_v", _project(v_in, p["W_V"], p["b_V"]), rec, layer)
+    if cfg.use_qk_norm:
+        # TransformerLens normalises q/k flattened to [batch*pos*heads, d_head]; its hooks see that shape.
+        q = C.normalize(q.reshape(-1, cfg.d_head), p["q_norm"], "RMS", cfg.eps,
+                        _sub(hk, rec, "attn.q_norm", layer)).reshape(q.shape)
+        k = C.normalize(k.reshape(-1, cfg.d_head), p["k_norm"], "RMS", cfg.eps,
+                        _sub(hk, rec, "attn.k_norm", layer)).reshape(k.shape)
+    if cfg.positional_embedding_type == "rotary":
+        q = hk("attn.hook_rot_q", C.apply_rotary(q, positions, cfg), rec, layer)
+        k = hk("attn.hook_rot_k", C.apply_rotary(k, positions, cfg), rec, layer)
+    if q.dtype not in (jnp.float32, jnp.float64):
+        q, k = q.astype(jnp.float32), k.astype(jnp.float32)
+    group = cfg.n_heads // cfg.n_kv_heads
+    if group > 1:
+        k = jnp.repeat(k, group, axis=2)
+        v_full = jnp.repeat(v, group, axis=2)
+    else:
+        v_full = v
+    scale = cfg.attn_scale if cfg.use_attn_scale else 1.0
+    if cfg.scale_attn_by_inverse_layer_idx:
+        scale = scale * (layer + 1)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / scale
+    scores = C.softcap(scores, cfg.attn_scores_soft_cap)
+    n_pos = scores.shape[-1]
+    idx = jnp.arange(n_pos)
+    if cfg.positional_embedding_type == "alibi":
+        scores = scores + C.alibi_bias(cfg.n_heads, idx, idx)
+    scores = jnp.where(C.attention_mask_matrix(cfg, idx, idx, mask, local), scores, -jnp.inf)
+    scores = hk("attn.hook_attn_scores", scores, rec, layer)
+    pattern = jax.nn.softmax(scores, axis=-1)
+    pattern = jnp.where(jnp.isnan(pattern), 0.0, pattern)
+    pattern = hk("attn.hook_pattern", pattern, rec, layer).astype(v.dtype)
+    z = hk("attn.hook_z", jnp.einsum("bhqk,bkhd->bqhd", pattern, v_full), rec, layer)
+    if hk.wants("attn.hook_result"):
+        result = hk("attn.hook_result", jnp.einsum("bqhd,hdm->bqhm", z, p["W_O"]), rec, layer)
+        if hk.edited("attn.hook_result"):
+            return result.sum(2) + p["b_O"]
+    return jnp.einsum("bqhd,hdm->bqm", z, p["W_O"]) + p["b_O"]
+
+
+def mlp(p, x, cfg: Config, hk: HookRunner, rec, layer):
+    """Plain or gated MLP with hook_pre / hook_pre_linear / hook_post."""
+    act = C.ACTIVATION_FNS[cfg.act_fn]
+    if cfg.gated_mlp:
+        pre = hk("mlp.hook_pre", x @ p["W_gate"], rec, layer)
+        pre_linear = hk("mlp.hook_pre_linear", x @ p["W_in"], rec, layer)
+        post = hk("mlp.hook_post", act(pre) * pre_linear + p["b_in"], rec, layer)
+    else:
+        pre = hk("mlp.hook_pre", x @ p["W_in"] + p["b_in"], rec, layer)
+        post = hk("mlp.hook_post", act(pre), rec, layer)
+    return post @ p["W_out"] + p["b_out"]
+
+
+_SPLIT_INPUTS = ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input")
+
+
+def _attention_inputs(resid, cfg: Config, hk: HookRunner, rec, layer):
+    """(q, k, v) inputs before ln1: the residual itself, or per-head copies (TransformerLens's
+    use_split_qkv_input / use_attn_in, or whenever a split-input hook is edited)."""
+    H, Hkv = cfg.n_heads, cfg.n_kv_heads
+    per_head = lambda n: jnp.broadcast_to(resid[:, :, None, :], resid.shape[:2] + (n, cfg.d_model))
+    split = cfg.use_split_qkv_input or cfg.use_attn_in or any(hk.edited(n) for n in _SPLIT_INPUTS)
+    if not split:
+        for name, n in zip(_SPLIT_INPUTS, (H, H, Hkv, Hkv)):
+            if name in hk.captured:
+                hk(name, per_head(n), rec, layer)
+        return resid, resid, resid
+    attn_in = hk("hook_attn_in", per_head(H), rec, layer)
+    q_in = hk("hook_q_input", attn_in, rec, layer)
+    k_in = hk("hook_k_input", attn_in[:, :, :: H // Hkv] if Hkv != H else attn_in, rec, layer)
+    v_in = hk("hook_v_input", attn_in[:, :, :: H // Hkv] if Hkv != H else attn_in, rec, layer)
+    return q_in, k_in, v_in
+
+
+def block(p, resid, layer, cfg: Config, hk: HookRunner, positions, mask, local):
+    """One transformer block. Returns (resid_post, captured activations of this layer)."""
+    rec: dict = {}
+    kind = cfg.normalization_type
+    resid = hk("hook_resid_pre", resid, rec, layer)
+    ln1 = functools.partial(C.normalize, p=p.get("ln1"), kind=kind, eps=cfg.eps,
+                            hook=_sub(hk, rec, "ln1", layer))
+    q_in, k_in, v_in = _attention_inputs(resid, cfg, hk, rec, layer)
+    if q_in is resid:
+        q_in = k_in = v_in = ln1(resid)
+    else:
+        q_in, k_in, v_in = ln1(q_in), ln1(k_in), ln1(v_in)
+    attn_out = attention(p["attn"], q_in, k_in, v_in, cfg, hk, rec, layer, positions, mask, local)
+    if cfg.use_normalization_before_and_after:
+        attn_out = C.normalize(attn_out, p["ln1_post"], p_kind(p["ln1_post"]), cfg.eps,
+                               _sub(hk, rec, "ln1_post", layer))
+    attn_out = hk("hook_attn_out", attn_out, rec, layer)
+    if cfg.attn_only:
+        return hk("hook_resid_post", resid + attn_out, rec, layer), rec
+    if cfg.parallel_attn_mlp:
+        mlp_in = resid
+    else:
+        mlp_in = resid_mid = hk("hook_resid_mid", resid + attn_out, rec, layer)
+    if hk.wants("hook_mlp_in"):
+        mlp_in = hk("hook_mlp_in", mlp_in, rec, layer)
+    x = C.normalize(mlp_in, p.get("ln2"), kind, cfg.eps, _sub(hk, rec, "ln2", layer))
+    mlp_out = mlp(p["mlp"], x, cfg, hk, rec, layer)
+    if cfg.use_normalization_before_and_after:
+        mlp_out = C.normalize(mlp_out, p["ln2_post"], p_kind(p["ln2_post"]), cfg.eps,
+                              _sub(hk, rec, "ln2_post", layer))
+    mlp_out = hk("hook_mlp_out", mlp_out, rec, layer)
+    if cfg.parallel_attn_mlp:
+        resid_post = resid + attn_out + mlp_out
+    else:
+        resid_post = resid_mid + mlp_out
+    return hk("hook_resid_post", resid_post, rec, layer), rec
+
+
+def p_kind(norm_params: dict) -> str:
+    """LN or RMS, read off a norm's params (post-norms keep weights after fold_ln)."""
+    return "LN" if "b" in norm_params else "RMS"
+
+
+def run_blocks(blocks: Params, resid, cfg: Config, hk: HookRunner, positions, mask,
+               first_layer: int = 0, start_layer=None):
+    """Run stacked blocks under `lax.scan`.
+
+    Args:
+      blocks: params["blocks"], possibly sliced to a layer range starting at `first_layer`.
+      start_layer: optional traced layer index; layers before it are skipped (`lax.cond`), so a
+        sweep can start from a cached residual without recompiling per layer.
+    Returns (resid, {template: [n_layers_run, ...]}).
+    """
+    n = jax.tree_util.tree_leaves(blocks)[0].shape[0]
+    layers = jnp.arange(first_layer, first_layer + n)
+    local = jnp.asarray([t == "local" for t in (cfg.attn_types or ("global",) * cfg.n_layers)])
+
+    def body(x, inputs):
+        p, l = inputs
+        run = lambda x: block(p, x, l, cfg, hk, positions, mask, local[l])
+        if start_layer is None:
+            return run(x)
+        skipped = jax.eval_shape(run, x)[1]
+        return jax.lax.cond(l >= start_layer, run,
+                            lambda x: (x, jax.tree_util.tree_map(
+                                lambda s: jnp.zeros(s.shape, s.dtype), skipped)), x)
+
+    return jax.lax.scan(body, resid, (blocks, layers))
+
+
+def unembed(params: Params, resid, cfg: Config, hk: HookRunner, rec: dict):
+    """ln_final + unembed (+ final logit soft-cap) -> logits [batch, pos, d_vocab_out]."""
+    if cfg.final_norm_type is not None:
+        resid = C.normalize(resid, params.get("ln_final"), cfg.final_norm_type, cfg.eps,
+                            _sub(hk, rec, "ln_final"))
+    resid = hk("unembed.hook_in", resid, rec)
+    logits = hk("unembed.hook_out", resid @ params["unembed"]["W_U"] + params["unembed"]["b_U"], rec)
+    return C.softcap(logits, cfg.output_logits_soft_cap)
+
+
+# ----------------------------------------------------------------------------- forward
+
+def _check_tokens(tokens, cfg: Config):
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [batch, pos]; got shape {tuple(tokens.shape)}")
+    if tokens.shape[1] > cfg.n_ctx and cfg.positional_embedding_type == "standard":
+        raise ValueError(f"sequence of {tokens.shape[1]} tokens is longer than the model's context "
+                         f"n_ctx={cfg.n_ctx}; truncate the input (to_tokens(..., truncate=True))")
+    if not isinstance(tokens, jax.core.Tracer):
+        lo, hi = int(jnp.min(tokens)), int(jnp.max(tokens))
+        if lo < 0 or hi >= cfg.d_vocab:
+            raise ValueError(f"token id {hi if hi >= cfg.d_vocab else lo} is outside the vocabulary "
+                             f"[0, {cfg.d_vocab}); check the tokenizer matches the model")
+
+
+def forward(params: Params, tokens, cfg: Config, hooks: Optional[Hooks] = None, *,
+            return_type: Optional[str] = "logits", loss_per_token: bool = False,
+            attention_mask=None, start_at_layer: Optional[int] = None,
+            stop_at_layer: Optional[int] = None, loss_tokens=None):
+    """Run the model.
+
+    Args:
+      params: layer-stacked params (see `param_shapes`).
+      tokens: int [batch, pos]; or, with `start_at_layer`, the residual [batch, pos, d_model].
+      cfg: the model's Config (static under jit).
+      hooks: a `Hooks` of captures and interventions.
+      return_type: "logits" [batch, pos, d_vocab_out], "loss" (scalar, or [batch, pos-1] with
+        loss_per_token), "both" ((logits, loss)) or None.
+      attention_mask: optional [batch, pos] 1/0 padding mask (shifts positions, masks keys).
+      start_at_layer / stop_at_layer: run blocks [start, stop) only; with stop_at_layer the output
+        is the residual stream entering that layer.
+      loss_tokens: tokens for the loss when starting from a residual.
+    Returns: the output, or `(output, ActivationCache)` when `hooks.capture` selects anything.
+    """
+    hk = HookRunner(hooks, cfg)
+    rec: dict = {}
+    L = cfg.n_layers
+    start = 0 if start_at_layer is None else start_at_layer % L if start_at_layer < 0 else start_at_layer
+    stop = L if stop_at_layer is None else (stop_at_layer % L if stop_at_layer < 0 else stop_at_layer)
+    tokens = jnp.asarray(tokens)
+    if start_at_layer is None:
+        _check_tokens(tokens, cfg)
+        batch, n_pos = tokens.shape
+    else:
+        batch, n_pos = tokens.shape[:2]
+    mask = None if attention_mask is None else jnp.asarray(attention_mask)
+    positions = C.positions_from_mask(mask, n_pos, batch)
+    if start_at_layer is None:
+        resid = embed(params, tokens, cfg, hk, rec, positions, mask)
+    else:
+        resid = tokens
+    blocks = params["blocks"]
+    if (start, stop) != (0, L):
+        blocks = jax.tree_util.tree_map(lambda a: a[start:stop], blocks)
+    stacked: dict = {}
+    if stop > start:
+        resid, stacked = run_blocks(blocks, resid, cfg, hk, positions, mask, first_layer=start)
+    out: Any
+    if stop_at_layer is not None:
+        out = resid
+    elif return_type is None:
+        if hk.capturing:
+            unembed(params, resid, cfg, hk, rec)
+        out = None
+    else:
+        logits = unembed(params, resid, cfg, hk, rec)
+        if return_type == "logits":
+            out = logits
+        else:
+            loss_on = tokens if start_at_layer is None else loss_tokens
+            if loss_on is None:
+                raise ValueError("return_type='loss' with start_at_layer needs loss_tokens=")
+            loss = C.lm_cross_entropy_loss(logits, loss_on, mask, loss_per_token)
+            if return_type == "loss":
+                out = loss
+            elif return_type == "both":
+                out = (logits, loss)
+            else:
+                raise ValueError(f"return_type={return_type!r}; use 'logits', 'loss', 'both' or None")
+    if not hk.capturing:
+        return out
+    return out, ActivationCache.from_forward(cfg, hk.captured, rec, stacked, first_layer=start)
