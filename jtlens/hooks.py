@@ -194,6 +194,12 @@ def resolve(name: NameLike, cfg: Config) -> tuple[str, Union[int, str, None]]:
     return template, layer
 
 
+def _is_act_key(x) -> bool:
+    """A `get_act_name`-style key such as ("pattern", 3) or ("scale", 2, "ln1")."""
+    return (isinstance(x, tuple) and 2 <= len(x) <= 3 and isinstance(x[0], str)
+            and (x[1] is None or isinstance(x[1], int)))
+
+
 def select_names(selection: Any, cfg: Config) -> list[str]:
     """Expand a capture selection into concrete hook names, in execution order.
 
@@ -207,7 +213,7 @@ def select_names(selection: Any, cfg: Config) -> list[str]:
         return everything
     if callable(selection):
         return [n for n in hook_names(cfg, optional=True) if selection(n)]
-    if isinstance(selection, (str, tuple)):
+    if isinstance(selection, str) or _is_act_key(selection):
         selection = [selection]
     wanted: set[str] = set()
     for item in selection:
@@ -359,7 +365,8 @@ class HookRunner:
     def __call__(self, template: str, act: jax.Array, record: dict, layer=None) -> jax.Array:
         """Apply the edits registered at `template` (at traced `layer` inside the scan)."""
         for e in self.edits.get(template, ()):
-            act = self._apply(e, template, act, layer)
+            if not self._static_miss(e, layer):
+                act = self._apply(e, template, act, layer)
         if template in self.captured:
             record[template] = act
         return act
@@ -374,9 +381,14 @@ class HookRunner:
             new = jnp.where(mask, value.astype(act.dtype), act)
         else:
             new = act + self._payload(e, "delta", e.payload, act, layer).astype(act.dtype)
-        if e.layer is None or e.layer == ALL_LAYERS:
+        if e.layer is None or e.layer == ALL_LAYERS or isinstance(layer, int):
             return new
         return jnp.where(layer == e.layer, new, act)
+
+    @staticmethod
+    def _static_miss(e: _Edit, layer) -> bool:
+        """True when the layer is a Python int (unrolled run) and the edit is for another layer."""
+        return isinstance(e.layer, int) and isinstance(layer, int) and layer != e.layer
 
     def _payload(self, e: _Edit, what, x, act, layer):
         x = jnp.asarray(x)
@@ -413,4 +425,6 @@ class HookRunner:
         if e.layer == ALL_LAYERS:
             return run(act, HookPoint(f"blocks.*.{template}", layer))
         hp = HookPoint(f"blocks.{e.layer}.{template}", e.layer)
+        if isinstance(layer, int):  # unrolled run: the layer is static and already matched
+            return run(act, hp)
         return jax.lax.cond(layer == e.layer, lambda a: run(a, hp), lambda a: a, act)

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jtlens import components as C
 from jtlens.cache import ActivationCache
@@ -235,18 +236,28 @@ def p_kind(norm_params: dict) -> str:
 
 
 def run_blocks(blocks: Params, resid, cfg: Config, hk: HookRunner, positions, mask,
-               first_layer: int = 0, start_layer=None):
-    """Run stacked blocks under `lax.scan`.
+               first_layer: int = 0, start_layer=None, scan: bool = True):
+    """Run stacked blocks, under `lax.scan` or unrolled.
 
     Args:
       blocks: params["blocks"], possibly sliced to a layer range starting at `first_layer`.
       start_layer: optional traced layer index; layers before it are skipped (`lax.cond`), so a
         sweep can start from a cached residual without recompiling per layer.
+      scan: False unrolls the layers in Python, so hook functions see the layer as a Python int
+        and an eager (un-jitted) run needs no compilation (TransformerLens-style hook loops).
     Returns (resid, {template: [n_layers_run, ...]}).
     """
     n = jax.tree_util.tree_leaves(blocks)[0].shape[0]
-    layers = jnp.arange(first_layer, first_layer + n)
-    local = jnp.asarray([t == "local" for t in (cfg.attn_types or ("global",) * cfg.n_layers)])
+    local = [t == "local" for t in (cfg.attn_types or ("global",) * cfg.n_layers)]
+    if not scan:
+        records = []
+        for i in range(n):
+            p = jax.tree_util.tree_map(lambda a: a[i], blocks)
+            l = first_layer + i
+            resid, rec = block(p, resid, l, cfg, hk, positions, mask, local[l])
+            records.append(rec)
+        return resid, {k: jnp.stack([r[k] for r in records]) for k in records[0]} if n else {}
+    local = jnp.asarray(local)
 
     def body(x, inputs):
         p, l = inputs
@@ -258,15 +269,20 @@ def run_blocks(blocks: Params, resid, cfg: Config, hk: HookRunner, positions, ma
                             lambda x: (x, jax.tree_util.tree_map(
                                 lambda s: jnp.zeros(s.shape, s.dtype), skipped)), x)
 
-    return jax.lax.scan(body, resid, (blocks, layers))
+    return jax.lax.scan(body, resid, (blocks, jnp.arange(first_layer, first_layer + n)))
+
+
+def final_norm(params: Params, resid, cfg: Config, hk: HookRunner, rec: dict):
+    """ln_final (with its hooks), or the residual itself for norm-free models."""
+    if cfg.final_norm_type is None:
+        return resid
+    return C.normalize(resid, params.get("ln_final"), cfg.final_norm_type, cfg.eps,
+                       _sub(hk, rec, "ln_final"))
 
 
 def unembed(params: Params, resid, cfg: Config, hk: HookRunner, rec: dict):
     """ln_final + unembed (+ final logit soft-cap) -> logits [batch, pos, d_vocab_out]."""
-    if cfg.final_norm_type is not None:
-        resid = C.normalize(resid, params.get("ln_final"), cfg.final_norm_type, cfg.eps,
-                            _sub(hk, rec, "ln_final"))
-    resid = hk("unembed.hook_in", resid, rec)
+    resid = hk("unembed.hook_in", final_norm(params, resid, cfg, hk, rec), rec)
     logits = hk("unembed.hook_out", resid @ params["unembed"]["W_U"] + params["unembed"]["b_U"], rec)
     return C.softcap(logits, cfg.output_logits_soft_cap)
 
@@ -280,7 +296,8 @@ def _check_tokens(tokens, cfg: Config):
         raise ValueError(f"sequence of {tokens.shape[1]} tokens is longer than the model's context "
                          f"n_ctx={cfg.n_ctx}; truncate the input (to_tokens(..., truncate=True))")
     if not isinstance(tokens, jax.core.Tracer):
-        lo, hi = int(jnp.min(tokens)), int(jnp.max(tokens))
+        arr = np.asarray(tokens)
+        lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi >= cfg.d_vocab:
             raise ValueError(f"token id {hi if hi >= cfg.d_vocab else lo} is outside the vocabulary "
                              f"[0, {cfg.d_vocab}); check the tokenizer matches the model")
@@ -289,7 +306,7 @@ def _check_tokens(tokens, cfg: Config):
 def forward(params: Params, tokens, cfg: Config, hooks: Optional[Hooks] = None, *,
             return_type: Optional[str] = "logits", loss_per_token: bool = False,
             attention_mask=None, start_at_layer: Optional[int] = None,
-            stop_at_layer: Optional[int] = None, loss_tokens=None):
+            stop_at_layer: Optional[int] = None, loss_tokens=None, scan: bool = True):
     """Run the model.
 
     Args:
@@ -303,6 +320,7 @@ def forward(params: Params, tokens, cfg: Config, hooks: Optional[Hooks] = None, 
       start_at_layer / stop_at_layer: run blocks [start, stop) only; with stop_at_layer the output
         is the residual stream entering that layer.
       loss_tokens: tokens for the loss when starting from a residual.
+      scan: run the blocks under `lax.scan` (default) or unrolled (see `run_blocks`).
     Returns: the output, or `(output, ActivationCache)` when `hooks.capture` selects anything.
     """
     hk = HookRunner(hooks, cfg)
@@ -310,12 +328,12 @@ def forward(params: Params, tokens, cfg: Config, hooks: Optional[Hooks] = None, 
     L = cfg.n_layers
     start = 0 if start_at_layer is None else start_at_layer % L if start_at_layer < 0 else start_at_layer
     stop = L if stop_at_layer is None else (stop_at_layer % L if stop_at_layer < 0 else stop_at_layer)
-    tokens = jnp.asarray(tokens)
     if start_at_layer is None:
         _check_tokens(tokens, cfg)
         batch, n_pos = tokens.shape
     else:
         batch, n_pos = tokens.shape[:2]
+    tokens = jnp.asarray(tokens)
     mask = None if attention_mask is None else jnp.asarray(attention_mask)
     positions = C.positions_from_mask(mask, n_pos, batch)
     if start_at_layer is None:
@@ -327,13 +345,13 @@ def forward(params: Params, tokens, cfg: Config, hooks: Optional[Hooks] = None, 
         blocks = jax.tree_util.tree_map(lambda a: a[start:stop], blocks)
     stacked: dict = {}
     if stop > start:
-        resid, stacked = run_blocks(blocks, resid, cfg, hk, positions, mask, first_layer=start)
+        resid, stacked = run_blocks(blocks, resid, cfg, hk, positions, mask, first_layer=start,
+                                     scan=scan)
     out: Any
     if stop_at_layer is not None:
         out = resid
     elif return_type is None:
-        if hk.capturing:
-            unembed(params, resid, cfg, hk, rec)
+        final_norm(params, resid, cfg, hk, rec)
         out = None
     else:
         logits = unembed(params, resid, cfg, hk, rec)

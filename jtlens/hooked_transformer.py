@@ -1,0 +1,322 @@
+"""HookedTransformer: TransformerLens's object API as a thin facade over the pure functions.
+
+The facade holds (cfg, params, tokenizer) and nothing else; every call goes through
+`jtlens.forward`. Plain calls and `run_with_cache` are jitted (the capture selection is
+resolved to concrete names first, so a `names_filter` lambda does not force a recompile).
+`run_with_hooks` with Python hook functions runs eagerly with the layers unrolled, like
+TransformerLens: hook functions see `hook.layer()` as an int and no compilation is paid per
+new closure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jtlens import tokens as T
+from jtlens.cache import ActivationCache
+from jtlens.config import Config
+from jtlens.hooks import Hooks, hook_names, select_names
+from jtlens.model import forward, init_params
+
+_STATIC = ("cfg", "return_type", "loss_per_token", "start_at_layer", "stop_at_layer", "scan")
+_forward_jit = jax.jit(forward, static_argnames=_STATIC)
+
+_DEFAULT = object()
+
+
+class Output(NamedTuple):
+    logits: jax.Array
+    loss: jax.Array
+
+
+def _expand_kv(name: str, x, cfg: Config):
+    """GQA params are stored per key/value head; TransformerLens's W_K/W_V/b_K/b_V expand them
+    (repeat_interleave along the head axis: -3 for weights, -2 for biases)."""
+    group = cfg.n_heads // cfg.n_kv_heads
+    return x if group == 1 else jnp.repeat(x, group, axis=-3 if name.startswith("W") else -2)
+
+
+class _Namespace:
+    """Attribute access to a dict of arrays (model.blocks[l].attn.W_Q)."""
+
+    def __init__(self, tree: dict, extra: Optional[dict] = None):
+        self._tree = tree
+        self._extra = extra or {}
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self._extra:
+            return self._extra[name]
+        if name not in self._tree:
+            raise AttributeError(f"no parameter {name!r} here; have {sorted(self._tree)}")
+        v = self._tree[name]
+        return _Namespace(v) if isinstance(v, dict) else v
+
+
+class HookedTransformer:
+    """A decoder-only transformer with TransformerLens's API.
+
+    Args:
+      cfg: the Config. params: layer-stacked params (default: `init_params(cfg, seed 0)`).
+      tokenizer: a Hugging Face tokenizer (needed for string inputs).
+    """
+
+    def __init__(self, cfg: Config, params: Optional[dict] = None, tokenizer: Any = None,
+                 default_padding_side: str = "right"):
+        self.cfg = cfg
+        self.params = params if params is not None else init_params(cfg, jax.random.PRNGKey(0))
+        self.tokenizer = tokenizer
+        self.default_padding_side = default_padding_side
+        self._hooks: list[tuple[Any, Callable]] = []
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, model_name: str, **kwargs) -> "HookedTransformer":
+        """Load a Hugging Face checkpoint (hub name, alias, local or converted folder) with
+        TransformerLens's default processing (fold_ln, center_writing_weights, center_unembed,
+        fold_value_biases). See `jtlens.loading.load` for the options."""
+        from jtlens.loading import load
+
+        padding = kwargs.pop("default_padding_side", "right")
+        cfg, params, tokenizer = load(model_name, **kwargs)
+        return cls(cfg, params, tokenizer, default_padding_side=padding)
+
+    @classmethod
+    def from_pretrained_no_processing(cls, model_name: str, **kwargs) -> "HookedTransformer":
+        """`from_pretrained` with every weight-processing step off (raw Hugging Face numerics)."""
+        for flag in ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases",
+                     "refactor_factored_attn_matrices"):
+            kwargs.setdefault(flag, False)
+        return cls.from_pretrained(model_name, **kwargs)
+
+    # ------------------------------------------------------------------ inputs
+    def _inputs(self, input, prepend_bos, padding_side, attention_mask):
+        """Any accepted input -> (tokens [batch, pos], attention_mask or None)."""
+        text = T.maybe_strings(input)
+        if text is None:
+            tokens = jnp.asarray(input)
+            if tokens.ndim == 1:
+                tokens = tokens[None]
+            return tokens, attention_mask
+        tokens, mask = self.to_tokens(text, prepend_bos=prepend_bos, padding_side=padding_side,
+                                      return_mask=True)
+        return tokens, attention_mask if attention_mask is not None else mask
+
+    def _run(self, input, hooks: Optional[Hooks], *, return_type="logits", loss_per_token=False,
+             prepend_bos=_DEFAULT, padding_side=_DEFAULT, attention_mask=None,
+             start_at_layer=None, stop_at_layer=None, tokens=None, eager=False):
+        if start_at_layer is None:
+            tok, mask = self._inputs(input, prepend_bos, padding_side, attention_mask)
+        else:
+            tok, mask = jnp.asarray(input), attention_mask
+        if mask is not None:
+            mask = jnp.asarray(mask)
+        kwargs = dict(return_type="logits" if return_type == "both" else return_type,
+                      loss_per_token=loss_per_token, attention_mask=mask,
+                      start_at_layer=start_at_layer, stop_at_layer=stop_at_layer,
+                      loss_tokens=None if tokens is None else jnp.asarray(tokens))
+        if return_type == "both":
+            kwargs["return_type"] = "both"
+        run = functools.partial(forward, scan=False) if eager else _forward_jit
+        out = run(self.params, tok, cfg=self.cfg, hooks=hooks, **kwargs)
+        if return_type == "both" and stop_at_layer is None:
+            if hooks is not None and hooks.capture:
+                (logits, loss), cache = out
+                return Output(logits, loss), cache
+            return Output(*out)
+        return out
+
+    def __call__(self, input, return_type: Optional[str] = "logits", loss_per_token: bool = False,
+                 prepend_bos=_DEFAULT, padding_side=_DEFAULT, attention_mask=None,
+                 start_at_layer: Optional[int] = None, stop_at_layer: Optional[int] = None,
+                 tokens=None):
+        """Run the model on text, a list of texts, tokens [batch, pos] / [pos], or (with
+        start_at_layer) a residual [batch, pos, d_model].
+
+        Returns logits [batch, pos, d_vocab_out], the loss, `Output(logits, loss)` ("both"),
+        None, or the residual when stop_at_layer is set.
+        """
+        hooks = self._persistent_hooks()
+        return self._run(input, hooks, return_type=return_type, loss_per_token=loss_per_token,
+                         prepend_bos=prepend_bos, padding_side=padding_side,
+                         attention_mask=attention_mask, start_at_layer=start_at_layer,
+                         stop_at_layer=stop_at_layer, tokens=tokens, eager=hooks is not None)
+
+    forward = __call__
+
+    def run_with_cache(self, *args, names_filter=None, remove_batch_dim: bool = False,
+                       return_cache_object: bool = True, **kwargs):
+        """Run and return `(output, ActivationCache)`.
+
+        names_filter: None (every hook), a name, a list of names/aliases/`blocks.*` forms/globs,
+        or a predicate on the full name.
+        """
+        names = tuple(select_names(True if names_filter is None else names_filter, self.cfg))
+        persistent = self._persistent_hooks()
+        hooks = Hooks(capture=names, fns=persistent.fns if persistent else ())
+        out, cache = self._run(*args, hooks=hooks, eager=persistent is not None, **kwargs)
+        cache = cache.with_model(self)
+        if remove_batch_dim:
+            cache.remove_batch_dim()
+        return out, (cache if return_cache_object else cache.to_dict())
+
+    def run_with_hooks(self, *args, fwd_hooks: Sequence = (), bwd_hooks: Sequence = (),
+                       reset_hooks_end: bool = True, clear_contexts: bool = False, **kwargs):
+        """Run with `fwd_hooks=[(name_or_predicate, fn)]`, `fn(act, hook) -> act | None`.
+
+        Backward hooks do not exist in jtlens: gradients are `jax.grad` (see `jtlens.grads`).
+        """
+        if bwd_hooks:
+            raise NotImplementedError("bwd_hooks: take gradients with jtlens.grads.grad_wrt "
+                                      "(jax.grad with respect to any hook) instead")
+        with self.hooks(fwd_hooks):
+            return self(*args, **kwargs)
+
+    # ------------------------------------------------------------------ persistent hooks
+    def add_hook(self, name, fn: Callable, dir: str = "fwd", is_permanent: bool = False):
+        """Attach a forward hook to every later call (until `reset_hooks`)."""
+        if dir != "fwd":
+            raise NotImplementedError("backward hooks: use jtlens.grads (jax.grad) instead")
+        self._hooks.append((name, fn))
+
+    def reset_hooks(self, *args, **kwargs):
+        self._hooks = []
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: Sequence = (), bwd_hooks: Sequence = (), reset_hooks_end: bool = True,
+              clear_contexts: bool = False):
+        """Context manager: the hooks apply to every call inside the block."""
+        if bwd_hooks:
+            raise NotImplementedError("bwd_hooks: use jtlens.grads (jax.grad) instead")
+        before = list(self._hooks)
+        self._hooks.extend(fwd_hooks)
+        try:
+            yield self
+        finally:
+            if reset_hooks_end:
+                self._hooks = before
+
+    def _persistent_hooks(self) -> Optional[Hooks]:
+        if not self._hooks:
+            return None
+        fns = []
+        for name, fn in self._hooks:
+            names = select_names(name, self.cfg) if callable(name) else [name]
+            fns.extend((n, fn) for n in names)
+        return Hooks(fns=fns)
+
+    # ------------------------------------------------------------------ tokens
+    def to_tokens(self, input, prepend_bos=_DEFAULT, padding_side=_DEFAULT, truncate: bool = True,
+                  return_mask: bool = False):
+        """str or list[str] -> tokens [batch, pos] (and the padding mask with return_mask)."""
+        bos = self.cfg.default_prepend_bos if prepend_bos is _DEFAULT or prepend_bos is None else prepend_bos
+        side = self.default_padding_side if padding_side is _DEFAULT or padding_side is None else padding_side
+        tokens, mask = T.to_tokens(self.tokenizer, self.cfg, input, bos, side, truncate)
+        if side == "right":
+            mask = None  # as TransformerLens: right padding needs no mask under causal attention
+        return (jnp.asarray(tokens), mask) if return_mask else jnp.asarray(tokens)
+
+    def to_string(self, tokens):
+        return T.to_string(self.tokenizer, tokens)
+
+    def to_str_tokens(self, input, prepend_bos=_DEFAULT, padding_side=_DEFAULT):
+        if isinstance(input, (list, tuple)) and input and all(isinstance(s, str) for s in input):
+            return [self.to_str_tokens(s, prepend_bos, padding_side) for s in input]
+        if isinstance(input, str):
+            input = self.to_tokens(input, prepend_bos, padding_side)[0]
+        arr = np.asarray(input)
+        if arr.ndim == 2 and arr.shape[0] == 1:
+            arr = arr[0]
+        return T.to_str_tokens(self.tokenizer, arr)
+
+    def to_single_token(self, string: str) -> int:
+        return T.to_single_token(self.tokenizer, self.cfg, string)
+
+    def to_single_str_token(self, int_token: int) -> str:
+        return self.to_str_tokens(np.asarray([int_token]))[0]
+
+    def get_token_position(self, single_token, input, mode: str = "first", prepend_bos=_DEFAULT,
+                           padding_side=_DEFAULT) -> int:
+        tok_id = self.to_single_token(single_token) if isinstance(single_token, str) else int(single_token)
+        tokens = self.to_tokens(input, prepend_bos, padding_side) if isinstance(input, str) else np.asarray(input)
+        tokens = np.asarray(tokens)
+        if tokens.ndim == 2:
+            if tokens.shape[0] != 1:
+                raise ValueError("get_token_position takes a single prompt (batch size 1)")
+            tokens = tokens[0]
+        return T.token_position(tokens, tok_id, mode)
+
+    def loss_fn(self, logits, tokens, attention_mask=None, per_token: bool = False):
+        from jtlens.components import lm_cross_entropy_loss
+
+        return lm_cross_entropy_loss(logits, jnp.asarray(tokens), attention_mask, per_token)
+
+    def hook_names(self, optional: bool = False) -> list[str]:
+        return hook_names(self.cfg, optional)
+
+    # ------------------------------------------------------------------ weights
+    @property
+    def W_E(self):
+        return self.params["embed"]["W_E"]
+
+    @property
+    def W_pos(self):
+        return self.params["pos_embed"]["W_pos"]
+
+    @property
+    def W_E_pos(self):
+        return jnp.concatenate([self.W_E, self.W_pos], axis=0)
+
+    @property
+    def W_U(self):
+        return self.params["unembed"]["W_U"]
+
+    @property
+    def b_U(self):
+        return self.params["unembed"]["b_U"]
+
+    def _attn(self, name):
+        x = self.params["blocks"]["attn"][name]
+        return _expand_kv(name, x, self.cfg) if name in ("W_K", "W_V", "b_K", "b_V") else x
+
+    def _mlp(self, name):
+        if self.cfg.attn_only:
+            raise AttributeError(f"{name}: this model is attention-only")
+        return self.params["blocks"]["mlp"].get(name)
+
+    W_Q = property(lambda self: self._attn("W_Q"), doc="[n_layers, n_heads, d_model, d_head]")
+    W_K = property(lambda self: self._attn("W_K"), doc="[n_layers, n_heads, d_model, d_head] (GQA expanded)")
+    W_V = property(lambda self: self._attn("W_V"), doc="[n_layers, n_heads, d_model, d_head] (GQA expanded)")
+    W_O = property(lambda self: self._attn("W_O"), doc="[n_layers, n_heads, d_head, d_model]")
+    b_Q = property(lambda self: self._attn("b_Q"), doc="[n_layers, n_heads, d_head]")
+    b_K = property(lambda self: self._attn("b_K"), doc="[n_layers, n_heads, d_head]")
+    b_V = property(lambda self: self._attn("b_V"), doc="[n_layers, n_heads, d_head]")
+    b_O = property(lambda self: self._attn("b_O"), doc="[n_layers, d_model]")
+    W_in = property(lambda self: self._mlp("W_in"), doc="[n_layers, d_model, d_mlp]")
+    W_gate = property(lambda self: self._mlp("W_gate"), doc="[n_layers, d_model, d_mlp] or None")
+    W_out = property(lambda self: self._mlp("W_out"), doc="[n_layers, d_mlp, d_model]")
+    b_in = property(lambda self: self._mlp("b_in"), doc="[n_layers, d_mlp]")
+    b_out = property(lambda self: self._mlp("b_out"), doc="[n_layers, d_model]")
+
+    @property
+    def blocks(self) -> list:
+        """Per-layer views: `model.blocks[l].attn.W_V` is `model.W_V[l]`."""
+        views = []
+        for l in range(self.cfg.n_layers):
+            layer = jax.tree_util.tree_map(lambda a: a[l], self.params["blocks"])
+            attn = dict(layer["attn"])
+            for k in ("W_K", "W_V", "b_K", "b_V"):
+                attn[k] = _expand_kv(k, attn[k], self.cfg)
+            views.append(_Namespace(dict(layer, attn=attn)))
+        return views
+
+    def __repr__(self):
+        return (f"HookedTransformer({self.cfg.model_name}: {self.cfg.n_layers} layers, "
+                f"d_model={self.cfg.d_model}, {self.cfg.n_heads} heads, vocab {self.cfg.d_vocab})")
