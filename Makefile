@@ -1,0 +1,38 @@
+# Two entry points (see README): `make run TEXT="..."` and `make test`. Both set up .venv on first use.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -q
+TEXT   ?= The cat sat on the mat. The cat sat on the mat.
+
+.PHONY: run test bench
+
+# torch first, pinned: it takes the CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
+$(VENV)/.core: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.test: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[test]'
+	touch $(VENV)/.core $@
+
+run: $(VENV)/.core
+	$(VENV)/bin/jtlens run "$(TEXT)"
+
+# The attention-view tests render HTML in headless Chromium (Debian's package).
+test: $(VENV)/.test
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser tests will skip"; }
+	$(PY) -m pytest -q
+
+# Benchmarks compare against TransformerLens 4.3 (TransformerBridge), which cannot share an
+# environment with the 3.9 oracle: it goes to .tl43 and runs in a subprocess.
+$(VENV)/.bench: $(VENV)/.test
+	$(PY) -m pip install -q --no-deps --target .tl43 transformer-lens==4.3.0
+	touch $@
+
+bench: $(VENV)/.bench
+	$(PY) benchmarks/forward.py
+	$(PY) benchmarks/patching.py
+	$(PY) benchmarks/grads.py
