@@ -1,0 +1,50 @@
+"""Runs one timing task on TransformerLens 4.3's TransformerBridge (compatibility mode).
+
+Invoked by benchmarks/common.py:bridge with PYTHONPATH pointing at .tl43; prints one JSON line
+of timings and saves result arrays to the given .npz.
+"""
+
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def main():
+    task, args = sys.argv[1], json.loads(sys.argv[2])
+    torch.set_num_threads(int(args.get("threads", 2)))
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(args["folder"], device="cpu", dtype=torch.float32)
+    bridge.enable_compatibility_mode(disable_warnings=True)
+    tokens = torch.as_tensor(np.asarray(args["tokens"]))
+    arrays = {}
+
+    def timed(fn):
+        t = time.perf_counter()
+        fn()
+        first = time.perf_counter() - t
+        runs = []
+        for _ in range(args.get("repeats", 5)):
+            t = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - t)
+        return first, statistics.median(runs)
+
+    with torch.no_grad():
+        if task == "forward":
+            first, median = timed(lambda: bridge(tokens))
+            arrays["logits"] = bridge(tokens).numpy()
+        elif task == "run_with_cache":
+            first, median = timed(lambda: bridge.run_with_cache(tokens))
+        else:
+            raise SystemExit(f"unknown task {task}")
+    np.savez(args["out"], **arrays)
+    print(json.dumps({"first_s": first, "median_s": median}))
+
+
+if __name__ == "__main__":
+    main()
