@@ -33,6 +33,6 @@ $(VENV)/.bench: $(VENV)/.test
 	touch $@
 
 bench: $(VENV)/.bench
-	$(PY) benchmarks/forward.py
-	$(PY) benchmarks/patching.py
-	$(PY) benchmarks/grads.py
+	$(PY) -m benchmarks.forward
+	$(PY) -m benchmarks.patching
+	$(PY) -m benchmarks.grads

@@ -1,6 +1,6 @@
 """Forward and run_with_cache (all hooks): jtlens vs TransformerLens 3.9 and 4.3, GPT-2-small, CPU.
 
-    python benchmarks/forward.py            # `make bench` installs TL 4.3 for the bridge column
+    python -m benchmarks.forward      # `make bench` installs TL 4.3 for the bridge column
 
 Prints compile time, steady-state medians and the ratio against the faster TransformerLens.
 """
