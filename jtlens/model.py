@@ -171,25 +171,34 @@ def mlp(p, x, cfg: Config, hk: HookRunner, rec, layer):
     return post @ p["W_out"] + p["b_out"]
 
 
-_SPLIT_INPUTS = ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input")
+_QKV_INPUTS = ("hook_q_input", "hook_k_input", "hook_v_input")
 
 
 def _attention_inputs(resid, cfg: Config, hk: HookRunner, rec, layer):
-    """(q, k, v) inputs before ln1: the residual itself, or per-head copies (TransformerLens's
-    use_split_qkv_input / use_attn_in, or whenever a split-input hook is edited)."""
+    """(q, k, v) inputs before ln1, as TransformerLens builds them.
+
+    Normally the residual itself. In split mode (use_split_qkv_input, or a q/k/v_input hook is
+    edited) each head gets its own copy [batch, pos, heads, d_model] with its own hook; in
+    attn_in mode (use_attn_in, or hook_attn_in is edited) one per-head copy feeds q, k and v.
+    """
     H, Hkv = cfg.n_heads, cfg.n_kv_heads
     per_head = lambda n: jnp.broadcast_to(resid[:, :, None, :], resid.shape[:2] + (n, cfg.d_model))
-    split = cfg.use_split_qkv_input or cfg.use_attn_in or any(hk.edited(n) for n in _SPLIT_INPUTS)
-    if not split:
-        for name, n in zip(_SPLIT_INPUTS, (H, H, Hkv, Hkv)):
-            if name in hk.captured:
-                hk(name, per_head(n), rec, layer)
-        return resid, resid, resid
-    attn_in = hk("hook_attn_in", per_head(H), rec, layer)
-    q_in = hk("hook_q_input", attn_in, rec, layer)
-    k_in = hk("hook_k_input", attn_in[:, :, :: H // Hkv] if Hkv != H else attn_in, rec, layer)
-    v_in = hk("hook_v_input", attn_in[:, :, :: H // Hkv] if Hkv != H else attn_in, rec, layer)
-    return q_in, k_in, v_in
+    split = cfg.use_split_qkv_input or any(hk.edited(n) for n in _QKV_INPUTS)
+    attn_in_mode = cfg.use_attn_in or hk.edited("hook_attn_in")
+    if hk.wants("hook_attn_in") and (split or not attn_in_mode):
+        hk("hook_attn_in", per_head(H), rec, layer)  # recorded; TransformerLens ignores it here too
+    if split:
+        return tuple(hk(name, per_head(n), rec, layer) for name, n in zip(_QKV_INPUTS, (H, Hkv, Hkv)))
+    if attn_in_mode:
+        if Hkv != H:
+            raise ValueError("hook_attn_in feeds keys and values per query head, which a grouped-query "
+                             "model does not have; edit hook_k_input / hook_v_input instead")
+        attn_in = hk("hook_attn_in", per_head(H), rec, layer)
+        return attn_in, attn_in, attn_in
+    for name, n in zip(_QKV_INPUTS, (H, Hkv, Hkv)):
+        if name in hk.captured:
+            hk(name, per_head(n), rec, layer)
+    return resid, resid, resid
 
 
 def block(p, resid, layer, cfg: Config, hk: HookRunner, positions, mask, local):
