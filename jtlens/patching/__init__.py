@@ -1,0 +1,18 @@
+"""Activation patching: TransformerLens's `patching` API as compiled sweeps, and beyond.
+
+- `get_act_patch_*`, `generic_activation_patch`: TransformerLens's functions, names and shapes.
+- `activation_sweep`: the pure core (params, cfg, tokens, clean activations, metric).
+"""
+
+from jtlens.patching.sweep import (  # noqa: F401
+    activation_sweep, corrupted_residuals, default_chunk_size, layer_head_dest_src_pos_pattern_patch_setter,
+    layer_head_pattern_patch_setter, layer_head_pos_pattern_patch_setter, layer_head_vector_patch_setter,
+    layer_pos_head_vector_patch_setter, layer_pos_patch_setter, map_rows, run_from_layer)
+from jtlens.patching.transformer_lens_api import (  # noqa: F401
+    generic_activation_patch, get_act_patch_attn_head_all_pos_every, get_act_patch_attn_head_by_pos_every,
+    get_act_patch_attn_head_k_all_pos, get_act_patch_attn_head_k_by_pos, get_act_patch_attn_head_out_all_pos,
+    get_act_patch_attn_head_out_by_pos, get_act_patch_attn_head_pattern_all_pos,
+    get_act_patch_attn_head_pattern_by_pos, get_act_patch_attn_head_pattern_dest_src_pos,
+    get_act_patch_attn_head_q_all_pos, get_act_patch_attn_head_q_by_pos, get_act_patch_attn_head_v_all_pos,
+    get_act_patch_attn_head_v_by_pos, get_act_patch_attn_out, get_act_patch_block_every, get_act_patch_mlp_out,
+    get_act_patch_resid_mid, get_act_patch_resid_pre)

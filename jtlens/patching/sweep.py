@@ -1,0 +1,214 @@
+"""The activation-patching sweep as one compiled, batched, shardable program.
+
+TransformerLens runs one forward per patch. Here every patch of a sweep is a row of integer
+indices (`[layer, ...]`); rows are grouped by layer, and each group runs as `vmap`-ed chunks of
+one jitted function that starts from the corrupted residual at that layer (layers before the
+patch are skipped, `run_blocks(start_layer=...)`), patches with a setter, and reduces the
+logits to a scalar with the caller's metric. The layer is a traced argument, so the whole sweep
+compiles once.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from jtlens import components as C
+from jtlens.config import Config
+from jtlens.hooks import HookRunner, Hooks
+from jtlens.model import forward, run_blocks, unembed
+
+Metric = Callable[[jax.Array], jax.Array]
+
+
+# ----------------------------------------------------------------------------- setters
+
+def _patch_at(corrupted, clean, axes: dict):
+    """`corrupted` with the slice at {axis: index} replaced by `clean` (indices may be traced)."""
+    mask = jnp.bool_(True)
+    for axis, i in axes.items():
+        shape = [1] * corrupted.ndim
+        shape[axis] = corrupted.shape[axis]
+        mask = mask & (jnp.arange(corrupted.shape[axis]).reshape(shape) == i)
+    return jnp.where(mask, clean.astype(corrupted.dtype), corrupted)
+
+
+def _setter(name: str, axes: tuple, layout: str):
+    """A TransformerLens-named patch setter: index[1:] addresses activation axes `axes`."""
+
+    def setter(corrupted_activation, index, clean_activation):
+        return _patch_at(corrupted_activation, clean_activation,
+                         {ax: index[k + 1] for k, ax in enumerate(axes)})
+
+    setter.__name__ = setter.__qualname__ = name
+    setter.__doc__ = (f"Patch where index = [layer, {', '.join(layout.split()[:len(axes)])}] on an "
+                      f"activation laid out [batch, ...]; jittable, indices may be traced.")
+    setter.axes = axes  # read by attribution patching to know which axes a patch covers
+    return setter
+
+
+layer_pos_patch_setter = _setter("layer_pos_patch_setter", (1,), "pos")
+layer_pos_head_vector_patch_setter = _setter("layer_pos_head_vector_patch_setter", (1, 2), "pos head_index")
+layer_head_vector_patch_setter = _setter("layer_head_vector_patch_setter", (2,), "head_index")
+layer_head_pattern_patch_setter = _setter("layer_head_pattern_patch_setter", (1,), "head_index")
+layer_head_pos_pattern_patch_setter = _setter("layer_head_pos_pattern_patch_setter", (1, 2),
+                                              "head_index dest_pos")
+layer_head_dest_src_pos_pattern_patch_setter = _setter(
+    "layer_head_dest_src_pos_pattern_patch_setter", (1, 2, 3), "head_index dest_pos src_pos")
+
+
+# ----------------------------------------------------------------------------- the program
+
+def corrupted_residuals(params, tokens, cfg: Config, extra: Sequence[str] = ()) -> dict:
+    """One corrupted forward: {template: [n_layers, batch, ...]} for hook_resid_pre (+ `extra`)."""
+    names = ("hook_resid_pre",) + tuple(extra)
+    _, cache = _capture_jit(params, tokens, cfg=cfg, names=tuple(f"blocks.*.{n}" for n in names))
+    return {n: cache.stacked[n] for n in names}
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "names"))
+def _capture_jit(params, tokens, *, cfg, names):
+    return forward(params, tokens, cfg, Hooks(capture=names), return_type=None)
+
+
+def run_from_layer(params, resid_pre, layer, cfg: Config, hooks: Hooks,
+                   logit_positions: Optional[tuple] = None):
+    """Logits of a run that starts from `resid_pre[layer]` ([n_layers, batch, pos, d_model]) at a
+    traced `layer`, with `hooks`; only `logit_positions` are unembedded when given."""
+    resid = jax.lax.dynamic_index_in_dim(resid_pre, layer, keepdims=False)
+    hk = HookRunner(hooks, cfg)
+    batch, n_pos = resid.shape[:2]
+    positions = C.positions_from_mask(None, n_pos, batch)
+    resid, _ = run_blocks(params["blocks"], resid, cfg, hk, positions, None, start_layer=layer)
+    if logit_positions is not None:
+        resid = resid[:, jnp.asarray(logit_positions)]
+    return unembed(params, resid, cfg, hk, {})
+
+
+def _scalar(metric: Metric, logits):
+    out = jnp.asarray(metric(logits))
+    if out.shape != ():
+        raise ValueError(f"patching_metric must return a scalar; it returned shape {out.shape} "
+                         f"for logits of shape {logits.shape} (reduce over batch, e.g. .mean())")
+    return out.astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "template", "setter", "metric", "logit_positions"))
+def _patch_chunk(params, resid_pre, clean, layer, idx, *, cfg, template, setter, metric,
+                 logit_positions):
+    """Metric of each patch `idx[i]` ([chunk, k], all at `layer`) -> [chunk]."""
+
+    def one(index):
+        def patch(act, hook):
+            l = hook.layer()
+            clean_l = jax.lax.dynamic_index_in_dim(clean, l, keepdims=False)
+            return jnp.where(l == layer, setter(act, index, clean_l), act)
+
+        hooks = Hooks(fns={f"blocks.*.{template}": patch})
+        return _scalar(metric, run_from_layer(params, resid_pre, layer, cfg, hooks, logit_positions))
+
+    return jax.vmap(one)(idx)
+
+
+# ----------------------------------------------------------------------------- chunking
+
+def default_chunk_size(cfg: Config, batch: int, n_pos: int, n_logit_pos: int, rows: int,
+                       n_devices: int = 1) -> int:
+    """Patches per vmapped chunk: all rows of a layer, capped so a chunk's activations fit in
+    about a quarter of free memory (device memory stats, else the host's available RAM)."""
+    per_patch = 4 * batch * (n_pos * (12 * cfg.d_model + 2 * (cfg.d_mlp or 0)
+                                      + 3 * cfg.n_heads * n_pos) + n_logit_pos * cfg.d_vocab_out)
+    free = _free_bytes()
+    size = max(1, min(rows, int(free // 4 // max(per_patch, 1))))
+    return -(-size // n_devices) * n_devices
+
+
+def _free_bytes() -> int:
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def _chunk_sharding(sharding) -> Optional[NamedSharding]:
+    """A Mesh (split over all its axes) or a NamedSharding for the chunk axis, or None."""
+    if sharding is None or isinstance(sharding, NamedSharding):
+        return sharding
+    if isinstance(sharding, Mesh):
+        return NamedSharding(sharding, PartitionSpec(sharding.axis_names))
+    raise TypeError(f"sharding must be a jax.sharding.Mesh or NamedSharding, got {type(sharding).__name__}")
+
+
+def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
+             progress: bool = True, desc: str = "patching") -> np.ndarray:
+    """Run `fn(layer, idx_chunk) -> [chunk]` over `rows` ([n, k], column 0 = layer) in fixed-size
+    chunks grouped by layer (the last chunk of a group is padded), returning [n] in row order."""
+    rows = np.asarray(rows, np.int32).reshape(len(rows), -1)
+    sharding = _chunk_sharding(sharding)
+    n_dev = 1 if sharding is None else sharding.mesh.size
+    if chunk_size % n_dev:
+        raise ValueError(f"chunk_size={chunk_size} must be a multiple of the {n_dev} devices it is "
+                         f"split over")
+    jobs = []
+    for layer in np.unique(rows[:, 0]):
+        where = np.nonzero(rows[:, 0] == layer)[0]
+        jobs += [(int(layer), where[i:i + chunk_size]) for i in range(0, len(where), chunk_size)]
+    out = np.zeros(len(rows), np.float32)
+    pending = []
+    for layer, where in tqdm(jobs, desc=desc, disable=not progress or len(jobs) < 2):
+        idx = rows[np.pad(where, (0, chunk_size - len(where)), mode="edge")]
+        idx = jnp.asarray(idx) if sharding is None else jax.device_put(idx, sharding)
+        pending.append((where, fn(jnp.int32(layer), idx)))
+    for where, values in pending:  # read back at the end so dispatch overlaps compute
+        out[where] = np.asarray(values)[:len(where)]
+    return out
+
+
+def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, metric: Metric,
+                     template: str, setter: Callable, rows, *, chunk_size: Optional[int] = None,
+                     logit_positions: Optional[Sequence[int]] = None, sharding=None,
+                     progress: bool = True, resid_pre=None) -> np.ndarray:
+    """The metric after each patch of one activation, one compiled program for all of them.
+
+    Args:
+      params, cfg: the model.
+      corrupted_tokens: int [batch, pos], the run that gets patched.
+      clean_activation: the clean run's activation at every layer, [n_layers, batch, ...]
+        (e.g. `clean_cache["blocks.*.attn.hook_z"]`).
+      metric: logits -> scalar (jittable; a stable function object is compiled once).
+      template: per-layer hook template, e.g. "hook_resid_pre", "attn.hook_z".
+      setter: `(corrupted_act, index, clean_act) -> patched_act` (jittable), e.g.
+        `layer_pos_patch_setter`.
+      rows: int [n_patches, k], each `[layer, ...]` as the setter reads it.
+      chunk_size: patches per vmapped chunk (default: `default_chunk_size`).
+      logit_positions: unembed only these positions; the metric then sees
+        [batch, len(logit_positions), d_vocab] (so `logits[:, -1]` still works with `(-1,)`).
+      sharding: a Mesh or NamedSharding splitting each chunk over devices.
+      resid_pre: the corrupted run's [n_layers, batch, pos, d_model] residuals, if at hand.
+    Returns: float32 [n_patches].
+    """
+    corrupted_tokens = jnp.asarray(corrupted_tokens)
+    rows = np.asarray(rows)
+    if resid_pre is None:
+        resid_pre = corrupted_residuals(params, corrupted_tokens, cfg)["hook_resid_pre"]
+    batch, n_pos = corrupted_tokens.shape
+    logit_positions = None if logit_positions is None else tuple(int(p) for p in logit_positions)
+    if chunk_size is None:
+        per_layer = int(np.bincount(rows[:, 0]).max()) if len(rows) else 1
+        n_dev = 1 if sharding is None else _chunk_sharding(sharding).mesh.size
+        chunk_size = default_chunk_size(cfg, batch, n_pos, len(logit_positions or range(n_pos)),
+                                        per_layer, n_dev)
+    fn = functools.partial(_patch_chunk, params, resid_pre, jnp.asarray(clean_activation), cfg=cfg,
+                           template=template, setter=setter, metric=metric,
+                           logit_positions=logit_positions)
+    return map_rows(fn, rows, chunk_size, sharding, progress, desc=f"patching {template}")
