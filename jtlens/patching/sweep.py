@@ -92,7 +92,35 @@ def run_from_layer(params, resid_pre, layer, cfg: Config, hooks: Hooks,
     return unembed(params, resid, cfg, hk, {})
 
 
-def _scalar(metric: Metric, logits):
+def metric_positions(metric: Metric, logits_shape: tuple) -> Optional[tuple]:
+    """The positions a metric reads, when its jaxpr proves it reads only static slices of the
+    logits (`logits[:, -1]`, `logits[:, -3:]`); None when it may read anything. The sweep then
+    unembeds just those positions, and the metric still sees full-shape logits."""
+    spec = jax.ShapeDtypeStruct(logits_shape, jnp.float32)
+    try:
+        jaxpr = jax.make_jaxpr(metric)(spec).jaxpr
+    except Exception:  # a metric that cannot trace on its own is reported by the sweep itself
+        return None
+    (logits,) = jaxpr.invars
+    if logits in jaxpr.outvars:
+        return None
+    read = set()
+    for eqn in jaxpr.eqns:
+        if not any(v is logits for v in eqn.invars):
+            continue
+        if eqn.primitive is not jax.lax.slice_p:
+            return None
+        start, limit = eqn.params["start_indices"][1], eqn.params["limit_indices"][1]
+        read.update(range(start, limit, (eqn.params["strides"] or (1, 1))[1]))
+    return tuple(sorted(read)) if len(read) < logits_shape[1] else None
+
+
+def _scalar(metric: Metric, logits, n_pos: Optional[int] = None, positions=None):
+    """metric(logits) as a float32 scalar; with `n_pos`, `logits` hold only `positions` and are
+    scattered into zero logits of full length first (the metric reads no other position)."""
+    if n_pos is not None:
+        full = jnp.zeros((logits.shape[0], n_pos) + logits.shape[2:], logits.dtype)
+        logits = full.at[:, jnp.asarray(positions)].set(logits)
     out = jnp.asarray(metric(logits))
     if out.shape != ():
         raise ValueError(f"patching_metric must return a scalar; it returned shape {out.shape} "
@@ -100,9 +128,10 @@ def _scalar(metric: Metric, logits):
     return out.astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "template", "setter", "metric", "logit_positions"))
+@functools.partial(jax.jit, static_argnames=("cfg", "template", "setter", "metric",
+                                             "logit_positions", "expand_to"))
 def _patch_chunk(params, resid_pre, clean, layer, idx, *, cfg, template, setter, metric,
-                 logit_positions):
+                 logit_positions, expand_to):
     """Metric of each patch `idx[i]` ([chunk, k], all at `layer`) -> [chunk]."""
 
     def one(index):
@@ -112,7 +141,8 @@ def _patch_chunk(params, resid_pre, clean, layer, idx, *, cfg, template, setter,
             return jnp.where(l == layer, setter(act, index, clean_l), act)
 
         hooks = Hooks(fns={f"blocks.*.{template}": patch})
-        return _scalar(metric, run_from_layer(params, resid_pre, layer, cfg, hooks, logit_positions))
+        logits = run_from_layer(params, resid_pre, layer, cfg, hooks, logit_positions)
+        return _scalar(metric, logits, expand_to, logit_positions)
 
     return jax.vmap(one)(idx)
 
@@ -174,6 +204,15 @@ def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
     return out
 
 
+def read_positions(metric: Metric, logit_positions, cfg: Config, batch: int, n_pos: int):
+    """(positions to unembed or None, full length to scatter them into or None): the caller's
+    `logit_positions` as given, else the positions the metric provably reads."""
+    if logit_positions is not None:
+        return tuple(int(p) % n_pos for p in logit_positions), None
+    auto = metric_positions(metric, (batch, n_pos, cfg.d_vocab_out))
+    return auto, (None if auto is None else n_pos)
+
+
 def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, metric: Metric,
                      template: str, setter: Callable, rows, *, chunk_size: Optional[int] = None,
                      logit_positions: Optional[Sequence[int]] = None, sharding=None,
@@ -193,6 +232,8 @@ def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, me
       chunk_size: patches per vmapped chunk (default: `default_chunk_size`).
       logit_positions: unembed only these positions; the metric then sees
         [batch, len(logit_positions), d_vocab] (so `logits[:, -1]` still works with `(-1,)`).
+        By default only the positions the metric provably reads are unembedded
+        (`metric_positions`), and it sees full-shape logits.
       sharding: a Mesh or NamedSharding splitting each chunk over devices.
       resid_pre: the corrupted run's [n_layers, batch, pos, d_model] residuals, if at hand.
     Returns: float32 [n_patches].
@@ -202,7 +243,7 @@ def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, me
     if resid_pre is None:
         resid_pre = corrupted_residuals(params, corrupted_tokens, cfg)["hook_resid_pre"]
     batch, n_pos = corrupted_tokens.shape
-    logit_positions = None if logit_positions is None else tuple(int(p) for p in logit_positions)
+    logit_positions, expand_to = read_positions(metric, logit_positions, cfg, batch, n_pos)
     if chunk_size is None:
         per_layer = int(np.bincount(rows[:, 0]).max()) if len(rows) else 1
         n_dev = 1 if sharding is None else _chunk_sharding(sharding).mesh.size
@@ -210,5 +251,5 @@ def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, me
                                         per_layer, n_dev)
     fn = functools.partial(_patch_chunk, params, resid_pre, jnp.asarray(clean_activation), cfg=cfg,
                            template=template, setter=setter, metric=metric,
-                           logit_positions=logit_positions)
+                           logit_positions=logit_positions, expand_to=expand_to)
     return map_rows(fn, rows, chunk_size, sharding, progress, desc=f"patching {template}")
