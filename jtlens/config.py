@@ -62,6 +62,14 @@ class Config:
     use_normalization_before_and_after: bool = False
     use_qk_norm: bool = False
     attention_dir: str = "causal"
+    # BERT-style encoders (TransformerLens's HookedEncoder): `post_ln` puts a LayerNorm after
+    # each residual add (ln1 after attention, ln2 after the MLP) and after the embedding sum
+    # (embed.ln), with no ln_final; `n_token_types` > 0 adds segment embeddings; `mlm_head` adds
+    # the masked-LM head (dense, act_fn, LayerNorm) before the unembed. A post_ln model without
+    # an MLM head (a BertModel checkpoint) has no unembed: it outputs its final residual.
+    post_ln: bool = False
+    n_token_types: int = 0
+    mlm_head: bool = False
     # Which optional hooks a capture-everything run includes (as in TransformerLens). Naming
     # one of these hooks explicitly always works, whatever the flag says.
     use_attn_result: bool = False
@@ -118,6 +126,16 @@ class Config:
         if self.positional_embedding_type == "rotary":
             check(self.rotary_dim % 2 == 0 and self.rotary_dim <= self.d_head,
                   f"rotary_dim={self.rotary_dim} must be even and at most d_head={self.d_head}")
+        if self.post_ln:
+            check(self.normalization_type == "LN" and self.positional_embedding_type == "standard",
+                  "post_ln (BERT) blocks need normalization_type='LN' and standard positions")
+            check(not (self.attn_only or self.parallel_attn_mlp or self.use_attn_in
+                       or self.use_normalization_before_and_after),
+                  "post_ln (BERT) blocks have no attn_only / parallel_attn_mlp / use_attn_in / "
+                  "use_normalization_before_and_after variant")
+        else:
+            check(self.n_token_types == 0 and not self.mlm_head,
+                  "n_token_types and mlm_head are parts of a BERT encoder: set post_ln=True")
         if self.use_local_attn:
             check(self.window_size is not None and self.attn_types is not None,
                   "use_local_attn needs window_size and attn_types")
@@ -134,6 +152,8 @@ class Config:
     @property
     def final_norm_type(self) -> Optional[str]:
         """Norm type of ln_final: TransformerLens's `final_rms` swaps a LayerNorm for RMS."""
+        if self.post_ln:
+            return None  # post-LN blocks end normalised; BERT has no ln_final
         if self.final_rms and self.normalization_type in ("LN", "LNPre"):
             return "RMS" if self.normalization_type == "LN" else "RMSPre"
         return self.normalization_type
