@@ -35,6 +35,8 @@ def block_hook_templates(cfg: Config, optional: bool = False) -> list[str]:
     `optional=True` includes the hooks TransformerLens only has behind `use_*` flags
     (hook_result, hook_attn_in, hook_q/k/v_input, hook_mlp_in), whatever the flags say.
     """
+    if cfg.post_ln:
+        return _post_ln_block_templates(cfg, optional)
     ln = cfg.normalization_type is not None
     t = ["hook_resid_pre"]
     if optional or cfg.use_attn_in:
@@ -73,8 +75,40 @@ def block_hook_templates(cfg: Config, optional: bool = False) -> list[str]:
     return t
 
 
+def _post_ln_block_templates(cfg: Config, optional: bool) -> list[str]:
+    """TransformerLens's BertBlock hooks: ln1 normalises resid_mid, ln2 normalises resid_post."""
+    t = ["hook_resid_pre"]
+    if optional or cfg.use_split_qkv_input:
+        t += ["hook_q_input", "hook_k_input", "hook_v_input"]
+    t += ["attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores",
+          "attn.hook_pattern", "attn.hook_z"]
+    if optional or cfg.use_attn_result:
+        t.append("attn.hook_result")
+    t += ["hook_attn_out", "hook_resid_mid"]
+    if optional or cfg.use_hook_mlp_in:
+        t.append("hook_mlp_in")
+    t += ["ln1.hook_scale", "ln1.hook_normalized", "mlp.hook_pre"]
+    if cfg.gated_mlp:
+        t.append("mlp.hook_pre_linear")
+    return t + ["mlp.hook_post", "hook_mlp_out", "hook_resid_post", "ln2.hook_scale",
+                "ln2.hook_normalized", "hook_normalized_resid_post"]
+
+
+def _encoder_outer_hook_names(cfg: Config) -> tuple[list[str], list[str]]:
+    """TransformerLens's HookedEncoder: the embedding hooks sit under `embed.`."""
+    pre = (["hook_tokens"] if cfg.use_hook_tokens else []) + ["embed.hook_embed", "embed.hook_pos_embed"]
+    if cfg.n_token_types:
+        pre.append("embed.hook_token_type_embed")
+    pre += ["embed.ln.hook_scale", "embed.ln.hook_normalized", "hook_full_embed"]
+    post = ["mlm_head.ln.hook_scale", "mlm_head.ln.hook_normalized", "unembed.hook_in",
+            "unembed.hook_out"] if cfg.mlm_head else []
+    return pre, post
+
+
 def outer_hook_names(cfg: Config) -> tuple[list[str], list[str]]:
     """Hook points before the blocks and after them."""
+    if cfg.post_ln:
+        return _encoder_outer_hook_names(cfg)
     pre = (["hook_tokens"] if cfg.use_hook_tokens else []) + ["hook_embed"]
     if cfg.positional_embedding_type == "standard":
         pre.append("hook_pos_embed")
@@ -146,10 +180,12 @@ def canonical_name(name: NameLike, cfg: Config) -> str:
     if not isinstance(name, str):
         raise TypeError(f"hook names are strings or (name, layer) tuples, got {name!r}")
     full = get_act_name(name)
+    if cfg.post_ln and f"embed.{full}" in outer_hook_names(cfg)[0]:
+        full = f"embed.{full}"  # get_act_name("embed") -> hook_embed; an encoder's is embed.hook_embed
     if full.startswith("hook_") and full not in outer_hook_names(cfg)[0] \
             and full[len("hook_"):] not in ("embed", "pos_embed", "tokens"):
         full = f"blocks.*.{full}"
-    if not full.startswith(("blocks.", "hook_", "ln_final.", "unembed.")):
+    if not full.startswith(("blocks.", "hook_", "ln_final.", "unembed.", "embed.", "mlm_head.")):
         # e.g. "attn.hook_z" / "mlp.hook_post": a template without its layer
         full = f"blocks.*.{full}"
     m = _BLOCK_NAME.match(full)
