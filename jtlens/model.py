@@ -60,11 +60,18 @@ def param_shapes(cfg: Config) -> dict:
     tree: dict[str, Any] = {"embed": {"W_E": (cfg.d_vocab, D)}}
     if cfg.positional_embedding_type == "standard":
         tree["pos_embed"] = {"W_pos": (cfg.n_ctx, D)}
+    if cfg.post_ln:
+        tree["embed"]["ln"] = _norm_shapes("LN", D)
+        if cfg.n_token_types:
+            tree["token_type_embed"] = {"W_token_type": (cfg.n_token_types, D)}
     tree["blocks"] = blocks
     final = _norm_shapes(cfg.final_norm_type, D)
     if final:
         tree["ln_final"] = final
-    tree["unembed"] = {"W_U": (D, cfg.d_vocab_out), "b_U": (cfg.d_vocab_out,)}
+    if cfg.mlm_head:
+        tree["mlm_head"] = {"W": (D, D), "b": (D,), "ln": _norm_shapes("LN", D)}
+    if cfg.mlm_head or not cfg.post_ln:
+        tree["unembed"] = {"W_U": (D, cfg.d_vocab_out), "b_U": (cfg.d_vocab_out,)}
     return tree
 
 
@@ -106,6 +113,22 @@ def embed(params: Params, tokens, cfg: Config, hk: HookRunner, rec: dict, positi
             pos = jnp.where(attention_mask[..., None] == 0, 0, pos).astype(pos.dtype)
         x = x + hk("hook_pos_embed", pos, rec)
     return x
+
+
+def encoder_embed(params: Params, tokens, cfg: Config, hk: HookRunner, rec: dict, token_type_ids):
+    """BERT embedding: LayerNorm(token + position + token-type) -> [batch, pos, d_model].
+
+    Positions are 0..pos-1 whatever the padding, as in Hugging Face and TransformerLens.
+    """
+    x = hk("embed.hook_embed", jnp.take(params["embed"]["W_E"], tokens, axis=0), rec)
+    pos = jnp.broadcast_to(params["pos_embed"]["W_pos"][: tokens.shape[1]], x.shape)
+    x = x + hk("embed.hook_pos_embed", pos, rec)
+    if cfg.n_token_types:
+        types = jnp.zeros_like(tokens) if token_type_ids is None else token_type_ids
+        x = x + hk("embed.hook_token_type_embed",
+                   jnp.take(params["token_type_embed"]["W_token_type"], types, axis=0), rec)
+    x = C.normalize(x, params["embed"]["ln"], "LN", cfg.eps, _sub(hk, rec, "embed.ln"))
+    return hk("hook_full_embed", x, rec)
 
 
 def _project(x, W, b):
@@ -239,6 +262,27 @@ def block(p, resid, layer, cfg: Config, hk: HookRunner, positions, mask, local):
     return hk("hook_resid_post", resid_post, rec, layer), rec
 
 
+def post_ln_block(p, resid, layer, cfg: Config, hk: HookRunner, positions, mask, local):
+    """A BERT block (TransformerLens's BertBlock): LayerNorm after each residual add.
+
+    ln1 normalises resid_mid, which feeds the MLP and the second residual add; hook_resid_post
+    is before ln2 and the block returns hook_normalized_resid_post.
+    """
+    rec: dict = {}
+    resid = hk("hook_resid_pre", resid, rec, layer)
+    q_in, k_in, v_in = _attention_inputs(resid, cfg, hk, rec, layer)
+    attn_out = attention(p["attn"], q_in, k_in, v_in, cfg, hk, rec, layer, positions, mask, local)
+    attn_out = hk("hook_attn_out", attn_out, rec, layer)
+    resid_mid = hk("hook_resid_mid", resid + attn_out, rec, layer)
+    if hk.wants("hook_mlp_in"):
+        resid_mid = hk("hook_mlp_in", resid_mid, rec, layer)
+    x = C.normalize(resid_mid, p["ln1"], "LN", cfg.eps, _sub(hk, rec, "ln1", layer))
+    mlp_out = hk("hook_mlp_out", mlp(p["mlp"], x, cfg, hk, rec, layer), rec, layer)
+    resid_post = hk("hook_resid_post", x + mlp_out, rec, layer)
+    out = C.normalize(resid_post, p["ln2"], "LN", cfg.eps, _sub(hk, rec, "ln2", layer))
+    return hk("hook_normalized_resid_post", out, rec, layer), rec
+
+
 def p_kind(norm_params: dict) -> str:
     """LN or RMS, read off a norm's params (post-norms keep weights after fold_ln)."""
     return "LN" if "b" in norm_params else "RMS"
@@ -258,19 +302,20 @@ def run_blocks(blocks: Params, resid, cfg: Config, hk: HookRunner, positions, ma
     """
     n = jax.tree_util.tree_leaves(blocks)[0].shape[0]
     local = [t == "local" for t in (cfg.attn_types or ("global",) * cfg.n_layers)]
+    block_fn = post_ln_block if cfg.post_ln else block
     if not scan:
         records = []
         for i in range(n):
             p = jax.tree_util.tree_map(lambda a: a[i], blocks)
             l = first_layer + i
-            resid, rec = block(p, resid, l, cfg, hk, positions, mask, local[l])
+            resid, rec = block_fn(p, resid, l, cfg, hk, positions, mask, local[l])
             records.append(rec)
         return resid, {k: jnp.stack([r[k] for r in records]) for k in records[0]} if n else {}
     local = jnp.asarray(local)
 
     def body(x, inputs):
         p, l = inputs
-        run = lambda x: block(p, x, l, cfg, hk, positions, mask, local[l])
+        run = lambda x: block_fn(p, x, l, cfg, hk, positions, mask, local[l])
         if start_layer is None:
             return run(x)
         skipped = jax.eval_shape(run, x)[1]
@@ -287,6 +332,13 @@ def final_norm(params: Params, resid, cfg: Config, hk: HookRunner, rec: dict):
         return resid
     return C.normalize(resid, params.get("ln_final"), cfg.final_norm_type, cfg.eps,
                        _sub(hk, rec, "ln_final"))
+
+
+def mlm_head(params: Params, resid, cfg: Config, hk: HookRunner, rec: dict):
+    """BERT's masked-LM transform (dense, act_fn, LayerNorm) -> [batch, pos, d_model]."""
+    p = params["mlm_head"]
+    x = C.ACTIVATION_FNS[cfg.act_fn](resid @ p["W"] + p["b"])
+    return C.normalize(x, p["ln"], "LN", cfg.eps, _sub(hk, rec, "mlm_head.ln"))
 
 
 def unembed(params: Params, resid, cfg: Config, hk: HookRunner, rec: dict):
@@ -312,10 +364,34 @@ def _check_tokens(tokens, cfg: Config):
                              f"[0, {cfg.d_vocab}); check the tokenizer matches the model")
 
 
+def _check_encoder_inputs(tokens, token_type_ids, return_type, stop_at_layer, cfg: Config):
+    if token_type_ids is not None:
+        if not cfg.n_token_types:
+            raise ValueError("token_type_ids given, but this model has no token-type embedding "
+                             "(n_token_types=0); leave them out")
+        if tuple(token_type_ids.shape) != tuple(tokens.shape[:2]):
+            raise ValueError(f"token_type_ids has shape {tuple(token_type_ids.shape)}; it must "
+                             f"match the tokens' [batch, pos] = {tuple(tokens.shape[:2])}")
+        if not isinstance(token_type_ids, jax.core.Tracer):
+            arr = np.asarray(token_type_ids)
+            if arr.size and (arr.min() < 0 or arr.max() >= cfg.n_token_types):
+                raise ValueError(f"token_type_ids must lie in [0, {cfg.n_token_types}); got "
+                                 f"values {int(arr.min())}..{int(arr.max())}")
+    if not cfg.post_ln or stop_at_layer is not None or return_type is None:
+        return
+    if return_type != "logits":
+        raise ValueError(f"return_type={return_type!r}: an encoder has no next-token loss; use "
+                         f"'logits' (MLM head), None, or stop_at_layer=n_layers for the embeddings")
+    if not cfg.mlm_head:
+        raise ValueError("this encoder has no MLM head (e.g. a BertModel checkpoint), so no "
+                         "logits: use return_type=None or stop_at_layer=n_layers for the embeddings")
+
+
 def forward(params: Params, tokens, cfg: Config, hooks: Optional[Hooks] = None, *,
             return_type: Optional[str] = "logits", loss_per_token: bool = False,
             attention_mask=None, start_at_layer: Optional[int] = None,
-            stop_at_layer: Optional[int] = None, loss_tokens=None, scan: bool = True):
+            stop_at_layer: Optional[int] = None, loss_tokens=None, scan: bool = True,
+            token_type_ids=None):
     """Run the model.
 
     Args:
@@ -330,6 +406,7 @@ def forward(params: Params, tokens, cfg: Config, hooks: Optional[Hooks] = None, 
         is the residual stream entering that layer.
       loss_tokens: tokens for the loss when starting from a residual.
       scan: run the blocks under `lax.scan` (default) or unrolled (see `run_blocks`).
+      token_type_ids: int [batch, pos] segment ids for BERT-style encoders (default all 0).
     Returns: the output, or `(output, ActivationCache)` when `hooks.capture` selects anything.
     """
     hk = HookRunner(hooks, cfg)
@@ -344,11 +421,17 @@ def forward(params: Params, tokens, cfg: Config, hooks: Optional[Hooks] = None, 
         batch, n_pos = tokens.shape[:2]
     tokens = jnp.asarray(tokens)
     mask = None if attention_mask is None else jnp.asarray(attention_mask)
-    positions = C.positions_from_mask(mask, n_pos, batch)
-    if start_at_layer is None:
-        resid = embed(params, tokens, cfg, hk, rec, positions, mask)
-    else:
+    if cfg.post_ln or token_type_ids is not None:
+        token_type_ids = None if token_type_ids is None else jnp.asarray(token_type_ids)
+        _check_encoder_inputs(tokens, token_type_ids, return_type, stop_at_layer, cfg)
+    # BERT numbers positions 0..pos-1 whatever the padding; decoders shift past left padding.
+    positions = C.positions_from_mask(None if cfg.post_ln else mask, n_pos, batch)
+    if start_at_layer is not None:
         resid = tokens
+    elif cfg.post_ln:
+        resid = encoder_embed(params, tokens, cfg, hk, rec, token_type_ids)
+    else:
+        resid = embed(params, tokens, cfg, hk, rec, positions, mask)
     blocks = params["blocks"]
     if (start, stop) != (0, L):
         blocks = jax.tree_util.tree_map(lambda a: a[start:stop], blocks)
@@ -360,9 +443,13 @@ def forward(params: Params, tokens, cfg: Config, hooks: Optional[Hooks] = None, 
     if stop_at_layer is not None:
         out = resid
     elif return_type is None:
+        if cfg.mlm_head:  # TransformerLens's HookedEncoder runs its head (and hooks) regardless
+            unembed(params, mlm_head(params, resid, cfg, hk, rec), cfg, hk, rec)
         final_norm(params, resid, cfg, hk, rec)
         out = None
     else:
+        if cfg.mlm_head:
+            resid = mlm_head(params, resid, cfg, hk, rec)
         logits = unembed(params, resid, cfg, hk, rec)
         if return_type == "logits":
             out = logits
