@@ -21,7 +21,7 @@ def config_from_tl(tl_cfg: Any) -> Config:
     src = tl_cfg if isinstance(tl_cfg, Mapping) else vars(tl_cfg)
     kwargs = {}
     for f in dataclasses.fields(Config):
-        if f.name in src and src[f.name] is not None or f.name in ("d_mlp", "rotary_dim"):
+        if f.name in src and src[f.name] is not None or f.name in ("d_mlp", "rotary_dim", "normalization_type"):
             value = src.get(f.name)
             if f.name == "dtype":
                 value = str(value).replace("torch.", "")
