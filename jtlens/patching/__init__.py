@@ -2,6 +2,8 @@
 
 - `get_act_patch_*`, `generic_activation_patch`: TransformerLens's functions, names and shapes.
 - `activation_sweep`: the pure core (params, cfg, tokens, clean activations, metric).
+- `attribution_patch`: gradient-based estimates of the same sweeps (one forward + backward).
+- `path_patch`: a sender head's effect through chosen receivers only.
 """
 
 from jtlens.patching.sweep import (  # noqa: F401
@@ -16,3 +18,5 @@ from jtlens.patching.transformer_lens_api import (  # noqa: F401
     get_act_patch_attn_head_q_all_pos, get_act_patch_attn_head_q_by_pos, get_act_patch_attn_head_v_all_pos,
     get_act_patch_attn_head_v_by_pos, get_act_patch_attn_out, get_act_patch_block_every, get_act_patch_mlp_out,
     get_act_patch_resid_mid, get_act_patch_resid_pre)
+from jtlens.patching.attribution import attribution_patch, attribution_sweep  # noqa: F401
+from jtlens.patching.paths import path_patch  # noqa: F401

@@ -78,6 +78,16 @@ def _capture_jit(params, tokens, *, cfg, names):
     return forward(params, tokens, cfg, Hooks(capture=names), return_type=None)
 
 
+def check_clean_shape(params, cfg: Config, tokens, template: str, clean) -> None:
+    """Clean activations must have the corrupted run's shape (same batch, same length)."""
+    want = jax.eval_shape(lambda p, t: _capture_jit(p, t, cfg=cfg, names=(f"blocks.*.{template}",)),
+                          params, tokens)[1].stacked[template].shape
+    if tuple(clean.shape) != tuple(want):
+        raise ValueError(f"clean {template} has shape {tuple(clean.shape)} but the corrupted run's "
+                         f"is {tuple(want)}; run clean and corrupted prompts with the same batch "
+                         f"size and number of tokens")
+
+
 def run_from_layer(params, resid_pre, layer, cfg: Config, hooks: Hooks,
                    logit_positions: Optional[tuple] = None):
     """Logits of a run that starts from `resid_pre[layer]` ([n_layers, batch, pos, d_model]) at a
@@ -115,7 +125,7 @@ def metric_positions(metric: Metric, logits_shape: tuple) -> Optional[tuple]:
     return tuple(sorted(read)) if len(read) < logits_shape[1] else None
 
 
-def _scalar(metric: Metric, logits, n_pos: Optional[int] = None, positions=None):
+def scalar_metric(metric: Metric, logits, n_pos: Optional[int] = None, positions=None):
     """metric(logits) as a float32 scalar; with `n_pos`, `logits` hold only `positions` and are
     scattered into zero logits of full length first (the metric reads no other position)."""
     if n_pos is not None:
@@ -142,7 +152,7 @@ def _patch_chunk(params, resid_pre, clean, layer, idx, *, cfg, template, setter,
 
         hooks = Hooks(fns={f"blocks.*.{template}": patch})
         logits = run_from_layer(params, resid_pre, layer, cfg, hooks, logit_positions)
-        return _scalar(metric, logits, expand_to, logit_positions)
+        return scalar_metric(metric, logits, expand_to, logit_positions)
 
     return jax.vmap(one)(idx)
 
@@ -170,7 +180,7 @@ def _free_bytes() -> int:
         return 4 << 30
 
 
-def _chunk_sharding(sharding) -> Optional[NamedSharding]:
+def chunk_sharding(sharding) -> Optional[NamedSharding]:
     """A Mesh (split over all its axes) or a NamedSharding for the chunk axis, or None."""
     if sharding is None or isinstance(sharding, NamedSharding):
         return sharding
@@ -184,7 +194,7 @@ def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
     """Run `fn(layer, idx_chunk) -> [chunk]` over `rows` ([n, k], column 0 = layer) in fixed-size
     chunks grouped by layer (the last chunk of a group is padded), returning [n] in row order."""
     rows = np.asarray(rows, np.int32).reshape(len(rows), -1)
-    sharding = _chunk_sharding(sharding)
+    sharding = chunk_sharding(sharding)
     n_dev = 1 if sharding is None else sharding.mesh.size
     if chunk_size % n_dev:
         raise ValueError(f"chunk_size={chunk_size} must be a multiple of the {n_dev} devices it is "
@@ -240,16 +250,18 @@ def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, me
     """
     corrupted_tokens = jnp.asarray(corrupted_tokens)
     rows = np.asarray(rows)
+    clean_activation = jnp.asarray(clean_activation)
+    check_clean_shape(params, cfg, corrupted_tokens, template, clean_activation)
     if resid_pre is None:
         resid_pre = corrupted_residuals(params, corrupted_tokens, cfg)["hook_resid_pre"]
     batch, n_pos = corrupted_tokens.shape
     logit_positions, expand_to = read_positions(metric, logit_positions, cfg, batch, n_pos)
     if chunk_size is None:
         per_layer = int(np.bincount(rows[:, 0]).max()) if len(rows) else 1
-        n_dev = 1 if sharding is None else _chunk_sharding(sharding).mesh.size
+        n_dev = 1 if sharding is None else chunk_sharding(sharding).mesh.size
         chunk_size = default_chunk_size(cfg, batch, n_pos, len(logit_positions or range(n_pos)),
                                         per_layer, n_dev)
-    fn = functools.partial(_patch_chunk, params, resid_pre, jnp.asarray(clean_activation), cfg=cfg,
+    fn = functools.partial(_patch_chunk, params, resid_pre, clean_activation, cfg=cfg,
                            template=template, setter=setter, metric=metric,
                            logit_positions=logit_positions, expand_to=expand_to)
     return map_rows(fn, rows, chunk_size, sharding, progress, desc=f"patching {template}")

@@ -1,0 +1,94 @@
+"""Attribution patching: every patch of a sweep estimated from one forward and one backward.
+
+The metric after patching an activation slice from the clean run is approximated to first
+order around the corrupted run:
+
+    metric(patched) ~ metric(corrupted) + sum_slice (clean - corrupted) * d metric / d act
+
+The gradient with respect to every activation comes from `jax.grad` of the metric with respect
+to zero `add` deltas at those hook points, so all sweeps cost one forward and one backward.
+Results have the shapes of the exact sweeps (and equal them when the model is linear in the
+patched activation).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+
+from jtlens.config import Config
+from jtlens.hooks import Hooks
+from jtlens.model import forward
+from jtlens.patching import transformer_lens_api as api
+from jtlens.patching.sweep import Metric, scalar_metric, check_clean_shape
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "metric", "templates"))
+def _grads(params, tokens, like, *, cfg, metric, templates):
+    """(metric of the corrupted run, its activations, d metric / d activation), per template;
+    `like` holds arrays shaped like each activation (the clean ones)."""
+
+    def run(deltas):
+        names = tuple(f"blocks.*.{t}" for t in templates)
+        hooks = Hooks(add=dict(zip(names, deltas)), capture=names)
+        logits, cache = forward(params, tokens, cfg, hooks)
+        return scalar_metric(metric, logits), tuple(cache.stacked[t] for t in templates)
+
+    zeros = tuple(jnp.zeros_like(x) for x in like)
+    (value, acts), grads = jax.value_and_grad(run, has_aux=True)(zeros)
+    return value, acts, grads
+
+
+def attribution_sweep(params, cfg: Config, corrupted_tokens, clean: dict, metric: Metric,
+                      specs: Sequence[tuple[str, tuple]]) -> list[jax.Array]:
+    """Linear estimates of patching sweeps.
+
+    Args:
+      clean: template -> the clean run's activation at every layer, [n_layers, batch, ...].
+      metric: logits [batch, pos, d_vocab] -> scalar.
+      specs: (template, axes) per sweep; `axes` are the activation axes ([batch, ...], so pos
+        is 1) a patch index addresses after the layer, as in a setter's `.axes`.
+    Returns: per spec, metric(corrupted) + the first-order change, [n_layers, *indexed dims].
+    """
+    templates = tuple(dict.fromkeys(t for t, _ in specs))
+    tokens = jnp.asarray(corrupted_tokens)
+    for t in templates:
+        check_clean_shape(params, cfg, tokens, t, clean[t])
+    value, acts, grads = _grads(params, tokens, tuple(jnp.asarray(clean[t]) for t in templates),
+                                cfg=cfg, metric=metric, templates=templates)
+    out = []
+    for template, axes in specs:
+        k = templates.index(template)
+        effect = (jnp.asarray(clean[template]) - acts[k]) * grads[k]  # [n_layers, batch, ...]
+        keep = (0,) + tuple(1 + a for a in axes)
+        summed = effect.sum(axis=tuple(i for i in range(effect.ndim) if i not in keep))
+        order = sorted(keep)
+        out.append(value + jnp.transpose(summed, [order.index(i) for i in keep]))
+    return out
+
+
+def attribution_patch(model, corrupted_tokens, clean_cache, patching_metric: Callable,
+                      sweeps: Union[Callable, Sequence[Callable]]):
+    """Attribution patching for TransformerLens-named sweeps, all from one forward + backward.
+
+    Args:
+      sweeps: one or more `jtlens.patching.get_act_patch_*` functions (the single-activation
+        ones), naming what to estimate, e.g. `get_act_patch_attn_head_out_all_pos`.
+    Returns: an array shaped like that sweep's result (or a list of them).
+    """
+    single = callable(sweeps)
+    sweeps = [sweeps] if single else list(sweeps)
+    specs = []
+    for fn in sweeps:
+        if not hasattr(fn, "setter"):
+            raise ValueError(f"{getattr(fn, '__name__', fn)!r} is not a single-activation "
+                             f"get_act_patch_* function; pass e.g. get_act_patch_resid_pre")
+        template = api._template(model, fn.activation_name)
+        specs.append((template, fn.setter.axes))
+    clean = {t: api._clean(clean_cache, t) for t, _ in specs}
+    out = attribution_sweep(model.params, model.cfg, api._tokens(model, corrupted_tokens), clean,
+                            patching_metric, specs)
+    return out[0] if single else out
