@@ -8,6 +8,7 @@
 from jtlens.cache import ActivationCache as ActivationCache
 from jtlens.components import lm_cross_entropy_loss as lm_cross_entropy_loss
 from jtlens.config import Config as Config
+from jtlens.hooked_encoder import HookedEncoder as HookedEncoder
 from jtlens.hooked_transformer import HookedTransformer as HookedTransformer
 from jtlens.hooked_transformer import Output as Output
 from jtlens.hooks import HookPoint as HookPoint
