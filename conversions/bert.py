@@ -35,55 +35,68 @@ def config_from_hf(hf: dict) -> Config:
         default_prepend_bos=False)
 
 
-def _prefix(reader: TensorReader) -> str:
-    """BertModel checkpoints name tensors `embeddings.*`; the headed ones `bert.embeddings.*`."""
-    return "bert." if "bert.embeddings.word_embeddings.weight" in reader else ""
+# Where each param sits in a checkpoint; `{l}` is the layer. DistilBERT reuses this with its names.
+BERT_NAMES = {
+    "prefix": "bert.", "embeddings": "embeddings", "token_types": "token_type_embeddings",
+    "layer": "encoder.layer.{l}", "q": "attention.self.query", "k": "attention.self.key",
+    "v": "attention.self.value", "o": "attention.output.dense",
+    "ln1": "attention.output.LayerNorm", "in": "intermediate.dense", "out": "output.dense",
+    "ln2": "output.LayerNorm", "head_dense": "cls.predictions.transform.dense",
+    "head_ln": "cls.predictions.transform.LayerNorm", "decoder": "cls.predictions.decoder",
+    "decoder_bias": ("cls.predictions.bias", "cls.predictions.decoder.bias"),
+    "ignored": ("{pre}embeddings.position_ids", "{pre}pooler.*", "cls.seq_relationship.*"),
+}
 
 
 def _ln(reader: TensorReader, name: str) -> dict:
     return {"w": reader.take(f"{name}.weight"), "b": reader.take(f"{name}.bias")}
 
 
-def params_from_hf(reader: TensorReader, cfg: Config) -> dict:
-    """Checkpoint tensors -> jtlens params (layer-stacked, TransformerLens shapes)."""
-    pre = _prefix(reader)
+def encoder_params(reader: TensorReader, cfg: Config, names: dict) -> dict:
+    """Checkpoint tensors named as in `names` -> jtlens encoder params (layer-stacked)."""
+    # Base-model checkpoints (BertModel) have no `bert.` prefix; headed ones do.
+    pre = names["prefix"] if f"{names['prefix']}{names['embeddings']}.word_embeddings.weight" in reader else ""
     H, Dh = cfg.n_heads, cfg.d_head
-    emb = f"{pre}embeddings"
+    emb = f"{pre}{names['embeddings']}"
     params = {
         "embed": {"W_E": reader.take(f"{emb}.word_embeddings.weight"),
                   "ln": _ln(reader, f"{emb}.LayerNorm")},
         "pos_embed": {"W_pos": reader.take(f"{emb}.position_embeddings.weight")},
-        "token_type_embed": {"W_token_type": reader.take(f"{emb}.token_type_embeddings.weight")},
     }
+    if cfg.n_token_types:
+        params["token_type_embed"] = {"W_token_type": reader.take(f"{emb}.{names['token_types']}.weight")}
 
     def layer(l):
-        b = f"{pre}encoder.layer.{l}"
+        b = pre + names["layer"].format(l=l)
         attn = {}
-        for ours, theirs in (("Q", "query"), ("K", "key"), ("V", "value")):
-            attn[f"W_{ours}"] = heads(reader.take(f"{b}.attention.self.{theirs}.weight"), H, Dh)
-            attn[f"b_{ours}"] = reader.take(f"{b}.attention.self.{theirs}.bias").reshape(H, Dh)
-        attn["W_O"] = heads_out(reader.take(f"{b}.attention.output.dense.weight"), H, Dh)
-        attn["b_O"] = reader.take(f"{b}.attention.output.dense.bias")
-        mlp = {"W_in": reader.take(f"{b}.intermediate.dense.weight").T,
-               "b_in": reader.take(f"{b}.intermediate.dense.bias"),
-               "W_out": reader.take(f"{b}.output.dense.weight").T,
-               "b_out": reader.take(f"{b}.output.dense.bias")}
-        return {"attn": attn, "mlp": mlp, "ln1": _ln(reader, f"{b}.attention.output.LayerNorm"),
-                "ln2": _ln(reader, f"{b}.output.LayerNorm")}
+        for q in "QKV":
+            attn[f"W_{q}"] = heads(reader.take(f"{b}.{names[q.lower()]}.weight"), H, Dh)
+            attn[f"b_{q}"] = reader.take(f"{b}.{names[q.lower()]}.bias").reshape(H, Dh)
+        attn["W_O"] = heads_out(reader.take(f"{b}.{names['o']}.weight"), H, Dh)
+        attn["b_O"] = reader.take(f"{b}.{names['o']}.bias")
+        mlp = {"W_in": reader.take(f"{b}.{names['in']}.weight").T,
+               "b_in": reader.take(f"{b}.{names['in']}.bias"),
+               "W_out": reader.take(f"{b}.{names['out']}.weight").T,
+               "b_out": reader.take(f"{b}.{names['out']}.bias")}
+        return {"attn": attn, "mlp": mlp, "ln1": _ln(reader, f"{b}.{names['ln1']}"),
+                "ln2": _ln(reader, f"{b}.{names['ln2']}")}
 
     params["blocks"] = stack_layers(cfg.n_layers, layer)
     if cfg.mlm_head:
-        t = "cls.predictions.transform"
-        params["mlm_head"] = {"W": reader.take(f"{t}.dense.weight").T,
-                              "b": reader.take(f"{t}.dense.bias"),
-                              "ln": _ln(reader, f"{t}.LayerNorm")}
+        params["mlm_head"] = {"W": reader.take(f"{names['head_dense']}.weight").T,
+                              "b": reader.take(f"{names['head_dense']}.bias"),
+                              "ln": _ln(reader, names["head_ln"])}
         # The decoder is tied to the word embeddings; save_pretrained may omit the copy.
-        decoder = reader.take_optional("cls.predictions.decoder.weight")
-        bias = reader.take_optional("cls.predictions.bias")
-        if bias is None:
-            bias = reader.take("cls.predictions.decoder.bias")
-        reader.ignore("cls.predictions.decoder.bias")
+        decoder = reader.take_optional(f"{names['decoder']}.weight")
+        first, *others = [n for n in names["decoder_bias"] if n in reader] or names["decoder_bias"][:1]
+        bias = reader.take(first)
+        reader.ignore(*others)  # a second name of the same tied bias
         params["unembed"] = {"W_U": (params["embed"]["W_E"] if decoder is None else decoder).T,
                              "b_U": bias}
-    reader.ignore(f"{emb}.position_ids", f"{pre}pooler.*", "cls.seq_relationship.*")
+    reader.ignore(*(n.format(pre=pre) for n in names["ignored"]))
     return params
+
+
+def params_from_hf(reader: TensorReader, cfg: Config) -> dict:
+    """BERT checkpoint tensors -> jtlens params (TransformerLens's convert_bert_weights)."""
+    return encoder_params(reader, cfg, BERT_NAMES)

@@ -22,8 +22,8 @@ from transformer_lens import HookedEncoder as TLHookedEncoder  # noqa: E402
 from transformer_lens.pretrained.weight_conversions.bert import convert_bert_weights  # noqa: E402
 
 import jtlens  # noqa: E402
-from conversions.bert import config_from_hf, params_from_hf  # noqa: E402
-from conversions.common import TensorReader, check_and_cast  # noqa: E402
+from conversions import bert, distilbert  # noqa: E402
+from conversions.common import ConversionError, TensorReader, check_and_cast  # noqa: E402
 from jtlens.hooked_encoder import HookedEncoder  # noqa: E402
 
 ATOL = 1e-4
@@ -34,9 +34,10 @@ def load_encoder(folder, tokenizer=None) -> HookedEncoder:
     from safetensors.numpy import load_file
 
     hf_config = json.loads((folder / "config.json").read_text())
-    cfg = config_from_hf(hf_config)
+    family = distilbert if hf_config["model_type"] == "distilbert" else bert
+    cfg = family.config_from_hf(hf_config)
     reader = TensorReader(load_file(folder / "model.safetensors"), str(folder))
-    params = params_from_hf(reader, cfg)
+    params = family.params_from_hf(reader, cfg)
     reader.finish()
     return HookedEncoder(cfg, check_and_cast(params, cfg), tokenizer)
 
@@ -171,6 +172,47 @@ def test_bad_input_errors(tiny):
                        tokens, no_head)
     with pytest.raises(ValueError, match="post_ln"):
         HookedEncoder(jtlens.Config(n_layers=1, d_model=8, d_head=4, n_ctx=4, d_vocab=5))
+
+
+def test_conversion_is_strict(tiny):
+    hf, model, _, _ = tiny
+    tensors = {k: v.numpy() for k, v in hf.state_dict().items()}
+    reader = TensorReader(dict(tensors, **{"bert.encoder.layer.0.adapter.weight": np.zeros(3)}))
+    bert.params_from_hf(reader, model.cfg)
+    with pytest.raises(ConversionError, match="bert.encoder.layer.0.adapter.weight"):
+        reader.finish()
+    del tensors["bert.encoder.layer.1.output.LayerNorm.bias"]
+    with pytest.raises(ConversionError, match="missing tensor 'bert.encoder.layer.1.output.LayerNorm.bias'"):
+        bert.params_from_hf(TensorReader(tensors), model.cfg)
+    with pytest.raises(ConversionError, match="unsupported BERT architecture 'BertForSequenceClassification'"):
+        bert.config_from_hf(dict(hf.config.to_dict(), architectures=["BertForSequenceClassification"]))
+
+
+@pytest.mark.parametrize("head", ["DistilBertForMaskedLM", "DistilBertModel"])
+def test_distilbert_matches_hugging_face(tmp_path, head):
+    """DistilBERT: the same post-LN encoder under other names, without token types."""
+    torch.manual_seed(0)
+    config = transformers.DistilBertConfig(vocab_size=61, dim=32, n_layers=2, n_heads=4,
+                                           hidden_dim=40, max_position_embeddings=12)
+    hf = getattr(transformers, head)(config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    hf.save_pretrained(tmp_path)
+    model = load_encoder(tmp_path)
+    assert model.cfg.original_architecture == head and model.cfg.n_token_types == 0
+    tokens = np.random.default_rng(1).integers(0, 61, (2, 7))
+    mask = np.ones((2, 7), np.int64)
+    mask[0, 4:] = 0
+    with torch.no_grad():
+        out = hf(input_ids=torch_(tokens), attention_mask=torch_(mask), output_hidden_states=True)
+    emb, cache = model.run_with_cache(tokens, return_type="embeddings", one_zero_attention_mask=mask)
+    for l in range(model.cfg.n_layers):
+        assert max_diff(cache["normalized_resid_post", l], out.hidden_states[l + 1].numpy()) <= ATOL
+    if model.cfg.mlm_head:
+        assert max_diff(model(tokens, one_zero_attention_mask=mask), out.logits.numpy()) <= ATOL
+    else:
+        assert max_diff(emb, out.last_hidden_state.numpy()) <= ATOL
 
 
 # ----------------------------------------------------------------------------- MiniLM
