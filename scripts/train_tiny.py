@@ -1,0 +1,126 @@
+"""Reproduce the embedded default model "jtlens-tiny" from scratch (about 20 min on 2 CPU cores).
+
+    python scripts/train_tiny.py [--out jtlens/assets/jtlens-tiny] [--steps 3000]
+
+Corpus: every docstring in the running Python's standard library (plus the `pydoc_data` topic
+texts), so it installs offline with CPython. A byte-level BPE tokenizer is trained on it with
+Hugging Face `tokenizers`, then a 2-layer GPT-2-style model with `jtlens.train`. The result is
+saved in jtlens's native format (`jtlens.loading.save_converted`), with the training curve as
+`training.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import pathlib
+import sysconfig
+import time
+
+import jax
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerFast
+
+import jtlens
+from jtlens.train import train
+
+EOT = "<|endoftext|>"
+SKIP_DIRS = {"test", "tests", "site-packages", "idlelib", "lib2to3", "turtledemo"}
+CFG = jtlens.Config(n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512, d_vocab=4096,
+                    n_ctx=256, act_fn="gelu_new", normalization_type="LN",
+                    model_name="jtlens-tiny", original_architecture="GPT2LMHeadModel")
+
+
+def stdlib_docstrings() -> list[str]:
+    """The English prose that ships with CPython: stdlib docstrings and pydoc topic texts."""
+    root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+    docs = []
+    for path in tqdm(sorted(root.rglob("*.py")), desc="corpus"):
+        if SKIP_DIRS & set(path.relative_to(root).parts):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue  # a few stdlib files are deliberately invalid or not UTF-8
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) > 40:
+                    docs.append(doc)
+    from pydoc_data.topics import topics
+
+    return docs + [topics[k] for k in sorted(topics)]
+
+
+def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A GPT-2-style byte-level BPE with one special token (BOS = EOS = PAD)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(docs, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT,
+                                   pad_token=EOT, unk_token=EOT)
+
+
+def token_stream(tokenizer, docs: list[str]) -> np.ndarray:
+    """All documents as one int32 stream, each preceded by the end-of-text token."""
+    eot = tokenizer.convert_tokens_to_ids(EOT)
+    ids = tokenizer(docs, add_special_tokens=False)["input_ids"]
+    return np.concatenate([np.asarray([eot] + row, np.int32) for row in ids])
+
+
+def batches(data: np.ndarray, bos: int, batch: int, n_ctx: int, seed: int):
+    """Random windows, each starting with BOS as at inference (TransformerLens prepends it)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        starts = rng.integers(0, len(data) - n_ctx, batch)
+        rows = [np.concatenate([[bos], data[s:s + n_ctx - 1]]) for s in starts]
+        yield jax.numpy.asarray(np.stack(rows).astype(np.int32))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    here = pathlib.Path(__file__).resolve().parents[1]
+    ap.add_argument("--out", default=str(here / "jtlens" / "assets" / "jtlens-tiny"))
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    t0 = time.time()
+
+    docs = stdlib_docstrings()
+    tokenizer = train_tokenizer(docs, CFG.d_vocab)
+    data = token_stream(tokenizer, docs)
+    split = int(0.98 * len(data))
+    train_data, val_data = data[:split], data[split:]
+    print(f"{len(docs)} documents, {len(data)} tokens ({time.time() - t0:.0f}s)")
+
+    bos = tokenizer.bos_token_id
+    params = jtlens.init_params(CFG, jax.random.PRNGKey(args.seed))
+    params, losses = train(params, CFG, batches(train_data, bos, args.batch, CFG.n_ctx, args.seed),
+                           steps=args.steps, lr=args.lr, warmup=min(200, args.steps // 10))
+    val = [float(jtlens.forward(params, b, CFG, return_type="loss"))
+           for b, _ in zip(batches(val_data, bos, args.batch, CFG.n_ctx, args.seed + 1), range(8))]
+
+    from jtlens.loading import save_converted
+
+    out = pathlib.Path(args.out)
+    save_converted(out, CFG, params, tokenizer)
+    summary = dict(corpus="CPython stdlib docstrings + pydoc_data topics", documents=len(docs),
+                   tokens=int(len(data)), steps=args.steps, batch=args.batch, lr=args.lr,
+                   seed=args.seed, final_train_loss=float(np.mean(losses[-50:])),
+                   val_loss=float(np.mean(val)), seconds=round(time.time() - t0),
+                   losses=[round(x, 4) for x in losses])
+    (out / "training.json").write_text(json.dumps(summary))
+    print(f"train loss {summary['final_train_loss']:.3f}, val loss {summary['val_loss']:.3f}, "
+          f"{summary['seconds']}s -> {out}")
+
+
+if __name__ == "__main__":
+    main()
