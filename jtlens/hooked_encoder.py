@@ -144,6 +144,11 @@ class HookedEncoder(HookedTransformer):
             arr = arr[0]
         return T.to_str_tokens(self.tokenizer, arr)
 
+    def get_token_position(self, single_token, input, mode: str = "first", *args, **kwargs) -> int:
+        """Position of a token in one text (tokenized with [CLS]/[SEP]) or one row of ids."""
+        tokens = self.to_tokens(input)[0] if isinstance(input, str) else input
+        return super().get_token_position(single_token, np.asarray(tokens), mode)
+
     # ------------------------------------------------------------------ weights
     @property
     def W_token_type(self):

@@ -276,5 +276,6 @@ def test_minilm_sentence_embedding_matches_sentence_transformers(minilm):
 def test_minilm_tokens_and_no_head_errors(minilm):
     _, model, _ = minilm
     assert model.to_str_tokens("The cat") == ["[CLS]", "the", "cat", "[SEP]"]
+    assert model.get_token_position("cat", "The cat sat") == 2
     with pytest.raises(ValueError, match="no MLM head"):
         model("The cat")
