@@ -40,6 +40,15 @@ def main():
             arrays["logits"] = bridge(tokens).numpy()
         elif task == "run_with_cache":
             first, median = timed(lambda: bridge.run_with_cache(tokens))
+        elif task.startswith("get_act_patch_"):  # one sweep (hundreds of forwards), timed once
+            from transformer_lens import patching
+
+            _, cache = bridge.run_with_cache(torch.as_tensor(np.asarray(args["clean"])))
+            good, bad = args["answers"]
+            metric = lambda logits: (logits[:, -1, good] - logits[:, -1, bad]).mean()  # noqa: E731
+            t = time.perf_counter()
+            arrays["result"] = getattr(patching, task)(bridge, tokens, cache, metric).numpy()
+            first = median = time.perf_counter() - t
         else:
             raise SystemExit(f"unknown task {task}")
     np.savez(args["out"], **arrays)
