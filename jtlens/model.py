@@ -342,8 +342,9 @@ def mlm_head(params: Params, resid, cfg: Config, hk: HookRunner, rec: dict):
 
 
 def unembed(params: Params, resid, cfg: Config, hk: HookRunner, rec: dict):
-    """ln_final + unembed (+ final logit soft-cap) -> logits [batch, pos, d_vocab_out]."""
-    resid = hk("unembed.hook_in", final_norm(params, resid, cfg, hk, rec), rec)
+    """ln_final (BERT: the MLM head) + unembed (+ final logit soft-cap) -> logits [batch, pos, d_vocab_out]."""
+    head = mlm_head if cfg.mlm_head else final_norm
+    resid = hk("unembed.hook_in", head(params, resid, cfg, hk, rec), rec)
     logits = hk("unembed.hook_out", resid @ params["unembed"]["W_U"] + params["unembed"]["b_U"], rec)
     return C.softcap(logits, cfg.output_logits_soft_cap)
 
@@ -444,12 +445,11 @@ def forward(params: Params, tokens, cfg: Config, hooks: Optional[Hooks] = None, 
         out = resid
     elif return_type is None:
         if cfg.mlm_head:  # TransformerLens's HookedEncoder runs its head (and hooks) regardless
-            unembed(params, mlm_head(params, resid, cfg, hk, rec), cfg, hk, rec)
-        final_norm(params, resid, cfg, hk, rec)
+            unembed(params, resid, cfg, hk, rec)
+        else:
+            final_norm(params, resid, cfg, hk, rec)
         out = None
     else:
-        if cfg.mlm_head:
-            resid = mlm_head(params, resid, cfg, hk, rec)
         logits = unembed(params, resid, cfg, hk, rec)
         if return_type == "logits":
             out = logits
