@@ -152,6 +152,24 @@ def test_tiny_patch_hook_fn_and_grad_match_transformer_lens(tiny):
     assert max_diff(grad, delta.grad.numpy()) <= ATOL
 
 
+def test_activation_patching_sweep_matches_transformer_lens(tiny):
+    """jtlens.patching's compiled sweeps run on an encoder (MLM head included) as on decoders."""
+    from transformer_lens import patching as tl_patching
+
+    from jtlens import patching
+
+    _, model, tl, (tokens, _, _) = tiny
+    corrupted = np.roll(tokens, 1, axis=1)
+    _, clean_cache = model.run_with_cache(tokens, names_filter="blocks.*.attn.hook_z")
+    with torch.no_grad():
+        _, tl_clean = tl.run_with_cache(torch_(tokens))
+    metric = lambda logits: logits[:, 4, 7].mean()  # noqa: E731
+    ours = patching.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, metric)
+    with torch.no_grad():
+        want = tl_patching.get_act_patch_attn_head_out_all_pos(tl, torch_(corrupted), tl_clean, metric)
+    assert max_diff(ours, want.numpy()) <= ATOL
+
+
 def test_bad_input_errors(tiny):
     _, model, _, (tokens, types, _) = tiny
     with pytest.raises(ValueError, match="longer than the model's context n_ctx=16"):
