@@ -96,7 +96,7 @@ def _post_ln_block_templates(cfg: Config, optional: bool) -> list[str]:
 
 def _encoder_outer_hook_names(cfg: Config) -> tuple[list[str], list[str]]:
     """TransformerLens's HookedEncoder: the embedding hooks sit under `embed.`."""
-    pre = (["hook_tokens"] if cfg.use_hook_tokens else []) + ["embed.hook_embed", "embed.hook_pos_embed"]
+    pre = ["embed.hook_embed", "embed.hook_pos_embed"]
     if cfg.n_token_types:
         pre.append("embed.hook_token_type_embed")
     pre += ["embed.ln.hook_scale", "embed.ln.hook_normalized", "hook_full_embed"]
