@@ -113,6 +113,7 @@ def test_tiny_every_hook_matches_transformer_lens(tiny):
     assert list(cache.keys()) == list(tl_cache.keys())  # same names, same execution order
     assert_caches_match(cache, {k: v.numpy() for k, v in tl_cache.items()})
     assert max_diff(logits, tl_logits.numpy()) <= ATOL
+    assert cache["embed"] is cache["embed.hook_embed"]  # get_act_name("embed") on an encoder
 
 
 def test_tiny_patch_hook_fn_and_grad_match_transformer_lens(tiny):
