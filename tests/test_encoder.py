@@ -298,3 +298,24 @@ def test_minilm_tokens_and_no_head_errors(minilm):
     assert model.get_token_position("cat", "The cat sat") == 2
     with pytest.raises(ValueError, match="no MLM head"):
         model("The cat")
+
+
+def test_text_input_and_predictions_match_transformer_lens(minilm, tmp_path):
+    """Strings go through the tokenizer as in TransformerLens; "predictions" decodes [MASK]s."""
+    _, minilm_model, _ = minilm
+    tokenizer = minilm_model.tokenizer
+    torch.manual_seed(1)
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
+                                     num_hidden_layers=1, num_attention_heads=4,
+                                     intermediate_size=48, max_position_embeddings=32)
+    hf = transformers.BertForMaskedLM(config).eval()
+    hf.save_pretrained(tmp_path)
+    model = load_encoder(tmp_path, tokenizer)
+    tl = tl_encoder(hf, model.cfg)
+    tl.tokenizer = tokenizer
+    texts = ["The [MASK] sat on the mat.", "Paris is the [MASK] of [MASK]."]
+    with torch.no_grad():
+        want_logits = tl(texts).numpy()
+        want = [tl(t, return_type="predictions") for t in texts]
+    assert max_diff(model(texts), want_logits) <= ATOL
+    assert [model(t, return_type="predictions") for t in texts] == want
