@@ -145,7 +145,7 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a model on a text and show everything it does")
     run.add_argument("text")
     run.add_argument("--model", default=DEFAULT_MODEL, help="name, alias or local folder")
-    run.add_argument("--out", default="jtlens_report", help="folder for report.html and PNGs")
+    run.add_argument("--out", default="jtlens-report", help="folder for report.html and PNGs")
     run.add_argument("--save-activations", action="store_true",
                      help="also save every hook activation to activations.npz")
     run.add_argument("--truncate", action="store_true", help="cut text longer than the context")
@@ -157,7 +157,7 @@ def parser() -> argparse.ArgumentParser:
     patch.add_argument("--answer", required=True, help="the clean answer token, e.g. ' Paris'")
     patch.add_argument("--wrong", required=True, help="the corrupted answer token, e.g. ' Rome'")
     patch.add_argument("--model", default=DEFAULT_MODEL)
-    patch.add_argument("--out", default="jtlens_patching")
+    patch.add_argument("--out", default="jtlens-report/patching")
     patch.set_defaults(func=cmd_patch)
     return ap
 

@@ -21,10 +21,12 @@ Analysis = dict[str, Any]
 
 
 def _final_norm_linear(model, cache, comps):
-    """Components [..., d_model] -> their share of ln_final's output at the last position.
+    """Components [..., d_model] -> their share of ln_final's output at the last position,
+    and the norm's bias (the share of no component).
 
-    TransformerLens's direct logit attribution: centre (LayerNorm), divide by the final norm's
-    cached scale, multiply by its weight; what is left is the norm's bias (returned second).
+    Centre (LayerNorm) and divide by the cached scale, as TransformerLens's `apply_ln_to_stack`;
+    then multiply by the norm's weight, which TransformerLens leaves out (it expects fold_ln), so
+    that the shares add up to the logit on unprocessed models too.
     """
     cfg, p = model.cfg, model.params.get("ln_final") or {}
     kind = cfg.final_norm_type
@@ -116,41 +118,37 @@ def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: b
     return a
 
 
-def _q(s: str) -> str:
-    return repr(s)
-
-
 def summary(a: Analysis, max_rows: int = 12) -> str:
     """A plain-text account of `analyze`'s result (what `jtlens run` prints)."""
     toks, n = a["str_tokens"], len(a["str_tokens"])
-    lines = [f"{a['model_name']} on {n} tokens: " + " ".join(_q(t) for t in toks), "",
+    lines = [f"{a['model_name']} on {n} tokens: " + " ".join(repr(t) for t in toks), "",
              f"Next token after the text: " + ", ".join(
-                 f"{_q(s)} {p:.1%}" for s, p in zip(a["top_strs"][-1], a["top_probs"][-1])), "",
+                 f"{s!r} {p:.1%}" for s, p in zip(a["top_strs"][-1], a["top_probs"][-1])), "",
              f"Per-token loss (mean {a['loss'].mean():.3f}) and top prediction per position:"]
     rows = range(n) if n <= max_rows else [*range(max_rows // 2), *range(n - max_rows // 2, n)]
     for i in rows:
         loss = f"{a['loss'][i]:6.3f}" if i < n - 1 else "     -"
-        lines.append(f"  {i:3d} {_q(toks[i]):>16} loss->next {loss}   predicts "
-                     f"{_q(a['top_strs'][i][0])} {a['top_probs'][i][0]:.1%}")
+        lines.append(f"  {i:3d} {toks[i]!r:>16} loss->next {loss}   predicts "
+                     f"{a['top_strs'][i][0]!r} {a['top_probs'][i][0]:.1%}")
     layers = [f"layer {i}" for i in range(len(a["lens_strs"]) - 1)] + ["final"]
     lines += ["", "Logit lens at the last position (top token reading each layer's input):"]
-    lines += [f"  {name:>8}: {_q(s[-1])} {p[-1]:.1%}   resid norm {r:.2f}"
+    lines += [f"  {name:>8}: {s[-1]!r} {p[-1]:.1%}   resid norm {r:.2f}"
               for name, s, p, r in zip(layers, a["lens_strs"], a["lens_probs"], a["resid_norm"])]
     lines += ["", "Most-attended token from the last position, per head:"]
     last = a["patterns"][:, :, -1]                                   # [L, H, P]
     for layer, heads in enumerate(last):
         lines.append(f"  L{layer}: " + "  ".join(
-            f"H{h} {_q(toks[int(row.argmax())])}@{int(row.argmax())} {row.max():.2f}"
+            f"H{h} {toks[int(row.argmax())]!r}@{int(row.argmax())} {row.max():.2f}"
             for h, row in enumerate(heads)))
     if a["neurons"]:
         lines += ["", "Most active MLP neurons (neuron, where, activation):"]
-        lines += [f"  L{layer}: " + "  ".join(f"N{nr} @{_q(toks[pos])} {v:.2f}" for nr, pos, v in top)
+        lines += [f"  L{layer}: " + "  ".join(f"N{nr} @{toks[pos]!r} {v:.2f}" for nr, pos, v in top)
                   for layer, top in enumerate(a["neurons"])]
     dla = a["dla"]
     heads = [(float(v), f"L{l}H{h}") for (l, h), v in np.ndenumerate(dla["heads"])]
     heads += [(float(v), f"MLP{l}") for l, v in enumerate(dla.get("mlp", []))]
     heads.sort(key=lambda x: -abs(x[0]))
-    lines += ["", f"Direct logit attribution of {_q(a['target_str'])} (logit {a['target_logit']:.2f}): "
+    lines += ["", f"Direct logit attribution of {a['target_str']!r} (logit {a['target_logit']:.2f}): "
               + ", ".join(f"{name} {v:+.2f}" for v, name in heads[:6])
               + f", embed {float(dla['embed']):+.2f}"]
     return "\n".join(lines)
