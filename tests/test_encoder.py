@@ -192,6 +192,14 @@ def test_conversion_is_strict(tiny):
         bert.config_from_hf(dict(hf.config.to_dict(), architectures=["BertForSequenceClassification"]))
 
 
+def test_from_pretrained_errors(tmp_path):
+    transformers.GPT2Config().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="model_type 'gpt2' is not an encoder family"):
+        HookedEncoder.from_pretrained(str(tmp_path))
+    with pytest.raises(ValueError, match=r"\['fold_ln'\]: TransformerLens processes no encoder weights"):
+        HookedEncoder.from_pretrained(str(tmp_path), fold_ln=True)
+
+
 @pytest.mark.parametrize("head", ["DistilBertForMaskedLM", "DistilBertModel"])
 def test_distilbert_matches_hugging_face(tmp_path, head):
     """DistilBERT: the same post-LN encoder under other names, without token types."""
