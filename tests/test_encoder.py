@@ -101,6 +101,15 @@ def test_tiny_every_hook_matches_transformer_lens(tiny):
     assert cache["embed"] is cache["embed.hook_embed"]  # get_act_name("embed") on an encoder
 
 
+def test_weight_properties_match_transformer_lens(tiny):
+    _, model, tl, _ = tiny
+    for name in ("W_E", "W_pos", "W_U", "b_U", "W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V",
+                 "b_O", "W_in", "b_in", "W_out", "b_out"):
+        assert max_diff(getattr(model, name), getattr(tl, name).detach().numpy()) == 0.0, name
+    assert max_diff(model.W_token_type, tl.embed.token_type_embed.W_token_type.detach().numpy()) == 0.0
+    assert model.all_head_labels() == tl.all_head_labels()
+
+
 def test_tiny_patch_hook_fn_and_grad_match_transformer_lens(tiny):
     """Patching and gradients go through the same Hooks pytree as on decoders."""
     _, model, tl, (tokens, types, mask) = tiny
