@@ -101,6 +101,25 @@ def test_tiny_every_hook_matches_transformer_lens(tiny):
     assert cache["embed"] is cache["embed.hook_embed"]  # get_act_name("embed") on an encoder
 
 
+def test_optional_hooks_and_split_inputs_match_transformer_lens(tiny):
+    """use_split_qkv_input / use_attn_result / use_hook_mlp_in: same extra hooks, same numbers."""
+    hf, model, _, (tokens, types, mask) = tiny
+    flags = dict(use_split_qkv_input=True, use_attn_result=True, use_hook_mlp_in=True)
+    ours = HookedEncoder(model.cfg.replace(**flags), model.params)
+    tl = tl_encoder(hf, model.cfg)
+    for k, v in flags.items():
+        setattr(tl.cfg, k, v)
+    halve_v = [("blocks.1.hook_v_input", lambda act, hook: act * 0.5)]
+    with torch.no_grad():
+        _, tl_cache = tl.run_with_cache(torch_(tokens), token_type_ids=torch_(types),
+                                        one_zero_attention_mask=torch_(mask))
+        want = tl.run_with_hooks(torch_(tokens), fwd_hooks=halve_v).numpy()
+    _, cache = ours.run_with_cache(tokens, token_type_ids=types, one_zero_attention_mask=mask)
+    assert list(cache.keys()) == list(tl_cache.keys())
+    assert_caches_match(cache, {k: v.numpy() for k, v in tl_cache.items()})
+    assert max_diff(ours.run_with_hooks(tokens, fwd_hooks=halve_v), want) <= ATOL
+
+
 def test_weight_properties_match_transformer_lens(tiny):
     _, model, tl, _ = tiny
     for name in ("W_E", "W_pos", "W_U", "b_U", "W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V",
