@@ -12,9 +12,8 @@ import jtlens.patching as jp
 from tests.oracle import max_diff, tl_model, to_jtlens, tokens_for
 
 SMALL = dict(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_vocab=50)
-LINEAR = [jp.get_act_patch_resid_pre, jp.get_act_patch_attn_out, jp.get_act_patch_attn_head_out_all_pos,
-          jp.get_act_patch_attn_head_out_by_pos, jp.get_act_patch_attn_head_v_all_pos,
-          jp.get_act_patch_attn_head_pattern_all_pos]
+LINEAR = [jp.get_act_patch_resid_pre, jp.get_act_patch_attn_out, jp.get_act_patch_attn_head_out_by_pos,
+          jp.get_act_patch_attn_head_all_pos_every]
 
 
 def logit_diff(logits):
@@ -139,5 +138,5 @@ def test_path_patching_bad_receivers():
         jp.path_patch(model, corrupted, cache, logit_diff, ["resid_pre"])
     with pytest.raises(ValueError, match="no head axis"):
         jp.path_patch(model, corrupted, cache, logit_diff, [("blocks.1.hook_resid_pre", 0)])
-    with pytest.raises(ValueError, match="not a single-activation"):
-        jp.attribution_patch(model, corrupted, cache, logit_diff, jp.get_act_patch_block_every)
+    with pytest.raises(ValueError, match="not a jtlens get_act_patch"):
+        jp.attribution_patch(model, corrupted, cache, logit_diff, tlp.get_act_patch_resid_pre)

@@ -75,20 +75,24 @@ def attribution_patch(model, corrupted_tokens, clean_cache, patching_metric: Cal
     """Attribution patching for TransformerLens-named sweeps, all from one forward + backward.
 
     Args:
-      sweeps: one or more `jtlens.patching.get_act_patch_*` functions (the single-activation
-        ones), naming what to estimate, e.g. `get_act_patch_attn_head_out_all_pos`.
+      sweeps: one or more `jtlens.patching.get_act_patch_*` functions naming what to estimate,
+        e.g. `get_act_patch_attn_head_out_all_pos` or `get_act_patch_attn_head_all_pos_every`.
     Returns: an array shaped like that sweep's result (or a list of them).
     """
     single = callable(sweeps)
     sweeps = [sweeps] if single else list(sweeps)
+    groups = [getattr(fn, "parts", (fn,)) for fn in sweeps]
     specs = []
-    for fn in sweeps:
+    for fn in (part for parts in groups for part in parts):
         if not hasattr(fn, "setter"):
-            raise ValueError(f"{getattr(fn, '__name__', fn)!r} is not a single-activation "
-                             f"get_act_patch_* function; pass e.g. get_act_patch_resid_pre")
-        template = api._template(model, fn.activation_name)
-        specs.append((template, fn.setter.axes))
+            raise ValueError(f"{getattr(fn, '__name__', fn)!r} is not a jtlens get_act_patch_* "
+                             f"function; pass e.g. jtlens.patching.get_act_patch_resid_pre")
+        specs.append((api._template(model, fn.activation_name), fn.setter.axes))
     clean = {t: api._clean(clean_cache, t) for t, _ in specs}
-    out = attribution_sweep(model.params, model.cfg, api._tokens(model, corrupted_tokens), clean,
-                            patching_metric, specs)
+    flat = iter(attribution_sweep(model.params, model.cfg, api._tokens(model, corrupted_tokens),
+                                  clean, patching_metric, specs))
+    out = []
+    for fn, parts in zip(sweeps, groups):
+        results = [next(flat) for _ in parts]
+        out.append(fn.combine(model.cfg, results) if hasattr(fn, "parts") else results[0])
     return out[0] if single else out

@@ -165,33 +165,47 @@ def _pad_heads(x, n_heads: int):
     return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n_heads - x.shape[-1])])
 
 
-def _every(fns, model, corrupted_tokens, clean_cache, metric, kw):
-    return [f(model, corrupted_tokens, clean_cache, metric, **kw) for f in fns]
+def _stack_heads(cfg, results):
+    return jnp.stack([_pad_heads(x, cfg.n_heads) for x in results])
 
 
-def get_act_patch_attn_head_all_pos_every(model, corrupted_tokens, clean_cache, metric, **kw):
-    """Patching of every head's output, q, k, v and pattern over all positions:
-    [5, n_layers, n_heads] (k, v zero-padded to n_heads for grouped-query models)."""
-    out = _every([get_act_patch_attn_head_out_all_pos, get_act_patch_attn_head_q_all_pos,
-                  get_act_patch_attn_head_k_all_pos, get_act_patch_attn_head_v_all_pos,
-                  get_act_patch_attn_head_pattern_all_pos], model, corrupted_tokens, clean_cache,
-                 metric, kw)
-    return jnp.stack([_pad_heads(x, model.cfg.n_heads) for x in out])
+def _stack_heads_by_pos(cfg, results):
+    """The pattern is swept [layer, head, dest_pos]; TransformerLens reports it [layer, pos, head]."""
+    return _stack_heads(cfg, list(results[:-1]) + [jnp.swapaxes(results[-1], 1, 2)])
 
 
-def get_act_patch_attn_head_by_pos_every(model, corrupted_tokens, clean_cache, metric, **kw):
-    """As `get_act_patch_attn_head_all_pos_every` per position: [5, n_layers, pos, n_heads]
-    (the pattern is patched per destination position)."""
-    out = _every([get_act_patch_attn_head_out_by_pos, get_act_patch_attn_head_q_by_pos,
-                  get_act_patch_attn_head_k_by_pos, get_act_patch_attn_head_v_by_pos,
-                  get_act_patch_attn_head_pattern_by_pos], model, corrupted_tokens, clean_cache,
-                 metric, kw)
-    out[-1] = jnp.swapaxes(out[-1], 1, 2)
-    return jnp.stack([_pad_heads(x, model.cfg.n_heads) for x in out])
+def _stack(cfg, results):
+    return jnp.stack(results)
 
 
-def get_act_patch_block_every(model, corrupted_tokens, clean_cache, metric, **kw):
-    """Patching of resid_pre, attn_out and mlp_out by (layer, pos): [3, n_layers, pos]."""
-    return jnp.stack(_every([get_act_patch_resid_pre, get_act_patch_attn_out,
-                             get_act_patch_mlp_out], model, corrupted_tokens, clean_cache,
-                            metric, kw))
+def _every(name: str, parts: tuple, combine: Callable, doc: str):
+    """A sweep of several activations stacked on a new leading axis (`.parts`, `.combine` let
+    attribution patching estimate the same thing)."""
+
+    def every(model, corrupted_tokens, clean_cache, metric, **kw):
+        return combine(model.cfg, [f(model, corrupted_tokens, clean_cache, metric, **kw) for f in parts])
+
+    every.__name__ = every.__qualname__ = name
+    every.__doc__ = doc + " Keyword options as `generic_activation_patch`."
+    every.parts, every.combine = parts, combine
+    return every
+
+
+get_act_patch_attn_head_all_pos_every = _every(
+    "get_act_patch_attn_head_all_pos_every",
+    (get_act_patch_attn_head_out_all_pos, get_act_patch_attn_head_q_all_pos,
+     get_act_patch_attn_head_k_all_pos, get_act_patch_attn_head_v_all_pos,
+     get_act_patch_attn_head_pattern_all_pos), _stack_heads,
+    "Patching of every head's output, q, k, v and pattern over all positions: "
+    "[5, n_layers, n_heads] (k, v zero-padded to n_heads for grouped-query models).")
+get_act_patch_attn_head_by_pos_every = _every(
+    "get_act_patch_attn_head_by_pos_every",
+    (get_act_patch_attn_head_out_by_pos, get_act_patch_attn_head_q_by_pos,
+     get_act_patch_attn_head_k_by_pos, get_act_patch_attn_head_v_by_pos,
+     get_act_patch_attn_head_pattern_by_pos), _stack_heads_by_pos,
+    "As `get_act_patch_attn_head_all_pos_every` per position: [5, n_layers, pos, n_heads] "
+    "(the pattern is patched per destination position).")
+get_act_patch_block_every = _every(
+    "get_act_patch_block_every",
+    (get_act_patch_resid_pre, get_act_patch_attn_out, get_act_patch_mlp_out), _stack,
+    "Patching of resid_pre, attn_out and mlp_out by (layer, pos): [3, n_layers, pos].")
