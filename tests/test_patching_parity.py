@@ -63,6 +63,8 @@ def test_index_df_and_logit_positions(setup):
                                                        chunk_size=1, progress=False)
     assert max_diff(ours, ref) <= 1e-4
     assert (rows.to_numpy() == df.to_numpy()).all()
+    with pytest.raises(ValueError, match="'pos' has values outside"):
+        jp.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, logit_diff, index_df=df.assign(pos=[1, 9, 0]))
 
 
 def test_bad_inputs_say_what_to_do(setup):

@@ -94,8 +94,12 @@ def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metr
         rows = np.asarray(index_df.to_numpy() if hasattr(index_df, "to_numpy") else index_df, np.int32)
         shape = [len(rows)]
         columns = list(getattr(index_df, "columns", [f"axis_{i}" for i in range(rows.shape[1])]))
-    if rows.size and (rows[:, 0].min() < 0 or rows[:, 0].max() >= cfg.n_layers):
-        raise ValueError(f"layer index out of range [0, {cfg.n_layers}) in the first index column")
+    known = [c for c in columns if c in AXIS_NAMES]
+    limits = _axis_ranges(cfg, template, tokens.shape[-1], known if len(known) == len(columns) else ["layer"])
+    for k, limit in enumerate(limits):
+        if rows.size and (rows[:, k].min() < 0 or rows[:, k].max() >= limit):
+            raise ValueError(f"index column {columns[k]!r} has values outside [0, {limit}) "
+                             f"(first column is the layer)")
     out = S.activation_sweep(model.params, cfg, tokens, _clean(clean_cache, template),
                              patching_metric, template, patch_setter, rows, chunk_size=chunk_size,
                              logit_positions=logit_positions, sharding=sharding, progress=progress)
