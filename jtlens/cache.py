@@ -150,3 +150,11 @@ class ActivationCache:
         """The same activations, attached to a model (for analyses that read its weights)."""
         return ActivationCache(self.cfg, self.stacked, self.layers, self.outer,
                                self.has_batch_dim, model)
+
+
+# TransformerLens's analysis methods (cache.accumulated_resid(...), cache.logit_attrs(...), ...)
+# live as functions in cache_analysis; bind them so both spellings work.
+from jtlens import cache_analysis as _analysis  # noqa: E402
+
+for _fn in _analysis.ANALYSES:
+    setattr(ActivationCache, _fn.__name__, _fn)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jtlens import cache_analysis as analysis
 from jtlens import tokens as T
 from jtlens.cache import ActivationCache
 from jtlens.config import Config
@@ -257,6 +258,16 @@ class HookedTransformer:
         from jtlens.components import lm_cross_entropy_loss
 
         return lm_cross_entropy_loss(logits, jnp.asarray(tokens), attention_mask, per_token)
+
+    def tokens_to_residual_directions(self, tokens):
+        """W_U columns of `tokens` (a str, int, [pos] or [batch, pos]) -> [..., d_model]."""
+        if isinstance(tokens, str):
+            tokens = self.to_single_token(tokens)
+        return analysis.tokens_to_residual_directions(self.W_U, tokens)
+
+    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True):
+        """Sum of attn b_O (and mlp b_out) of the layers before `layer` -> [d_model]."""
+        return analysis.accumulated_bias(self.params, layer, mlp_input, include_mlp_biases)
 
     def hook_names(self, optional: bool = False) -> list[str]:
         return hook_names(self.cfg, optional)
