@@ -21,7 +21,7 @@ from jtlens import tokens as T
 from jtlens.config import Config
 from jtlens.hooked_transformer import HookedTransformer, _forward_jit
 from jtlens.hooks import Hooks
-from jtlens.model import _check_encoder_inputs, _check_tokens, forward
+from jtlens.model import _check_encoder_inputs, check_tokens, forward
 
 RETURN_TYPES = ("logits", "embeddings", "predictions", None)
 PROCESSING = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases",
@@ -85,7 +85,7 @@ class HookedEncoder(HookedTransformer):
             if tokens.ndim == 1:
                 tokens = tokens[None]
         # Checked here, on concrete arrays: inside jit the values are tracers.
-        _check_tokens(tokens, self.cfg)
+        check_tokens(tokens, self.cfg)
         types = None if token_type_ids is None else np.asarray(token_type_ids)
         embeddings = return_type == "embeddings"
         core_type = None if embeddings else "logits" if return_type == "predictions" else return_type

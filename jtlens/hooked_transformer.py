@@ -23,7 +23,7 @@ from jtlens import tokens as T
 from jtlens.cache import ActivationCache
 from jtlens.config import Config
 from jtlens.hooks import Hooks, hook_names, select_names
-from jtlens.model import forward, init_params
+from jtlens.model import check_tokens, forward, init_params
 
 _STATIC = ("cfg", "return_type", "loss_per_token", "start_at_layer", "stop_at_layer", "scan")
 _forward_jit = jax.jit(forward, static_argnames=_STATIC)
@@ -115,6 +115,7 @@ class HookedTransformer:
              start_at_layer=None, stop_at_layer=None, tokens=None, eager=False):
         if start_at_layer is None:
             tok, mask = self._inputs(input, prepend_bos, padding_side, attention_mask)
+            check_tokens(tok, self.cfg)  # inside the jitted forward the ids are no longer known
         else:
             tok, mask = jnp.asarray(input), attention_mask
         if mask is not None:

@@ -351,7 +351,9 @@ def unembed(params: Params, resid, cfg: Config, hk: HookRunner, rec: dict):
 
 # ----------------------------------------------------------------------------- forward
 
-def _check_tokens(tokens, cfg: Config):
+def check_tokens(tokens, cfg: Config):
+    """Raise a clear error for a bad token batch [batch, pos]: wrong rank, past n_ctx, or (when
+    concrete) ids outside the vocabulary. Call it before jit, where the ids are known."""
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be [batch, pos]; got shape {tuple(tokens.shape)}")
     if tokens.shape[1] > cfg.n_ctx and cfg.positional_embedding_type == "standard":
@@ -416,7 +418,7 @@ def forward(params: Params, tokens, cfg: Config, hooks: Optional[Hooks] = None, 
     start = 0 if start_at_layer is None else start_at_layer % L if start_at_layer < 0 else start_at_layer
     stop = L if stop_at_layer is None else (stop_at_layer % L if stop_at_layer < 0 else stop_at_layer)
     if start_at_layer is None:
-        _check_tokens(tokens, cfg)
+        check_tokens(tokens, cfg)
         batch, n_pos = tokens.shape
     else:
         batch, n_pos = tokens.shape[:2]

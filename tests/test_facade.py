@@ -91,3 +91,11 @@ def test_bwd_hooks_point_to_jax_grad():
     _, model = pair("gpt2")
     with pytest.raises(NotImplementedError, match="jax.grad"):
         model.run_with_hooks(tokens_for(model.cfg), bwd_hooks=[("hook_embed", lambda g, h: g)])
+
+
+def test_facade_checks_token_ids_before_compiling():
+    _, model = pair("gpt2")
+    bad = np.array([[1, 2, model.cfg.d_vocab]])
+    for call in (model, model.run_with_cache, lambda t: model(t, return_type="loss")):
+        with pytest.raises(ValueError, match=f"token id {model.cfg.d_vocab} is outside the vocabulary"):
+            call(bad)
