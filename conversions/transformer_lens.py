@@ -35,7 +35,9 @@ def config_from_tl(tl_cfg: Any) -> Config:
 
 def params_from_state_dict(state_dict: Mapping[str, Any], cfg: Config) -> dict:
     """Layer-stacked jtlens params from a TransformerLens state dict (strict)."""
-    tensors = {k: np.asarray(v.detach().float().numpy() if hasattr(v, "detach") else v)
+    # Copies: jax may alias a numpy buffer, and torch's .numpy() shares the tensor's memory, so
+    # without one an in-place edit of the torch model would change the "immutable" jax params.
+    tensors = {k: np.array(v.detach().float().numpy() if hasattr(v, "detach") else v, copy=True)
                for k, v in state_dict.items()}
     r = TensorReader(tensors, "TransformerLens state dict")
     r.ignore("*.attn.IGNORE", "*.attn.mask", "*.attn.rotary_sin", "*.attn.rotary_cos")
