@@ -1,0 +1,54 @@
+"""Hugging Face checkpoints -> jtlens (Config, params).
+
+Each family module exposes `config_from_hf(hf_config: dict) -> Config` and
+`params_from_hf(reader: TensorReader, cfg) -> dict`; `ARCHITECTURES` maps the checkpoint's
+`architectures[0]` to its module. Conversions are strict: every tensor is used or deliberately
+ignored, every param filled, every shape checked.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from conversions.common import ConversionError, TensorReader, check_and_cast
+
+ARCHITECTURES = {
+    "GPT2LMHeadModel": "gpt2",
+    "GPTNeoXForCausalLM": "neox",
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "llama",
+    "Qwen3ForCausalLM": "llama",
+    "BertForMaskedLM": "bert",
+    "BertForPreTraining": "bert",
+    "BertModel": "bert",
+    "DistilBertForMaskedLM": "distilbert",
+    "DistilBertModel": "distilbert",
+}
+
+
+def family(hf_config: dict):
+    """The conversion module for a Hugging Face config dict."""
+    arch = (hf_config.get("architectures") or [None])[0]
+    if arch not in ARCHITECTURES:
+        raise ConversionError(f"unsupported architecture {arch!r} (model_type "
+                              f"{hf_config.get('model_type')!r}); supported: {sorted(ARCHITECTURES)}")
+    return importlib.import_module(f"conversions.{ARCHITECTURES[arch]}")
+
+
+def convert_folder(folder, progress: bool = True):
+    """(cfg, params) from a Hugging Face folder (config.json + safetensors/.bin weights)."""
+    from conversions.checkpoint import read_tensors
+
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise ConversionError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
+    hf_config = json.loads((folder / "config.json").read_text())
+    module = family(hf_config)
+    cfg = module.config_from_hf(hf_config)
+    reader = TensorReader(read_tensors(folder, progress), str(folder))
+    params = module.params_from_hf(reader, cfg)
+    reader.finish()
+    return cfg, check_and_cast(params, cfg, dtype="float32")

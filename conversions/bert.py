@@ -6,7 +6,7 @@ head are not part of HookedEncoder's forward, so their tensors are listed as ign
 
 from __future__ import annotations
 
-from conversions.common import ConversionError, TensorReader, heads, heads_out, stack_layers
+from conversions.common import ConversionError, TensorReader, heads, heads_out, norm, stack_layers
 from jtlens.config import ACTIVATIONS, Config
 
 MLM_ARCHITECTURES = ("BertForMaskedLM", "BertForPreTraining")
@@ -48,10 +48,6 @@ BERT_NAMES = {
 }
 
 
-def _ln(reader: TensorReader, name: str) -> dict:
-    return {"w": reader.take(f"{name}.weight"), "b": reader.take(f"{name}.bias")}
-
-
 def encoder_params(reader: TensorReader, cfg: Config, names: dict) -> dict:
     """Checkpoint tensors named as in `names` -> jtlens encoder params (layer-stacked)."""
     # Base-model checkpoints (BertModel) have no `bert.` prefix; headed ones do.
@@ -60,7 +56,7 @@ def encoder_params(reader: TensorReader, cfg: Config, names: dict) -> dict:
     emb = f"{pre}{names['embeddings']}"
     params = {
         "embed": {"W_E": reader.take(f"{emb}.word_embeddings.weight"),
-                  "ln": _ln(reader, f"{emb}.LayerNorm")},
+                  "ln": norm(reader, f"{emb}.LayerNorm")},
         "pos_embed": {"W_pos": reader.take(f"{emb}.position_embeddings.weight")},
     }
     if cfg.n_token_types:
@@ -78,14 +74,14 @@ def encoder_params(reader: TensorReader, cfg: Config, names: dict) -> dict:
                "b_in": reader.take(f"{b}.{names['in']}.bias"),
                "W_out": reader.take(f"{b}.{names['out']}.weight").T,
                "b_out": reader.take(f"{b}.{names['out']}.bias")}
-        return {"attn": attn, "mlp": mlp, "ln1": _ln(reader, f"{b}.{names['ln1']}"),
-                "ln2": _ln(reader, f"{b}.{names['ln2']}")}
+        return {"attn": attn, "mlp": mlp, "ln1": norm(reader, f"{b}.{names['ln1']}"),
+                "ln2": norm(reader, f"{b}.{names['ln2']}")}
 
     params["blocks"] = stack_layers(cfg.n_layers, layer)
     if cfg.mlm_head:
         params["mlm_head"] = {"W": reader.take(f"{names['head_dense']}.weight").T,
                               "b": reader.take(f"{names['head_dense']}.bias"),
-                              "ln": _ln(reader, names["head_ln"])}
+                              "ln": norm(reader, names["head_ln"])}
         # The decoder is tied to the word embeddings; save_pretrained may omit the copy.
         decoder = reader.take_optional(f"{names['decoder']}.weight")
         first, *others = [n for n in names["decoder_bias"] if n in reader] or names["decoder_bias"][:1]

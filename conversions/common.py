@@ -63,13 +63,18 @@ def stack_layers(n_layers: int, per_layer: Callable[[int], dict]) -> dict:
     """Stack per-layer param dicts (same nesting) along a new leading layer axis."""
     layers = [per_layer(l) for l in range(n_layers)]
 
-    def stack(items):
+    def stack(items, path):
         first = items[0]
         if isinstance(first, dict):
-            return {k: stack([it[k] for it in items]) for k in first}
+            return {k: stack([it[k] for it in items], f"{path}.{k}" if path else k) for k in first}
+        for l, item in enumerate(items):
+            if np.shape(item) != np.shape(first):
+                raise ConversionError(f"param blocks.{path}: layer {l} has shape {np.shape(item)}, "
+                                      f"layer 0 has {np.shape(first)}; the checkpoint's layers "
+                                      f"do not agree")
         return np.stack(items)
 
-    return stack(layers)
+    return stack(layers, "")
 
 
 def check_and_cast(params: dict, cfg: Config, dtype=None) -> dict:
@@ -111,3 +116,11 @@ def heads_out(w: np.ndarray, n_heads: int, d_head: int) -> np.ndarray:
 
 def zeros_or(x, shape: Iterable[int]) -> np.ndarray:
     return np.zeros(tuple(shape), np.float32) if x is None else x
+
+
+def norm(reader: TensorReader, name: str, bias: bool = True) -> dict:
+    """A LayerNorm ({w, b}) or, with bias=False, an RMSNorm ({w}) stored as `name.weight/.bias`."""
+    out = {"w": reader.take(f"{name}.weight")}
+    if bias:
+        out["b"] = reader.take(f"{name}.bias")
+    return out

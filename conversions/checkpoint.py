@@ -1,0 +1,61 @@
+"""Reading checkpoint tensors from a Hugging Face folder: safetensors first, `.bin` only safely."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from conversions.common import ConversionError
+
+SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
+TORCH_BIN, TORCH_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The weight files of a folder, single or sharded; safetensors preferred over `.bin`."""
+    for single, index in ((SAFETENSORS, SAFETENSORS_INDEX), (TORCH_BIN, TORCH_BIN_INDEX)):
+        if (folder / index).exists():
+            shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
+            missing = [s for s in shards if not (folder / s).exists()]
+            if missing:
+                raise ConversionError(f"{folder}: {index} names shard {missing[0]}, which is missing")
+            return [folder / s for s in shards]
+        if (folder / single).exists():
+            return [folder / single]
+    raise ConversionError(f"{folder}: no weights found (expected {SAFETENSORS}, {SAFETENSORS_INDEX}, "
+                          f"{TORCH_BIN} or {TORCH_BIN_INDEX})")
+
+
+def read_tensors(folder: Path, progress: bool = True) -> dict[str, np.ndarray]:
+    """Every tensor of the checkpoint as float32 numpy arrays, by name."""
+    files = checkpoint_files(folder)
+    tensors: dict[str, np.ndarray] = {}
+    for f in tqdm(files, desc="reading shards", disable=not progress or len(files) == 1):
+        part = _read_safetensors(f) if f.suffix == ".safetensors" else _read_torch_bin(f)
+        clash = set(part) & set(tensors)
+        if clash:
+            raise ConversionError(f"{f.name}: tensor {sorted(clash)[0]!r} also appears in another shard")
+        tensors.update(part)
+    return tensors
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    # The flax framework reads bfloat16 too (numpy has no bfloat16 of its own).
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="flax") as f:
+        return {k: np.asarray(f.get_tensor(k), dtype=np.float32) for k in f.keys()}
+
+
+def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as err:
+        raise ConversionError(f"{path.name} is a PyTorch pickle: install torch (pip install "
+                              f"'jtlens[torch]') or convert the checkpoint to safetensors") from err
+    # weights_only: a pickle may carry code; only tensors are accepted.
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    return {k: v.detach().float().numpy() for k, v in state.items()}

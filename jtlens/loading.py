@@ -1,0 +1,181 @@
+"""Loading models: jtlens's own saved format, and Hugging Face checkpoints through `conversions`.
+
+    cfg, params, tokenizer = load("jtlens-tiny")               # the embedded default model
+    cfg, params, tokenizer = load("/path/to/hf_folder")        # any supported HF checkpoint
+    save_converted("out/", cfg, params, tokenizer)             # -> jtlens_config.json + params.msgpack
+
+Weights are read from safetensors first; `.bin` files only through
+`torch.load(weights_only=True)`. No remote code runs unless `trust_remote_code=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from jtlens.config import Config
+
+ASSETS = Path(__file__).parent / "assets"
+ALIASES = {"jtlens-tiny": ASSETS / "jtlens-tiny"}
+NATIVE_CONFIG, NATIVE_PARAMS = "jtlens_config.json", "params.msgpack"
+PROCESSING = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases",
+              "refactor_factored_attn_matrices")
+
+
+def save_converted(path, cfg: Config, params: dict, tokenizer: Any = None,
+                   processing: Optional[dict] = None) -> Path:
+    """Write a model in jtlens's format: `jtlens_config.json` (the Config and which weight
+    processing was applied), `params.msgpack` (flax serialization), and the tokenizer's files."""
+    from flax import serialization
+
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"config": cfg.to_dict(), "processing": dict(processing or {})}
+    (folder / NATIVE_CONFIG).write_text(json.dumps(meta, indent=1, default=list))
+    host = _to_numpy(params)
+    (folder / NATIVE_PARAMS).write_bytes(serialization.msgpack_serialize(host))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def load(name_or_path, *, fold_ln: bool = True, center_writing_weights: bool = True,
+         center_unembed: bool = True, fold_value_biases: bool = True,
+         refactor_factored_attn_matrices: bool = False, dtype: Optional[str] = None,
+         tokenizer: Any = None, trust_remote_code: bool = False, progress: bool = True,
+         **config_overrides) -> tuple[Config, dict, Any]:
+    """Load a model -> (cfg, layer-stacked params, tokenizer or None).
+
+    `name_or_path`: "jtlens-tiny", a folder saved by `save_converted`, a Hugging Face folder, or a
+    hub name (downloaded with huggingface_hub). Processing flags are TransformerLens's
+    `from_pretrained` defaults; `config_overrides` replace Config fields (e.g. n_ctx=512).
+    """
+    flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                 center_unembed=center_unembed, fold_value_biases=fold_value_biases,
+                 refactor_factored_attn_matrices=refactor_factored_attn_matrices)
+    folder = resolve(name_or_path)
+    if (folder / NATIVE_CONFIG).exists():
+        cfg, params, done = _load_native(folder)
+    else:
+        from conversions import convert_folder
+
+        cfg, params = convert_folder(folder, progress=progress)
+        done = {}
+    if config_overrides:
+        cfg = cfg.replace(**config_overrides)
+    params = _process(cfg, params, flags, done)
+    cfg = _processed_config(cfg, flags, done)
+    if dtype is not None:
+        cfg = cfg.replace(dtype=dtype)
+    params = _cast(params, cfg.dtype)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(folder, trust_remote_code)
+    return cfg, params, tokenizer
+
+
+def load_no_processing(name_or_path, **kwargs) -> tuple[Config, dict, Any]:
+    """`load` with every weight-processing step off: the checkpoint's own numerics."""
+    return load(name_or_path, **{**{flag: False for flag in PROCESSING}, **kwargs})
+
+
+def default_processing() -> dict:
+    """The processing `load` applies by default (TransformerLens's from_pretrained)."""
+    return dict(fold_ln=True, center_writing_weights=True, center_unembed=True,
+                fold_value_biases=True, refactor_factored_attn_matrices=False)
+
+
+def resolve(name_or_path) -> Path:
+    """The local folder for an alias, a path, or a hub name (downloaded on first use)."""
+    if str(name_or_path) in ALIASES:
+        folder = ALIASES[str(name_or_path)]
+        if not (folder / NATIVE_CONFIG).exists():
+            raise FileNotFoundError(f"{name_or_path}: the embedded model is missing from {folder}; "
+                                    f"reinstall jtlens or run scripts/train_tiny.py")
+        return folder
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"{name_or_path} is a file; pass the folder that holds the checkpoint")
+    if str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
+        raise FileNotFoundError(f"{name_or_path}: no such folder")
+    return _download(str(name_or_path))
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=[
+            "*.json", "*.safetensors", "*.model", "*.txt", "tokenizer*", "merges.txt"]))
+    except Exception as err:  # network, auth or unknown repo: say what was tried
+        raise OSError(f"could not fetch {repo_id!r} from the Hugging Face hub ({type(err).__name__}: "
+                      f"{err}); pass a local folder, or 'jtlens-tiny' for the embedded model") from err
+
+
+def load_tokenizer(folder: Path, trust_remote_code: bool = False):
+    """The folder's Hugging Face tokenizer, or None when it has none."""
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model")
+    if not any((folder / n).exists() for n in names):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+
+
+# ----------------------------------------------------------------------------- native format
+def _load_native(folder: Path) -> tuple[Config, dict, dict]:
+    from flax import serialization
+
+    meta = json.loads((folder / NATIVE_CONFIG).read_text())
+    cfg = Config.from_dict(_tuples(meta["config"]))
+    raw = serialization.msgpack_restore((folder / NATIVE_PARAMS).read_bytes())
+    from conversions.common import check_and_cast
+
+    return cfg, check_and_cast(raw, cfg, dtype="float32"), meta.get("processing", {})
+
+
+def _tuples(d: dict) -> dict:
+    """JSON turns tuples into lists; Config needs hashable fields."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def _to_numpy(tree):
+    if isinstance(tree, dict):
+        return {k: _to_numpy(v) for k, v in tree.items()}
+    return np.asarray(tree)
+
+
+def _cast(params: dict, dtype: str):
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=dtype), params)
+
+
+# ----------------------------------------------------------------------------- processing
+def _process(cfg: Config, params: dict, flags: dict, done: dict) -> dict:
+    from jtlens import weights
+
+    undone = [k for k, v in flags.items() if done.get(k) and not v]
+    if undone:
+        warnings.warn(f"this saved model already has {undone} applied; they cannot be undone",
+                      stacklevel=3)
+    todo = {k: v and not done.get(k) for k, v in flags.items()}
+    if cfg.post_ln and any(todo.values()):
+        # TransformerLens's HookedEncoder applies no weight processing; neither do we.
+        return params
+    return weights.process(params, cfg, **todo)
+
+
+def _processed_config(cfg: Config, flags: dict, done: dict) -> Config:
+    from jtlens import weights
+
+    if cfg.post_ln:
+        return cfg
+    todo = {k: v and not done.get(k) for k, v in flags.items()}
+    return weights.processed_config(cfg, **todo)

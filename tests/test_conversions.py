@@ -1,0 +1,169 @@
+"""Hugging Face checkpoints load through jtlens.loading and match HF and TransformerLens 3.9."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import jtlens  # noqa: E402
+from conversions.common import ConversionError  # noqa: E402
+from jtlens.loading import load  # noqa: E402
+from tests.oracle import assert_caches_match, max_diff  # noqa: E402
+
+SMALL = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+             num_attention_heads=4, max_position_embeddings=64)
+FAMILIES = {
+    "gpt2": lambda: transformers.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4,
+                                            n_positions=64),
+    "neox": lambda: transformers.GPTNeoXConfig(**SMALL, rotary_pct=0.5, use_parallel_residual=True),
+    "llama": lambda: transformers.LlamaConfig(**SMALL, num_key_value_heads=2),
+    "llama3": lambda: transformers.LlamaConfig(**SMALL, rope_scaling=dict(
+        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=8)),
+    "mistral": lambda: transformers.MistralConfig(**SMALL, num_key_value_heads=2, sliding_window=4),
+    "qwen2": lambda: transformers.Qwen2Config(**SMALL, num_key_value_heads=2),
+    "qwen3": lambda: transformers.Qwen3Config(**SMALL, num_key_value_heads=2, head_dim=16),
+}
+MODELS = {"gpt2": "GPT2LMHeadModel", "neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
+          "llama3": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+          "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+TL_CAN_LOAD = ("gpt2", "neox", "llama", "mistral", "qwen2", "qwen3")
+
+
+def build_hf(name, folder, **save_kw):
+    torch.manual_seed(0)
+    model = getattr(transformers, MODELS[name])(FAMILIES[name]()).eval()
+    with torch.no_grad():  # HF initialises norms to one and biases to zero: randomise them
+        for pname, p in model.named_parameters():
+            if "norm" in pname or "ln" in pname or pname.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder, **save_kw)
+    if name == "gpt2":  # TransformerLens 3.9 reads n_ctx, which transformers 5 no longer writes
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(dict(cfg, n_ctx=cfg["n_positions"])))
+    return model
+
+
+def hf_logits(model, tokens):
+    with torch.no_grad():
+        return model(torch.tensor(np.asarray(tokens))).logits.numpy()
+
+
+TOKENS = np.random.default_rng(0).integers(0, 97, (2, 10))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            folder = tmp_path_factory.mktemp("m")  # no family name in the path: TL guesses by it
+            cache[name] = (folder, build_hf(name, folder))
+        return cache[name]
+    return get
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_unprocessed_logits_match_hugging_face(built, name):
+    folder, model = built(name)
+    cfg, params, _ = load(folder, fold_ln=False, center_writing_weights=False,
+                          center_unembed=False, fold_value_biases=False, progress=False)
+    assert cfg.original_architecture == MODELS[name]
+    assert max_diff(jtlens.forward(params, TOKENS, cfg), hf_logits(model, TOKENS)) <= 1e-4
+
+
+def _tl_from_folder(folder):
+    import transformer_lens.loading_from_pretrained as lp
+    from transformer_lens import HookedTransformer
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    cfg = lp.get_pretrained_model_config(str(folder), fold_ln=True, device="cpu", dtype=torch.float32)
+    sd = lp.get_pretrained_state_dict(str(folder), cfg, hf_model=hf, dtype=torch.float32)
+    cfg.tokenizer_name = None  # the random checkpoints have no tokenizer
+    tl = HookedTransformer(cfg, move_to_device=False)
+    tl.load_and_process_state_dict(sd, fold_ln=True, center_writing_weights=True,
+                                   center_unembed=True, fold_value_biases=True)
+    return tl.eval()
+
+
+@pytest.mark.parametrize("name", TL_CAN_LOAD)
+def test_processed_model_matches_transformer_lens_hook_by_hook(built, name):
+    folder, model = built(name)
+    cfg, params, _ = load(folder, progress=False)  # TransformerLens's from_pretrained defaults
+    tl = _tl_from_folder(folder)
+    assert cfg.normalization_type == tl.cfg.normalization_type
+    with torch.no_grad():
+        ref_logits, ref = tl.run_with_cache(torch.tensor(TOKENS))
+    logits, cache = jtlens.forward(params, TOKENS, cfg, hooks=jtlens.Hooks(capture=True))
+    assert max_diff(logits, ref_logits.numpy()) <= 1e-4
+    assert_caches_match(cache, {k: v.numpy() for k, v in ref.items()})
+    # Processing keeps the model's predictions: log-probs equal Hugging Face's.
+    hf = jax.nn.log_softmax(hf_logits(model, TOKENS))
+    assert max_diff(jax.nn.log_softmax(logits), hf) <= 1e-4
+
+
+def test_sharded_safetensors_and_torch_bin(built, tmp_path):
+    _, model = built("llama")
+    expect = hf_logits(model, TOKENS)
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    shutil.copy(tmp_path / "sharded" / "config.json", binary)
+    torch.save(model.state_dict(), binary / "pytorch_model.bin")
+    for folder in (tmp_path / "sharded", binary):
+        cfg, params, _ = jtlens.loading.load_no_processing(folder, progress=False)
+        assert max_diff(jtlens.forward(params, TOKENS, cfg), expect) <= 1e-4, folder.name
+
+
+def _broken(built, tmp_path, edit):
+    from safetensors.numpy import load_file, save_file
+
+    folder, _ = built("gpt2")
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    tensors = load_file(bad / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, bad / "model.safetensors")
+    return bad
+
+
+def test_bad_checkpoints_are_clear_errors(built, tmp_path):
+    def drop(t):
+        del t["transformer.h.1.mlp.c_fc.bias"]
+
+    def extra(t):
+        t["transformer.h.0.attn.surprise"] = np.zeros(3, np.float32)
+
+    def reshape(t):
+        t["transformer.h.0.mlp.c_proj.bias"] = np.zeros(7, np.float32)
+
+    with pytest.raises(ConversionError, match="missing tensor 'transformer.h.1.mlp.c_fc.bias'"):
+        load(_broken(built, tmp_path / "a", drop), progress=False)
+    with pytest.raises(ConversionError, match="not used by the conversion.*surprise"):
+        load(_broken(built, tmp_path / "b", extra), progress=False)
+    with pytest.raises(ConversionError, match=r"blocks.mlp.b_out: layer 1 has shape \(32,\), layer 0 has \(7,\)"):
+        load(_broken(built, tmp_path / "c", reshape), progress=False)
+    folder = _broken(built, tmp_path / "d", lambda t: None)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(cfg, architectures=["MambaForCausalLM"])))
+    with pytest.raises(ConversionError, match="unsupported architecture 'MambaForCausalLM'.*GPT2LMHeadModel"):
+        load(folder, progress=False)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        load(tmp_path / "nowhere")
+
+
+def test_native_round_trip_keeps_processing_state(built, tmp_path):
+    folder, model = built("gpt2")
+    cfg, params, _ = load(folder, progress=False)
+    jtlens.loading.save_converted(tmp_path / "native", cfg, params,
+                                  processing=jtlens.loading.default_processing())
+    cfg2, params2, _ = load(tmp_path / "native", progress=False)
+    assert cfg2 == cfg
+    assert max_diff(jtlens.forward(params2, TOKENS, cfg2), jtlens.forward(params, TOKENS, cfg)) == 0
