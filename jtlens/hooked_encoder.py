@@ -9,9 +9,7 @@ outputs as a triple, and the "predictions" / "embeddings" return types.
 from __future__ import annotations
 
 import functools
-import json
 import warnings
-from pathlib import Path
 from typing import Any, Optional
 
 import jax.numpy as jnp
@@ -21,11 +19,10 @@ from jtlens import tokens as T
 from jtlens.config import Config
 from jtlens.hooked_transformer import HookedTransformer, _forward_jit
 from jtlens.hooks import Hooks
+from jtlens.loading import PROCESSING, load_no_processing
 from jtlens.model import _check_encoder_inputs, check_tokens, forward
 
 RETURN_TYPES = ("logits", "embeddings", "predictions", None)
-PROCESSING = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases",
-              "refactor_factored_attn_matrices")
 
 
 class HookedEncoder(HookedTransformer):
@@ -45,22 +42,13 @@ class HookedEncoder(HookedTransformer):
     @classmethod
     def from_pretrained(cls, model_name: str, dtype: str = "float32", **kwargs) -> "HookedEncoder":
         """Load a BERT / DistilBERT checkpoint without weight processing, as TransformerLens
-        does: a local save_pretrained folder directly, a hub name through `jtlens.loading`.
+        does (a local save_pretrained folder or a hub name, through `jtlens.loading`).
         A base-model checkpoint (`BertModel`) loads without the MLM head, and warns."""
         processing = [k for k in PROCESSING if kwargs.pop(k, False)]
         if processing:
             raise ValueError(f"{processing}: TransformerLens processes no encoder weights (its "
                              f"LayerNorms come after the residual adds, so they cannot be folded)")
-        if (Path(model_name) / "config.json").exists():
-            if kwargs:
-                raise TypeError(f"from_pretrained of a local encoder folder got unknown "
-                                f"arguments {sorted(kwargs)}")
-            cfg, params, tokenizer = _load_local_folder(model_name, dtype)
-        else:
-            from jtlens.loading import load
-
-            cfg, params, tokenizer = load(model_name, dtype=dtype, **kwargs,
-                                          **{k: False for k in PROCESSING})
+        cfg, params, tokenizer = load_no_processing(model_name, dtype=dtype, **kwargs)
         if not cfg.post_ln:
             raise ValueError(f"{model_name} is a {cfg.original_architecture} decoder; load it with "
                              f"HookedTransformer.from_pretrained")
@@ -176,30 +164,3 @@ class HookedEncoder(HookedTransformer):
         head = "MLM head" if self.cfg.mlm_head else "no MLM head"
         return (f"HookedEncoder({self.cfg.model_name}: {self.cfg.n_layers} layers, "
                 f"d_model={self.cfg.d_model}, {self.cfg.n_heads} heads, {head})")
-
-
-def _load_local_folder(path, dtype: str) -> tuple:
-    """(cfg, params, tokenizer) from a BERT / DistilBERT save_pretrained folder (safetensors)."""
-    from safetensors.numpy import load_file
-    from transformers import AutoTokenizer
-
-    from conversions import bert, distilbert
-    from conversions.common import TensorReader, check_and_cast
-
-    folder = Path(path)
-    hf_config = json.loads((folder / "config.json").read_text())
-    family = {"bert": bert, "distilbert": distilbert}.get(hf_config.get("model_type"))
-    if family is None:
-        raise ValueError(f"{path}: model_type {hf_config.get('model_type')!r} is not an encoder "
-                         f"family HookedEncoder loads (bert, distilbert); decoders load with "
-                         f"HookedTransformer.from_pretrained")
-    if not (folder / "model.safetensors").exists():
-        raise FileNotFoundError(f"{path}: no model.safetensors (re-save the model with "
-                                f"save_pretrained(..., safe_serialization=True))")
-    cfg = family.config_from_hf(hf_config).replace(dtype=dtype)
-    reader = TensorReader(load_file(folder / "model.safetensors"), str(folder))
-    params = family.params_from_hf(reader, cfg)
-    reader.finish()
-    has_tokenizer = any((folder / f).exists() for f in ("tokenizer.json", "vocab.txt"))
-    tokenizer = AutoTokenizer.from_pretrained(str(folder)) if has_tokenizer else None
-    return cfg, check_and_cast(params, cfg), tokenizer

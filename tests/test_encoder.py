@@ -221,8 +221,9 @@ def test_conversion_is_strict(tiny):
 
 
 def test_from_pretrained_errors(tmp_path):
-    transformers.GPT2Config().save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="model_type 'gpt2' is not an encoder family"):
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=1, n_embd=8, n_head=2, vocab_size=11, n_positions=8)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="is a GPT2LMHeadModel decoder; load it with HookedTransformer"):
         HookedEncoder.from_pretrained(str(tmp_path))
     with pytest.raises(ValueError, match=r"\['fold_ln'\]: TransformerLens processes no encoder weights"):
         HookedEncoder.from_pretrained(str(tmp_path), fold_ln=True)
