@@ -28,11 +28,17 @@ FAMILIES = {
     "mistral": lambda: transformers.MistralConfig(**SMALL, num_key_value_heads=2, sliding_window=4),
     "qwen2": lambda: transformers.Qwen2Config(**SMALL, num_key_value_heads=2),
     "qwen3": lambda: transformers.Qwen3Config(**SMALL, num_key_value_heads=2, head_dim=16),
+    "gemma": lambda: transformers.GemmaConfig(**SMALL, num_key_value_heads=1, head_dim=8),
+    "gemma2": lambda: transformers.Gemma2Config(**SMALL, num_key_value_heads=2, head_dim=8,
+                                                query_pre_attn_scalar=12, sliding_window=4),
+    "phi3": lambda: transformers.Phi3Config(**SMALL, num_key_value_heads=2, sliding_window=5,
+                                              pad_token_id=0, bos_token_id=1, eos_token_id=2),
 }
 MODELS = {"gpt2": "GPT2LMHeadModel", "neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
           "llama3": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-          "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
-TL_CAN_LOAD = ("gpt2", "neox", "llama", "mistral", "qwen2", "qwen3")
+          "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM",
+          "gemma2": "Gemma2ForCausalLM", "phi3": "Phi3ForCausalLM"}
+TL_CAN_LOAD = ("gpt2", "neox", "llama", "mistral", "qwen2", "qwen3", "phi3")
 
 
 def build_hf(name, folder, **save_kw):
@@ -167,3 +173,43 @@ def test_native_round_trip_keeps_processing_state(built, tmp_path):
     cfg2, params2, _ = load(tmp_path / "native", progress=False)
     assert cfg2 == cfg
     assert max_diff(jtlens.forward(params2, TOKENS, cfg2), jtlens.forward(params, TOKENS, cfg)) == 0
+
+
+def _tl_gemma(model, name):
+    """TransformerLens 3.9 cannot resolve Gemma from a folder: build its config by hand from the
+    HF config (as TransformerLens's own Gemma presets spell it) and use its weight conversion."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions import convert_gemma_weights
+
+    c = model.config
+    cfg = dict(d_model=c.hidden_size, d_head=c.head_dim, n_heads=c.num_attention_heads,
+               d_mlp=c.intermediate_size, n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings,
+               eps=c.rms_norm_eps, d_vocab=c.vocab_size, act_fn="gelu_pytorch_tanh",
+               normalization_type="RMS", rotary_base=10000.0, rotary_dim=c.head_dim,
+               positional_embedding_type="rotary", use_attn_scale=True, gated_mlp=True,
+               final_rms=True, n_key_value_heads=c.num_key_value_heads, device="cpu",
+               original_architecture=MODELS[name])
+    if name == "gemma2":
+        cfg.update(window_size=c.sliding_window, use_local_attn=True,
+                   attn_types=["local", "global"], attn_scores_soft_cap=c.attn_logit_softcapping,
+                   output_logits_soft_cap=c.final_logit_softcapping,
+                   use_normalization_before_and_after=True, attn_scale=c.query_pre_attn_scalar ** 0.5)
+    cfg = HookedTransformerConfig(**cfg)
+    tl = HookedTransformer(cfg, move_to_device=False)
+    tl.load_and_process_state_dict(convert_gemma_weights(model, cfg), fold_ln=True,
+                                   center_writing_weights=True, center_unembed=name == "gemma",
+                                   fold_value_biases=True)
+    return tl.eval()
+
+
+@pytest.mark.parametrize("name", ["gemma", "gemma2"])
+def test_processed_gemma_matches_transformer_lens_hook_by_hook(built, name):
+    folder, model = built(name)
+    cfg, params, _ = load(folder, progress=False)
+    tl = _tl_gemma(model, name)
+    with torch.no_grad():
+        ref_logits, ref = tl.run_with_cache(torch.tensor(TOKENS))
+    logits, cache = jtlens.forward(params, TOKENS, cfg, hooks=jtlens.Hooks(capture=True))
+    assert max_diff(logits, ref_logits.numpy()) <= 1e-4
+    assert_caches_match(cache, {k: v.numpy() for k, v in ref.items()})
+    assert max_diff(jax.nn.log_softmax(logits), jax.nn.log_softmax(hf_logits(model, TOKENS))) <= 1e-4
