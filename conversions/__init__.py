@@ -17,6 +17,9 @@ from conversions.common import ConversionError, TensorReader, check_and_cast
 ARCHITECTURES = {
     "GPT2LMHeadModel": "gpt2",
     "GPTNeoXForCausalLM": "neox",
+    "GPTJForCausalLM": "gptj",
+    "GPTNeoForCausalLM": "gpt_neo",
+    "OPTForCausalLM": "opt",
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "llama",
     "Qwen2ForCausalLM": "llama",

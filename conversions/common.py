@@ -124,3 +124,26 @@ def norm(reader: TensorReader, name: str, bias: bool = True) -> dict:
     if bias:
         out["b"] = reader.take(f"{name}.bias")
     return out
+
+
+def attention_linears(reader: TensorReader, names: dict, n_heads: int, d_head: int,
+                      d_model: int) -> dict:
+    """Attention params from separate q/k/v/o torch Linears (`names`: "q", "k", "v", "o" ->
+    module path); absent biases are zeros."""
+    def bias(path, shape):
+        return zeros_or(reader.take_optional(f"{path}.bias"), (int(np.prod(shape)),)).reshape(shape)
+
+    attn = {}
+    for q in "QKV":
+        path = names[q.lower()]
+        attn[f"W_{q}"] = heads(reader.take(f"{path}.weight"), n_heads, d_head)
+        attn[f"b_{q}"] = bias(path, (n_heads, d_head))
+    attn["W_O"] = heads_out(reader.take(f"{names['o']}.weight"), n_heads, d_head)
+    attn["b_O"] = bias(names["o"], (d_model,))
+    return attn
+
+
+def mlp_linears(reader: TensorReader, w_in: str, w_out: str) -> dict:
+    """A plain MLP from two torch Linears (weights [out, in]) with biases."""
+    return {"W_in": reader.take(f"{w_in}.weight").T, "b_in": reader.take(f"{w_in}.bias"),
+            "W_out": reader.take(f"{w_out}.weight").T, "b_out": reader.take(f"{w_out}.bias")}

@@ -20,6 +20,16 @@ SMALL = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_lay
 FAMILIES = {
     "gpt2": lambda: transformers.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4,
                                             n_positions=64),
+    "gptj": lambda: transformers.GPTJConfig(vocab_size=97, n_embd=32, n_layer=2, n_head=4,
+                                            n_positions=64, rotary_dim=4),
+    "gpt_neo": lambda: transformers.GPTNeoConfig(vocab_size=97, hidden_size=32, num_layers=2,
+                                                 num_heads=4, max_position_embeddings=64,
+                                                 attention_types=[[["global", "local"], 1]],
+                                                 window_size=4),
+    "opt": lambda: transformers.OPTConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2,
+                                          num_attention_heads=4, ffn_dim=48,
+                                          max_position_embeddings=64, pad_token_id=1,
+                                          bos_token_id=0, eos_token_id=0),
     "neox": lambda: transformers.GPTNeoXConfig(**SMALL, rotary_pct=0.5, use_parallel_residual=True),
     "llama": lambda: transformers.LlamaConfig(**SMALL, num_key_value_heads=2),
     "llama3": lambda: transformers.LlamaConfig(**SMALL, rope_scaling=dict(
@@ -34,11 +44,12 @@ FAMILIES = {
     "phi3": lambda: transformers.Phi3Config(**SMALL, num_key_value_heads=2, sliding_window=5,
                                               pad_token_id=0, bos_token_id=1, eos_token_id=2),
 }
-MODELS = {"gpt2": "GPT2LMHeadModel", "neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
+MODELS = {"gpt2": "GPT2LMHeadModel", "gptj": "GPTJForCausalLM", "gpt_neo": "GPTNeoForCausalLM",
+          "opt": "OPTForCausalLM", "neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
           "llama3": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
           "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM",
           "gemma2": "Gemma2ForCausalLM", "phi3": "Phi3ForCausalLM"}
-TL_CAN_LOAD = ("gpt2", "neox", "llama", "mistral", "qwen2", "qwen3", "phi3")
+TL_CAN_LOAD = ("gpt2", "gptj", "gpt_neo", "opt", "neox", "llama", "mistral", "qwen2", "qwen3", "phi3")
 
 
 def build_hf(name, folder, **save_kw):
@@ -213,3 +224,22 @@ def test_processed_gemma_matches_transformer_lens_hook_by_hook(built, name):
     assert max_diff(logits, ref_logits.numpy()) <= 1e-4
     assert_caches_match(cache, {k: v.numpy() for k, v in ref.items()})
     assert max_diff(jax.nn.log_softmax(logits), jax.nn.log_softmax(hf_logits(model, TOKENS))) <= 1e-4
+
+
+def test_command_line_conversion(built, tmp_path):
+    import subprocess
+    import sys
+
+    folder, model = built("qwen2")
+    out = tmp_path / "converted"
+    done = subprocess.run([sys.executable, "-m", "conversions", str(folder), str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Qwen2ForCausalLM" in done.stdout
+    cfg, params, _ = load(out, progress=False)
+    assert cfg.normalization_type == "RMSPre"  # processed once, not again on load
+    assert max_diff(jax.nn.log_softmax(jtlens.forward(params, TOKENS, cfg)),
+                    jax.nn.log_softmax(hf_logits(model, TOKENS))) <= 1e-4
+    bad = subprocess.run([sys.executable, "-m", "conversions", str(tmp_path / "nope"), str(out)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "no such folder" in bad.stderr

@@ -1,0 +1,32 @@
+"""`python -m conversions SOURCE OUT [--no-processing]`: convert a Hugging Face checkpoint
+(folder or hub name) into jtlens's format (jtlens_config.json + params.msgpack + tokenizer)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jtlens import loading
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m conversions", description=__doc__)
+    ap.add_argument("source", help="Hugging Face folder or hub name")
+    ap.add_argument("out", help="folder to write")
+    ap.add_argument("--no-processing", action="store_true",
+                    help="keep the checkpoint's numerics (no fold_ln / centring / bias folding)")
+    args = ap.parse_args(argv)
+    flags = ({k: False for k in loading.PROCESSING} if args.no_processing
+             else loading.default_processing())
+    try:
+        cfg, params, tokenizer = loading.load(args.source, **flags)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    folder = loading.save_converted(args.out, cfg, params, tokenizer, processing=flags)
+    print(f"{cfg.original_architecture} ({cfg.n_layers} layers, d_model {cfg.d_model}) -> {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
