@@ -21,6 +21,17 @@ from jtlens.config import Config
 
 ASSETS = Path(__file__).parent / "assets"
 ALIASES = {"jtlens-tiny": ASSETS / "jtlens-tiny"}
+# TransformerLens's short names for common checkpoints -> hub repositories.
+HUB_ALIASES = {
+    "gpt2-small": "openai-community/gpt2", "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium", "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl", "distilgpt2": "distilbert/distilgpt2",
+    **{f"pythia-{s}": f"EleutherAI/pythia-{s}"
+       for s in ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")},
+    "gpt-neo-125M": "EleutherAI/gpt-neo-125M", "opt-125m": "facebook/opt-125m",
+    "bert-base-cased": "google-bert/bert-base-cased",
+    "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+}
 NATIVE_CONFIG, NATIVE_PARAMS = "jtlens_config.json", "params.msgpack"
 PROCESSING = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases",
               "refactor_factored_attn_matrices")
@@ -103,7 +114,7 @@ def resolve(name_or_path) -> Path:
         raise ValueError(f"{name_or_path} is a file; pass the folder that holds the checkpoint")
     if str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
         raise FileNotFoundError(f"{name_or_path}: no such folder")
-    return _download(str(name_or_path))
+    return _download(HUB_ALIASES.get(str(name_or_path), str(name_or_path)))
 
 
 def _download(repo_id: str) -> Path:

@@ -243,3 +243,21 @@ def test_command_line_conversion(built, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "conversions", str(tmp_path / "nope"), str(out)],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "no such folder" in bad.stderr
+
+
+def test_hub_names_resolve_through_aliases(monkeypatch):
+    asked = []
+    monkeypatch.setattr(jtlens.loading, "_download", lambda repo: asked.append(repo) or repo)
+    jtlens.loading.resolve("pythia-70m")
+    jtlens.loading.resolve("Qwen/Qwen2-0.5B")
+    assert asked == ["EleutherAI/pythia-70m", "Qwen/Qwen2-0.5B"]
+
+
+def test_unreachable_hub_is_a_clear_error(monkeypatch):
+    import huggingface_hub
+
+    def offline(*a, **k):
+        raise ConnectionError("no network")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(OSError, match="could not fetch 'EleutherAI/pythia-70m'.*local folder"):
+        load("pythia-70m")
