@@ -6,7 +6,8 @@ head are not part of HookedEncoder's forward, so their tensors are listed as ign
 
 from __future__ import annotations
 
-from conversions.common import ConversionError, TensorReader, heads, heads_out, norm, stack_layers
+from conversions.common import (ConversionError, TensorReader, heads, heads_out, mlp_linears,
+                                norm, stack_layers)
 from jtlens.config import ACTIVATIONS, Config
 
 MLM_ARCHITECTURES = ("BertForMaskedLM", "BertForPreTraining")
@@ -70,10 +71,7 @@ def encoder_params(reader: TensorReader, cfg: Config, names: dict) -> dict:
             attn[f"b_{q}"] = reader.take(f"{b}.{names[q.lower()]}.bias").reshape(H, Dh)
         attn["W_O"] = heads_out(reader.take(f"{b}.{names['o']}.weight"), H, Dh)
         attn["b_O"] = reader.take(f"{b}.{names['o']}.bias")
-        mlp = {"W_in": reader.take(f"{b}.{names['in']}.weight").T,
-               "b_in": reader.take(f"{b}.{names['in']}.bias"),
-               "W_out": reader.take(f"{b}.{names['out']}.weight").T,
-               "b_out": reader.take(f"{b}.{names['out']}.bias")}
+        mlp = mlp_linears(reader, f"{b}.{names['in']}", f"{b}.{names['out']}")
         return {"attn": attn, "mlp": mlp, "ln1": norm(reader, f"{b}.{names['ln1']}"),
                 "ln2": norm(reader, f"{b}.{names['ln2']}")}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conversions.common import TensorReader, heads_out, norm, stack_layers
+from conversions.common import TensorReader, heads_out, mlp_linears, norm, stack_layers
 from conversions.llama import rope
 from jtlens.config import Config
 
@@ -43,10 +43,7 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
                 "b_Q": bias[:, 0], "b_K": bias[:, 1], "b_V": bias[:, 2],
                 "W_O": heads_out(r.take(f"{b}.attention.dense.weight"), H, Dh),
                 "b_O": r.take(f"{b}.attention.dense.bias")}
-        mlp = {"W_in": r.take(f"{b}.mlp.dense_h_to_4h.weight").T,
-               "b_in": r.take(f"{b}.mlp.dense_h_to_4h.bias"),
-               "W_out": r.take(f"{b}.mlp.dense_4h_to_h.weight").T,
-               "b_out": r.take(f"{b}.mlp.dense_4h_to_h.bias")}
+        mlp = mlp_linears(r, f"{b}.mlp.dense_h_to_4h", f"{b}.mlp.dense_4h_to_h")
         return {"attn": attn, "mlp": mlp, "ln1": norm(r, f"{b}.input_layernorm"),
                 "ln2": norm(r, f"{b}.post_attention_layernorm")}
 
