@@ -5,6 +5,8 @@
     logits, cache = jtlens.forward(params, tokens, cfg, hooks=jtlens.Hooks(capture=True))
 """
 
+from jtlens import grads as grads
+from jtlens import probes as probes
 from jtlens.cache import ActivationCache as ActivationCache
 from jtlens.components import lm_cross_entropy_loss as lm_cross_entropy_loss
 from jtlens.config import Config as Config

@@ -1,0 +1,164 @@
+"""Gradients with respect to activations: `jax.grad` instead of `retain_grad`.
+
+A zero `add` delta at a hook leaves the forward unchanged, and the gradient of a metric with
+respect to that delta is the gradient with respect to the activation. All requested hooks get
+their delta in one forward, so one backward pass returns every gradient.
+
+    grads = grad_wrt(model, tokens, metric, ["blocks.1.hook_mlp_out", "hook_embed"])
+    value, gcache = grad_cache(model.params, model.cfg, tokens, metric)   # every hook
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jtlens.cache import ActivationCache
+from jtlens.config import Config
+from jtlens.hooks import Hooks, select_names
+from jtlens.model import forward
+
+Metric = Callable[[Any], jax.Array]
+
+
+def _forward_fn(cfg: Config, metric: Metric, metric_on: str, fw: dict):
+    """metric(forward(...)) as a function of (params, tokens, deltas, patch)."""
+    if metric_on not in ("logits", "cache"):
+        raise ValueError(f"metric_on must be 'logits' or 'cache', got {metric_on!r}")
+
+    def run(params, tokens, deltas, patch=None):
+        capture = True if metric_on == "cache" else None
+        out = forward(params, tokens, cfg, Hooks(capture=capture, add=deltas, patch=patch or {}),
+                      return_type="logits", **fw)
+        return metric(out[1] if metric_on == "cache" else out)
+    return run
+
+
+def zero_deltas(params, cfg: Config, tokens, names: Sequence[str], **fw):
+    """Zero `add` deltas for concrete hook `names`: `blocks.*.<template>` -> [n_layers, *act]
+    (one per template, however many layers are asked for), outer hooks -> [*act]."""
+    def shapes(p, t):
+        return forward(p, t, cfg, Hooks(capture=tuple(names)), return_type="logits", **fw)[1]
+
+    cache = jax.eval_shape(shapes, params, tokens)
+    deltas = {f"blocks.*.{t}": jnp.zeros((cfg.n_layers,) + a.shape[1:], a.dtype)
+              for t, a in cache.stacked.items()}
+    deltas.update({k: jnp.zeros(a.shape, a.dtype) for k, a in cache.outer.items()})
+    return deltas, cache
+
+
+def _as_cache(cfg: Config, grads: dict, like: ActivationCache) -> ActivationCache:
+    """Gradients of the zero deltas, arranged like the activation cache `like`."""
+    stacked = {t: grads[f"blocks.*.{t}"][jnp.asarray(like.layers[t])] for t in like.stacked}
+    outer = {k: grads[k] for k in like.outer}
+    return ActivationCache(cfg, stacked, like.layers, outer)
+
+
+def grad_cache(params, cfg: Config, tokens, metric: Metric, names_filter: Any = True, *,
+               metric_on: str = "logits", **forward_kwargs):
+    """`(metric value, ActivationCache of d metric / d activation)` for every hook selected by
+    `names_filter` (same selection rules as `run_with_cache`), from one backward pass.
+
+    metric: logits [batch, pos, d_vocab] -> scalar, or with `metric_on="cache"` the forward's
+    ActivationCache (every hook) -> scalar. Pure and jit-able (cfg static).
+    """
+    names = select_names(names_filter, cfg)
+    if not names:
+        raise ValueError(f"names_filter {names_filter!r} selects no hooks")
+    deltas, like = zero_deltas(params, cfg, tokens, names, **forward_kwargs)
+    run = _forward_fn(cfg, metric, metric_on, forward_kwargs)
+    value, grads = jax.value_and_grad(lambda d: run(params, tokens, d))(deltas)
+    return value, _as_cache(cfg, grads, like)
+
+
+def grad_wrt(model, tokens, metric: Metric, names, *, metric_on: str = "logits",
+             **forward_kwargs) -> dict:
+    """`{hook name: d metric / d activation}` (each the activation's shape) for a model with
+    `.params` and `.cfg` (a HookedTransformer), from one backward pass. Use `grad_cache` for the
+    pure `(params, cfg)` form."""
+    names = select_names(names, model.cfg)
+    _, cache = grad_cache(model.params, model.cfg, jnp.asarray(tokens), metric, names,
+                          metric_on=metric_on, **forward_kwargs)
+    return {n: cache[n] for n in names}
+
+
+def grad_times_activation(params, cfg: Config, tokens, metric: Metric, names_filter: Any = True,
+                          **forward_kwargs) -> dict:
+    """First-order attribution `sum_last_axis(grad * act)` per hook: how much the metric would
+    change if each activation were zeroed, to first order. `{name: [*act_shape[:-1]]}`."""
+    names = select_names(names_filter, cfg)
+    deltas, like = zero_deltas(params, cfg, tokens, names, **forward_kwargs)
+
+    def run(d):
+        logits, cache = forward(params, tokens, cfg, Hooks(capture=tuple(names), add=d),
+                                return_type="logits", **forward_kwargs)
+        return metric(logits), cache
+
+    (_, acts), grads = jax.value_and_grad(run, has_aux=True)(deltas)
+    gcache = _as_cache(cfg, grads, like)
+    return {n: (gcache[n] * acts[n]).sum(-1) for n in names}
+
+
+def _one_hook(name, cfg: Config, what: str) -> str:
+    names = select_names(name, cfg)
+    if len(names) != 1:
+        raise ValueError(f"{what} takes one concrete hook (e.g. 'blocks.1.hook_resid_pre'); "
+                         f"{name!r} selects {len(names)}")
+    return names[0]
+
+
+def integrated_gradients(params, cfg: Config, tokens, metric: Metric, name: str, baseline,
+                         target, steps: int = 32, **forward_kwargs) -> jax.Array:
+    """Integrated gradients of `metric` along the straight path from `baseline` to `target`
+    activations at hook `name` (the activation is patched to each path point):
+    `(target - baseline) * mean_alpha grad(baseline + alpha (target - baseline))`, midpoint rule
+    over `steps` points. Its sum approximates metric(target) - metric(baseline)."""
+    full = _one_hook(name, cfg, "integrated_gradients")
+    baseline, target = jnp.asarray(baseline), jnp.asarray(target)
+    if baseline.shape != target.shape:
+        raise ValueError(f"baseline {baseline.shape} and target {target.shape} must have one shape")
+    run = _forward_fn(cfg, metric, "logits", forward_kwargs)
+
+    def grad_at(alpha):
+        point = baseline + alpha * (target - baseline)
+
+        def f(delta):
+            return run(params, tokens, {full: delta}, {full: (point, None)})
+        return jax.grad(f)(jnp.zeros_like(point))
+
+    alphas = (jnp.arange(steps, dtype=jnp.float32) + 0.5) / steps
+    return (target - baseline) * jax.vmap(grad_at)(alphas).mean(0)
+
+
+def steering_vector(params, cfg: Config, tokens, name: str, target_token: int, *,
+                    steps: int = 100, learning_rate: float = 0.05, position: int = -1,
+                    l2: float = 1e-3, optimizer: Optional[Any] = None):
+    """Optimise a vector added at hook `name` (every position) to raise the log-prob of
+    `target_token` at `position`. Returns (vector [d], log-probs per step [steps])."""
+    import optax
+
+    full = _one_hook(name, cfg, "steering_vector")
+    _, like = zero_deltas(params, cfg, tokens, [full])
+    width = jax.tree_util.tree_leaves(like)[0].shape[-1]
+
+    def loss(v):
+        logits = forward(params, tokens, cfg, Hooks(add={full: v}), return_type="logits")
+        logp = jax.nn.log_softmax(logits[:, position], -1)[:, target_token].mean()
+        return -logp + l2 * jnp.sum(v * v), logp
+
+    opt = optimizer or optax.adam(learning_rate)
+
+    @jax.jit
+    def step(v, state):
+        (_, logp), g = jax.value_and_grad(loss, has_aux=True)(v)
+        updates, state = opt.update(g, state, v)
+        return optax.apply_updates(v, updates), state, logp
+
+    v = jnp.zeros((width,), jnp.float32)
+    state, history = opt.init(v), []
+    for _ in range(steps):
+        v, state, logp = step(v, state)
+        history.append(logp)
+    return v, jnp.stack(history)
