@@ -34,6 +34,22 @@ def main():
             runs.append(time.perf_counter() - t)
         return first, statistics.median(runs)
 
+    if task == "grad_cache":  # backward hooks on every named hook, one backward per call
+        good, bad = args["answers"]
+        grads = {}
+        for name in args["names"]:
+            bridge.add_hook(name, lambda g, hook: grads.__setitem__(hook.name, g), dir="bwd")
+
+        def backward():
+            logits = bridge(tokens)
+            (logits[:, -1, good] - logits[:, -1, bad]).mean().backward()
+
+        first, median = timed(backward)
+        arrays["embed_grad"] = grads["hook_embed"].detach().numpy()
+        np.savez(args["out"], **arrays)
+        print(json.dumps({"first_s": first, "median_s": median}))
+        return
+
     with torch.no_grad():
         if task == "forward":
             first, median = timed(lambda: bridge(tokens))
