@@ -44,14 +44,20 @@ def family(hf_config: dict):
     return importlib.import_module(f"conversions.{ARCHITECTURES[arch]}")
 
 
-def convert_folder(folder, progress: bool = True):
-    """(cfg, params) from a Hugging Face folder (config.json + safetensors/.bin weights)."""
+def convert_folder(folder, progress: bool = True, hf_overrides: dict | None = None):
+    """(cfg, params) from a Hugging Face folder (config.json + safetensors/.bin weights);
+    `hf_overrides` replace config.json keys before conversion."""
     from conversions.checkpoint import read_tensors
 
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise ConversionError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
     hf_config = json.loads((folder / "config.json").read_text())
+    unknown = sorted(set(hf_overrides or {}) - set(hf_config))
+    if unknown:
+        raise TypeError(f"unknown option {unknown[0]!r}: neither a jtlens.Config field nor a key of "
+                        f"{folder / 'config.json'}")
+    hf_config.update(hf_overrides or {})
     module = family(hf_config)
     cfg = module.config_from_hf(hf_config)
     reader = TensorReader(read_tensors(folder, progress), str(folder))

@@ -68,16 +68,21 @@ def load(name_or_path, *, fold_ln: bool = True, center_writing_weights: bool = T
     flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                  center_unembed=center_unembed, fold_value_biases=fold_value_biases,
                  refactor_factored_attn_matrices=refactor_factored_attn_matrices)
+    cfg_overrides, hf_overrides = _split_overrides(config_overrides)
     folder = resolve(name_or_path)
     if (folder / NATIVE_CONFIG).exists():
+        if hf_overrides:
+            raise TypeError(f"unknown option(s) {sorted(hf_overrides)} for a converted jtlens model: "
+                            f"overrides must be jtlens.Config fields")
         cfg, params, done = _load_native(folder)
     else:
         from conversions import convert_folder
 
-        cfg, params = convert_folder(folder, progress=progress)
+        cfg, params = convert_folder(folder, progress=progress, hf_overrides=hf_overrides)
+        cfg = cfg.replace(model_name=model_name_for(name_or_path))
         done = {}
-    if config_overrides:
-        cfg = cfg.replace(**config_overrides)
+    if cfg_overrides:
+        cfg = cfg.replace(**cfg_overrides)
     params = _process(cfg, params, flags, done)
     cfg = _processed_config(cfg, flags, done)
     if dtype is not None:
@@ -86,6 +91,21 @@ def load(name_or_path, *, fold_ln: bool = True, center_writing_weights: bool = T
     if tokenizer is None:
         tokenizer = load_tokenizer(folder, trust_remote_code)
     return cfg, params, tokenizer
+
+
+def model_name_for(name_or_path) -> str:
+    """TransformerLens's `cfg.model_name`: the hub name (or folder) without its organisation."""
+    name = str(name_or_path)
+    return HUB_ALIASES.get(name, name).rstrip("/").split("/")[-1]
+
+
+def _split_overrides(overrides: dict) -> tuple[dict, dict]:
+    """Keyword options -> (Config fields, Hugging Face config keys). As in TransformerLens, a key
+    that is not a Config field overrides the checkpoint's config.json before conversion
+    (e.g. activation_function="relu" gives cfg.act_fn == "relu")."""
+    fields = set(Config.__dataclass_fields__)
+    return ({k: v for k, v in overrides.items() if k in fields},
+            {k: v for k, v in overrides.items() if k not in fields})
 
 
 def load_no_processing(name_or_path, **kwargs) -> tuple[Config, dict, Any]:
@@ -176,7 +196,7 @@ def _process(cfg: Config, params: dict, flags: dict, done: dict) -> dict:
     if undone:
         warnings.warn(f"this saved model already has {undone} applied; they cannot be undone",
                       stacklevel=3)
-    todo = {k: v and not done.get(k) for k, v in flags.items()}
+    todo = _todo(cfg, flags, done)
     if cfg.post_ln and any(todo.values()):
         # TransformerLens's HookedEncoder applies no weight processing; neither do we.
         return params
@@ -188,5 +208,13 @@ def _processed_config(cfg: Config, flags: dict, done: dict) -> Config:
 
     if cfg.post_ln:
         return cfg
+    return weights.processed_config(cfg, **_todo(cfg, flags, done))
+
+
+def _todo(cfg: Config, flags: dict, done: dict) -> dict:
+    """The steps still to apply. Like TransformerLens's from_pretrained, soft-capped logits skip
+    center_unembed: the cap is not shift-invariant, so centring would change the log-probs."""
     todo = {k: v and not done.get(k) for k, v in flags.items()}
-    return weights.processed_config(cfg, **todo)
+    if cfg.output_logits_soft_cap > 0:
+        todo["center_unembed"] = False
+    return todo

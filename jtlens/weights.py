@@ -34,8 +34,7 @@ def process(params: dict, cfg: Config, *, fold_ln: bool = True, center_writing_w
         p = fold_layer_norm(p, cfg)
     if center_writing_weights and _is_layer_norm(cfg):
         p = center_writing(p, cfg)
-    if center_unembed and cfg.output_logits_soft_cap <= 0:
-        # Soft-capping is not shift-invariant: centring before it would change the log-probs.
+    if center_unembed:
         p = center_unembedding(p)
     if fold_value_biases:
         p = fold_value_bias(p, cfg)

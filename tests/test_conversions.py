@@ -261,3 +261,21 @@ def test_unreachable_hub_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(OSError, match="could not fetch 'EleutherAI/pythia-70m'.*local folder"):
         load("pythia-70m")
+
+
+def test_options_as_in_transformer_lens(built, tmp_path):
+    folder, _ = built("gpt2")
+    # A key that is not a Config field overrides config.json, as TransformerLens passes it on.
+    cfg, params, _ = load(folder, activation_function="relu", n_ctx=16, progress=False)
+    assert (cfg.act_fn, cfg.n_ctx, cfg.model_name) == ("relu", 16, folder.name)
+    relu = transformers.GPT2LMHeadModel.from_pretrained(folder, activation_function="relu").eval()
+    assert max_diff(jax.nn.log_softmax(jtlens.forward(params, TOKENS, cfg)),
+                    jax.nn.log_softmax(hf_logits(relu, TOKENS))) <= 1e-4
+    half, params16, _ = load(folder, dtype="bfloat16", progress=False)
+    assert half.dtype == "bfloat16" and params16["blocks"]["attn"]["W_Q"].dtype == jax.numpy.bfloat16
+    assert jtlens.loading.model_name_for("pythia-70m") == "pythia-70m"
+    with pytest.raises(TypeError, match="unknown option 'activaton_function'"):
+        load(folder, activaton_function="relu", progress=False)
+    jtlens.loading.save_converted(tmp_path / "native", cfg, params)
+    with pytest.raises(TypeError, match="overrides must be jtlens.Config fields"):
+        load(tmp_path / "native", activation_function="relu", progress=False)
