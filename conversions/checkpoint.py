@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -33,24 +34,27 @@ def read_tensors(folder: Path, progress: bool = True) -> dict[str, np.ndarray]:
     """Every tensor of the checkpoint as float32 numpy arrays, by name."""
     files = checkpoint_files(folder)
     tensors: dict[str, np.ndarray] = {}
-    for f in tqdm(files, desc="reading shards", disable=not progress or len(files) == 1):
-        part = _read_safetensors(f) if f.suffix == ".safetensors" else _read_torch_bin(f)
-        clash = set(part) & set(tensors)
-        if clash:
-            raise ConversionError(f"{f.name}: tensor {sorted(clash)[0]!r} also appears in another shard")
-        tensors.update(part)
+    with tqdm(desc=f"reading {folder.name}", unit="tensor", disable=not progress) as bar:
+        for f in files:
+            read = _read_safetensors if f.suffix == ".safetensors" else _read_torch_bin
+            for name, array in read(f):
+                if name in tensors:
+                    raise ConversionError(f"{f.name}: tensor {name!r} also appears in another shard")
+                tensors[name] = array
+                bar.update()
     return tensors
 
 
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+def _read_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
     # The flax framework reads bfloat16 too (numpy has no bfloat16 of its own).
     from safetensors import safe_open
 
     with safe_open(str(path), framework="flax") as f:
-        return {k: np.asarray(f.get_tensor(k), dtype=np.float32) for k in f.keys()}
+        for k in f.keys():
+            yield k, np.asarray(f.get_tensor(k), dtype=np.float32)
 
 
-def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
+def _read_torch_bin(path: Path) -> Iterator[tuple[str, np.ndarray]]:
     try:
         import torch
     except ImportError as err:
@@ -58,4 +62,5 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
                               f"'jtlens[torch]') or convert the checkpoint to safetensors") from err
     # weights_only: a pickle may carry code; only tensors are accepted.
     state = torch.load(str(path), map_location="cpu", weights_only=True)
-    return {k: v.detach().float().numpy() for k, v in state.items()}
+    for k, v in state.items():
+        yield k, v.detach().float().numpy()

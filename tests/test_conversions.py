@@ -89,10 +89,9 @@ def built(tmp_path_factory):
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_unprocessed_logits_match_hugging_face(built, name):
     folder, model = built(name)
-    cfg, params, _ = load(folder, fold_ln=False, center_writing_weights=False,
-                          center_unembed=False, fold_value_biases=False, progress=False)
-    assert cfg.original_architecture == MODELS[name]
-    assert max_diff(jtlens.forward(params, TOKENS, cfg), hf_logits(model, TOKENS)) <= 1e-4
+    ours = jtlens.HookedTransformer.from_pretrained_no_processing(folder, progress=False)
+    assert ours.cfg.original_architecture == MODELS[name]
+    assert max_diff(ours(TOKENS), hf_logits(model, TOKENS)) <= 1e-4
 
 
 def _tl_from_folder(folder):
