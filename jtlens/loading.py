@@ -138,11 +138,16 @@ def resolve(name_or_path) -> Path:
 
 
 def _download(repo_id: str) -> Path:
+    """Fetch config, tokenizer and safetensors weights; `.bin` weights only for a repository
+    without safetensors (a pickle is the fallback, never the first choice)."""
     from huggingface_hub import snapshot_download
 
+    common = ["*.json", "*.model", "*.txt", "tokenizer*"]
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=[
-            "*.json", "*.safetensors", "*.model", "*.txt", "tokenizer*", "merges.txt"]))
+        folder = Path(snapshot_download(repo_id, allow_patterns=common + ["*.safetensors"]))
+        if not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(repo_id, allow_patterns=common + ["*.bin"]))
+        return folder
     except Exception as err:  # network, auth or unknown repo: say what was tried
         raise OSError(f"could not fetch {repo_id!r} from the Hugging Face hub ({type(err).__name__}: "
                       f"{err}); pass a local folder, or 'jtlens-tiny' for the embedded model") from err

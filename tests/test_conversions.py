@@ -278,3 +278,16 @@ def test_options_as_in_transformer_lens(built, tmp_path):
     jtlens.loading.save_converted(tmp_path / "native", cfg, params)
     with pytest.raises(TypeError, match="overrides must be jtlens.Config fields"):
         load(tmp_path / "native", activation_function="relu", progress=False)
+
+
+def test_hub_download_prefers_safetensors(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    asked = []
+
+    def fake(repo, allow_patterns):  # a repository that has only a .bin checkpoint
+        asked.append([p for p in allow_patterns if p in ("*.safetensors", "*.bin")])
+        return str(tmp_path)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    assert jtlens.loading._download("facebook/opt-125m") == tmp_path
+    assert asked == [["*.safetensors"], ["*.bin"]]
