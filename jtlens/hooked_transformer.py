@@ -22,6 +22,7 @@ from jtlens import cache_analysis as analysis
 from jtlens import tokens as T
 from jtlens.cache import ActivationCache
 from jtlens.config import Config
+from jtlens.factored_matrix import FactoredMatrix, composition_scores
 from jtlens.hooks import Hooks, hook_names, select_names
 from jtlens.model import check_tokens, forward, init_params
 
@@ -259,6 +260,27 @@ class HookedTransformer:
         from jtlens.components import lm_cross_entropy_loss
 
         return lm_cross_entropy_loss(logits, jnp.asarray(tokens), attention_mask, per_token)
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """Each head's QK circuit W_Q W_K^T: [n_layers, n_heads] of [d_model, d_model]."""
+        return FactoredMatrix(self.W_Q, jnp.swapaxes(self.W_K, -1, -2))
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        """Each head's OV circuit W_V W_O: [n_layers, n_heads] of [d_model, d_model]."""
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    def all_composition_scores(self, mode: str):
+        """Q-, K- or V-composition of every earlier head's OV into every later head:
+        [n_layers, n_heads, n_layers, n_heads], zero unless the right head's layer is later."""
+        right = {"Q": lambda: self.QK, "K": lambda: self.QK.T, "V": lambda: self.OV}
+        if mode not in right:
+            raise ValueError(f"mode must be 'Q', 'K' or 'V', not {mode!r}")
+        scores = composition_scores(self.OV, right[mode]())
+        layers = jnp.arange(self.cfg.n_layers)
+        later = layers[:, None, None, None] < layers[None, None, :, None]
+        return jnp.where(later, scores, 0.0)
 
     def tokens_to_residual_directions(self, tokens):
         """W_U columns of `tokens` (a str, int, [pos] or [batch, pos]) -> [..., d_model]."""

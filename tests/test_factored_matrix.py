@@ -1,0 +1,73 @@
+"""FactoredMatrix, model.OV / model.QK and composition scores against TransformerLens 3.9."""
+
+import numpy as np
+import pytest
+import torch
+
+from tests.oracle import max_diff, tl_model, to_jtlens
+from tests.test_parity_core import CONFIGS
+
+import jtlens
+from jtlens.factored_matrix import FactoredMatrix, composition_scores
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def pair(request):
+    tl = tl_model(CONFIGS[request.param])
+    cfg, params = to_jtlens(tl)
+    return tl, jtlens.HookedTransformer(cfg, params)
+
+
+def np_(x):
+    return x.detach().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def test_circuits_match(pair):
+    tl, model = pair
+    for name in ("OV", "QK"):
+        ours, theirs = getattr(model, name), getattr(tl, name)
+        assert ours.shape == tuple(theirs.shape)
+        assert max_diff(ours.AB, np_(theirs.AB)) <= 1e-4
+        assert max_diff(ours.S, np_(theirs.S)) <= 1e-4          # singular values: unique
+        assert max_diff(ours.norm(), np_(theirs.norm())) <= 1e-4
+        assert max_diff(ours.get_corner(3), np_(theirs.get_corner(3))) <= 1e-4
+        # U, V are unique only up to signs: their products and collapsed forms are not.
+        assert max_diff((ours.U * ours.S[..., None, :]) @ ours.V.swapaxes(-1, -2),
+                        np_(theirs.AB)) <= 1e-4
+        ev, ref_ev = np.sort_complex(np.asarray(ours.eigenvalues)), np.sort_complex(np_(theirs.eigenvalues))
+        assert np.abs(ev - ref_ev).max() <= 1e-3 * max(1.0, np.abs(ref_ev).max())
+
+
+def test_algebra_and_indexing(pair):
+    tl, model = pair
+    OV, tOV = model.OV, tl.OV
+    x = np.random.default_rng(0).normal(size=(model.cfg.d_model, 5)).astype(np.float32)
+    assert max_diff((OV @ x).AB, np_((tOV @ torch.tensor(x)).AB)) <= 1e-4
+    assert max_diff((x.T @ OV).AB, np_((torch.tensor(x.T) @ tOV).AB)) <= 1e-4
+    assert max_diff((OV @ model.QK).AB, np_((tOV @ tl.QK).AB)) <= 1e-3
+    assert max_diff(OV @ x[:, 0], np_(tOV @ torch.tensor(x[:, 0]))) <= 1e-4
+    for idx in (1, (1, 2), (0, 1, 3), (0, 1, slice(0, 4), 2)):
+        assert max_diff(OV[idx].AB, np_(tOV[idx].AB)) <= 1e-4, idx
+    assert max_diff(OV.T.AB, np_(tOV.T.AB)) <= 1e-4
+    assert max_diff((2.0 * OV).AB, 2 * np_(tOV.AB)) <= 1e-4
+    even = OV.make_even()
+    assert max_diff(even.AB, np_(tOV.AB)) <= 1e-4
+    assert max_diff(even.A.swapaxes(-1, -2) @ even.A, even.B @ even.B.swapaxes(-1, -2)) <= 1e-4
+    with pytest.raises(ValueError, match="inner dimensions"):
+        FactoredMatrix(np.ones((3, 4)), np.ones((5, 2)))
+
+
+@pytest.mark.parametrize("mode", ["Q", "K", "V"])
+def test_all_composition_scores(pair, mode):
+    tl, model = pair
+    assert max_diff(model.all_composition_scores(mode), np_(tl.all_composition_scores(mode))) <= 1e-4
+
+
+def test_composition_scores_without_broadcasting(pair):
+    from transformer_lens.utils import composition_scores as tl_scores
+
+    tl, model = pair
+    ours = composition_scores(model.OV[0], model.QK[1], broadcast_dims=False)
+    assert max_diff(ours, np_(tl_scores(tl.OV[0], tl.QK[1], broadcast_dims=False))) <= 1e-4
+    with pytest.raises(ValueError, match="mode must be"):
+        model.all_composition_scores("O")
