@@ -67,11 +67,11 @@ def to_tokens(tokenizer, cfg: Config, text: Union[str, Sequence[str]], prepend_b
 
 
 def to_string(tokenizer, tokens) -> Union[str, list]:
-    """1-D tokens -> str; 2-D -> list of str (no clean-up of tokenization spaces)."""
+    """One token id or 1-D tokens -> str; 2-D -> list of str (no clean-up of tokenization spaces)."""
     tok = _require(tokenizer)
     arr = np.asarray(tokens)
-    if arr.ndim == 1:
-        return tok.decode(arr.tolist(), clean_up_tokenization_spaces=False)
+    if arr.ndim <= 1:
+        return tok.decode(arr.reshape(-1).tolist(), clean_up_tokenization_spaces=False)
     return [to_string(tok, row) for row in arr]
 
 
