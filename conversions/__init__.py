@@ -60,7 +60,8 @@ def convert_folder(folder, progress: bool = True, hf_overrides: dict | None = No
     hf_config.update(hf_overrides or {})
     module = family(hf_config)
     cfg = module.config_from_hf(hf_config)
-    reader = TensorReader(read_tensors(folder, progress), str(folder))
+    reader = TensorReader(read_tensors(folder, progress), str(folder),
+                          tied_embeddings=hf_config.get("tie_word_embeddings", True))
     params = module.params_from_hf(reader, cfg)
     reader.finish()
     return cfg, check_and_cast(params, cfg, dtype="float32")

@@ -25,9 +25,11 @@ class ConversionError(ValueError):
 class TensorReader:
     """Hands out checkpoint tensors as float32/64 numpy arrays and tracks what was consumed."""
 
-    def __init__(self, tensors: Mapping[str, np.ndarray], source: str = "checkpoint"):
+    def __init__(self, tensors: Mapping[str, np.ndarray], source: str = "checkpoint",
+                 tied_embeddings: bool = True):
         self.tensors = tensors
         self.source = source
+        self.tied_embeddings = tied_embeddings  # config.json's tie_word_embeddings
         self.used: set[str] = set()
         self.ignored: set[str] = set()
 
@@ -44,6 +46,13 @@ class TensorReader:
 
     def take_optional(self, name: str):
         return self.take(name) if name in self.tensors else None
+
+    def unembedding(self, name: str, embed: np.ndarray) -> np.ndarray:
+        """The output projection `name` [d_vocab, D]; `embed` when the config ties them and the
+        checkpoint leaves it out (an untied model without it is a missing tensor)."""
+        if name in self.tensors or not self.tied_embeddings:
+            return self.take(name)
+        return embed
 
     def ignore(self, *patterns: str):
         """Mark tensors matching glob patterns as deliberately unused (e.g. cached rotary buffers)."""

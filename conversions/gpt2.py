@@ -43,8 +43,7 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
         return {"attn": attn, "mlp": mlp, "ln1": norm(r, f"{b}.ln_1"), "ln2": norm(r, f"{b}.ln_2")}
 
     W_E = r.take(f"{pre}wte.weight")
-    lm_head = r.take_optional("lm_head.weight")  # absent when tied to wte
     return {"embed": {"W_E": W_E}, "pos_embed": {"W_pos": r.take(f"{pre}wpe.weight")},
             "blocks": stack_layers(cfg.n_layers, layer), "ln_final": norm(r, f"{pre}ln_f"),
-            "unembed": {"W_U": (W_E if lm_head is None else lm_head).T,
+            "unembed": {"W_U": r.unembedding("lm_head.weight", W_E).T,
                         "b_U": np.zeros(cfg.d_vocab, np.float32)}}

@@ -128,10 +128,9 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
         return out
 
     embed = r.take("model.embed_tokens.weight")
-    lm_head = r.take_optional("lm_head.weight")  # absent when tied to the embeddings
     # Gemma multiplies embeddings by sqrt(d_model); the tied unembedding is not scaled.
     W_E = embed * np.float32(D ** 0.5) if gemma else embed
     return {"embed": {"W_E": W_E}, "blocks": stack_layers(cfg.n_layers, layer),
             "ln_final": norm("model.norm"),
-            "unembed": {"W_U": (embed if lm_head is None else lm_head).T,
+            "unembed": {"W_U": r.unembedding("lm_head.weight", embed).T,
                         "b_U": np.zeros(cfg.d_vocab, np.float32)}}

@@ -40,9 +40,8 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
                 "ln1": norm(r, f"{b}.self_attn_layer_norm"), "ln2": norm(r, f"{b}.final_layer_norm")}
 
     W_E = r.take(f"{pre}.embed_tokens.weight")
-    lm_head = r.take_optional("lm_head.weight")
     return {"embed": {"W_E": W_E},
             "pos_embed": {"W_pos": r.take(f"{pre}.embed_positions.weight")[POSITION_OFFSET:]},
             "blocks": stack_layers(cfg.n_layers, layer), "ln_final": norm(r, f"{pre}.final_layer_norm"),
-            "unembed": {"W_U": (W_E if lm_head is None else lm_head).T,
+            "unembed": {"W_U": r.unembedding("lm_head.weight", W_E).T,
                         "b_U": np.zeros(cfg.d_vocab, np.float32)}}

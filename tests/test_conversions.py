@@ -138,10 +138,10 @@ def test_sharded_safetensors_and_torch_bin(built, tmp_path):
         assert max_diff(jtlens.forward(params, TOKENS, cfg), expect) <= 1e-4, folder.name
 
 
-def _broken(built, tmp_path, edit):
+def _broken(built, tmp_path, edit, name="gpt2"):
     from safetensors.numpy import load_file, save_file
 
-    folder, _ = built("gpt2")
+    folder, _ = built(name)
     bad = tmp_path / "bad"
     shutil.copytree(folder, bad)
     tensors = load_file(bad / "model.safetensors")
@@ -166,6 +166,9 @@ def test_bad_checkpoints_are_clear_errors(built, tmp_path):
         load(_broken(built, tmp_path / "b", extra), progress=False)
     with pytest.raises(ConversionError, match=r"blocks.mlp.b_out: layer 1 has shape \(32,\), layer 0 has \(7,\)"):
         load(_broken(built, tmp_path / "c", reshape), progress=False)
+    untied = _broken(built, tmp_path / "e", lambda t: t.pop("lm_head.weight"), name="llama")
+    with pytest.raises(ConversionError, match="missing tensor 'lm_head.weight'"):
+        load(untied, progress=False)  # its config does not tie the unembedding to the embedding
     folder = _broken(built, tmp_path / "d", lambda t: None)
     cfg = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps(dict(cfg, architectures=["MambaForCausalLM"])))
