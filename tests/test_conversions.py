@@ -49,6 +49,14 @@ MODELS = {"gpt2": "GPT2LMHeadModel", "gptj": "GPTJForCausalLM", "gpt_neo": "GPTN
           "llama3": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
           "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM",
           "gemma2": "Gemma2ForCausalLM", "phi3": "Phi3ForCausalLM"}
+SAME_AS_TL = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "act_fn", "eps",
+              "normalization_type", "positional_embedding_type", "rotary_dim", "rotary_base",
+              "n_key_value_heads", "gated_mlp", "parallel_attn_mlp", "default_prepend_bos",
+              "original_architecture", "use_local_attn", "window_size", "attn_types", "use_qk_norm",
+              "model_name")
+# TransformerLens caps these at 2048 for its n_ctx x n_ctx mask buffer; jtlens has none and keeps
+# the checkpoint's max_position_embeddings (n_ctx=2048 as an option gives TL's value).
+TL_CAPS_N_CTX = ("mistral", "qwen3")
 TL_CAN_LOAD = ("gpt2", "gptj", "gpt_neo", "opt", "neox", "llama", "mistral", "qwen2", "qwen3", "phi3")
 
 
@@ -113,7 +121,9 @@ def test_processed_model_matches_transformer_lens_hook_by_hook(built, name):
     folder, model = built(name)
     cfg, params, _ = load(folder, progress=False)  # TransformerLens's from_pretrained defaults
     tl = _tl_from_folder(folder)
-    assert cfg.normalization_type == tl.cfg.normalization_type
+    for field in SAME_AS_TL + (() if name in TL_CAPS_N_CTX else ("n_ctx",)):
+        theirs = getattr(tl.cfg, field)
+        assert getattr(cfg, field) == (tuple(theirs) if isinstance(theirs, list) else theirs), field
     with torch.no_grad():
         ref_logits, ref = tl.run_with_cache(torch.tensor(TOKENS))
     logits, cache = jtlens.forward(params, TOKENS, cfg, hooks=jtlens.Hooks(capture=True))
