@@ -1,5 +1,6 @@
 """Hugging Face checkpoints load through jtlens.loading and match HF and TransformerLens 3.9."""
 
+import copy
 import json
 import shutil
 
@@ -146,6 +147,11 @@ def test_sharded_safetensors_and_torch_bin(built, tmp_path):
     for folder in (tmp_path / "sharded", binary):
         cfg, params, _ = jtlens.loading.load_no_processing(folder, progress=False)
         assert max_diff(jtlens.forward(params, TOKENS, cfg), expect) <= 1e-4, folder.name
+    # bfloat16 safetensors (numpy has no bfloat16) read exactly, widened to float32.
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    half.save_pretrained(tmp_path / "bf16")
+    cfg, params, _ = jtlens.loading.load_no_processing(tmp_path / "bf16", progress=False)
+    assert max_diff(jtlens.forward(params, TOKENS, cfg), hf_logits(half.float(), TOKENS)) <= 1e-4
 
 
 def _broken(built, tmp_path, edit, name="gpt2"):
