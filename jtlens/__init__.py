@@ -6,6 +6,7 @@
 """
 
 from jtlens import grads as grads
+from jtlens import masks as masks
 from jtlens import probes as probes
 from jtlens.cache import ActivationCache as ActivationCache
 from jtlens.components import lm_cross_entropy_loss as lm_cross_entropy_loss
