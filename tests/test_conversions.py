@@ -310,3 +310,21 @@ def test_hub_download_prefers_safetensors(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
     assert jtlens.loading._download("facebook/opt-125m") == tmp_path
     assert asked == [["*.safetensors"], ["*.bin"]]
+
+
+def test_tokenizer_travels_with_the_model(built, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    folder, _ = built("gpt2")
+    hf_dir = tmp_path / "with_tokenizer"
+    shutil.copytree(folder, hf_dir)
+    vocab = {w: i for i, w in enumerate(["<|endoftext|>", "the", "cat", "sat"])}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<|endoftext|>",
+                                         eos_token="<|endoftext|>").save_pretrained(hf_dir)
+    model = jtlens.HookedTransformer.from_pretrained(hf_dir, progress=False)
+    assert model.to_str_tokens("the cat sat") == ["<|endoftext|>", "the", "cat", "sat"]
+    jtlens.loading.save_converted(tmp_path / "native", model.cfg, model.params, model.tokenizer)
+    again = jtlens.HookedTransformer.from_pretrained(tmp_path / "native", progress=False)
+    assert again.to_tokens("the cat sat").tolist() == [[0, 1, 2, 3]]
