@@ -15,11 +15,13 @@ def main(argv=None) -> int:
     ap.add_argument("out", help="folder to write")
     ap.add_argument("--no-processing", action="store_true",
                     help="keep the checkpoint's numerics (no fold_ln / centring / bias folding)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                    help="store the params in this dtype (default: float32)")
     args = ap.parse_args(argv)
     flags = ({k: False for k in loading.PROCESSING} if args.no_processing
              else loading.default_processing())
     try:
-        cfg, params, tokenizer = loading.load(args.source, **flags)
+        cfg, params, tokenizer = loading.load(args.source, dtype=args.dtype, **flags)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -258,6 +258,12 @@ def test_command_line_conversion(built, tmp_path):
     assert cfg.normalization_type == "RMSPre"  # processed once, not again on load
     assert max_diff(jax.nn.log_softmax(jtlens.forward(params, TOKENS, cfg)),
                     jax.nn.log_softmax(hf_logits(model, TOKENS))) <= 1e-4
+    from conversions.__main__ import main
+
+    assert main([str(folder), str(tmp_path / "half"), "--dtype", "bfloat16", "--no-processing"]) == 0
+    half, params16, _ = load(tmp_path / "half", fold_ln=False, progress=False)
+    assert (half.dtype, half.normalization_type) == ("bfloat16", "RMS")
+    assert params16["embed"]["W_E"].dtype == jax.numpy.bfloat16
     bad = subprocess.run([sys.executable, "-m", "conversions", str(tmp_path / "nope"), str(out)],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "no such folder" in bad.stderr
