@@ -144,7 +144,15 @@ def test_sharded_safetensors_and_torch_bin(built, tmp_path):
     binary.mkdir()
     shutil.copy(tmp_path / "sharded" / "config.json", binary)
     torch.save(model.state_dict(), binary / "pytorch_model.bin")
-    for folder in (tmp_path / "sharded", binary):
+    binary_shards = tmp_path / "bin_sharded"  # pytorch_model.bin.index.json + two pickles
+    binary_shards.mkdir()
+    shutil.copy(binary / "config.json", binary_shards)
+    state = model.state_dict()
+    names = {k: f"pytorch_model-0000{1 + i % 2}-of-00002.bin" for i, k in enumerate(state)}
+    for shard in set(names.values()):
+        torch.save({k: v for k, v in state.items() if names[k] == shard}, binary_shards / shard)
+    (binary_shards / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": names}))
+    for folder in (tmp_path / "sharded", binary, binary_shards):
         cfg, params, _ = jtlens.loading.load_no_processing(folder, progress=False)
         assert max_diff(jtlens.forward(params, TOKENS, cfg), expect) <= 1e-4, folder.name
     # bfloat16 safetensors (numpy has no bfloat16) read exactly, widened to float32.
