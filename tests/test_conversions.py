@@ -342,3 +342,16 @@ def test_tokenizer_travels_with_the_model(built, tmp_path):
     jtlens.loading.save_converted(tmp_path / "native", model.cfg, model.params, model.tokenizer)
     again = jtlens.HookedTransformer.from_pretrained(tmp_path / "native", progress=False)
     assert again.to_tokens("the cat sat").tolist() == [[0, 1, 2, 3]]
+
+
+def test_safetensors_load_without_torch(built):
+    import subprocess
+    import sys
+
+    folder, _ = built("llama")
+    script = ("import sys; sys.modules['torch'] = None  # any torch import now fails\n"
+              "import jtlens, numpy as np\n"
+              f"m = jtlens.HookedTransformer.from_pretrained({str(folder)!r}, progress=False)\n"
+              "print(m(np.arange(5)).shape)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0 and "(1, 5, 97)" in done.stdout, done.stderr
