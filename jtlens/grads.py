@@ -86,8 +86,9 @@ def grad_wrt(model, tokens, metric: Metric, names, *, metric_on: str = "logits",
 
 def grad_times_activation(params, cfg: Config, tokens, metric: Metric, names_filter: Any = True,
                           **forward_kwargs) -> dict:
-    """First-order attribution `sum_last_axis(grad * act)` per hook: how much the metric would
-    change if each activation were zeroed, to first order. `{name: [*act_shape[:-1]]}`."""
+    """First-order attribution `sum_last_axis(grad * act)` per hook: each activation's
+    contribution to the metric to first order (zeroing it changes the metric by about minus
+    this). `{name: [*act_shape[:-1]]}`."""
     names = select_names(names_filter, cfg)
     deltas, like = zero_deltas(params, cfg, tokens, names, **forward_kwargs)
 
