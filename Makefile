@@ -36,3 +36,4 @@ bench: $(VENV)/.bench
 	$(PY) -m benchmarks.forward
 	$(PY) -m benchmarks.patching
 	$(PY) -m benchmarks.grads
+	$(PY) -m benchmarks.encoder
