@@ -1,0 +1,88 @@
+"""`jtlens run` / `jtlens patch` on the embedded model: outputs, report in a browser, bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jtlens import cli
+from jtlens.hooked_transformer import HookedTransformer
+
+TEXT = "The return value is a list. The return value is a list."
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert cli.main(["run", TEXT, "--out", str(out), "--save-activations"]) == 0
+    return out
+
+
+def test_run_prints_summary_and_writes_report(run_dir, capsys):
+    assert cli.main(["run", TEXT, "--out", str(run_dir / "again")]) == 0
+    printed = capsys.readouterr().out
+    for part in ("Next token after the text", "Logit lens", "Most-attended token",
+                 "Most active MLP neurons", "Direct logit attribution", "Report:"):
+        assert part in printed
+    assert (run_dir / "report.html").is_file()
+    assert (run_dir / "attention_layer1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_saved_activations_are_the_models_hooks(run_dir):
+    model = HookedTransformer.from_pretrained(cli.DEFAULT_MODEL)
+    _, cache = model.run_with_cache(TEXT)
+    saved = np.load(run_dir / "activations.npz")
+    assert set(saved.files) == set(cache.keys())
+    np.testing.assert_array_equal(saved["blocks.1.attn.hook_pattern"],
+                                  np.asarray(cache["blocks.1.attn.hook_pattern"]))
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed")
+def test_report_renders_in_headless_chromium(run_dir, tmp_path):
+    # Record each image's decoded width in the DOM, so the dump shows the patterns rendered.
+    page = tmp_path / "page.html"
+    page.write_text((run_dir / "report.html").read_text().replace(
+        "</body>", "<script>window.addEventListener('load', () => document.body.dataset.widths ="
+                   " [...document.images].map(i => i.naturalWidth).join(','))</script></body>"))
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                          "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "&#x27;The&#x27;" in dom or "'The'" in dom          # the tokens table
+    assert 'alt="attention pattern layer 1"' in dom
+    widths = [int(w) for w in dom.split('data-widths="')[1].split('"')[0].split(",")]
+    assert widths and min(widths) > 100
+
+
+def test_patch_writes_heatmaps_and_json(tmp_path):
+    out = tmp_path / "patch"
+    assert cli.main(["patch", "--clean", "The list of strings. The list", "--corrupted",
+                     "The dict of strings. The dict", "--answer", " of", "--wrong", " is",
+                     "--out", str(out)]) == 0
+    result = json.loads((out / "patching.json").read_text())
+    assert np.asarray(result["resid_pre"]).ndim == 2 and np.asarray(result["attn_head_out"]).ndim == 2
+    assert (out / "patch_heads.png").is_file() and (out / "patch_resid_pre.png").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "   "], "the text is empty"),
+    (["run", "word " * 400], "longer than the context"),
+    (["run", "hi", "--model", "no-such-model-xyz"], "cannot load model 'no-such-model-xyz'"),
+    (["run", "hi", "--model", "/nonexistent/folder"], "cannot load model"),
+    (["patch", "--clean", "a b c", "--corrupted", "a b", "--answer", " c", "--wrong", " d"],
+     "same length"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("jtlens: error:") and message in err
+
+
+def test_console_script_exit_code():
+    proc = subprocess.run([sys.executable, "-m", "jtlens.cli", "run", ""], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("jtlens: error: the text is empty")
+    assert "Traceback" not in proc.stderr
