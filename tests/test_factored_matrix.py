@@ -71,3 +71,19 @@ def test_composition_scores_without_broadcasting(pair):
     assert max_diff(ours, np_(tl_scores(tl.OV[0], tl.QK[1], broadcast_dims=False))) <= 1e-4
     with pytest.raises(ValueError, match="mode must be"):
         model.all_composition_scores("O")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_circuits_after_fold_ln_match(name):
+    """Folding norms into W_Q/W_K/W_V changes the circuits: jtlens.weights.process on the raw
+    weights gives the same OV, QK and composition scores as TL's process_weights_."""
+    from jtlens import weights
+
+    tl = tl_model(CONFIGS[name])
+    cfg, raw = to_jtlens(tl)
+    tl.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    model = jtlens.HookedTransformer(weights.processed_config(cfg), weights.process(raw, cfg))
+    for circuit in ("OV", "QK"):
+        assert max_diff(getattr(model, circuit).AB, np_(getattr(tl, circuit).AB)) <= 1e-4
+        assert max_diff(getattr(model, circuit).S, np_(getattr(tl, circuit).S)) <= 1e-4
+    assert max_diff(model.all_composition_scores("K"), np_(tl.all_composition_scores("K"))) <= 1e-4
