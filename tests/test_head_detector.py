@@ -77,3 +77,17 @@ def test_induction_scores_find_a_hand_built_induction_head():
     # Not 1: random tokens repeat within a prompt (12 draws of 63), and a repeated token splits
     # the induction head's attention between its earlier copies' successors.
     assert scores[1, 0] > 0.7 and np.delete(scores.ravel(), 2).max() < 0.3, scores
+
+
+def test_detect_head_reuses_a_cache(pair):
+    from transformer_lens.head_detector import detect_head as tl_detect
+
+    tl, model = pair
+    with torch.no_grad():
+        _, tl_cache = tl.run_with_cache(PROMPT, remove_batch_dim=True)  # as TL requires
+    _, cache = model.run_with_cache(PROMPT)
+    for c in (cache, cache.remove_batch_dim()):
+        ours = detect_head(model, PROMPT, "previous_token_head", cache=c)
+        assert max_diff(ours, tl_detect(tl, PROMPT, "previous_token_head", cache=tl_cache).numpy()) <= 1e-4
+    with pytest.raises(ValueError, match="one cache cannot serve"):
+        detect_head(model, [PROMPT, PROMPT], "induction_head", cache=cache)
