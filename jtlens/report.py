@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jtlens.attention_view import attention_html, attention_png
 from jtlens.hooks import HookRunner
 from jtlens.model import unembed
 from jtlens.tokens import to_str_tokens
@@ -173,30 +174,6 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _labels(toks: list, limit: int = 48) -> list:
-    return [t.replace("\n", "\\n") for t in toks] if len(toks) <= limit else []
-
-
-def attention_png(patterns, toks: list, layer: int) -> bytes:
-    """One layer's patterns [n_heads, pos, pos] as a row of heatmaps (query down, key across)."""
-    plt = pyplot()
-    n_heads = patterns.shape[0]
-    cols = min(n_heads, 4)
-    rows = -(-n_heads // cols)
-    size = 1.2 + 0.14 * len(toks)
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
-    labels = _labels(toks)
-    for h, ax in enumerate(axes.flat):
-        if h >= n_heads:
-            ax.axis("off")
-            continue
-        ax.imshow(patterns[h], cmap="Blues", vmin=0, vmax=1)
-        ax.set_title(f"L{layer}H{h}", fontsize=9)
-        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
-        ax.set_yticks(range(len(labels)), labels, fontsize=6)
-    return _png(fig)
-
-
 def dla_png(a: Analysis) -> bytes:
     """Heads [n_layers, n_heads] heatmap plus the per-layer MLP bars."""
     plt = pyplot()
@@ -264,9 +241,11 @@ def write_report(a: Analysis, out_dir) -> pathlib.Path:
     parts.append("<h2>Attention patterns</h2><p>Rows: query (destination) token; columns: key "
                  "(source) token.</p>")
     for layer, pats in enumerate(a["patterns"]):
-        png = attention_png(pats, toks, layer)
-        (out / f"attention_layer{layer}.png").write_bytes(png)
-        parts.append(f"<h3>Layer {layer}</h3>" + _img(png, f"attention pattern layer {layer}"))
+        png = attention_png(pats, out / f"attention_layer{layer}.png", toks, layer).read_bytes()
+        page = f"attention_layer{layer}.html"
+        (out / page).write_text(attention_html(pats, toks, layer), encoding="utf-8")
+        parts.append(f'<h3>Layer {layer} (<a href="{page}">interactive view</a>)</h3>'
+                     + _img(png, f"attention pattern layer {layer}"))
     style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
              "margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;"
              "white-space:nowrap}.text{font-size:18px}img{max-width:100%}")

@@ -29,6 +29,7 @@ def test_run_prints_summary_and_writes_report(run_dir, capsys):
         assert part in printed
     assert (run_dir / "report.html").is_file()
     assert (run_dir / "attention_layer1.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run_dir / "attention_layer1.html").is_file()
 
 
 def test_saved_activations_are_the_models_hooks(run_dir):
