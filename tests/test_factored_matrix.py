@@ -87,3 +87,23 @@ def test_circuits_after_fold_ln_match(name):
         assert max_diff(getattr(model, circuit).AB, np_(getattr(tl, circuit).AB)) <= 1e-4
         assert max_diff(getattr(model, circuit).S, np_(getattr(tl, circuit).S)) <= 1e-4
     assert max_diff(model.all_composition_scores("K"), np_(tl.all_composition_scores("K"))) <= 1e-4
+
+
+def test_broadcast_leading_axes_and_fm_products():
+    from transformer_lens import FactoredMatrix as TLFactored
+
+    rng = np.random.default_rng(1)
+    A, B = rng.normal(size=(3, 6, 4)).astype(np.float32), rng.normal(size=(4, 5)).astype(np.float32)
+    C = rng.normal(size=(2, 1, 5, 6)).astype(np.float32)
+    ours, theirs = FactoredMatrix(A, B), TLFactored(torch.tensor(A), torch.tensor(B))
+    assert ours.shape == tuple(theirs.shape) == (3, 6, 5)
+    assert max_diff(ours.S, np_(theirs.S)) <= 1e-4
+    other, tother = FactoredMatrix(C, A[0]), TLFactored(torch.tensor(C), torch.tensor(A[0]))
+    prod, tprod = ours @ other, theirs @ tother                 # [3,6,5] @ [2,1,5,4] -> [2,3,6,4]
+    assert prod.shape == tuple(tprod.shape) == (2, 3, 6, 4)
+    assert max_diff(prod.AB, np_(tprod.AB)) <= 1e-4
+    # U S^2 V^T: free of the singular vectors' sign ambiguity.
+    assert max_diff(ours.collapse_r() @ ours.collapse_l(),
+                    np_(theirs.collapse_r() @ theirs.collapse_l())) <= 1e-4
+    with pytest.raises(ValueError, match="do not broadcast"):
+        FactoredMatrix(np.ones((3, 2, 2)), np.ones((4, 2, 2)))
