@@ -48,11 +48,13 @@ def main():
         _, tl_s = timed(tl_backward, args.repeats)
         refs = {"TL 3.9": tl_s}
         ref_embed = grads["hook_embed"].numpy()
+        bridge_embed = None
         if not args.no_bridge:
             res = bridge("grad_cache", tokens=toks.tolist(), names=names, answers=[GOOD, BAD],
                          repeats=args.repeats)
             if res:
                 refs["TL 4.3"] = res["median_s"]
+                bridge_embed = res.get("arrays", {}).get("embed_grad")
         first, ours = timed(lambda: jax.block_until_ready(step(model.params, toks)), args.repeats)
         _, gcache = step(model.params, toks)
         best = min(refs, key=refs.get)
@@ -62,6 +64,9 @@ def main():
         diff = float(np.abs(np.asarray(gcache["hook_embed"]) - ref_embed).max())
         print(f"  max |d/d hook_embed| diff jtlens vs TL 3.9: {diff:.2e} "
               f"(scale {np.abs(ref_embed).max():.2e})")
+        if bridge_embed is not None:
+            diff = float(np.abs(np.asarray(gcache["hook_embed"]) - bridge_embed).max())
+            print(f"  max |d/d hook_embed| diff jtlens vs TL 4.3: {diff:.2e}")
 
 
 if __name__ == "__main__":
