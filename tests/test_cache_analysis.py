@@ -151,3 +151,20 @@ def test_slice_semantics():
     assert list(Slice((1, 5, 2)).indices(6)) == [1, 3]
     with pytest.raises(ValueError, match="cannot index"):
         Slice("last")
+
+
+def test_analyses_run_inside_jit(pair):
+    """A cache is a pytree carrying its model, so analyses compile and still equal TransformerLens's."""
+    import jax
+    _, tl_cache, _, cache, tokens = pair
+    t = np.asarray(tokens)
+
+    @jax.jit
+    def analyse(c, toks):
+        stack = c.get_full_resid_decomposition(apply_ln=True)
+        return c.logit_attrs(stack, toks), c.accumulated_resid(apply_ln=True, pos_slice=-1)
+
+    attrs, lens = analyse(cache, t)
+    stack_tl = tl_cache.get_full_resid_decomposition(apply_ln=True)
+    _same(tl_cache.logit_attrs(stack_tl, torch.as_tensor(t)), attrs)
+    _same(tl_cache.accumulated_resid(apply_ln=True, pos_slice=-1), lens)
