@@ -355,3 +355,16 @@ def test_safetensors_load_without_torch(built):
               "print(m(np.arange(5)).shape)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0 and "(1, 5, 97)" in done.stdout, done.stderr
+
+
+def test_native_folder_applies_only_the_processing_still_missing(built, tmp_path):
+    folder, _ = built("gpt2")
+    partial = dict(jtlens.loading.default_processing(), center_unembed=False, fold_value_biases=False)
+    cfg, params, _ = load(folder, progress=False, **partial)
+    jtlens.loading.save_converted(tmp_path / "native", cfg, params, processing=partial)
+    cfg2, params2, _ = load(tmp_path / "native", progress=False)  # default flags: the rest is done now
+    cfg_full, params_full, _ = load(folder, progress=False)
+    assert cfg2 == cfg_full
+    assert max_diff(jtlens.forward(params2, TOKENS, cfg2), jtlens.forward(params_full, TOKENS, cfg_full)) <= 1e-5
+    with pytest.warns(UserWarning, match="cannot be undone"):
+        load(tmp_path / "native", progress=False, fold_ln=False)
