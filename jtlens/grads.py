@@ -23,16 +23,18 @@ from jtlens.model import forward
 Metric = Callable[[Any], jax.Array]
 
 
-def _forward_fn(cfg: Config, metric: Metric, metric_on: str, fw: dict):
-    """metric(forward(...)) as a function of (params, tokens, deltas, patch)."""
+def _forward_fn(cfg: Config, metric: Metric, metric_on: str, fw: dict, capture=None):
+    """`(metric(forward(...)), captured ActivationCache or None)` as a function of
+    (params, tokens, deltas, patch); `capture` selects hooks to return besides the metric."""
     if metric_on not in ("logits", "cache"):
         raise ValueError(f"metric_on must be 'logits' or 'cache', got {metric_on!r}")
+    capture = True if metric_on == "cache" else capture
 
     def run(params, tokens, deltas, patch=None):
-        capture = True if metric_on == "cache" else None
         out = forward(params, tokens, cfg, Hooks(capture=capture, add=deltas, patch=patch or {}),
                       return_type="logits", **fw)
-        return metric(out[1] if metric_on == "cache" else out)
+        logits, cache = out if capture else (out, None)
+        return metric(cache if metric_on == "cache" else logits), cache
     return run
 
 
@@ -56,6 +58,17 @@ def _as_cache(cfg: Config, grads: dict, like: ActivationCache) -> ActivationCach
     return ActivationCache(cfg, stacked, like.layers, outer)
 
 
+def _value_and_grads(params, cfg: Config, tokens, metric: Metric, names_filter, metric_on: str,
+                     fw: dict, keep_activations: bool):
+    names = select_names(names_filter, cfg)
+    if not names:
+        raise ValueError(f"names_filter {names_filter!r} selects no hooks")
+    deltas, like = zero_deltas(params, cfg, tokens, names, **fw)
+    run = _forward_fn(cfg, metric, metric_on, fw, capture=tuple(names) if keep_activations else None)
+    (value, acts), grads = jax.value_and_grad(lambda d: run(params, tokens, d), has_aux=True)(deltas)
+    return value, acts, _as_cache(cfg, grads, like)
+
+
 def grad_cache(params, cfg: Config, tokens, metric: Metric, names_filter: Any = True, *,
                metric_on: str = "logits", **forward_kwargs):
     """`(metric value, ActivationCache of d metric / d activation)` for every hook selected by
@@ -64,13 +77,18 @@ def grad_cache(params, cfg: Config, tokens, metric: Metric, names_filter: Any = 
     metric: logits [batch, pos, d_vocab] -> scalar, or with `metric_on="cache"` the forward's
     ActivationCache (every hook) -> scalar. Pure and jit-able (cfg static).
     """
-    names = select_names(names_filter, cfg)
-    if not names:
-        raise ValueError(f"names_filter {names_filter!r} selects no hooks")
-    deltas, like = zero_deltas(params, cfg, tokens, names, **forward_kwargs)
-    run = _forward_fn(cfg, metric, metric_on, forward_kwargs)
-    value, grads = jax.value_and_grad(lambda d: run(params, tokens, d))(deltas)
-    return value, _as_cache(cfg, grads, like)
+    value, _, grads = _value_and_grads(params, cfg, tokens, metric, names_filter, metric_on,
+                                       forward_kwargs, keep_activations=False)
+    return value, grads
+
+
+def activations_and_grads(params, cfg: Config, tokens, metric: Metric, names_filter: Any = True,
+                          **forward_kwargs):
+    """`(metric value, ActivationCache of the activations, ActivationCache of d metric / d
+    activation)` for the hooks selected by `names_filter`, from one forward and one backward.
+    metric: logits [batch, pos, d_vocab] -> scalar."""
+    return _value_and_grads(params, cfg, tokens, metric, names_filter, "logits", forward_kwargs,
+                            keep_activations=True)
 
 
 def grad_wrt(model, tokens, metric: Metric, names, *, metric_on: str = "logits",
@@ -89,17 +107,9 @@ def grad_times_activation(params, cfg: Config, tokens, metric: Metric, names_fil
     """First-order attribution `sum_last_axis(grad * act)` per hook: each activation's
     contribution to the metric to first order (zeroing it changes the metric by about minus
     this). `{name: [*act_shape[:-1]]}`."""
-    names = select_names(names_filter, cfg)
-    deltas, like = zero_deltas(params, cfg, tokens, names, **forward_kwargs)
-
-    def run(d):
-        logits, cache = forward(params, tokens, cfg, Hooks(capture=tuple(names), add=d),
-                                return_type="logits", **forward_kwargs)
-        return metric(logits), cache
-
-    (_, acts), grads = jax.value_and_grad(run, has_aux=True)(deltas)
-    gcache = _as_cache(cfg, grads, like)
-    return {n: (gcache[n] * acts[n]).sum(-1) for n in names}
+    _, acts, grads = activations_and_grads(params, cfg, tokens, metric, names_filter,
+                                           **forward_kwargs)
+    return {n: (grads[n] * acts[n]).sum(-1) for n in select_names(names_filter, cfg)}
 
 
 def _one_hook(name, cfg: Config, what: str) -> str:
@@ -126,7 +136,7 @@ def integrated_gradients(params, cfg: Config, tokens, metric: Metric, name: str,
         point = baseline + alpha * (target - baseline)
 
         def f(delta):
-            return run(params, tokens, {full: delta}, {full: (point, None)})
+            return run(params, tokens, {full: delta}, {full: (point, None)})[0]
         return jax.grad(f)(jnp.zeros_like(point))
 
     alphas = (jnp.arange(steps, dtype=jnp.float32) + 0.5) / steps

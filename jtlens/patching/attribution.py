@@ -20,26 +20,20 @@ import jax
 import jax.numpy as jnp
 
 from jtlens.config import Config
-from jtlens.hooks import Hooks
-from jtlens.model import forward
+from jtlens.grads import activations_and_grads
 from jtlens.patching import transformer_lens_api as api
 from jtlens.patching.sweep import Metric, scalar_metric, check_clean_shape
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "metric", "templates"))
-def _grads(params, tokens, like, *, cfg, metric, templates):
-    """(metric of the corrupted run, its activations, d metric / d activation), per template;
-    `like` holds arrays shaped like each activation (the clean ones)."""
-
-    def run(deltas):
-        names = tuple(f"blocks.*.{t}" for t in templates)
-        hooks = Hooks(add=dict(zip(names, deltas)), capture=names)
-        logits, cache = forward(params, tokens, cfg, hooks)
-        return scalar_metric(metric, logits), tuple(cache.stacked[t] for t in templates)
-
-    zeros = tuple(jnp.zeros_like(x) for x in like)
-    (value, acts), grads = jax.value_and_grad(run, has_aux=True)(zeros)
-    return value, acts, grads
+def _grads(params, tokens, *, cfg, metric, templates):
+    """(metric of the corrupted run, its activations, d metric / d activation), per template,
+    each [n_layers, batch, ...]."""
+    value, acts, grads = activations_and_grads(params, cfg, tokens,
+                                               functools.partial(scalar_metric, metric),
+                                               [f"blocks.*.{t}" for t in templates])
+    return (value, tuple(acts[f"blocks.*.{t}"] for t in templates),
+            tuple(grads[f"blocks.*.{t}"] for t in templates))
 
 
 def attribution_sweep(params, cfg: Config, corrupted_tokens, clean: dict, metric: Metric,
@@ -57,8 +51,7 @@ def attribution_sweep(params, cfg: Config, corrupted_tokens, clean: dict, metric
     tokens = jnp.asarray(corrupted_tokens)
     for t in templates:
         check_clean_shape(params, cfg, tokens, t, clean[t])
-    value, acts, grads = _grads(params, tokens, tuple(jnp.asarray(clean[t]) for t in templates),
-                                cfg=cfg, metric=metric, templates=templates)
+    value, acts, grads = _grads(params, tokens, cfg=cfg, metric=metric, templates=templates)
     out = []
     for template, axes in specs:
         k = templates.index(template)
