@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from jtlens import weights
 from jtlens.config import Config
 
 ASSETS = Path(__file__).parent / "assets"
@@ -83,8 +84,7 @@ def load(name_or_path, *, fold_ln: bool = True, center_writing_weights: bool = T
         done = {}
     if cfg_overrides:
         cfg = cfg.replace(**cfg_overrides)
-    params = _process(cfg, params, flags, done)
-    cfg = _processed_config(cfg, flags, done)
+    cfg, params = _process(cfg, params, flags, done)
     if dtype is not None:
         cfg = cfg.replace(dtype=dtype)
     params = _cast(params, cfg.dtype)
@@ -194,26 +194,17 @@ def _cast(params: dict, dtype: str):
 
 
 # ----------------------------------------------------------------------------- processing
-def _process(cfg: Config, params: dict, flags: dict, done: dict) -> dict:
-    from jtlens import weights
-
+def _process(cfg: Config, params: dict, flags: dict, done: dict) -> tuple[Config, dict]:
+    """Apply the requested steps not applied yet -> (the Config they imply, processed params)."""
     undone = [k for k, v in flags.items() if done.get(k) and not v]
     if undone:
         warnings.warn(f"this saved model already has {undone} applied; they cannot be undone",
                       stacklevel=3)
-    todo = _todo(cfg, flags, done)
-    if cfg.post_ln and any(todo.values()):
-        # TransformerLens's HookedEncoder applies no weight processing; neither do we.
-        return params
-    return weights.process(params, cfg, **todo)
-
-
-def _processed_config(cfg: Config, flags: dict, done: dict) -> Config:
-    from jtlens import weights
-
     if cfg.post_ln:
-        return cfg
-    return weights.processed_config(cfg, **_todo(cfg, flags, done))
+        # TransformerLens's HookedEncoder applies no weight processing; neither do we.
+        return cfg, params
+    todo = _todo(cfg, flags, done)
+    return weights.processed_config(cfg, **todo), weights.process(params, cfg, **todo)
 
 
 def _todo(cfg: Config, flags: dict, done: dict) -> dict:
