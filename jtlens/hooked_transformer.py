@@ -10,9 +10,10 @@ new closure.
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import functools
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,6 @@ import numpy as np
 
 from jtlens import cache_analysis as analysis
 from jtlens import tokens as T
-from jtlens.cache import ActivationCache
 from jtlens.config import Config
 from jtlens.factored_matrix import FactoredMatrix, composition_scores
 from jtlens.hooks import Hooks, hook_names, select_names
@@ -47,19 +47,37 @@ def _expand_kv(name: str, x, cfg: Config):
 class _Namespace:
     """Attribute access to a dict of arrays (model.blocks[l].attn.W_Q)."""
 
-    def __init__(self, tree: dict, extra: Optional[dict] = None):
+    def __init__(self, tree: dict):
         self._tree = tree
-        self._extra = extra or {}
 
     def __getattr__(self, name):
         if name.startswith("_"):
             raise AttributeError(name)
-        if name in self._extra:
-            return self._extra[name]
         if name not in self._tree:
             raise AttributeError(f"no parameter {name!r} here; have {sorted(self._tree)}")
         v = self._tree[name]
         return _Namespace(v) if isinstance(v, dict) else v
+
+
+class _LayerViews(collections.abc.Sequence):
+    """`model.blocks`: layer l's params as a `_Namespace`, sliced when indexed (not every layer
+    at every access)."""
+
+    def __init__(self, params: dict, cfg: Config):
+        self._params, self._cfg = params, cfg
+
+    def __len__(self) -> int:
+        return self._cfg.n_layers
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[l] for l in range(len(self))[index]]
+        l = range(len(self))[index]  # negative indices; IndexError past the end
+        layer = jax.tree_util.tree_map(lambda a: a[l], self._params["blocks"])
+        attn = dict(layer["attn"])
+        for k in ("W_K", "W_V", "b_K", "b_V"):
+            attn[k] = _expand_kv(k, attn[k], self._cfg)
+        return _Namespace(dict(layer, attn=attn))
 
 
 class HookedTransformer:
@@ -340,16 +358,9 @@ class HookedTransformer:
     b_out = property(lambda self: self._mlp("b_out"), doc="[n_layers, d_model]")
 
     @property
-    def blocks(self) -> list:
+    def blocks(self) -> _LayerViews:
         """Per-layer views: `model.blocks[l].attn.W_V` is `model.W_V[l]`."""
-        views = []
-        for l in range(self.cfg.n_layers):
-            layer = jax.tree_util.tree_map(lambda a: a[l], self.params["blocks"])
-            attn = dict(layer["attn"])
-            for k in ("W_K", "W_V", "b_K", "b_V"):
-                attn[k] = _expand_kv(k, attn[k], self.cfg)
-            views.append(_Namespace(dict(layer, attn=attn)))
-        return views
+        return _LayerViews(self.params, self.cfg)
 
     def __repr__(self):
         return (f"HookedTransformer({self.cfg.model_name}: {self.cfg.n_layers} layers, "
