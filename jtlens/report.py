@@ -123,7 +123,7 @@ def summary(a: Analysis, max_rows: int = 12) -> str:
     """A plain-text account of `analyze`'s result (what `jtlens run` prints)."""
     toks, n = a["str_tokens"], len(a["str_tokens"])
     lines = [f"{a['model_name']} on {n} tokens: " + " ".join(repr(t) for t in toks), "",
-             f"Next token after the text: " + ", ".join(
+             "Next token after the text: " + ", ".join(
                  f"{s!r} {p:.1%}" for s, p in zip(a["top_strs"][-1], a["top_probs"][-1])), "",
              f"Per-token loss (mean {a['loss'].mean():.3f}) and top prediction per position:"]
     rows = range(n) if n <= max_rows else [*range(max_rows // 2), *range(n - max_rows // 2, n)]

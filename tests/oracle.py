@@ -10,7 +10,6 @@ tl = pytest.importorskip("transformer_lens")
 
 import jax.numpy as jnp  # noqa: E402
 
-import jtlens  # noqa: E402
 from conversions.transformer_lens import config_from_tl, params_from_state_dict  # noqa: E402
 
 
