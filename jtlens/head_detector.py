@@ -103,22 +103,37 @@ def detect_head(model, seq: Union[str, Sequence[str]], detection_pattern, heads=
     return jnp.where(wanted, scores, -1.0)
 
 
+def repeated_random_tokens(model, seq_len: int = 20, n_prompts: int = 4, seed: int = 0,
+                           prepend_bos: Optional[bool] = None) -> jax.Array:
+    """Random token ids said twice, [n_prompts, (1 +) 2 * seq_len], after BOS when the model
+    prepends it: the standard probe for induction, since only copying from context can predict
+    the second half."""
+    cfg = model.cfg
+    bos = cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+    if 2 * seq_len + bos > cfg.n_ctx:
+        raise ValueError(f"{2 * seq_len + bos} tokens (a {seq_len}-token sequence twice"
+                         f"{' after BOS' if bos else ''}) exceed n_ctx={cfg.n_ctx}; use a smaller seq_len")
+    rand = jax.random.randint(jax.random.PRNGKey(seed), (n_prompts, seq_len), 1, cfg.d_vocab)
+    rep = jnp.concatenate([rand, rand], axis=1)
+    if bos:
+        token = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
+        rep = jnp.concatenate([jnp.full((n_prompts, 1), token or 0), rep], axis=1)
+    return rep
+
+
+def induction_stripe(pattern, seq_len: int):
+    """Attention [..., q, k] on `repeated_random_tokens` -> [..., seq_len]: from each query of
+    the second copy to the token after its first occurrence."""
+    # Query q of the second copy -> key q - seq_len + 1; the diagonal's last seq_len entries
+    # are exactly the second copy's queries (with or without BOS in front).
+    return jnp.diagonal(pattern, offset=1 - seq_len, axis1=-2, axis2=-1)[..., -seq_len:]
+
+
 def induction_scores(model, seq_len: int = 20, n_prompts: int = 4, seed: int = 0,
                      prepend_bos: Optional[bool] = None):
     """Mean attention from each token of a repeated random sequence to the token after its
     first occurrence: [n_layers, n_heads] (induction heads score near 1)."""
-    cfg = model.cfg
-    if 2 * seq_len + 1 > cfg.n_ctx:
-        raise ValueError(f"induction_scores: 2 * seq_len + 1 = {2 * seq_len + 1} exceeds n_ctx={cfg.n_ctx}")
-    rand = jax.random.randint(jax.random.PRNGKey(seed), (n_prompts, seq_len), 1, cfg.d_vocab)
-    rep = jnp.concatenate([rand, rand], axis=1)
-    bos = cfg.default_prepend_bos if prepend_bos is None else prepend_bos
-    token = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
-    if bos:
-        rep = jnp.concatenate([jnp.full((n_prompts, 1), token or 0), rep], axis=1)
+    rep = repeated_random_tokens(model, seq_len, n_prompts, seed, prepend_bos)
     _, cache = model.run_with_cache(rep, names_filter="blocks.*.attn.hook_pattern")
     pattern = cache["blocks.*.attn.hook_pattern"]  # [L, b, H, q, k]
-    # Query q in the second copy -> key q - seq_len + 1; the stripe's last seq_len entries are
-    # exactly the second copy's queries.
-    stripe = jnp.diagonal(pattern, offset=1 - seq_len, axis1=-2, axis2=-1)  # [L, b, H, *]
-    return stripe[..., -seq_len:].mean((1, -1))
+    return induction_stripe(pattern, seq_len).mean((1, -1))

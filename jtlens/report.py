@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtlens.attention_view import attention_html, attention_png
+from jtlens.head_detector import induction_stripe, repeated_random_tokens
 from jtlens.hooks import HookRunner
 from jtlens.model import unembed
 from jtlens.tokens import to_str_tokens
@@ -63,6 +64,25 @@ def direct_logit_attribution(model, cache, target: int) -> dict:
     return out
 
 
+def induction(model, seq_len: int = 20, n_prompts: int = 4) -> dict:
+    """Induction heads, found as TransformerLens users do: random tokens said twice.
+
+    Returns scores [n_layers, n_heads] (mean attention from the second copy to the token after
+    the first occurrence), the best head (layer, head), its pattern [pos, pos] on the first
+    prompt, and that prompt's str_tokens.
+    """
+    seq_len = min(seq_len, (model.cfg.n_ctx - 1) // 2)
+    rep = repeated_random_tokens(model, seq_len, n_prompts)
+    _, cache = model.run_with_cache(rep, names_filter="blocks.*.attn.hook_pattern")
+    pattern = cache["blocks.*.attn.hook_pattern"]                    # [L, b, H, q, k]
+    scores = np.asarray(induction_stripe(pattern, seq_len).mean((1, -1)))
+    layer, head = np.unravel_index(int(scores.argmax()), scores.shape)
+    return dict(scores=scores, best=(int(layer), int(head)), seq_len=seq_len,
+                pattern=np.asarray(pattern[layer, 0, head]),
+                str_tokens=(to_str_tokens(model.tokenizer, rep[0]) if model.tokenizer is not None
+                            else [str(int(t)) for t in rep[0]]))
+
+
 def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: bool = False,
             capture_all: bool = False) -> Analysis:
     """Run `model` (a HookedTransformer with a tokenizer) on `text` and collect what it does.
@@ -72,7 +92,8 @@ def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: b
     reading each layer's input residual, then the final residual, through ln_final+unembed);
     resid_norm [n_layers+1] (at the last position); patterns [n_layers, n_heads, pos, pos];
     dla (direct logit attribution of the top prediction at the last position); neurons
-    (per MLP layer the top (neuron, position, activation)); cache when capture_all.
+    (per MLP layer the top (neuron, position, activation)); induction (see `induction`);
+    cache when capture_all.
     """
     if not text or not text.strip():
         raise ValueError("the text is empty: give some words to run the model on")
@@ -104,7 +125,7 @@ def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: b
         resid_norm=np.asarray(jnp.linalg.norm(resid[:, -1], axis=-1)),
         patterns=np.asarray(cache["blocks.*.attn.hook_pattern"][:, 0]),
         target=target, target_logit=float(logits[0, -1, target]),
-        dla=direct_logit_attribution(model, cache, target), neurons=[])
+        dla=direct_logit_attribution(model, cache, target), neurons=[], induction=induction(model))
     if not cfg.attn_only:
         post = np.asarray(cache["blocks.*.mlp.hook_post"][:, 0])       # [L, P, M]
         for layer in post:
@@ -145,6 +166,10 @@ def summary(a: Analysis, max_rows: int = 12) -> str:
         lines += ["", "Most active MLP neurons (neuron, where, activation):"]
         lines += [f"  L{layer}: " + "  ".join(f"N{nr} @{toks[pos]!r} {v:.2f}" for nr, pos, v in top)
                   for layer, top in enumerate(a["neurons"])]
+    ind = a["induction"]
+    ranked = sorted(np.ndenumerate(ind["scores"]), key=lambda x: -x[1])
+    lines += ["", "Induction heads (attention to the token after the earlier copy, random tokens "
+              "said twice): " + ", ".join(f"L{l}H{h} {v:.2f}" for (l, h), v in ranked[:4])]
     dla = a["dla"]
     heads = [(float(v), f"L{l}H{h}") for (l, h), v in np.ndenumerate(dla["heads"])]
     heads += [(float(v), f"MLP{l}") for l, v in enumerate(dla.get("mlp", []))]
@@ -188,6 +213,23 @@ def dla_png(a: Analysis) -> bytes:
     if has_mlp:
         axes[0, 1].bar(range(len(dla["mlp"])), dla["mlp"], color="tab:orange")
         axes[0, 1].set(xlabel="layer", title="MLPs", xticks=range(len(dla["mlp"])))
+    return _png(fig)
+
+
+def induction_png(a: Analysis) -> bytes:
+    """Induction score per head, next to the best head's pattern on random tokens said twice."""
+    plt = pyplot()
+    ind = a["induction"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5), gridspec_kw=dict(width_ratios=[1, 2]))
+    im = left.imshow(ind["scores"], cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    left.set(xlabel="head", ylabel="layer", title="induction score",
+             xticks=range(ind["scores"].shape[1]), yticks=range(ind["scores"].shape[0]))
+    fig.colorbar(im, ax=left)
+    toks = ind["str_tokens"]
+    right.imshow(ind["pattern"], cmap="Blues", vmin=0, vmax=1)
+    right.set_title("L{}H{} on {} random tokens said twice".format(*ind["best"], ind["seq_len"]))
+    right.set_xticks(range(len(toks)), toks, rotation=90, fontsize=5)
+    right.set_yticks(range(len(toks)), toks, fontsize=5)
     return _png(fig)
 
 
@@ -238,6 +280,14 @@ def write_report(a: Analysis, out_dir) -> pathlib.Path:
                                                       for n, p, v in top) + "</td></tr>"
                   for l, top in enumerate(a["neurons"])]
         parts.append("</table>")
+    ind = a["induction"]
+    parts.append("<h2>Induction heads</h2><p>Each head's mean attention from the second copy of "
+                 f"{ind['seq_len']} random tokens said twice to the token after the same token's "
+                 "first occurrence (1 = a perfect induction head). The best head, L{}H{} ({:.2f}), "
+                 "draws the off-diagonal stripe.</p>".format(*ind["best"], ind["scores"].max()))
+    png = induction_png(a)
+    (out / "induction.png").write_bytes(png)
+    parts.append(_img(png, "induction heads"))
     parts.append("<h2>Attention patterns</h2><p>Rows: query (destination) token; columns: key "
                  "(source) token.</p>")
     for layer, pats in enumerate(a["patterns"]):

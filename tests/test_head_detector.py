@@ -7,6 +7,7 @@ import torch
 
 import jtlens
 from jtlens.head_detector import HEAD_NAMES, detect_head, induction_scores
+from jtlens.report import induction, induction_png
 from tests.oracle import max_diff
 from tests.test_tokenization import pair as tokenized_pair
 
@@ -49,7 +50,7 @@ def test_subsets_lists_and_custom_patterns(pair):
         detect_head(model, PROMPT, "copy_head")
 
 
-def test_induction_scores_find_a_hand_built_induction_head():
+def hand_built_induction_model():
     """Two attention-only layers built by hand. Residual dims: token one-hot [0, V), position
     one-hot [V, V+N), previous-token slot [V+N, 2V+N). L0H0 attends from p to p-1 and copies that
     token into the slot; L1H0 queries with the current token against the slot's keys, so it
@@ -71,12 +72,27 @@ def test_induction_scores_find_a_hand_built_induction_head():
     a["W_Q"][1, 0, :V, :] = 100 * np.eye(V)                      # current token ...
     a["W_K"][1, 0, V + N:, :] = np.eye(V)                        # ... against previous tokens
     params["unembed"]["W_U"][:V] = np.eye(V)
-    model = jtlens.HookedTransformer(cfg, params)
+    return jtlens.HookedTransformer(cfg, params)
+
+
+def test_induction_scores_find_a_hand_built_induction_head():
+    model = hand_built_induction_model()
     scores = np.asarray(induction_scores(model, seq_len=12, n_prompts=2, prepend_bos=False))
     assert scores.shape == (2, 2)
     # Not 1: random tokens repeat within a prompt (12 draws of 63), and a repeated token splits
     # the induction head's attention between its earlier copies' successors.
     assert scores[1, 0] > 0.7 and np.delete(scores.ravel(), 2).max() < 0.3, scores
+
+
+def test_report_shows_the_hand_built_induction_head():
+    """The report's induction section names L1H0, and its picture is that head's stripe."""
+    found = induction(hand_built_induction_model(), seq_len=12)
+    assert found["best"] == (1, 0) and found["scores"].shape == (2, 2)
+    assert found["str_tokens"][0] == "0" and len(found["str_tokens"]) == 25   # BOS + 2 x 12
+    pattern = found["pattern"]
+    q = np.arange(13, 25)
+    assert pattern[q, q - 11].mean() > 0.7, pattern[q, q - 11]
+    assert induction_png({"induction": found})[:4] == b"\x89PNG"
 
 
 def test_detect_head_reuses_a_cache(pair):
