@@ -225,7 +225,7 @@ def induction_png(a: Analysis) -> bytes:
     left.set(xlabel="head", ylabel="layer", title="induction score",
              xticks=range(ind["scores"].shape[1]), yticks=range(ind["scores"].shape[0]))
     fig.colorbar(im, ax=left)
-    toks = ind["str_tokens"]
+    toks = [repr(t)[1:-1] for t in ind["str_tokens"]]  # random ids include control bytes
     right.imshow(ind["pattern"], cmap="Blues", vmin=0, vmax=1)
     right.set_title("L{}H{} on {} random tokens said twice".format(*ind["best"], ind["seq_len"]))
     right.set_xticks(range(len(toks)), toks, rotation=90, fontsize=5)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jtlens import cli
+from jtlens.head_detector import induction_scores, repeated_random_tokens
 from jtlens.hooked_transformer import HookedTransformer
 
 TEXT = "The return value is a list. The return value is a list."
@@ -30,6 +31,21 @@ def test_run_prints_summary_and_writes_report(run_dir, capsys):
     assert (run_dir / "report.html").is_file()
     assert (run_dir / "attention_layer1.png").read_bytes()[:4] == b"\x89PNG"
     assert (run_dir / "attention_layer1.html").is_file()
+
+
+def test_embedded_model_has_induction_heads_and_the_report_shows_them(run_dir):
+    """jtlens-tiny was trained until induction heads formed: on random tokens said twice, a
+    layer-1 head attends to the token after the earlier copy, and copying lowers the loss."""
+    model = HookedTransformer.from_pretrained(cli.DEFAULT_MODEL)
+    scores = np.asarray(induction_scores(model, seq_len=20, n_prompts=8))
+    assert scores[1].max() > 0.2 and scores[1].max() > 5 * scores[0].max(), scores
+    rep = repeated_random_tokens(model, seq_len=20, n_prompts=8)
+    loss = np.asarray(model(rep, return_type="loss", loss_per_token=True))
+    assert loss[:, 21:].mean() < loss[:, :20].mean() - 1.0, (loss[:, :20].mean(), loss[:, 21:].mean())
+    page = (run_dir / "report.html").read_text()
+    layer, head = np.unravel_index(scores.argmax(), scores.shape)
+    assert "<h2>Induction heads</h2>" in page and f"L{layer}H{head}" in page
+    assert (run_dir / "induction.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_saved_activations_are_the_models_hooks(run_dir):
@@ -60,7 +76,7 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
 def test_patch_writes_heatmaps_and_json(tmp_path):
     out = tmp_path / "patch"
     assert cli.main(["patch", "--clean", "The list of strings. The list", "--corrupted",
-                     "The dict of strings. The dict", "--answer", " of", "--wrong", " is",
+                     "The set of strings. The set", "--answer", " of", "--wrong", " is",
                      "--out", str(out)]) == 0
     result = json.loads((out / "patching.json").read_text())
     assert np.asarray(result["resid_pre"]).ndim == 2 and np.asarray(result["attn_head_out"]).ndim == 2
