@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jtlens.tokens import bos_id
+
 HEAD_NAMES = ("previous_token_head", "duplicate_token_head", "induction_head")
 
 
@@ -109,31 +111,42 @@ def repeated_random_tokens(model, seq_len: int = 20, n_prompts: int = 4, seed: i
     prepends it: the standard probe for induction, since only copying from context can predict
     the second half."""
     cfg = model.cfg
+    if seq_len < 1 or n_prompts < 1:
+        raise ValueError(f"seq_len={seq_len}, n_prompts={n_prompts}: both must be at least 1")
     bos = cfg.default_prepend_bos if prepend_bos is None else prepend_bos
     if 2 * seq_len + bos > cfg.n_ctx:
         raise ValueError(f"{2 * seq_len + bos} tokens (a {seq_len}-token sequence twice"
-                         f"{' after BOS' if bos else ''}) exceed n_ctx={cfg.n_ctx}; use a smaller seq_len")
+                         f"{' after BOS' if bos else ''}) exceed n_ctx={cfg.n_ctx}; "
+                         "use a smaller seq_len")
     rand = jax.random.randint(jax.random.PRNGKey(seed), (n_prompts, seq_len), 1, cfg.d_vocab)
     rep = jnp.concatenate([rand, rand], axis=1)
     if bos:
-        token = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
-        rep = jnp.concatenate([jnp.full((n_prompts, 1), token or 0), rep], axis=1)
+        token = bos_id(model.tokenizer) if model.tokenizer is not None else 0
+        rep = jnp.concatenate([jnp.full((n_prompts, 1), token), rep], axis=1)
     return rep
 
 
-def induction_stripe(pattern, seq_len: int):
-    """Attention [..., q, k] on `repeated_random_tokens` -> [..., seq_len]: from each query of
-    the second copy to the token after its first occurrence."""
+def induction_patterns(model, seq_len: int = 20, n_prompts: int = 4, seed: int = 0,
+                       prepend_bos: Optional[bool] = None):
+    """-> (`repeated_random_tokens` [n_prompts, pos], every head's attention on them
+    [n_layers, n_prompts, n_heads, pos, pos])."""
+    rep = repeated_random_tokens(model, seq_len, n_prompts, seed, prepend_bos)
+    _, cache = model.run_with_cache(rep, names_filter="blocks.*.attn.hook_pattern")
+    return rep, cache["blocks.*.attn.hook_pattern"]
+
+
+def induction_pattern_scores(pattern, seq_len: int):
+    """`induction_patterns`' attention [L, b, H, q, k] -> [L, H]: the mean attention from each
+    query of the second copy to the token after its first occurrence."""
     # Query q of the second copy -> key q - seq_len + 1; the diagonal's last seq_len entries
     # are exactly the second copy's queries (with or without BOS in front).
-    return jnp.diagonal(pattern, offset=1 - seq_len, axis1=-2, axis2=-1)[..., -seq_len:]
+    stripe = jnp.diagonal(pattern, offset=1 - seq_len, axis1=-2, axis2=-1)[..., -seq_len:]
+    return stripe.mean((1, -1))
 
 
 def induction_scores(model, seq_len: int = 20, n_prompts: int = 4, seed: int = 0,
                      prepend_bos: Optional[bool] = None):
     """Mean attention from each token of a repeated random sequence to the token after its
     first occurrence: [n_layers, n_heads] (induction heads score near 1)."""
-    rep = repeated_random_tokens(model, seq_len, n_prompts, seed, prepend_bos)
-    _, cache = model.run_with_cache(rep, names_filter="blocks.*.attn.hook_pattern")
-    pattern = cache["blocks.*.attn.hook_pattern"]  # [L, b, H, q, k]
-    return induction_stripe(pattern, seq_len).mean((1, -1))
+    _, pattern = induction_patterns(model, seq_len, n_prompts, seed, prepend_bos)
+    return induction_pattern_scores(pattern, seq_len)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtlens.attention_view import attention_html, attention_png
-from jtlens.head_detector import induction_stripe, repeated_random_tokens
+from jtlens.head_detector import induction_pattern_scores, induction_patterns
 from jtlens.hooks import HookRunner
 from jtlens.model import unembed
 from jtlens.tokens import to_str_tokens
@@ -72,10 +72,8 @@ def induction(model, seq_len: int = 20, n_prompts: int = 4) -> dict:
     prompt, and that prompt's str_tokens.
     """
     seq_len = min(seq_len, (model.cfg.n_ctx - 1) // 2)
-    rep = repeated_random_tokens(model, seq_len, n_prompts)
-    _, cache = model.run_with_cache(rep, names_filter="blocks.*.attn.hook_pattern")
-    pattern = cache["blocks.*.attn.hook_pattern"]                    # [L, b, H, q, k]
-    scores = np.asarray(induction_stripe(pattern, seq_len).mean((1, -1)))
+    rep, pattern = induction_patterns(model, seq_len, n_prompts)       # pattern [L, b, H, q, k]
+    scores = np.asarray(induction_pattern_scores(pattern, seq_len))
     layer, head = np.unravel_index(int(scores.argmax()), scores.shape)
     return dict(scores=scores, best=(int(layer), int(head)), seq_len=seq_len,
                 pattern=np.asarray(pattern[layer, 0, head]),

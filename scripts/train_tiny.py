@@ -8,8 +8,8 @@ Hugging Face `tokenizers`, then a 2-layer GPT-2-style model (tied embeddings, as
 `jtlens.train`. What made induction heads form within this budget (earlier attempts with a
 4096-token vocabulary, 256-token windows and untied embeddings did not form them in 2000 steps):
 a 1024-token vocabulary, 64-token windows, 10000 steps, and half of the rows repeating a span of
-their own text. The result is saved in jtlens's native format (`jtlens.loading.save_converted`), with the training curve as
-`training.json`.
+their own text. The result is saved in jtlens's native format (`jtlens.loading.save_converted`),
+with the training curve and the induction scores in `training.json`.
 """
 
 from __future__ import annotations

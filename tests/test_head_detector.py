@@ -84,6 +84,17 @@ def test_induction_scores_find_a_hand_built_induction_head():
     assert scores[1, 0] > 0.7 and np.delete(scores.ravel(), 2).max() < 0.3, scores
 
 
+def test_induction_probe_rejects_sizes_it_cannot_build():
+    model = hand_built_induction_model()                         # n_ctx 32
+    with pytest.raises(ValueError, match=r"33 tokens \(a 16-token sequence twice after BOS\) "
+                                         r"exceed n_ctx=32; use a smaller seq_len"):
+        induction_scores(model, seq_len=16)
+    assert induction_scores(model, seq_len=16, prepend_bos=False).shape == (2, 2)
+    for bad in (dict(seq_len=0), dict(n_prompts=0)):
+        with pytest.raises(ValueError, match="must be at least 1"):
+            induction_scores(model, **bad)
+
+
 def test_report_shows_the_hand_built_induction_head():
     """The report's induction section names L1H0, and its picture is that head's stripe."""
     found = induction(hand_built_induction_model(), seq_len=12)
