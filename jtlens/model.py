@@ -17,6 +17,7 @@ from jtlens import components as C
 from jtlens.cache import ActivationCache
 from jtlens.config import Config
 from jtlens.hooks import HookRunner, Hooks
+from jtlens.kv_cache import KeyValueCache, check_decoder, check_room
 
 Params = dict
 
@@ -137,8 +138,13 @@ def _project(x, W, b):
     return jnp.einsum(spec, x, W) + b
 
 
-def attention(p, q_in, k_in, v_in, cfg: Config, hk: HookRunner, rec, layer, positions, mask, local):
-    """Multi-/grouped-query attention with every TransformerLens hook; returns [b, p, d_model]."""
+def attention(p, q_in, k_in, v_in, cfg: Config, hk: HookRunner, rec, layer, positions, mask, local,
+              kv=None):
+    """Multi-/grouped-query attention with every TransformerLens hook; returns [b, p, d_model].
+
+    With `kv` (this layer's slice of a KeyValueCache, see `_layer_kv`) the queries attend to the
+    cached keys and values too, and the chunk's own keys and values are left in `kv["new"]`.
+    """
     q = hk("attn.hook_q", _project(q_in, p["W_Q"], p["b_Q"]), rec, layer)
     k = hk("attn.hook_k", _project(k_in, p["W_K"], p["b_K"]), rec, layer)
     v = hk("attn.hook_v", _project(v_in, p["W_V"], p["b_V"]), rec, layer)
@@ -151,6 +157,9 @@ def attention(p, q_in, k_in, v_in, cfg: Config, hk: HookRunner, rec, layer, posi
     if cfg.positional_embedding_type == "rotary":
         q = hk("attn.hook_rot_q", C.apply_rotary(q, positions, cfg), rec, layer)
         k = hk("attn.hook_rot_k", C.apply_rotary(k, positions, cfg), rec, layer)
+    q_idx = k_idx = jnp.arange(q.shape[1])
+    if kv is not None:
+        k, v, q_idx, k_idx, mask = _attend_to_past(kv, k, v)
     if q.dtype not in (jnp.float32, jnp.float64):
         q, k = q.astype(jnp.float32), k.astype(jnp.float32)
     group = cfg.n_heads // cfg.n_kv_heads
@@ -164,11 +173,9 @@ def attention(p, q_in, k_in, v_in, cfg: Config, hk: HookRunner, rec, layer, posi
         scale = scale * (layer + 1)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / scale
     scores = C.softcap(scores, cfg.attn_scores_soft_cap)
-    n_pos = scores.shape[-1]
-    idx = jnp.arange(n_pos)
     if cfg.positional_embedding_type == "alibi":
-        scores = scores + C.alibi_bias(cfg.n_heads, idx, idx)
-    scores = jnp.where(C.attention_mask_matrix(cfg, idx, idx, mask, local), scores, -jnp.inf)
+        scores = scores + C.alibi_bias(cfg.n_heads, q_idx, k_idx)
+    scores = jnp.where(C.attention_mask_matrix(cfg, q_idx, k_idx, mask, local), scores, -jnp.inf)
     scores = hk("attn.hook_attn_scores", scores, rec, layer)
     pattern = jax.nn.softmax(scores, axis=-1)
     pattern = jnp.where(jnp.isnan(pattern), 0.0, pattern)
@@ -179,6 +186,21 @@ def attention(p, q_in, k_in, v_in, cfg: Config, hk: HookRunner, rec, layer, posi
         if hk.edited("attn.hook_result"):
             return result.sum(2) + p["b_O"]
     return jnp.einsum("bqhd,hdm->bqm", z, p["W_O"]) + p["b_O"]
+
+
+def _attend_to_past(kv, k, v):
+    """Write the chunk's keys/values [b, p, h_kv, d] into the cached ones at slot `kv["at"]`.
+
+    Returns (keys, values) over every slot [b, max_len, h_kv, d], the query and key slot indices
+    (causal masking by slot hides the empty slots after the chunk) and the key mask [b, max_len].
+    """
+    kv["new"] = (k, v)
+    at = kv["at"]
+    write = lambda past, new: jax.lax.dynamic_update_slice_in_dim(
+        past, jnp.swapaxes(new, 1, 2).astype(past.dtype), at, axis=2)
+    k_all = jnp.swapaxes(write(kv["k"], k), 1, 2)
+    v_all = jnp.swapaxes(write(kv["v"], v), 1, 2)
+    return k_all, v_all, at + jnp.arange(k.shape[1]), jnp.arange(k_all.shape[1]), kv["mask"]
 
 
 def mlp(p, x, cfg: Config, hk: HookRunner, rec, layer):
@@ -224,7 +246,7 @@ def _attention_inputs(resid, cfg: Config, hk: HookRunner, rec, layer):
     return resid, resid, resid
 
 
-def block(p, resid, layer, cfg: Config, hk: HookRunner, positions, mask, local):
+def block(p, resid, layer, cfg: Config, hk: HookRunner, positions, mask, local, kv=None):
     """One transformer block. Returns (resid_post, captured activations of this layer)."""
     rec: dict = {}
     kind = cfg.normalization_type
@@ -236,7 +258,8 @@ def block(p, resid, layer, cfg: Config, hk: HookRunner, positions, mask, local):
         q_in = k_in = v_in = ln1(resid)
     else:
         q_in, k_in, v_in = ln1(q_in), ln1(k_in), ln1(v_in)
-    attn_out = attention(p["attn"], q_in, k_in, v_in, cfg, hk, rec, layer, positions, mask, local)
+    attn_out = attention(p["attn"], q_in, k_in, v_in, cfg, hk, rec, layer, positions, mask, local,
+                         kv)
     if cfg.use_normalization_before_and_after:
         attn_out = C.normalize(attn_out, p["ln1_post"], p_kind(p["ln1_post"]), cfg.eps,
                                _sub(hk, rec, "ln1_post", layer))
@@ -289,7 +312,7 @@ def p_kind(norm_params: dict) -> str:
 
 
 def run_blocks(blocks: Params, resid, cfg: Config, hk: HookRunner, positions, mask,
-               first_layer: int = 0, start_layer=None, scan: bool = True):
+               first_layer: int = 0, start_layer=None, scan: bool = True, kv=None):
     """Run stacked blocks, under `lax.scan` or unrolled.
 
     Args:
@@ -298,20 +321,43 @@ def run_blocks(blocks: Params, resid, cfg: Config, hk: HookRunner, positions, ma
         sweep can start from a cached residual without recompiling per layer.
       scan: False unrolls the layers in Python, so hook functions see the layer as a Python int
         and an eager (un-jitted) run needs no compilation (TransformerLens-style hook loops).
-    Returns (resid, {template: [n_layers_run, ...]}).
+      kv: optional (KeyValueCache, key mask [batch, max_len]) to attend to and extend (every
+        layer run).
+    Returns (resid, {template: [n_layers_run, ...]}), plus the chunk's keys and values
+    ([n_layers_run, batch, pos, n_kv_heads, d_head] each) when `kv` is given.
     """
     n = jax.tree_util.tree_leaves(blocks)[0].shape[0]
     local = [t == "local" for t in (cfg.attn_types or ("global",) * cfg.n_layers)]
     block_fn = post_ln_block if cfg.post_ln else block
+    cached = () if kv is None else (kv[0].k, kv[0].v)
+    layer_kv = lambda k, v: None if kv is None else {"k": k, "v": v, "at": kv[0].length,
+                                                      "mask": kv[1]}
     if not scan:
-        records = []
+        records, new = [], []
         for i in range(n):
             p = jax.tree_util.tree_map(lambda a: a[i], blocks)
             l = first_layer + i
-            resid, rec = block_fn(p, resid, l, cfg, hk, positions, mask, local[l])
+            lkv = layer_kv(*(c[i] for c in cached)) if kv is not None else None
+            resid, rec = block_fn(p, resid, l, cfg, hk, positions, mask, local[l],
+                                  **({} if lkv is None else {"kv": lkv}))
             records.append(rec)
-        return resid, {k: jnp.stack([r[k] for r in records]) for k in records[0]} if n else {}
+            new.append(lkv and lkv["new"])
+        stacked = {k: jnp.stack([r[k] for r in records]) for k in records[0]} if n else {}
+        if kv is None:
+            return resid, stacked
+        return resid, stacked, tuple(jnp.stack(x) for x in zip(*new))
     local = jnp.asarray(local)
+
+    if kv is not None:
+        def body(x, inputs):
+            p, l, k, v = inputs
+            lkv = layer_kv(k, v)
+            x, rec = block_fn(p, x, l, cfg, hk, positions, mask, local[l], kv=lkv)
+            return x, (rec, lkv["new"])
+
+        resid, (stacked, new) = jax.lax.scan(
+            body, resid, (blocks, jnp.arange(first_layer, first_layer + n)) + cached)
+        return resid, stacked, new
 
     def body(x, inputs):
         p, l = inputs
@@ -412,6 +458,49 @@ def forward(params: Params, tokens, cfg: Config, hooks: Optional[Hooks] = None, 
       token_type_ids: int [batch, pos] segment ids for BERT-style encoders (default all 0).
     Returns: the output, or `(output, ActivationCache)` when `hooks.capture` selects anything.
     """
+    return _forward(params, tokens, cfg, hooks, return_type=return_type,
+                    loss_per_token=loss_per_token, attention_mask=attention_mask,
+                    start_at_layer=start_at_layer, stop_at_layer=stop_at_layer,
+                    loss_tokens=loss_tokens, scan=scan, token_type_ids=token_type_ids)[0]
+
+
+def forward_with_kv(params: Params, tokens, cfg: Config, kv_cache: KeyValueCache,
+                    hooks: Optional[Hooks] = None, *, return_type: Optional[str] = "logits",
+                    loss_per_token: bool = False, attention_mask=None, scan: bool = True):
+    """Run a chunk of tokens [batch, pos] after the ones held in `kv_cache`.
+
+    The chunk attends to the cached keys and values and its positions continue from them, so
+    running a sequence chunk by chunk gives the logits of one full forward.
+    `attention_mask` [batch, pos] marks padding in the chunk (default: none).
+    Returns (output, extended KeyValueCache); the output as `forward` returns it.
+    """
+    return _forward(params, tokens, cfg, hooks, return_type=return_type,
+                    loss_per_token=loss_per_token, attention_mask=attention_mask, scan=scan,
+                    kv_cache=kv_cache)
+
+
+def _kv_positions(kv_cache: KeyValueCache, chunk_mask):
+    """(positions [batch, pos] continuing from the cached tokens, key mask [batch, max_len])."""
+    positions = kv_cache.mask.sum(1, keepdims=True) + jnp.cumsum(chunk_mask, axis=1) - 1
+    key_mask = jax.lax.dynamic_update_slice_in_dim(kv_cache.mask, chunk_mask.astype(jnp.int32),
+                                                   kv_cache.length, axis=1)
+    return jnp.maximum(positions, 0), key_mask
+
+
+def _extend(kv_cache: KeyValueCache, new, key_mask, n_pos: int) -> KeyValueCache:
+    """The cache with the chunk's keys and values [layers, batch, pos, h_kv, d] written in."""
+    write = lambda past, x: jax.lax.dynamic_update_slice_in_dim(
+        past, jnp.swapaxes(x, 2, 3).astype(past.dtype), kv_cache.length, axis=3)
+    return KeyValueCache(write(kv_cache.k, new[0]), write(kv_cache.v, new[1]), key_mask,
+                         kv_cache.length + n_pos, kv_cache.frozen)
+
+
+def _forward(params: Params, tokens, cfg: Config, hooks: Optional[Hooks] = None, *,
+             return_type: Optional[str] = "logits", loss_per_token: bool = False,
+             attention_mask=None, start_at_layer: Optional[int] = None,
+             stop_at_layer: Optional[int] = None, loss_tokens=None, scan: bool = True,
+             token_type_ids=None, kv_cache: Optional[KeyValueCache] = None):
+    """`forward`, with an optional KeyValueCache; returns (output, extended cache or None)."""
     hk = HookRunner(hooks, cfg)
     rec: dict = {}
     L = cfg.n_layers
@@ -429,6 +518,16 @@ def forward(params: Params, tokens, cfg: Config, hooks: Optional[Hooks] = None, 
         _check_encoder_inputs(tokens, token_type_ids, return_type, stop_at_layer, cfg)
     # BERT numbers positions 0..pos-1 whatever the padding; decoders shift past left padding.
     positions = C.positions_from_mask(None if cfg.post_ln else mask, n_pos, batch)
+    kv = None
+    if kv_cache is not None:
+        check_decoder(cfg)
+        check_room(kv_cache, n_pos)
+        if start_at_layer is not None or stop_at_layer is not None:
+            raise ValueError("a KeyValueCache covers every layer: run without start_at_layer / "
+                             "stop_at_layer")
+        mask = jnp.ones((batch, n_pos), jnp.int32) if mask is None else mask
+        positions, key_mask = _kv_positions(kv_cache, mask)
+        kv = (kv_cache, key_mask)
     if start_at_layer is not None:
         resid = tokens
     elif cfg.post_ln:
@@ -439,7 +538,10 @@ def forward(params: Params, tokens, cfg: Config, hooks: Optional[Hooks] = None, 
     if (start, stop) != (0, L):
         blocks = jax.tree_util.tree_map(lambda a: a[start:stop], blocks)
     stacked: dict = {}
-    if stop > start:
+    if kv is not None:
+        resid, stacked, new = run_blocks(blocks, resid, cfg, hk, positions, mask, scan=scan, kv=kv)
+        kv_cache = _extend(kv_cache, new, kv[1], n_pos)
+    elif stop > start:
         resid, stacked = run_blocks(blocks, resid, cfg, hk, positions, mask, first_layer=start,
                                      scan=scan)
     out: Any
@@ -467,5 +569,6 @@ def forward(params: Params, tokens, cfg: Config, hooks: Optional[Hooks] = None, 
             else:
                 raise ValueError(f"return_type={return_type!r}; use 'logits', 'loss', 'both' or None")
     if not hk.capturing:
-        return out
-    return out, ActivationCache.from_forward(cfg, hk.captured, rec, stacked, first_layer=start)
+        return out, kv_cache
+    return (out, ActivationCache.from_forward(cfg, hk.captured, rec, stacked, first_layer=start)), \
+        kv_cache
