@@ -22,5 +22,5 @@ from jtlens.hooks import hook_names as hook_names
 from jtlens.kv_cache import KeyValueCache as KeyValueCache
 from jtlens.model import forward as forward
 from jtlens.model import forward_with_kv as forward_with_kv
-from jtlens.model import init_params as init_params
-from jtlens.model import param_shapes as param_shapes
+from jtlens.params import init_params as init_params
+from jtlens.params import param_shapes as param_shapes
