@@ -25,7 +25,7 @@ from jtlens.config import Config
 from jtlens.factored_matrix import FactoredMatrix, composition_scores
 from jtlens.generation import model_generate
 from jtlens.hooks import Hooks, hook_names, select_names
-from jtlens.kv_cache import KeyValueCache
+from jtlens.kv_cache import KeyValueCache, check_room
 from jtlens.model import check_tokens, forward, forward_with_kv
 from jtlens.params import init_params
 
@@ -186,6 +186,7 @@ class HookedTransformer:
                     prepend_bos, padding_side, attention_mask):
         tok, mask = self._inputs(input, prepend_bos, padding_side, attention_mask)
         check_tokens(tok, self.cfg)
+        check_room(cache, tok.shape[1])  # inside the jitted forward the cache's length is unknown
         out, new = _forward_kv_jit(self.params, tok, self.cfg, cache, hooks,
                                    return_type="logits" if return_type == "both" else return_type,
                                    loss_per_token=loss_per_token,

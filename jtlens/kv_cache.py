@@ -91,10 +91,9 @@ def check_decoder(cfg: Config) -> None:
 
 
 def check_room(cache: KeyValueCache, n_new: int) -> None:
-    """Raise before a chunk of `n_new` tokens overflows the cache (when its length is known)."""
-    if isinstance(cache.length, jax.core.Tracer):
-        return
-    used = int(cache.length)
+    """Raise before a chunk of `n_new` tokens overflows the cache (under jit, where the length
+    is unknown, only a chunk longer than the whole cache)."""
+    used = 0 if isinstance(cache.length, jax.core.Tracer) else int(cache.length)
     if used + n_new > cache.max_len:
         raise ValueError(f"the KeyValueCache holds {used} of {cache.max_len} slots, too few for "
                          f"{n_new} more tokens; build it with a larger max_len")
