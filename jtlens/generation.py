@@ -25,7 +25,7 @@ from jtlens import tokens as T
 from jtlens.config import Config
 from jtlens.hooks import Hooks
 from jtlens.kv_cache import KeyValueCache, check_decoder
-from jtlens.model import check_tokens, forward, forward_with_kv
+from jtlens.model import check_tokens, forward, forward_with_cache, forward_with_kv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +149,7 @@ def generate(params, cfg: Config, tokens, max_new_tokens: int, *, key: Optional[
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _capture(params, tokens, mask, hooks, cfg):
-    return forward(params, tokens, cfg, hooks, return_type=None, attention_mask=mask)
+    return forward_with_cache(params, tokens, cfg, hooks, return_type=None, attention_mask=mask)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "options"))

@@ -1,6 +1,6 @@
 """Generation and the key/value cache against Hugging Face `generate` and TransformerLens 3.9.
 
-Random models of every decoder family are built offline as in test_conversions, with weights
+Random models of every decoder family (tests/oracle.py's FAMILIES) are built offline, with weights
 large enough (N(0, 1), untied unembedding) that greedy decoding does not collapse to one
 repeated token, so token-for-token equality over 32 steps means something.
 """
@@ -19,8 +19,7 @@ transformers = pytest.importorskip("transformers")
 
 import jtlens  # noqa: E402
 from jtlens.loading import load  # noqa: E402
-from tests.oracle import max_diff  # noqa: E402
-from tests.test_conversions import FAMILIES, MODELS, TL_CAN_LOAD, _tl_from_folder  # noqa: E402
+from tests.oracle import FAMILIES, MODELS, TL_CAN_LOAD, max_diff, tl_from_folder  # noqa: E402
 
 N_NEW = 32
 LENGTHS = (7, 3, 6, 1)  # a batch of 4 prompts of different lengths, left-padded to 7
@@ -106,7 +105,7 @@ def test_greedy_matches_hugging_face_fast():
 @pytest.mark.parametrize("name", TL_CAN_LOAD)
 def test_greedy_matches_transformer_lens(name):
     folder, _, _ = family(name)
-    tl = _tl_from_folder(folder)
+    tl = tl_from_folder(folder)
     cfg, params, _ = load(folder, progress=False)  # TransformerLens's processing, as tl has
     tokens, _ = prompts((7,), seed=3)
     with torch.no_grad():
@@ -134,7 +133,7 @@ def test_text_batch_matches_transformer_lens(name):
     """A list of prompts of different lengths through both facades: left padding, BOS,
     decoding to strings."""
     folder, _, _ = family(name)
-    tl = _tl_from_folder(folder)
+    tl = tl_from_folder(folder)
     tl.set_tokenizer(_word_tokenizer(), default_padding_side="right")
     cfg, params, _ = load(folder, progress=False)
     model = jtlens.HookedTransformer(cfg, params, _word_tokenizer())
@@ -171,7 +170,7 @@ def test_cache_matches_transformer_lens_cache_workflow():
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
     folder, _, _ = family("llama", sharp=False)
-    tl = _tl_from_folder(folder)
+    tl = tl_from_folder(folder)
     tl.set_tokenizer(_word_tokenizer())  # TransformerLens's cache path builds masks with it
     cfg, params, _ = load(folder, progress=False)
     model = jtlens.HookedTransformer(cfg, params)
@@ -187,6 +186,7 @@ def test_cache_matches_transformer_lens_cache_workflow():
     assert int(frozen.length) == 9  # a frozen cache is read, not extended
 
 
+@pytest.mark.slow
 def test_eos_stops_each_row_like_hugging_face():
     _, hf, model = family("llama")
     tokens, mask = prompts(LENGTHS)
@@ -220,6 +220,7 @@ def _steer_hf(hf, layer, vector):
     return blocks[layer].register_forward_pre_hook(pre_hook, with_kwargs=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
 def test_steering_during_generation_matches_hugging_face_hook(name):
     _, hf, model = family(name)
@@ -260,7 +261,7 @@ def _softmax(x):
 
 @pytest.mark.parametrize("options", [dict(temperature=1.0), dict(temperature=0.7, top_k=10),
                                      dict(temperature=1.3, top_p=0.8),
-                                     dict(temperature=1.0, freq_penalty=0.5)])
+                                     dict(temperature=1.0, freq_penalty=2.0)])
 def test_sampled_token_frequencies_follow_the_softmax(options):
     """One sampling step drawn 20000 times (a batch of copies of one prompt): a chi-square
     test against the model's own next-token distribution, computed here in numpy."""
@@ -299,6 +300,7 @@ def test_sampled_token_frequencies_follow_the_softmax(options):
         assert chisquare(obs, wrong / wrong.sum() * n).pvalue < 1e-6
 
 
+@pytest.mark.slow
 def test_sampling_is_reproducible_from_the_key():
     _, _, model = family("llama")
     tokens, mask = prompts(LENGTHS)
