@@ -11,13 +11,11 @@ jtlens's tokens equal Hugging Face's.
 
 from __future__ import annotations
 
-import argparse
-
 import jax
 import numpy as np
 import torch
 
-from benchmarks.common import bridge, gpt2_small_dir, jtlens_from_tl, timed, tl39_model, tokens
+from benchmarks.common import arguments, bridge, gpt2_small_models, timed, tokens
 
 N_NEW = 64
 PROMPT = 16
@@ -48,13 +46,8 @@ def hf_time(hf, toks, repeats):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-bridge", action="store_true", help="skip TransformerLens 4.3")
-    args = ap.parse_args()
-    folder = gpt2_small_dir()
-    tl = tl39_model(folder)
-    model = jtlens_from_tl(tl)
+    args = arguments(__doc__, repeats=3)
+    folder, tl, model = gpt2_small_models()
     hf = hf_model(folder)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; GPT-2-small random weights, "
           f"prompt {PROMPT} tokens, {N_NEW} new tokens, greedy, KV cache")

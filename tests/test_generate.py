@@ -10,7 +10,6 @@ import pathlib
 import tempfile
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
