@@ -10,10 +10,8 @@ new closure.
 
 from __future__ import annotations
 
-import collections.abc
-import contextlib
 import functools
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +21,9 @@ from jtlens import cache_analysis as analysis
 from jtlens import tokens as T
 from jtlens.config import Config
 from jtlens.factored_matrix import FactoredMatrix, composition_scores
+from jtlens.hook_points import HookRegistry
+from jtlens.module_views import LayerViews, expand_kv
+from jtlens.tl_compat import TransformerLensCompat
 from jtlens.hooks import Hooks, hook_names, select_names
 from jtlens.model import check_tokens, forward
 from jtlens.params import init_params
@@ -38,50 +39,7 @@ class Output(NamedTuple):
     loss: jax.Array
 
 
-def _expand_kv(name: str, x, cfg: Config):
-    """GQA params are stored per key/value head; TransformerLens's W_K/W_V/b_K/b_V expand them
-    (repeat_interleave along the head axis: -3 for weights, -2 for biases)."""
-    group = cfg.n_heads // cfg.n_kv_heads
-    return x if group == 1 else jnp.repeat(x, group, axis=-3 if name.startswith("W") else -2)
-
-
-class _Namespace:
-    """Attribute access to a dict of arrays (model.blocks[l].attn.W_Q)."""
-
-    def __init__(self, tree: dict):
-        self._tree = tree
-
-    def __getattr__(self, name):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        if name not in self._tree:
-            raise AttributeError(f"no parameter {name!r} here; have {sorted(self._tree)}")
-        v = self._tree[name]
-        return _Namespace(v) if isinstance(v, dict) else v
-
-
-class _LayerViews(collections.abc.Sequence):
-    """`model.blocks`: layer l's params as a `_Namespace`, sliced when indexed (not every layer
-    at every access)."""
-
-    def __init__(self, params: dict, cfg: Config):
-        self._params, self._cfg = params, cfg
-
-    def __len__(self) -> int:
-        return self._cfg.n_layers
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[l] for l in range(len(self))[index]]
-        l = range(len(self))[index]  # negative indices; IndexError past the end
-        layer = jax.tree_util.tree_map(lambda a: a[l], self._params["blocks"])
-        attn = dict(layer["attn"])
-        for k in ("W_K", "W_V", "b_K", "b_V"):
-            attn[k] = _expand_kv(k, attn[k], self._cfg)
-        return _Namespace(dict(layer, attn=attn))
-
-
-class HookedTransformer:
+class HookedTransformer(HookRegistry, TransformerLensCompat):
     """A decoder-only transformer with TransformerLens's API.
 
     Args:
@@ -95,7 +53,7 @@ class HookedTransformer:
         self.params = params if params is not None else init_params(cfg, jax.random.PRNGKey(0))
         self.tokenizer = tokenizer
         self.default_padding_side = default_padding_side
-        self._hooks: list[tuple[Any, Callable]] = []
+        self._init_hook_registry()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -195,44 +153,8 @@ class HookedTransformer:
 
         Backward hooks do not exist in jtlens: gradients are `jax.grad` (see `jtlens.grads`).
         """
-        if bwd_hooks:
-            raise NotImplementedError("bwd_hooks: take gradients with jtlens.grads.grad_wrt "
-                                      "(jax.grad with respect to any hook) instead")
-        with self.hooks(fwd_hooks):
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
             return self(*args, **kwargs)
-
-    # ------------------------------------------------------------------ persistent hooks
-    def add_hook(self, name, fn: Callable, dir: str = "fwd", is_permanent: bool = False):
-        """Attach a forward hook to every later call (until `reset_hooks`)."""
-        if dir != "fwd":
-            raise NotImplementedError("backward hooks: use jtlens.grads (jax.grad) instead")
-        self._hooks.append((name, fn))
-
-    def reset_hooks(self, *args, **kwargs):
-        self._hooks = []
-
-    @contextlib.contextmanager
-    def hooks(self, fwd_hooks: Sequence = (), bwd_hooks: Sequence = (), reset_hooks_end: bool = True,
-              clear_contexts: bool = False):
-        """Context manager: the hooks apply to every call inside the block."""
-        if bwd_hooks:
-            raise NotImplementedError("bwd_hooks: use jtlens.grads (jax.grad) instead")
-        before = list(self._hooks)
-        self._hooks.extend(fwd_hooks)
-        try:
-            yield self
-        finally:
-            if reset_hooks_end:
-                self._hooks = before
-
-    def _persistent_hooks(self) -> Optional[Hooks]:
-        if not self._hooks:
-            return None
-        fns = []
-        for name, fn in self._hooks:
-            names = select_names(name, self.cfg) if callable(name) else [name]
-            fns.extend((n, fn) for n in names)
-        return Hooks(fns=fns)
 
     # ------------------------------------------------------------------ tokens
     def to_tokens(self, input, prepend_bos=_DEFAULT, padding_side=_DEFAULT, truncate: bool = True,
@@ -337,7 +259,7 @@ class HookedTransformer:
 
     def _attn(self, name):
         x = self.params["blocks"]["attn"][name]
-        return _expand_kv(name, x, self.cfg) if name in ("W_K", "W_V", "b_K", "b_V") else x
+        return expand_kv(name, x, self.cfg) if name in ("W_K", "W_V", "b_K", "b_V") else x
 
     def _mlp(self, name):
         if self.cfg.attn_only:
@@ -359,9 +281,9 @@ class HookedTransformer:
     b_out = property(lambda self: self._mlp("b_out"), doc="[n_layers, d_model]")
 
     @property
-    def blocks(self) -> _LayerViews:
+    def blocks(self) -> LayerViews:
         """Per-layer views: `model.blocks[l].attn.W_V` is `model.W_V[l]`."""
-        return _LayerViews(self.params, self.cfg)
+        return LayerViews(self)
 
     def __repr__(self):
         return (f"HookedTransformer({self.cfg.model_name}: {self.cfg.n_layers} layers, "
