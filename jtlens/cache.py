@@ -12,8 +12,10 @@ from typing import Any, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jtlens.config import Config
+from jtlens.slice import Slice, check_in_bounds
 from jtlens.hooks import ALL_LAYERS, canonical_name, hook_names, split_name, unknown_hook_error
 
 
@@ -138,13 +140,54 @@ class ActivationCache:
         return self
 
     def apply_slice_to_batch_dim(self, batch_slice) -> "ActivationCache":
-        """A new cache with the batch axis indexed by `batch_slice` (an int, slice or index array)."""
+        """A new cache with the batch axis indexed by `batch_slice` (an int, slice, index array or
+        `utils.Slice`); an int drops the axis."""
         if not self.has_batch_dim:
             raise ValueError("this cache has no batch dimension")
-        keep = not isinstance(batch_slice, int)
+        if isinstance(batch_slice, Slice):
+            batch_slice = batch_slice.slice
+        some = next(iter(self.outer.values()), None)
+        if some is None and self.stacked:
+            some = next(iter(self.stacked.values()))[0]
+        if some is not None:
+            check_in_bounds(batch_slice, some.shape[:1])
+        keep = not isinstance(batch_slice, (int, np.integer))
         return ActivationCache(self.cfg, {k: v[:, batch_slice] for k, v in self.stacked.items()},
                                self.layers, {k: v[batch_slice] for k, v in self.outer.items()},
                                keep, self.model)
+
+    def slice_positions(self, pos_slice) -> "ActivationCache":
+        """A new cache with `pos_slice` (a Slice or its input; an int keeps the axis) applied to
+        every activation's position axis: -3 for q/k/v/z/result (per-head), else -2 (for attention
+        scores and patterns, the query position). TransformerLens's run_with_cache(pos_slice=...)."""
+        sl = Slice.unwrap(pos_slice)
+
+        def cut(name: str, x, per_entry_ndim: int):
+            dim = -3 if name.endswith(("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")) else -2
+            return sl.apply(x, dim=x.ndim + dim) if per_entry_ndim >= -dim else x
+
+        return ActivationCache(self.cfg, {k: cut(k, v, v.ndim - 1) for k, v in self.stacked.items()},
+                               self.layers, {k: cut(k, v, v.ndim) for k, v in self.outer.items()},
+                               self.has_batch_dim, self.model)
+
+    @property
+    def cache_dict(self) -> dict[str, jax.Array]:
+        """TransformerLens's `cache.cache_dict`: the flat {hook name: array} dict."""
+        return self.to_dict()
+
+    def to(self, device, move_model: bool = False) -> "ActivationCache":
+        """The activations on a JAX device ("cpu", "gpu"/"cuda", or a jax.Device); returns self."""
+        if isinstance(device, str):
+            platform = device.split(":")[0]
+            device = jax.devices("gpu" if platform == "cuda" else platform)[0]
+        self.stacked = jax.device_put(self.stacked, device)
+        self.outer = jax.device_put(self.outer, device)
+        if move_model and self.model is not None:
+            self.model.to(device)
+        return self
+
+    def toggle_autodiff(self, mode: bool = False) -> None:
+        """No-op: JAX arrays carry no autograd state (differentiate functions with jax.grad)."""
 
     def with_model(self, model: Optional[Any]) -> "ActivationCache":
         """The same activations, attached to a model (for analyses that read its weights)."""

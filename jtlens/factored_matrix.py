@@ -14,6 +14,8 @@ import functools
 
 import jax.numpy as jnp
 
+from jtlens.slice import check_in_bounds
+
 
 def _t(x):
     return jnp.swapaxes(x, -1, -2)
@@ -145,6 +147,7 @@ class FactoredMatrix:
     def __getitem__(self, idx) -> "FactoredMatrix":
         """Index leading axes (and, like TransformerLens, the row/column axes as ranges)."""
         idx = idx if isinstance(idx, tuple) else (idx,)
+        check_in_bounds(idx, self.shape)  # JAX indexing would clamp silently
         lead = len(self.shape) - 2
         n = len([i for i in idx if i is not None])
         if n <= lead:

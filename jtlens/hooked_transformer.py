@@ -132,17 +132,20 @@ class HookedTransformer(HookRegistry, TransformerLensCompat):
     forward = __call__
 
     def run_with_cache(self, *args, names_filter=None, remove_batch_dim: bool = False,
-                       return_cache_object: bool = True, **kwargs):
+                       return_cache_object: bool = True, pos_slice=None, **kwargs):
         """Run and return `(output, ActivationCache)`.
 
         names_filter: None (every hook), a name, a list of names/aliases/`blocks.*` forms/globs,
-        or a predicate on the full name.
+        or a predicate on the full name. pos_slice: keep these positions of every activation
+        (see `ActivationCache.slice_positions`).
         """
         names = tuple(select_names(True if names_filter is None else names_filter, self.cfg))
         persistent = self._persistent_hooks()
         hooks = Hooks(capture=names, fns=persistent.fns if persistent else ())
         out, cache = self._run(*args, hooks=hooks, eager=persistent is not None, **kwargs)
         cache = cache.with_model(self)
+        if pos_slice is not None:
+            cache = cache.slice_positions(pos_slice)
         if remove_batch_dim:
             cache.remove_batch_dim()
         return out, (cache if return_cache_object else cache.to_dict())
