@@ -178,7 +178,7 @@ class Config:
         if isinstance(config, dict):
             return cls.from_dict(config)
         if hasattr(config, "to_dict"):
-            from conversions.transformer_lens import config_from_tl  # conversions import jtlens
+            from jtlens.conversions.transformer_lens import config_from_tl  # conversions import jtlens
 
             return config_from_tl(config)
         raise TypeError(f"Config.unwrap: expected a Config, a dict or a TransformerLens config, "

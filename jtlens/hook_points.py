@@ -13,7 +13,8 @@ import contextlib
 import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
-from jtlens.hooks import Hooks, hook_names, select_names
+from jtlens.hooks import Hooks
+from jtlens.model import hook_catalogue
 
 BWD_HOOKS_ERROR = (
     "backward hooks do not exist in jtlens: gradients come from jax.grad. For the gradient of a "
@@ -103,7 +104,7 @@ class HookRegistry:
         all) -> its handle."""
         cfg, points = self._hook_point_cache
         if cfg != self.cfg:
-            points = {n: HookPointHandle(self, n) for n in hook_names(self.cfg, optional=True)}
+            points = {n: HookPointHandle(self, n) for n in hook_catalogue(self.cfg).names(optional=True)}
             self._hook_point_cache = (self.cfg, points)
         return points
 
@@ -118,7 +119,7 @@ class HookRegistry:
         if callable(name) and not isinstance(name, str):
             names = [n for n in self.hook_dict if name(n)]
         else:
-            names = select_names(name, self.cfg)
+            names = hook_catalogue(self.cfg).select(name)
         new = [_Registered(n, self._with_context(n, hook), is_permanent, level) for n in names]
         self._registered = new + self._registered if prepend else self._registered + new
 

@@ -9,6 +9,7 @@ the one forward (`jtlens.model`) on activations, with the model's registered hoo
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 from typing import Any, Callable, Optional
 
 import jax
@@ -17,7 +18,6 @@ import jax.numpy as jnp
 from jtlens import components as C
 from jtlens import model as M
 from jtlens.config import Config
-from jtlens.hooks import HookRunner
 
 
 def expand_kv(name: str, x, cfg: Config):
@@ -66,8 +66,11 @@ class ModuleView:
         return f"ModuleView({self._prefix!r}: {sorted(self._tree)})"
 
 
-def _hook_runner(model) -> HookRunner:
-    return HookRunner(model._persistent_hooks(), model.cfg)
+def _ctx(model, x, layer=None, local=False, mask=None) -> M.Ctx:
+    """A forward context for running one piece on x [batch, pos, ...] with the model's hooks."""
+    ctx = M.Ctx.of(model.cfg, model._persistent_hooks(), x.shape[0], x.shape[1])
+    positions = C.positions_from_mask(mask, x.shape[1], x.shape[0])
+    return dataclasses.replace(ctx, layer=layer, local=local, mask=mask, positions=positions)
 
 
 class LayerViews(collections.abc.Sequence):
@@ -98,18 +101,18 @@ class LayerViews(collections.abc.Sequence):
             k = q if key_input is None else jnp.asarray(key_input)
             v = k if value_input is None else jnp.asarray(value_input)
             mask = None if attention_mask is None else jnp.asarray(attention_mask)
-            return M.attention(layer["attn"], q, k, v, cfg, _hook_runner(model), {}, l,
-                               C.positions_from_mask(mask, q.shape[1], q.shape[0]), mask, local)
+            return M.attention(layer["attn"], q, k, v, _ctx(model, q, l, local, mask))
 
         def run_mlp(x):
             """Normalised input [batch, pos, d_model] -> MLP output [batch, pos, d_model]."""
-            return M.mlp(layer["mlp"], jnp.asarray(x), cfg, _hook_runner(model), {}, l)
+            x = jnp.asarray(x)
+            return M.mlp(layer["mlp"], x, _ctx(model, x, l))
 
         def run_norm(which):
             def run(x):
                 """[batch, pos, d_model] -> normalised (this block's norm, with its hooks)."""
-                return C.normalize(jnp.asarray(x), layer.get(which), cfg.normalization_type,
-                                   cfg.eps, M._sub(_hook_runner(model), {}, f"{which}", l))
+                x = jnp.asarray(x)
+                return M.norm(layer.get(which), cfg.normalization_type, x, _ctx(model, x, l), which)
             return run
 
         def run_block(resid_pre, attention_mask=None):
@@ -148,7 +151,8 @@ def top_level_views(model: Any) -> dict[str, ModuleView]:
 
     def run_ln_final(x):
         """[batch, pos, d_model] -> ln_final(x) (with its hooks)."""
-        return M.final_norm(params, jnp.asarray(x), cfg, _hook_runner(model), {})
+        x = jnp.asarray(x)
+        return M.final_norm(params, x, _ctx(model, x))
 
     def run_unembed(x):
         """[batch, pos, d_model] -> logits [batch, pos, d_vocab_out] (no ln_final)."""

@@ -45,7 +45,7 @@ def flat_state_dict(params: dict, cfg) -> dict[str, Any]:
 
 
 def _params_from_flat(state_dict: dict, cfg) -> dict:
-    from conversions.transformer_lens import params_from_state_dict  # conversions import jtlens
+    from jtlens.conversions.transformer_lens import params_from_state_dict  # conversions import jtlens
 
     return params_from_state_dict(state_dict, cfg)
 

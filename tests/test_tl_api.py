@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 import jtlens
-from tests.oracle import max_diff, tl_model, to_jtlens, tokens_for, torch
-from tests.test_parity_core import CONFIGS
+from tests.oracle import CONFIGS, max_diff, tl_model, to_jtlens, tokens_for, torch
 
 GPT2 = dict(CONFIGS["gpt2"], use_attn_result=False, use_split_qkv_input=False, use_hook_mlp_in=False)
 

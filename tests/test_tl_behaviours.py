@@ -9,8 +9,7 @@ import pytest
 import jtlens
 from jtlens import patching
 from jtlens.utils import Slice
-from tests.oracle import max_diff, tl_model, to_jtlens, tokens_for, torch
-from tests.test_parity_core import CONFIGS
+from tests.oracle import CONFIGS, max_diff, tl_model, to_jtlens, tokens_for, torch
 
 
 @pytest.mark.parametrize("index", [(3,), (0, 4), (-4,), (..., 6), (0, np.array([1, 4]))])

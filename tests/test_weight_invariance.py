@@ -15,7 +15,7 @@ import pytest
 
 import jtlens
 from jtlens import weights
-from tests.test_parity_core import CONFIGS
+from tests.oracle import CONFIGS
 
 FAMILIES = {name: jtlens.Config(**{**c, "d_model": 32, "n_ctx": 16, "d_head": 8, "d_vocab": 50})
             for name, c in CONFIGS.items()}
