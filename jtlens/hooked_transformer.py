@@ -25,7 +25,7 @@ from jtlens.hook_points import HookRegistry
 from jtlens.hooks import Hooks
 from jtlens.model import check_tokens, forward, forward_with_cache, hook_catalogue, hook_names
 from jtlens.module_views import LayerViews, expand_kv
-from jtlens.tl_compat import TransformerLensCompat
+from jtlens.tl_compat import TransformerLensCompat, config_with_vocab
 from jtlens.params import init_params
 from jtlens.weights import NO_PROCESSING
 
@@ -50,11 +50,10 @@ class HookedTransformer(HookRegistry, TransformerLensCompat):
     """
 
     def __init__(self, cfg: Config, params: Optional[dict] = None, tokenizer: Any = None,
-                 default_padding_side: str = "right"):
-        self.cfg = cfg
-        self.params = params if params is not None else init_params(cfg, jax.random.PRNGKey(0))
-        self.tokenizer = tokenizer
-        self.default_padding_side = default_padding_side
+                 default_padding_side: str = "right", move_to_device: bool = True):
+        self.cfg = config_with_vocab(cfg, tokenizer)
+        self.params = params if params is not None else init_params(self.cfg, jax.random.PRNGKey(0))
+        self.set_tokenizer(tokenizer, default_padding_side)
         self._init_hook_registry()
 
     # ------------------------------------------------------------------ loading
@@ -158,11 +157,14 @@ class HookedTransformer(HookRegistry, TransformerLensCompat):
             return self(*args, **kwargs)
 
     # ------------------------------------------------------------------ tokens
-    def to_tokens(self, input, prepend_bos=_DEFAULT, padding_side=_DEFAULT, truncate: bool = True,
-                  return_mask: bool = False):
-        """str or list[str] -> tokens [batch, pos] (and the padding mask with return_mask)."""
+    def to_tokens(self, input, prepend_bos=_DEFAULT, padding_side=_DEFAULT, move_to_device: bool = True,
+                  truncate: bool = True, return_mask: bool = False):
+        """str or list[str] -> tokens [batch, pos] (and the padding mask with return_mask).
+
+        truncate=False returns the whole sequence (the model then rejects it past n_ctx);
+        move_to_device is accepted for TransformerLens code: arrays land on JAX's default device."""
         bos = self.cfg.default_prepend_bos if prepend_bos is _DEFAULT or prepend_bos is None else prepend_bos
-        side = self.default_padding_side if padding_side is _DEFAULT or padding_side is None else padding_side
+        side = self._padding_side() if padding_side is _DEFAULT or padding_side is None else padding_side
         tokens, mask = T.to_tokens(self.tokenizer, self.cfg, input, bos, side, truncate)
         if side == "right":
             mask = None  # as TransformerLens: right padding needs no mask under causal attention
@@ -228,6 +230,8 @@ class HookedTransformer(HookRegistry, TransformerLensCompat):
         """W_U columns of `tokens` (a str, int, [pos] or [batch, pos]) -> [..., d_model]."""
         if isinstance(tokens, str):
             tokens = self.to_single_token(tokens)
+        elif np.size(tokens) == 1:
+            tokens = int(np.asarray(tokens).reshape(()))  # TransformerLens: one token -> [d_model]
         return analysis.tokens_to_residual_directions(self.W_U, tokens)
 
     def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True):

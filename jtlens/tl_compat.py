@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtlens import weights as W
+from jtlens.config import Config
 from jtlens.module_views import ModuleView, top_level_views
 
 _PROCESS_DEFAULTS = dict(fold_ln=True, center_writing_weights=True, center_unembed=True,
@@ -50,8 +51,31 @@ def _params_from_flat(state_dict: dict, cfg) -> dict:
     return params_from_state_dict(state_dict, cfg)
 
 
+def config_with_vocab(cfg, tokenizer):
+    """A Config from a Config or a dict of its fields; a dict without d_vocab takes it from the
+    tokenizer (its largest id + 1), as TransformerLens does."""
+    if isinstance(cfg, dict) and cfg.get("d_vocab", -1) == -1:
+        if tokenizer is None:
+            raise ValueError("the config has no d_vocab and there is no tokenizer to infer it from")
+        cfg = dict(cfg, d_vocab=max(tokenizer.get_vocab().values()) + 1)
+    return Config.unwrap(cfg)
+
+
 class TransformerLensCompat:
     """Mixin for the facade (needs `self.cfg`, `self.params`, `self._inputs`)."""
+
+    def set_tokenizer(self, tokenizer, default_padding_side: str = "right") -> None:
+        """Use `tokenizer` for text. Padding goes on `default_padding_side` unless a call says
+        otherwise or `model.tokenizer.padding_side` is changed afterwards (TransformerLens reads
+        the tokenizer's side)."""
+        if default_padding_side not in ("left", "right"):
+            raise ValueError(f"default_padding_side must be 'left' or 'right', not {default_padding_side!r}")
+        self.tokenizer, self.default_padding_side = tokenizer, default_padding_side
+        self._tokenizer_side = getattr(tokenizer, "padding_side", None)
+
+    def _padding_side(self) -> str:
+        side = getattr(self.tokenizer, "padding_side", None)
+        return side if side != self._tokenizer_side and side in ("left", "right") else self.default_padding_side
 
     # ------------------------------------------------------------------ config toggles
     def _toggle(self, **flag: bool) -> None:

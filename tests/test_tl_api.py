@@ -182,3 +182,41 @@ def test_torch_module_methods():
     assert jax.tree_util.tree_leaves(model.params)[0].devices() == {jax.devices("cpu")[0]}
     model.to("bfloat16")
     assert model.W_E.dtype == jnp.bfloat16 and model.cfg.dtype == "bfloat16"
+
+
+def test_tokenizer_padding_side_set_on_the_tokenizer_is_respected():
+    from tests.oracle import pair as tl_pair
+
+    tl, model = tl_pair("right")
+    texts = ["The cat sat on the mat.", "A dog"]
+    before = model.tokenizer.padding_side, tl.tokenizer.padding_side
+    try:
+        model.tokenizer.padding_side = tl.tokenizer.padding_side = "left"
+        ours = model.to_tokens(texts)
+        assert np.array_equal(np.asarray(ours), tl.to_tokens(texts).numpy())
+        assert int(ours[1, 0]) == model.tokenizer.pad_token_id  # padded on the left
+        with torch.no_grad():
+            ref = tl(texts).numpy()
+        assert max_diff(model(texts)[:, -1], ref[:, -1]) <= 1e-4
+    finally:
+        model.tokenizer.padding_side, tl.tokenizer.padding_side = before
+
+
+def test_set_tokenizer_and_d_vocab_from_the_tokenizer():
+    from tests.oracle import tokenizer
+
+    tok = tokenizer()
+    model = jtlens.HookedTransformer(dict(n_layers=1, d_model=16, n_ctx=32, d_head=4), tokenizer=tok)
+    assert model.cfg.d_vocab == max(tok.get_vocab().values()) + 1 == model.cfg.d_vocab_out
+    bare = jtlens.HookedTransformer(model.cfg, model.params)
+    bare.set_tokenizer(tok)
+    assert np.array_equal(np.asarray(bare.to_tokens("The cat")), np.asarray(model.to_tokens("The cat")))
+
+
+def test_tokens_to_residual_directions_of_one_token_is_d_model(pair):
+    tl, model = pair
+    for tokens in (np.array([5]), np.array([[5]]), 5):
+        ref = tl.tokens_to_residual_directions(torch.as_tensor(tokens))
+        ours = model.tokens_to_residual_directions(tokens)
+        assert ours.shape == tuple(ref.shape) == (model.cfg.d_model,)
+        assert max_diff(ours, ref.detach().numpy()) == 0
