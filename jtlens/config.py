@@ -11,7 +11,7 @@ import dataclasses
 import math
 from typing import Any, Optional
 
-ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "silu", "relu2", "solu")
+ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "silu", "relu2", "solu", "solu_ln")
 NORMALIZATIONS = ("LN", "LNPre", "RMS", "RMSPre", None)
 POSITIONAL_EMBEDDINGS = ("standard", "rotary", "alibi")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -119,6 +119,9 @@ class Config:
         check(self.attention_dir in ("causal", "bidirectional"),
               f"attention_dir={self.attention_dir!r} must be 'causal' or 'bidirectional'")
         check(self.dtype in DTYPES, f"dtype={self.dtype!r} is not one of {DTYPES}")
+        check(not (self.is_layer_norm_activation() and self.gated_mlp),
+              f"act_fn={self.act_fn!r} (a LayerNorm after the activation) is not supported with "
+              f"gated_mlp")
         check(self.d_vocab > 0, "d_vocab must be set (a positive vocabulary size)")
         kv = self.n_kv_heads
         check(self.n_heads % kv == 0,

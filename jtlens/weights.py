@@ -137,6 +137,10 @@ def fold_layer_norm(params: dict, cfg: Config) -> dict:
                              "to receive the folded bias; load with fold_ln=False")
         names = ("W_in", "W_gate") if cfg.gated_mlp else ("W_in",)
         _fold_into(mlp, names, blocks.pop("ln2"), center, {"W_in": "b_in"})
+    if "mlp" in blocks and "ln" in blocks["mlp"]:
+        # solu_ln's LayerNorm over d_mlp folds into W_out, which reads it (centred over d_mlp).
+        mlp = blocks["mlp"]
+        _fold_into(mlp, ("W_out",), mlp.pop("ln"), True, {"W_out": "b_out"})
     if "ln_final" in p:
         # An RMS ln_final (final_rms) does not centre its input, so W_U must not be centred.
         final_center = cfg.final_norm_type in ("LN", "LNPre")
