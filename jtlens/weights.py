@@ -6,7 +6,9 @@ read:
 
 - fold_ln: norm weights (and LayerNorm biases) move into the weights that read the normalised
   stream; norms become weightless (LN -> LNPre, RMS -> RMSPre). For LayerNorm, the reading
-  weights are also centred over d_model, since LNPre's input is already mean-free.
+  weights are also centred over d_model, since LNPre's input is already mean-free. solu_ln's
+  LayerNorm over d_mlp folds into W_out. Not for shortformers: their positions are added to
+  ln1's output, after its weights.
 - center_writing_weights: everything that writes to the residual stream is mean-free over
   d_model. Only valid when every reader of the residual removes its mean: LayerNorm blocks
   *and* a LayerNorm ln_final. With `final_rms` (RMS after LayerNorm blocks) the unembed sees
@@ -69,7 +71,8 @@ def processed_config(cfg: Config, **flags: bool) -> Config:
 
 
 def _foldable(cfg: Config) -> bool:
-    return cfg.normalization_type in ("LN", "RMS")
+    # A shortformer adds positions to ln1's output, so ln1's weights cannot move into W_Q/W_K.
+    return cfg.normalization_type in ("LN", "RMS") and cfg.positional_embedding_type != "shortformer"
 
 
 def _is_layer_norm(cfg: Config) -> bool:
@@ -152,7 +155,7 @@ def center_writing(params: dict, cfg: Config) -> dict:
     """Make W_E, W_pos, W_O/b_O and W_out/b_out mean-free over d_model."""
     p = params
     p["embed"]["W_E"] = _center(p["embed"]["W_E"], -1)
-    if "pos_embed" in p:
+    if "pos_embed" in p and cfg.positional_embedding_type == "standard":  # shortformer: not written
         p["pos_embed"]["W_pos"] = _center(p["pos_embed"]["W_pos"], -1)
     attn = p["blocks"]["attn"]
     attn["W_O"], attn["b_O"] = _center(attn["W_O"], -1), _center(attn["b_O"], -1)
