@@ -17,8 +17,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import jtlens  # noqa: E402
-from conversions import __main__ as conversions_cli  # noqa: E402
-from conversions.common import ConversionError  # noqa: E402
+from jtlens.conversions import __main__ as conversions_cli  # noqa: E402
+from jtlens.conversions import gguf as gguf_conversion  # noqa: E402
+from jtlens.conversions.common import ConversionError  # noqa: E402
 from tests.oracle import max_diff  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
@@ -225,11 +226,9 @@ def test_second_load_reads_the_cache(files, tmp_path, monkeypatch):
     path, _ = files("qwen2", Q.Q8_0)
     first = jtlens.HookedTransformer.from_pretrained(str(path), progress=False)
     [cached] = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
-    import conversions.gguf
-
     def no_conversion(*_a, **_k):
         raise AssertionError("converted again instead of reading the cache")
-    monkeypatch.setattr(conversions.gguf, "convert_gguf", no_conversion)
+    monkeypatch.setattr(gguf_conversion, "convert_gguf", no_conversion)
     again = jtlens.HookedTransformer.from_pretrained(str(path), progress=False)
     assert max_diff(again(TOKENS), first(TOKENS)) == 0
     assert again.cfg.model_name == first.cfg.model_name == path.name
