@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from jtlens.heatmap import RED, colorbar, draw, pyplot, save_png
+
 _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>__TITLE__</title>
 <style>
@@ -24,7 +26,7 @@ _PAGE = """<!doctype html>
 </style></head><body>
 <h3>__TITLE__</h3>
 <div class="heads" id="heads"></div>
-<div id="note">Rows: destination (query) tokens; columns: source (key) tokens. Hover a cell for its weight.</div>
+<div id="note">Rows: destination (query) tokens; columns: source (key) tokens. Hover a cell for its weight. Colour: white = 0, red = high attention.</div>
 <svg id="grid" xmlns="http://www.w3.org/2000/svg"></svg>
 <script>
 const DATA = __DATA__;
@@ -46,7 +48,7 @@ function draw(h) {
   });
   DATA.patterns[h].forEach((row, q) => row.forEach((v, k) => {
     const r = el("rect", {x: pad + k * cell, y: pad + q * cell, width: cell - 1, height: cell - 1,
-                          fill: `rgba(31, 78, 153, ${v.toFixed(3)})`, stroke: "#eee"});
+                          fill: `rgba(__RED__, ${v.toFixed(3)})`, stroke: "#eee"});
     r.appendChild(el("title", {}, `${DATA.tokens[q]} -> ${DATA.tokens[k]}: ${v.toFixed(3)}`));
     svg.appendChild(r);
   }));
@@ -85,36 +87,30 @@ def attention_html(pattern, str_tokens: Optional[Sequence[str]] = None, layer: O
     title = title or f"Attention patterns{f', layer {layer}' if layer is not None else ''}"
     # "</" inside the JSON would end the script element early.
     payload = json.dumps(data).replace("</", "<\\/")
-    return _PAGE.replace("__TITLE__", html_lib.escape(title)).replace("__DATA__", payload)
+    return (_PAGE.replace("__TITLE__", html_lib.escape(title)).replace("__RED__", ", ".join(map(str, RED)))
+            .replace("__DATA__", payload))
 
 
 def attention_png(pattern, path, str_tokens: Optional[Sequence[str]] = None,
                   layer: Optional[int] = None) -> Path:
     """A PNG grid of every head's pattern [n_heads, dest, src], token-labelled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pattern, tokens = _check(pattern, str_tokens)
     n = pattern.shape[0]
     cols = min(n, 4)
     rows = -(-n // cols)
     size = max(2.5, 0.25 * len(tokens))
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(size * cols + 1, size * rows), squeeze=False)
     for h, ax in enumerate(axes.flat):
         if h >= n:
             ax.axis("off")
             continue
-        ax.imshow(pattern[h], cmap="Blues", vmin=0, vmax=1)
-        ax.set_title(f"{f'L{layer}' if layer is not None else ''}H{h}", fontsize=9)
-        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=6)
-        ax.set_yticks(range(len(tokens)), tokens, fontsize=6)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        im = draw(ax, pattern[h], xlabel="key (source)" if h // cols == rows - 1 else "",
+                  ylabel="query (destination)" if h % cols == 0 else "", signed=False, limit=1.0,
+                  title=f"{f'L{layer}' if layer is not None else ''}H{h}", row_labels=tokens,
+                  col_labels=tokens, fontsize=6)
+    colorbar(fig, im, axes.ravel().tolist(), "attention weight",
+             signed=False, shrink=0.6)
+    return save_png(fig, path)
 
 
 def save_attention(model, input, layer: int, path, prompt: int = 0) -> Path:

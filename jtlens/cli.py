@@ -70,24 +70,11 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _heatmap(values, title: str, xlabel: str, ylabel: str, xticks=None):
-    from jtlens.report import pyplot
-
-    plt = pyplot()
-    lim = float(np.abs(values).max()) or 1.0
-    fig, ax = plt.subplots(figsize=(max(4, 0.5 * values.shape[1] + 2), 0.4 * values.shape[0] + 2))
-    im = ax.imshow(values, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    if xticks is not None:
-        ax.set_xticks(range(len(xticks)), xticks, rotation=90, fontsize=7)
-    fig.colorbar(im, ax=ax)
-    return fig
-
-
 def cmd_patch(args) -> int:
     import jax.numpy as jnp
 
     from jtlens import patching
+    from jtlens.heatmap import heatmap_figure, save_png
 
     clean_text = _check_text(args.clean, "clean prompt")
     corrupted_text = _check_text(args.corrupted, "corrupted prompt")
@@ -120,10 +107,12 @@ def cmd_patch(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     toks = model.to_str_tokens(clean[0])
     labels = [f"{i} {t!r}" for i, t in enumerate(toks)]
-    _heatmap(np.asarray(resid), "resid_pre patching (1 = clean)", "position", "layer",
-             labels).savefig(out / "patch_resid_pre.png", dpi=110, bbox_inches="tight")
-    _heatmap(np.asarray(heads), "head output patching (1 = clean)", "head",
-             "layer").savefig(out / "patch_heads.png", dpi=110, bbox_inches="tight")
+    save_png(heatmap_figure(np.asarray(resid), title="resid_pre patching", xlabel="position",
+                            ylabel="layer", label="1 = clean, 0 = corrupted", col_labels=labels),
+             out / "patch_resid_pre.png")
+    save_png(heatmap_figure(np.asarray(heads), title="head output patching", xlabel="head",
+                            ylabel="layer", label="1 = clean, 0 = corrupted"),
+             out / "patch_heads.png")
     result = dict(clean=clean_text, corrupted=corrupted_text, answer=args.answer, wrong=args.wrong,
                   clean_logit_diff=clean_diff, corrupted_logit_diff=corrupted_diff,
                   metric="(logit_diff - corrupted) / (clean - corrupted)", tokens=toks,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import pathlib
 from typing import Any
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from jtlens.attention_view import attention_html, attention_png
 from jtlens.head_detector import induction_pattern_scores, induction_patterns
+from jtlens.heatmap import BLUE, RED, colorbar, css_colour, draw, png_bytes, pyplot
 from jtlens.hooks import HookRunner
 from jtlens.model import unembed
 from jtlens.tokens import to_str_tokens
@@ -180,55 +180,38 @@ def summary(a: Analysis, max_rows: int = 12) -> str:
 
 # ----------------------------------------------------------------------------- HTML + PNG
 
-def pyplot():
-    """matplotlib.pyplot on the non-interactive Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    pyplot().close(fig)
-    return buf.getvalue()
-
-
 def dla_png(a: Analysis) -> bytes:
     """Heads [n_layers, n_heads] heatmap plus the per-layer MLP bars."""
-    plt = pyplot()
     dla = a["dla"]
     has_mlp = "mlp" in dla
-    fig, axes = plt.subplots(1, 2 if has_mlp else 1, figsize=(9 if has_mlp else 5, 3), squeeze=False)
-    lim = float(np.abs(dla["heads"]).max()) or 1.0
-    im = axes[0, 0].imshow(dla["heads"], cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
-    axes[0, 0].set(xlabel="head", ylabel="layer", title=f"heads -> logit of {a['target_str']!r}",
-                   xticks=range(dla["heads"].shape[1]), yticks=range(dla["heads"].shape[0]))
-    fig.colorbar(im, ax=axes[0, 0])
+    fig, axes = pyplot().subplots(1, 2 if has_mlp else 1, figsize=(9 if has_mlp else 5, 3),
+                                  squeeze=False)
+    im = draw(axes[0, 0], dla["heads"], xlabel="head", ylabel="layer",
+              title=f"heads -> logit of {a['target_str']!r}")
+    colorbar(fig, im, axes[0, 0], "logit")
     if has_mlp:
-        axes[0, 1].bar(range(len(dla["mlp"])), dla["mlp"], color="tab:orange")
-        axes[0, 1].set(xlabel="layer", title="MLPs", xticks=range(len(dla["mlp"])))
-    return _png(fig)
+        mlp = np.asarray(dla["mlp"])
+        axes[0, 1].bar(range(len(mlp)), mlp,
+                       color=[np.array(RED if v >= 0 else BLUE) / 255 for v in mlp])
+        axes[0, 1].set(xlabel="layer", ylabel="logit", title="MLPs (red = positive)",
+                       xticks=range(len(mlp)))
+    return png_bytes(fig)
 
 
 def induction_png(a: Analysis) -> bytes:
     """Induction score per head, next to the best head's pattern on random tokens said twice."""
-    plt = pyplot()
     ind = a["induction"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5), gridspec_kw=dict(width_ratios=[1, 2]))
-    im = left.imshow(ind["scores"], cmap="Blues", vmin=0, vmax=1, aspect="auto")
-    left.set(xlabel="head", ylabel="layer", title="induction score",
-             xticks=range(ind["scores"].shape[1]), yticks=range(ind["scores"].shape[0]))
-    fig.colorbar(im, ax=left)
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(11, 5),
+                                           gridspec_kw=dict(width_ratios=[1, 2]))
+    im = draw(left, ind["scores"], xlabel="head", ylabel="layer", title="induction score",
+              signed=False, limit=1.0)
+    colorbar(fig, im, left, "score", signed=False)
     toks = [repr(t)[1:-1] for t in ind["str_tokens"]]  # random ids include control bytes
-    right.imshow(ind["pattern"], cmap="Blues", vmin=0, vmax=1)
-    right.set_title("L{}H{} on {} random tokens said twice".format(*ind["best"], ind["seq_len"]))
-    right.set_xticks(range(len(toks)), toks, rotation=90, fontsize=5)
-    right.set_yticks(range(len(toks)), toks, fontsize=5)
-    return _png(fig)
+    im = draw(right, ind["pattern"], xlabel="key (source) token", ylabel="query (destination) token",
+              title="L{}H{} on {} random tokens said twice".format(*ind["best"], ind["seq_len"]),
+              signed=False, limit=1.0, row_labels=toks, col_labels=toks, fontsize=5)
+    colorbar(fig, im, right, "attention", signed=False)
+    return png_bytes(fig)
 
 
 def _img(data: bytes, alt: str) -> str:
@@ -236,7 +219,7 @@ def _img(data: bytes, alt: str) -> str:
 
 
 def _cell(text: str, p: float) -> str:
-    return (f'<td style="background:rgba(33,113,181,{0.7 * p:.2f})" title="{p:.1%}">'
+    return (f'<td style="background:{css_colour(p, 1.0, signed=False)}" title="{p:.1%}">'
             f"{html.escape(repr(text))}</td>")
 
 
