@@ -54,7 +54,7 @@ def load_model(name: str):
 
     _say(f"loading {name} ...")
     try:
-        model = HookedTransformer.from_pretrained(name)
+        model = HookedTransformer.from_pretrained(name, progress=sys.stderr.isatty())
     except Exception as err:  # noqa: BLE001 - any load failure is the user's model argument
         raise UsageError(f"cannot load model {name!r}: {_first_line(err)}") from None
     if model.cfg.attention_dir != "causal":
