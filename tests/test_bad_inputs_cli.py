@@ -12,6 +12,7 @@ from jtlens import cli
 from jtlens.loading import ALIASES
 
 TEXT = "The return value is a list."
+TINY = ["--model", "jtlens-tiny"]  # the fast embedded model
 
 
 def _one_line(capsys, status: int, argv) -> str:
@@ -89,7 +90,7 @@ def test_top_k_below_one(capsys, k):
 
 
 def test_top_k_past_the_vocabulary(capsys, tmp_path):
-    err = _one_line(capsys, 2, ["run", TEXT, "--top-k", "100000", "--out", str(tmp_path)])
+    err = _one_line(capsys, 2, ["run", TEXT, "--top-k", "100000", "--out", str(tmp_path), *TINY])
     assert "--top-k 100000 is more than the vocabulary (1024)" in err
 
 
@@ -136,13 +137,13 @@ def test_model_without_tokenizer(capsys, tmp_path):
 
 def test_multi_token_answer_keeps_its_quotes(capsys, tmp_path):
     err = _one_line(capsys, 2, ["run", TEXT, "--answer", " antidisestablishment", "--out",
-                                str(tmp_path)])
+                                str(tmp_path), *TINY])
     assert "--answer: ' antidisestablishment' is" in err and "tokens, not one" in err
 
 
 def test_corrupted_needs_answer_and_wrong(capsys, tmp_path):
     err = _one_line(capsys, 2, ["run", TEXT, "--answer", " list", "--corrupted", "The return "
-                                "value is a set.", "--out", str(tmp_path)])
+                                "value is a set.", "--out", str(tmp_path), *TINY])
     assert "--corrupted needs --answer and --wrong" in err
 
 
@@ -180,7 +181,7 @@ def test_non_utf8_bytes_in_argv_and_stdin(tmp_path):
 def test_closed_stdout(tmp_path):
     """`jtlens run ... | head -0`: the reader is gone before anything is printed."""
     proc = subprocess.Popen([sys.executable, "-m", "jtlens.cli", "run", TEXT, "--out",
-                             str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             str(tmp_path), *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 1, err

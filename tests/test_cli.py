@@ -13,17 +13,18 @@ from jtlens.head_detector import induction_scores, repeated_random_tokens
 from jtlens.hooked_transformer import HookedTransformer
 
 TEXT = "The return value is a list. The return value is a list."
+TINY = "jtlens-tiny"  # the fast embedded model; the default (smollm2-135m) is tested in test_gguf
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    assert cli.main(["run", TEXT, "--out", str(out), "--save-activations"]) == 0
+    assert cli.main(["run", TEXT, "--model", TINY, "--out", str(out), "--save-activations"]) == 0
     return out
 
 
 def test_run_prints_summary_and_writes_report(run_dir, capsys):
-    assert cli.main(["run", TEXT, "--out", str(run_dir / "again")]) == 0
+    assert cli.main(["run", TEXT, "--model", TINY, "--out", str(run_dir / "again")]) == 0
     printed = capsys.readouterr().out
     for part in ("Next token after the text", "Logit lens", "Most-attended token",
                  "Most active MLP neurons", "Direct logit attribution", "Report:"):
@@ -36,7 +37,7 @@ def test_run_prints_summary_and_writes_report(run_dir, capsys):
 def test_embedded_model_has_induction_heads_and_the_report_shows_them(run_dir):
     """jtlens-tiny was trained until induction heads formed: on random tokens said twice, a
     layer-1 head attends to the token after the earlier copy, and copying lowers the loss."""
-    model = HookedTransformer.from_pretrained(cli.DEFAULT_MODEL)
+    model = HookedTransformer.from_pretrained(TINY)
     scores = np.asarray(induction_scores(model, seq_len=20, n_prompts=8))
     assert scores[1].max() > 0.2 and scores[1].max() > 5 * scores[0].max(), scores
     rep = repeated_random_tokens(model, seq_len=20, n_prompts=8)
@@ -50,7 +51,7 @@ def test_embedded_model_has_induction_heads_and_the_report_shows_them(run_dir):
 
 
 def test_saved_activations_are_the_models_hooks(run_dir):
-    model = HookedTransformer.from_pretrained(cli.DEFAULT_MODEL)
+    model = HookedTransformer.from_pretrained(TINY)
     _, cache = model.run_with_cache(TEXT)
     saved = np.load(run_dir / "activations.npz")
     assert set(saved.files) == set(cache.keys())
@@ -78,7 +79,7 @@ def test_patch_writes_heatmaps_and_json(tmp_path):
     out = tmp_path / "patch"
     assert cli.main(["patch", "--clean", "The list of strings. The list", "--corrupted",
                      "The set of strings. The set", "--answer", " of", "--wrong", " is",
-                     "--out", str(out)]) == 0
+                     "--model", TINY, "--out", str(out)]) == 0
     result = json.loads((out / "patching.json").read_text())
     assert np.asarray(result["resid_pre"]).ndim == 2 and np.asarray(result["attn_head_out"]).ndim == 2
     assert (out / "patch_heads.png").is_file() and (out / "patch_resid_pre.png").is_file()
@@ -86,10 +87,11 @@ def test_patch_writes_heatmaps_and_json(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["run", "   "], "the text is empty"),
-    (["run", "word " * 400], "longer than the context"),
+    (["run", "word " * 400, "--model", TINY], "longer than the context"),
     (["run", "hi", "--model", "no-such-model-xyz"], "cannot load model 'no-such-model-xyz'"),
     (["run", "hi", "--model", "/nonexistent/folder"], "cannot load model"),
-    (["patch", "--clean", "a b c", "--corrupted", "a b", "--answer", " c", "--wrong", " d"],
+    (["patch", "--clean", "a b c", "--corrupted", "a b", "--answer", " c", "--wrong", " d",
+      "--model", TINY],
      "same length"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
