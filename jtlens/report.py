@@ -423,5 +423,5 @@ def _answer_html(a: Analysis, out: pathlib.Path) -> str:
         parts.append(f"<h3>Direct logit attribution of {what}</h3><p>What each head and MLP "
                      f"writes along {what}'s unembedding direction (through ln_final's scale at "
                      f"that position). At the last position: {html.escape(last)}.</p>"
-                     + img(png, f"direct logit attribution of {what}"))
+                     + img(png, f"direct logit attribution of {raw[key]}"))
     return "".join(parts)
