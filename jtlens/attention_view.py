@@ -72,15 +72,18 @@ function strip(cls) {
   });
 }
 const toSpans = strip("to"), fromSpans = strip("from");
+function paintStrip(spans, i, weight) {  // weight(j): attention between token i and token j
+  spans.forEach((s, j) => {
+    s.style.background = i < 0 ? "" : colour(weight(j));
+    s.title = i < 0 ? "" : weight(j).toFixed(3);
+    s.classList.toggle("hover", j === i);
+  });
+}
 function hover(i) {
   hovered = i;
   const p = DATA.patterns[layer][head];
-  toSpans.forEach((s, j) => { s.style.background = i < 0 ? "" : colour(p[i][j]);
-                              s.title = i < 0 ? "" : `${DATA.tokens[i]} -> ${DATA.tokens[j]}: ${p[i][j].toFixed(3)}`;
-                              s.classList.toggle("hover", j === i); });
-  fromSpans.forEach((s, j) => { s.style.background = i < 0 ? "" : colour(p[j][i]);
-                                s.title = i < 0 ? "" : `${DATA.tokens[j]} -> ${DATA.tokens[i]}: ${p[j][i].toFixed(3)}`;
-                                s.classList.toggle("hover", j === i); });
+  paintStrip(toSpans, i, j => p[i][j]);
+  paintStrip(fromSpans, i, j => p[j][i]);
   root.dataset.hovered = i;
 }
 const cell = Math.max(6, Math.min(22, Math.floor(560 / n)));
@@ -92,8 +95,10 @@ function grid() {
   DATA.tokens.forEach((t, i) => {
     const short = t.length > 16 ? t.slice(0, 15) + "\u2026" : t;
     if (cell >= 10) {
-      svg.appendChild(el("text", {x: pad - 4, y: pad + i * cell + cell * 0.7, "text-anchor": "end", class: "token"}, short));
-      svg.appendChild(el("text", {transform: `translate(${pad + i * cell + cell * 0.7},${pad - 4}) rotate(-90)`, class: "token"}, short));
+      const at = pad + i * cell + cell * 0.7;
+      svg.appendChild(el("text", {x: pad - 4, y: at, "text-anchor": "end", class: "token"}, short));
+      svg.appendChild(el("text", {transform: `translate(${at},${pad - 4}) rotate(-90)`, class: "token"},
+                         short));
     }
   });
   p.forEach((row, q) => row.forEach((v, k) => {
@@ -117,7 +122,11 @@ function paint(canvas, p) {
 const table = root.querySelector(".thumbs");
 const header = document.createElement("tr");
 header.appendChild(document.createElement("th"));
-for (let h = 0; h < H; h++) { const th = document.createElement("th"); th.textContent = "H" + h; header.appendChild(th); }
+for (let h = 0; h < H; h++) {
+  const th = document.createElement("th");
+  th.textContent = "H" + h;
+  header.appendChild(th);
+}
 table.appendChild(header);
 const size = Math.max(24, Math.min(64, Math.floor(600 / H)));
 DATA.patterns.forEach((heads, l) => {

@@ -14,7 +14,6 @@ stdout (`| head`) is one line and exit status 1. No traceback reaches the user.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys

@@ -123,7 +123,9 @@ def panels_figure(panels, *, xlabel: str, ylabel: str, title: str = "", label: s
         if k:
             ax.tick_params(labelleft=False)
     colorbar(fig, im, axes[0].tolist(), label, signed, shrink=0.8)
-    if title:
+    if title and len(arrays) == 1 and panels[0][0] is None:
+        axes[0, 0].set_title(title)  # a suptitle floats far above a single tall panel
+    elif title:
         fig.suptitle(title)
     return fig
 

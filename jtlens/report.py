@@ -75,7 +75,8 @@ def dla_by_position(model, cache, direction, bias=0.0) -> dict:
     return {k: np.asarray(v) for k, v in parts.items()}
 
 
-def _direction(model, answer: int, wrong: Optional[int] = None):
+def logit_direction(model, answer: int, wrong: Optional[int] = None):
+    """(W_U column [d_model], b_U entry) of `answer`, or of answer minus `wrong`."""
     w_u, b_u = model.params["unembed"]["W_U"], model.params["unembed"]["b_U"]
     if wrong is None:
         return w_u[:, answer], b_u[answer]
@@ -87,7 +88,7 @@ def direct_logit_attribution(model, cache, target: int) -> dict:
     attention bias [L], each MLP [L] and the constant (norm bias + b_U). Entries sum to the
     logit (before any final soft-cap; not for models with post-norms, whose residual is not a
     sum)."""
-    parts = dla_by_position(model, cache, *_direction(model, target))
+    parts = dla_by_position(model, cache, *logit_direction(model, target))
     return {k: v[-1] for k, v in parts.items()}
 
 
@@ -208,11 +209,11 @@ def _answer_view(model, cache, logits, lens, answer: int, wrong: Optional[int]) 
     view = dict(answer=answer, answer_str=to_str_tokens(tok, [answer])[0],
                 lens_p=lens["answer_p"], lens_rank=lens["answer_rank"],
                 logit=np.asarray(logits[0, :, answer]),
-                dla=dla_by_position(model, cache, *_direction(model, answer)))
+                dla=dla_by_position(model, cache, *logit_direction(model, answer)))
     if wrong is not None:
         view.update(wrong=wrong, wrong_str=to_str_tokens(tok, [wrong])[0], lens_diff=lens["diff"],
                     diff=np.asarray(logits[0, :, answer] - logits[0, :, wrong]),
-                    dla_diff=dla_by_position(model, cache, *_direction(model, answer, wrong)))
+                    dla_diff=dla_by_position(model, cache, *logit_direction(model, answer, wrong)))
     return view
 
 

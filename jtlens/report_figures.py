@@ -60,8 +60,8 @@ def dla_positions_png(dla: dict, toks, what: str) -> bytes:
     panels = [("attention (sum over heads)", np.asarray(dla["heads"]).sum(-1).T)]
     if "mlp" in dla:
         panels.append(("MLP", np.asarray(dla["mlp"]).T))
-    fig = panels_figure(panels, xlabel="position", ylabel="layer", title=f"direct logit attribution of {what}",
-                        label="logit", col_labels=_token_labels(toks))
+    fig = panels_figure(panels, xlabel="position", ylabel="layer", label="logit",
+                        title=f"direct logit attribution of {what}", col_labels=_token_labels(toks))
     return png_bytes(fig)
 
 

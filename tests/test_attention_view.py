@@ -106,7 +106,8 @@ def test_png_grid_and_model_convenience(tmp_path):
     model = jtlens.HookedTransformer(cfg, jtlens.init_params(cfg, jax.random.PRNGKey(0)))
     out = save_attention(model, np.arange(6)[None], layer=1, path=tmp_path / "l1.html")
     page = out.read_text()
-    assert '"layers": ["L1"]' in page and len(json.loads(page.split("const DATA = ")[1].split(";\n")[0])["patterns"][0]) == 2
+    data = json.loads(page.split("const DATA = ")[1].split(";\n")[0])
+    assert data["layers"] == ["L1"] and len(data["patterns"][0]) == 2
 
 
 def test_bad_inputs_are_clear_errors(tmp_path):
