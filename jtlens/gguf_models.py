@@ -52,7 +52,7 @@ def cache_folder(path: Path) -> Path:
 def converted(path, progress: bool = True) -> Path:
     """The cached jtlens folder for a GGUF file, converting it first if needed. The folder is
     written under a temporary name and renamed, so an interrupted conversion leaves no cache."""
-    from conversions.gguf import convert_gguf, gguf_tokenizer
+    from jtlens.conversions.gguf import convert_gguf, gguf_tokenizer
     from jtlens.loading import NATIVE_CONFIG, save_converted
 
     path = Path(path).expanduser()

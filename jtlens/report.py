@@ -15,8 +15,7 @@ import numpy as np
 
 from jtlens.attention_view import attention_viewer
 from jtlens.head_detector import induction_pattern_scores, induction_patterns
-from jtlens.hooks import HookRunner
-from jtlens.model import unembed
+from jtlens.model import Ctx, unembed
 from jtlens.report_figures import (answer_lens_png, cell, dla_png, dla_positions_png, html_page,
                                    img, induction_png)
 from jtlens.report_patching import patching_html
@@ -99,7 +98,7 @@ def _lens_fn(cfg):
     """One compiled logit lens per Config: the residual of every layer [L+1, pos, d_model] through
     ln_final and the unembedding, a layer at a time (lax.map keeps one [pos, vocab] alive)."""
     def one(params, resid, answer, wrong):
-        logits = unembed(params, resid[None], cfg, HookRunner(None, cfg), {})[0].astype(jnp.float32)
+        logits = unembed(params, resid[None], Ctx.of(cfg, None, 1, resid.shape[0]))[0].astype(jnp.float32)
         logp = jax.nn.log_softmax(logits, -1)
         top = logp.argmax(-1)
         a = logits[:, answer]

@@ -14,7 +14,7 @@ from jtlens import cli
 from jtlens.head_detector import induction_scores, repeated_random_tokens
 from jtlens.hooked_transformer import HookedTransformer
 
-pytestmark = pytest.mark.slow  # each test runs the command end to end
+pytestmark = pytest.mark.slow  # CLI runs of the embedded model, reports, headless Chromium
 
 TEXT = "The return value is a list. The return value is a"
 CORRUPTED = "The return value is a set. The return value is a"

@@ -4,14 +4,11 @@ position, every position, answer minus wrong) and the logit lens."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
-torch = pytest.importorskip("torch")
-
-import jtlens  # noqa: E402
-from jtlens.report import (INDUCTION_THRESHOLD, direct_logit_attribution, dla_by_position,  # noqa: E402
+import jtlens
+from jtlens.report import (INDUCTION_THRESHOLD, direct_logit_attribution, dla_by_position,
                            induction_text, logit_direction, logit_lens)
-from tests.oracle import max_diff, tl_model, to_jtlens, tokens_for  # noqa: E402
+from tests.oracle import max_diff, tl_model, to_jtlens, tokens_for, torch
 
 CFG = dict(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=50, n_ctx=16,
            act_fn="gelu", normalization_type="LN")

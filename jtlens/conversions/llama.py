@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conversions.common import (ConversionError, TensorReader, heads, heads_out, rope,
+from jtlens.conversions.common import (ConversionError, TensorReader, heads, heads_out, rope,
                                 stack_layers, zeros_or)
 from jtlens.config import Config
 
