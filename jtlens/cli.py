@@ -170,6 +170,8 @@ def cmd_run(args) -> int:
     answer, wrong = _answers(model, args) or (None, None)
     if corrupted is not None and wrong is None:
         raise UsageError("--corrupted needs --answer and --wrong (the metric is their logit difference)")
+    if corrupted is not None:
+        _pair(model, text, corrupted)  # before the analysis, not after it
     a = report.analyze(model, text, top_k=args.top_k, truncate=args.truncate,
                        capture_all=args.save_activations, answer=answer, wrong=wrong,
                        include_bos=args.include_bos)
@@ -188,13 +190,19 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _patching(model, clean_text, corrupted_text, args, out):
-    from jtlens.report_patching import patching_analysis
-
+def _pair(model, clean_text: str, corrupted_text: str):
+    """Clean and corrupted tokens, checked to be of one length (what patching needs)."""
     clean, corrupted = _tokens(model, clean_text, False), _tokens(model, corrupted_text, False)
     if clean.shape != corrupted.shape:
         raise UsageError(f"the clean and corrupted prompts are {clean.shape[1]} and "
                          f"{corrupted.shape[1]} tokens; patching needs the same length")
+    return clean, corrupted
+
+
+def _patching(model, clean_text, corrupted_text, args, out):
+    from jtlens.report_patching import patching_analysis
+
+    clean, corrupted = _pair(model, clean_text, corrupted_text)
     answer, wrong = _answers(model, args)
     try:
         return patching_analysis(model, clean, corrupted, answer, wrong, out,

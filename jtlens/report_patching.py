@@ -71,7 +71,7 @@ def patching_summary(r: dict) -> str:
     """Plain text: the two logit differences and the heads that matter."""
     return (f"logit diff {r['answer']!r} - {r['wrong']!r}: clean {r['clean_logit_diff']:.3f}, "
             f"corrupted {r['corrupted_logit_diff']:.3f}\n"
-            "heads whose clean output restores the most (metric, 1 = clean): "
+            "heads whose clean output moves the metric most (1 = clean restored, 0 = no change): "
             + ", ".join(f"{name} {v:+.2f}" for name, v in top_heads(r)))
 
 

@@ -188,3 +188,10 @@ def test_closed_stdout(tmp_path):
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith("jtlens: error: the output was cut off (stdout was closed")
     assert (tmp_path / "report.html").is_file()  # the report is written before anything prints
+
+
+def test_corrupted_of_another_length_fails_before_the_analysis(capsys, tmp_path):
+    err = _one_line(capsys, 2, ["run", TEXT, "--answer", " list", "--wrong", " set", "--corrupted",
+                                "A set.", "--out", str(tmp_path), *TINY])
+    assert "the clean and corrupted prompts are 8 and 4 tokens; patching needs the same length" in err
+    assert not (tmp_path / "report.html").exists()

@@ -129,7 +129,7 @@ def test_patch_writes_heatmaps_json_and_page(tmp_path, capsys):
     assert (out / "patch_heads.png").is_file() and (out / "patch_resid_pre.png").is_file()
     page = (out / "patching.html").read_text()
     assert "<h2>Activation patching</h2>" in page and page.count("data:image/png;base64,") == 2
-    assert "heads whose clean output restores the most" in capsys.readouterr().out
+    assert "heads whose clean output moves the metric most" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [
