@@ -316,15 +316,17 @@ def induction_text(ind: dict) -> str:
 
 # ----------------------------------------------------------------------------- HTML
 
-def write_report(a: Analysis, out_dir) -> pathlib.Path:
-    """Write `report.html` (self-contained) and its PNGs into `out_dir`; returns the HTML path."""
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def _esc(s) -> str:
+    return html.escape(repr(s))
+
+
+def _bos_note(a: Analysis) -> str:
+    return (" The BOS position is left out (it soaks up attention and activation; "
+            "<code>--include-bos</code> keeps it)." if a["skip"] else "")
+
+
+def _tokens_html(a: Analysis, out: pathlib.Path) -> str:
     toks = a["str_tokens"]
-    esc = lambda s: html.escape(repr(s))  # noqa: E731
-    skip = a["skip"]
-    bos_note = " The BOS position is left out (it soaks up attention and activation; "\
-               "<code>--include-bos</code> keeps it)." if skip else ""
     trunc = "".join(f"<p><b>{html.escape(t)}</b></p>" for t in _truncation_note(a))
     parts = [f"<h1>jtlens: {html.escape(a['model_name'])}</h1>",
              f"<p class=text>{html.escape(a['text'])}</p>{trunc}",
@@ -333,59 +335,81 @@ def write_report(a: Analysis, out_dir) -> pathlib.Path:
              "<th>loss of next</th><th>top predictions</th></tr>"]
     for i, t in enumerate(toks):
         loss = f"{a['loss'][i]:.3f}" if i < len(toks) - 1 else ""
-        preds = ", ".join(f"{esc(s)} {p:.1%}" for s, p in zip(a["top_strs"][i], a["top_probs"][i]))
-        parts.append(f"<tr><td>{i}</td><td class=tok>{esc(t)}</td><td>{loss}</td><td>{preds}</td></tr>")
-    parts.append("</table>")
-    if "answer_view" in a:
-        parts.append(_answer_html(a, out))
-    parts.append("<h2>Logit lens</h2><p>Top token reading each layer's input residual "
-                 "(and the final residual) through ln_final and the unembedding; colour = its "
-                 "probability (white = 0, red = 1).</p>"
-                 "<table><tr><th></th>" + "".join(f"<th>{esc(t)}</th>" for t in toks)
-                 + "<th>resid norm (last)</th></tr>")
+        preds = ", ".join(f"{_esc(s)} {p:.1%}" for s, p in zip(a["top_strs"][i], a["top_probs"][i]))
+        parts.append(f"<tr><td>{i}</td><td class=tok>{_esc(t)}</td><td>{loss}</td><td>{preds}</td></tr>")
+    return "".join(parts) + "</table>"
+
+
+def _lens_html(a: Analysis, out: pathlib.Path) -> str:
+    parts = ["<h2>Logit lens</h2><p>Top token reading each layer's input residual (and the final "
+             "residual) through ln_final and the unembedding; colour = its probability (white = 0, "
+             "red = 1).</p><table><tr><th></th>" + "".join(f"<th>{_esc(t)}</th>" for t in a["str_tokens"])
+             + "<th>resid norm (last)</th></tr>"]
     n_rows = len(a["lens_strs"])
     for r in range(n_rows):
         name = "final" if r == n_rows - 1 else f"layer {r}"
         parts.append(f"<tr><th>{name}</th>"
                      + "".join(cell(s, p) for s, p in zip(a["lens_strs"][r], a["lens_probs"][r]))
                      + f"<td>{a['resid_norm'][r]:.2f}</td></tr>")
-    parts.append("</table><h2>Direct logit attribution</h2>"
-                 f"<p>Of the top prediction {esc(a['target_str'])} at the last position "
-                 f"(logit {a['target_logit']:.3f}; embedding {float(a['dla']['embed']):+.3f}, "
-                 f"biases {float(a['dla']['constant']) + float(np.sum(a['dla']['attn_bias'])):+.3f}).</p>")
-    png = dla_png(a["dla"], f"logit of {a['target_str']!r}")
+    return "".join(parts) + "</table>"
+
+
+def _dla_html(a: Analysis, out: pathlib.Path) -> str:
+    dla = a["dla"]
+    png = dla_png(dla, f"logit of {a['target_str']!r}")
     (out / "dla.png").write_bytes(png)
-    parts.append(img(png, "direct logit attribution"))
-    if a["neurons"]:
-        parts.append(f"<h2>Most active MLP neurons</h2><p>Per layer, the neurons with the largest "
-                     f"activation anywhere in the text.{bos_note}</p><table><tr><th>layer</th>"
-                     "<th>neuron @ token: activation</th></tr>")
-        parts += [f"<tr><td>{l}</td><td>" + "; ".join(f"N{n} @ {esc(toks[p])} ({p}): {v:.2f}"
-                                                      for n, p, v in top) + "</td></tr>"
-                  for l, top in enumerate(a["neurons"])]
-        parts.append("</table>")
-    parts.append(_heads_html(a, bos_note))
+    return ("<h2>Direct logit attribution</h2>"
+            f"<p>Of the top prediction {_esc(a['target_str'])} at the last position "
+            f"(logit {a['target_logit']:.3f}; embedding {float(dla['embed']):+.3f}, "
+            f"biases {float(dla['constant']) + float(np.sum(dla['attn_bias'])):+.3f}).</p>"
+            + img(png, "direct logit attribution"))
+
+
+def _neurons_html(a: Analysis, out: pathlib.Path) -> str:
+    if not a["neurons"]:
+        return ""
+    toks = a["str_tokens"]
+    rows = [f"<tr><td>{l}</td><td>" + "; ".join(f"N{n} @ {_esc(toks[p])} ({p}): {v:.2f}"
+                                                for n, p, v in top) + "</td></tr>"
+            for l, top in enumerate(a["neurons"])]
+    return (f"<h2>Most active MLP neurons</h2><p>Per layer, the neurons with the largest activation "
+            f"anywhere in the text.{_bos_note(a)}</p><table><tr><th>layer</th>"
+            f"<th>neuron @ token: activation</th></tr>{''.join(rows)}</table>")
+
+
+def _induction_html(a: Analysis, out: pathlib.Path) -> str:
     ind = a["induction"]
-    parts.append(f"<h2>Induction heads</h2><p>Each head's mean attention from the second copy of "
-                 f"{ind['seq_len']} random tokens said twice to the token after the same token's "
-                 f"first occurrence (1 = a perfect induction head; a head spreading its attention "
-                 f"evenly scores about 1/{ind['seq_len']}). {html.escape(induction_text(ind))}"
-                 + (" The best head's pattern shows the off-diagonal stripe." if
-                    ind["scores"].max() >= ind["threshold"] else
-                    " The best head's pattern is drawn for comparison; it shows no clear stripe.")
-                 + "</p>")
     png = induction_png(a)
     (out / "induction.png").write_bytes(png)
-    parts.append(img(png, "induction heads"))
-    parts.append("<h2>Attention</h2>" + attention_viewer(a["patterns"], toks))
-    if "patching" in a:
-        parts.append(patching_html(a["patching"], img))
+    stripe = (" The best head's pattern shows the off-diagonal stripe." if
+              ind["scores"].max() >= ind["threshold"] else
+              " The best head's pattern is drawn for comparison; it shows no clear stripe.")
+    return (f"<h2>Induction heads</h2><p>Each head's mean attention from the second copy of "
+            f"{ind['seq_len']} random tokens said twice to the token after the same token's "
+            f"first occurrence (1 = a perfect induction head; a head spreading its attention "
+            f"evenly scores about 1/{ind['seq_len']}). {html.escape(induction_text(ind))}{stripe}</p>"
+            + img(png, "induction heads"))
+
+
+def _attention_html(a: Analysis, out: pathlib.Path) -> str:
+    return "<h2>Attention</h2>" + attention_viewer(a["patterns"], a["str_tokens"])
+
+
+def _patching_html(a: Analysis, out: pathlib.Path) -> str:
+    return patching_html(a["patching"], img) if "patching" in a else ""
+
+
+def write_report(a: Analysis, out_dir) -> pathlib.Path:
+    """Write `report.html` (self-contained) and its PNGs into `out_dir`; returns the HTML path."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    body = "".join(section(a, out) for section in SECTIONS)
     path = out / "report.html"
-    path.write_text(html_page("jtlens report", "".join(parts)), encoding="utf-8")
+    path.write_text(html_page("jtlens report", body), encoding="utf-8")
     return path
 
 
-def _heads_html(a: Analysis, bos_note: str) -> str:
+def _heads_html(a: Analysis, out: pathlib.Path) -> str:
     toks, skip = a["str_tokens"], a["skip"]
     last = a["patterns"][:, :, -1]                                   # [L, H, P]
     rows = []
@@ -398,10 +422,12 @@ def _heads_html(a: Analysis, bos_note: str) -> str:
         rows.append(f"<tr><th>L{layer}</th>{''.join(cells)}</tr>")
     head = "".join(f"<th>H{h}</th>" for h in range(last.shape[1]))
     return (f"<h2>Heads</h2><p>The token each head attends to most from the last position, and "
-            f"its weight.{bos_note}</p><table><tr><th></th>{head}</tr>{''.join(rows)}</table>")
+            f"its weight.{_bos_note(a)}</p><table><tr><th></th>{head}</tr>{''.join(rows)}</table>")
 
 
 def _answer_html(a: Analysis, out: pathlib.Path) -> str:
+    if "answer_view" not in a:
+        return ""
     v, toks = a["answer_view"], a["str_tokens"]
     name = html.escape(repr(v["answer_str"]))
     wrong = html.escape(repr(v["wrong_str"])) if "wrong" in v else None
@@ -425,3 +451,8 @@ def _answer_html(a: Analysis, out: pathlib.Path) -> str:
                      f"that position). At the last position: {html.escape(last)}.</p>"
                      + img(png, f"direct logit attribution of {raw[key]}"))
     return "".join(parts)
+
+
+# The report's sections in page order: each (analysis, out folder) -> HTML, writing its PNGs.
+SECTIONS = (_tokens_html, _answer_html, _lens_html, _dla_html, _neurons_html, _heads_html,
+            _induction_html, _attention_html, _patching_html)
