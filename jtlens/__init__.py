@@ -8,6 +8,7 @@
 from jtlens import grads as grads
 from jtlens import masks as masks
 from jtlens import probes as probes
+from jtlens import sharding as sharding
 from jtlens.cache import ActivationCache as ActivationCache
 from jtlens.components import lm_cross_entropy_loss as lm_cross_entropy_loss
 from jtlens.config import Config as Config
@@ -21,3 +22,4 @@ from jtlens.hooks import hook_names as hook_names
 from jtlens.model import forward as forward
 from jtlens.model import init_params as init_params
 from jtlens.model import param_shapes as param_shapes
+from jtlens.sharding import shard_params as shard_params

@@ -124,7 +124,7 @@ def path_patch(model, corrupted_tokens, clean_cache, patching_metric: Callable, 
     batch, n_pos = tokens.shape
     logit_positions, expand_to = S.read_positions(patching_metric, None, cfg, batch, n_pos)
     if chunk_size is None:
-        n_dev = 1 if sharding is None else S.chunk_sharding(sharding).mesh.size
+        n_dev = S.chunk_splits(S.chunk_sharding(sharding))
         chunk_size = S.default_chunk_size(cfg, 2 * batch, n_pos, len(logit_positions or range(n_pos)),
                                           cfg.n_heads, n_dev)
     fn = functools.partial(_path_chunk, model.params, corrupted, clean_z,

@@ -181,12 +181,23 @@ def _free_bytes() -> int:
 
 
 def chunk_sharding(sharding) -> Optional[NamedSharding]:
-    """A Mesh (split over all its axes) or a NamedSharding for the chunk axis, or None."""
+    """A Mesh or a NamedSharding for the chunk axis, or None. A Mesh splits chunks over all its
+    axes but "model", which holds tensor-parallel params (`jtlens.shard_params`)."""
     if sharding is None or isinstance(sharding, NamedSharding):
         return sharding
     if isinstance(sharding, Mesh):
-        return NamedSharding(sharding, PartitionSpec(sharding.axis_names))
+        axes = tuple(a for a in sharding.axis_names if a != "model")
+        return NamedSharding(sharding, PartitionSpec(axes or None))
     raise TypeError(f"sharding must be a jax.sharding.Mesh or NamedSharding, got {type(sharding).__name__}")
+
+
+def chunk_splits(sharding: Optional[NamedSharding]) -> int:
+    """How many pieces `chunk_sharding(...)` cuts a chunk into."""
+    if sharding is None or not sharding.spec or sharding.spec[0] is None:
+        return 1
+    axes = sharding.spec[0]
+    axes = (axes,) if isinstance(axes, str) else axes
+    return int(np.prod([sharding.mesh.shape[a] for a in axes]))
 
 
 def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
@@ -195,7 +206,7 @@ def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
     chunks grouped by layer (the last chunk of a group is padded), returning [n] in row order."""
     rows = np.asarray(rows, np.int32).reshape(len(rows), -1)
     sharding = chunk_sharding(sharding)
-    n_dev = 1 if sharding is None else sharding.mesh.size
+    n_dev = chunk_splits(sharding)
     if chunk_size % n_dev:
         raise ValueError(f"chunk_size={chunk_size} must be a multiple of the {n_dev} devices it is "
                          f"split over")
@@ -255,7 +266,7 @@ def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, me
     logit_positions, expand_to = read_positions(metric, logit_positions, cfg, batch, n_pos)
     if chunk_size is None:
         per_layer = int(np.bincount(rows[:, 0]).max()) if len(rows) else 1
-        n_dev = 1 if sharding is None else chunk_sharding(sharding).mesh.size
+        n_dev = chunk_splits(chunk_sharding(sharding))
         chunk_size = default_chunk_size(cfg, batch, n_pos, len(logit_positions or range(n_pos)),
                                         per_layer, n_dev)
     fn = functools.partial(_patch_chunk, params, resid_pre, clean_activation, cfg=cfg,
