@@ -7,7 +7,7 @@ head are not part of HookedEncoder's forward, so their tensors are listed as ign
 from __future__ import annotations
 
 from conversions.common import (ConversionError, TensorReader, heads, heads_out, mlp_linears,
-                                norm, stack_layers)
+                                norm)
 from jtlens.config import ACTIVATIONS, Config
 
 MLM_ARCHITECTURES = ("BertForMaskedLM", "BertForPreTraining")
@@ -75,7 +75,7 @@ def encoder_params(reader: TensorReader, cfg: Config, names: dict) -> dict:
         return {"attn": attn, "mlp": mlp, "ln1": norm(reader, f"{b}.{names['ln1']}"),
                 "ln2": norm(reader, f"{b}.{names['ln2']}")}
 
-    params["blocks"] = stack_layers(cfg.n_layers, layer)
+    params["blocks"] = reader.stack_layers(cfg.n_layers, layer)
     if cfg.mlm_head:
         params["mlm_head"] = {"W": reader.take(f"{names['head_dense']}.weight").T,
                               "b": reader.take(f"{names['head_dense']}.bias"),

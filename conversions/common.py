@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Callable, Iterable, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -26,12 +27,19 @@ class TensorReader:
     """Hands out checkpoint tensors as float32/64 numpy arrays and tracks what was consumed."""
 
     def __init__(self, tensors: Mapping[str, np.ndarray], source: str = "checkpoint",
-                 tied_embeddings: bool = True):
+                 tied_embeddings: bool = True, stack: Callable = None):
         self.tensors = tensors
         self.source = source
         self.tied_embeddings = tied_embeddings  # config.json's tie_word_embeddings
         self.used: set[str] = set()
         self.ignored: set[str] = set()
+        # how per-layer params become params["blocks"]; a streaming load places each layer on
+        # its devices as it is converted instead of stacking all of them on the host
+        self.stack = stack or stack_layers
+
+    def stack_layers(self, n_layers: int, per_layer: Callable[[int], dict]) -> dict:
+        """params["blocks"] from `per_layer(l)` for each layer (see `stack_layers`)."""
+        return self.stack(n_layers, per_layer)
 
     def __contains__(self, name: str) -> bool:
         return name in self.tensors
@@ -88,8 +96,14 @@ def stack_layers(n_layers: int, per_layer: Callable[[int], dict]) -> dict:
 
 def check_and_cast(params: dict, cfg: Config, dtype=None) -> dict:
     """Check `params` has exactly the tree and shapes of `param_shapes(cfg)`; cast to the model dtype."""
-    want = param_shapes(cfg)
     dtype = jnp.dtype(dtype or cfg.dtype)
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=dtype),
+                                  check_shapes(params, param_shapes(cfg)))
+
+
+def check_shapes(params: dict, want: dict, prefix: str = "") -> dict:
+    """`params` (leaves as numpy, device arrays left in place) when its tree and shapes are
+    exactly `want`'s (a tree of shape tuples); else a ConversionError naming the first misfit."""
 
     def walk(got, exp, path):
         if isinstance(exp, dict):
@@ -104,13 +118,13 @@ def check_and_cast(params: dict, cfg: Config, dtype=None) -> dict:
                 raise ConversionError(f"param {path + '.' if path else ''}{extra[0]} is not part of "
                                       f"this architecture (extra: {extra})")
             return {k: walk(got[k], exp[k], f"{path}.{k}" if path else k) for k in exp}
-        arr = np.asarray(got)
+        arr = got if isinstance(got, jax.Array) else np.asarray(got)
         if tuple(arr.shape) != tuple(exp):
             raise ConversionError(f"param {path}: converted tensor has shape {tuple(arr.shape)}, "
                                   f"the config expects {tuple(exp)}")
-        return jnp.asarray(arr, dtype=dtype)
+        return arr
 
-    return walk(params, want, "")
+    return walk(params, want, prefix)
 
 
 def heads(w: np.ndarray, n_heads: int, d_head: int) -> np.ndarray:
