@@ -161,7 +161,7 @@ for folder in sys.argv[1:]:
             assert rel(a, b) <= 1e-6, (folder, shape, jax.tree_util.keystr(path), rel(a, b))
         W = streamed["blocks"]["mlp"]["W_in"]
         assert W.addressable_shards[0].data.shape[-1] == W.shape[-1] // mesh.shape["model"]
-        close(jtlens.forward(streamed, clean % cfg.d_vocab, cfg), jtlens.forward(whole, clean % cfg.d_vocab, cfg), shape)
+        close(jtlens.forward(streamed, clean % cfg.d_vocab, cfg), jtlens.forward(whole, clean % cfg.d_vocab, cfg), (folder, shape, "logits"))
     print(folder, "streamed ok", flush=True)
 print("STREAM OK")
 """

@@ -24,6 +24,7 @@ from jtlens import components as C
 from jtlens.config import Config
 from jtlens.hooks import HookRunner, Hooks
 from jtlens.model import forward, run_blocks, unembed
+from jtlens.sharding import place, to_host
 
 Metric = Callable[[jax.Array], jax.Array]
 
@@ -217,8 +218,8 @@ def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
     out = np.zeros(len(rows), np.float32)
     for layer, where in tqdm(jobs, desc=desc, disable=not progress or len(jobs) < 2):
         idx = rows[np.pad(where, (0, chunk_size - len(where)), mode="edge")]
-        idx = jnp.asarray(idx) if sharding is None else jax.device_put(idx, sharding)
-        out[where] = np.asarray(fn(jnp.int32(layer), idx))[:len(where)]  # blocks: honest progress
+        idx = jnp.asarray(idx) if sharding is None else place(idx, sharding)
+        out[where] = to_host(fn(jnp.int32(layer), idx))[:len(where)]  # blocks: honest progress
     return out
 
 
