@@ -12,8 +12,8 @@ import importlib
 import json
 from pathlib import Path
 
-from conversions.common import ConversionError, TensorReader, check_and_cast, check_shapes
-from jtlens.model import param_shapes
+from conversions.common import ConversionError, TensorReader
+from jtlens.params import check_and_cast, check_shapes, param_shapes
 
 ARCHITECTURES = {
     "GPT2LMHeadModel": "gpt2",

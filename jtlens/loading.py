@@ -19,8 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from conversions import convert_folder
 from jtlens import weights
 from jtlens.config import Config
+from jtlens.params import check_and_cast
 
 ASSETS = Path(__file__).parent / "assets"
 ALIASES = {"jtlens-tiny": ASSETS / "jtlens-tiny"}
@@ -83,8 +85,6 @@ def load(name_or_path, *, fold_ln: bool = True, center_writing_weights: bool = T
                             f"overrides must be jtlens.Config fields")
         cfg, params, done = _load_native(folder)
     else:
-        from conversions import convert_folder
-
         named = lambda c: c.replace(model_name=model_name_for(name_or_path))  # noqa: E731
 
         def stream(converted: Config):
@@ -197,8 +197,6 @@ def _load_native(folder: Path) -> tuple[Config, dict, dict]:
     meta = json.loads((folder / NATIVE_CONFIG).read_text())
     cfg = Config.from_dict(_tuples(meta["config"]))
     raw = serialization.msgpack_restore((folder / NATIVE_PARAMS).read_bytes())
-    from conversions.common import check_and_cast
-
     return cfg, check_and_cast(raw, cfg, dtype="float32"), meta.get("processing", {})
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from jtlens.config import Config
+from jtlens.params import param_shapes
 
 LAYERS = "layers"
 
@@ -135,8 +136,6 @@ def shard_params(params: dict, cfg: Config, mesh: Mesh, rules=None,
     Host arrays go straight into their device shards (`jax.make_array_from_callback`, which also
     works when the mesh spans several processes: each process fills only its own devices);
     device arrays are resharded by `jax.device_put`."""
-    from jtlens.model import param_shapes
-
     want = param_shapes(cfg)
     got = {p: np.shape(v) for p, v in _paths(params)}
     expected = {p: tuple(s) for p, s in _paths(want)}

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from jtlens import weights
 from jtlens.config import Config
-from jtlens.model import param_shapes
+from jtlens.params import check_shapes, param_shapes
 from jtlens.sharding import param_shardings, place
 
 
@@ -45,8 +45,6 @@ class LayerStreamer:
                                          rules, layer_axis)["blocks"]
 
     def __call__(self, n_layers: int, per_layer: Callable[[int], dict]) -> dict:
-        from conversions.common import check_shapes
-
         one_layer = jax.tree_util.tree_map(lambda s: s[1:], self.raw,
                                            is_leaf=lambda x: isinstance(x, tuple))
         stacked = None
