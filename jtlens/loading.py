@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conversions import convert_folder
+from jtlens.conversions import convert_folder
 from jtlens import weights
 from jtlens.config import Config
 from jtlens.params import check_and_cast
@@ -38,8 +38,6 @@ HUB_ALIASES = {
     "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
 }
 NATIVE_CONFIG, NATIVE_PARAMS = "jtlens_config.json", "params.msgpack"
-PROCESSING = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases",
-              "refactor_factored_attn_matrices")
 
 
 def save_converted(path, cfg: Config, params: dict, tokenizer: Any = None,
@@ -59,24 +57,22 @@ def save_converted(path, cfg: Config, params: dict, tokenizer: Any = None,
     return folder
 
 
-def load(name_or_path, *, fold_ln: bool = True, center_writing_weights: bool = True,
-         center_unembed: bool = True, fold_value_biases: bool = True,
-         refactor_factored_attn_matrices: bool = False, dtype: Optional[str] = None,
-         tokenizer: Any = None, trust_remote_code: bool = False, progress: bool = True,
-         mesh: Any = None, sharding_rules: Any = None, layer_axis: Optional[str] = None,
-         **config_overrides) -> tuple[Config, dict, Any]:
+def load(name_or_path, *, dtype: Optional[str] = None, tokenizer: Any = None,
+         trust_remote_code: bool = False, progress: bool = True, mesh: Any = None,
+         sharding_rules: Any = None, layer_axis: Optional[str] = None,
+         **options) -> tuple[Config, dict, Any]:
     """Load a model -> (cfg, layer-stacked params, tokenizer or None).
 
     `name_or_path`: "jtlens-tiny", a folder saved by `save_converted`, a Hugging Face folder, or a
-    hub name (downloaded with huggingface_hub). Processing flags are TransformerLens's
-    `from_pretrained` defaults; `config_overrides` replace Config fields (e.g. n_ctx=512).
+    hub name (downloaded with huggingface_hub). `options`: weight-processing steps
+    (`weights.DEFAULT_PROCESSING`, TransformerLens's `from_pretrained` defaults, e.g.
+    fold_ln=False), Config fields (e.g. n_ctx=512), or config.json keys.
     With a `jax.sharding.Mesh`, params are placed by `jtlens.sharding` (`sharding_rules`,
-    `layer_axis` as in `shard_params`).
+    `layer_axis` as in `shard_params`), a layer at a time from safetensors checkpoints.
     """
-    flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
-                 center_unembed=center_unembed, fold_value_biases=fold_value_biases,
-                 refactor_factored_attn_matrices=refactor_factored_attn_matrices)
-    cfg_overrides, hf_overrides = _split_overrides(config_overrides)
+    flags = weights.processing_flags({k: options.pop(k) for k in list(options)
+                                      if k in weights.DEFAULT_PROCESSING})
+    cfg_overrides, hf_overrides = _split_overrides(options)
     folder = resolve(name_or_path)
     blocks = None  # the streamed blocks: already processed and on the mesh
     if (folder / NATIVE_CONFIG).exists():
@@ -137,13 +133,12 @@ def _split_overrides(overrides: dict) -> tuple[dict, dict]:
 
 def load_no_processing(name_or_path, **kwargs) -> tuple[Config, dict, Any]:
     """`load` with every weight-processing step off: the checkpoint's own numerics."""
-    return load(name_or_path, **{**{flag: False for flag in PROCESSING}, **kwargs})
+    return load(name_or_path, **{**weights.NO_PROCESSING, **kwargs})
 
 
 def default_processing() -> dict:
     """The processing `load` applies by default (TransformerLens's from_pretrained)."""
-    return dict(fold_ln=True, center_writing_weights=True, center_unembed=True,
-                fold_value_biases=True, refactor_factored_attn_matrices=False)
+    return dict(weights.DEFAULT_PROCESSING)
 
 
 def resolve(name_or_path) -> Path:

@@ -9,10 +9,11 @@ spec, the name `LAYERS` stands for the leading layer axis of `blocks.*` params: 
 
 The forward never mentions devices: jit compiles it for whatever shardings its inputs carry.
 
-Rules that cannot apply are relaxed, not refused: a mesh axis the mesh does not have, or one
-whose size does not divide the param's dimension (e.g. 2 key/value heads over an 8-way "model"
-axis in a grouped-query model), leaves that dimension whole, i.e. replicated over that axis.
-`param_specs` shows the specs that result.
+A rule may list several specs: the first that applies in full is used. Rules that cannot apply
+are relaxed, not refused: a mesh axis the mesh does not have, or one whose size does not divide
+the param's dimension (e.g. 2 key/value heads over an 8-way "model" axis in a grouped-query
+model), leaves that dimension whole, i.e. replicated over that axis. `param_specs` shows the
+specs that result.
 
     mesh = jtlens.sharding.make_mesh(data=2, model=4)
     params = jtlens.shard_params(params, cfg, mesh)
@@ -34,9 +35,10 @@ from jtlens.params import param_shapes
 LAYERS = "layers"
 
 DEFAULT_RULES: tuple[tuple[str, P], ...] = (
-    # vocabulary split; the embedding gather and the unembedding matmul are partitioned by GSPMD
-    ("embed.W_E", P("model", None)),
-    ("unembed.W_U", P(None, "model")),
+    # vocabulary split (GSPMD partitions the embedding gather and the unembedding matmul); a
+    # vocabulary the axis does not divide (GPT-2's 50257) splits d_model instead
+    ("embed.W_E", (P("model", None), P(None, "model"))),
+    ("unembed.W_U", (P(None, "model"), P("model", None))),
     ("unembed.b_U", P("model")),
     # attention heads (key/value heads for grouped-query attention)
     ("blocks.attn.W_[QKV]", P(LAYERS, "model", None, None)),
@@ -77,24 +79,35 @@ def _paths(tree, prefix=""):
 
 
 def _spec_for(path: str, shape: tuple, mesh: Mesh, rules, layer_axis: Optional[str]) -> P:
-    for pattern, spec in rules:
+    for pattern, specs in rules:
         if fnmatch.fnmatchcase(path, pattern):
             break
     else:
         raise ValueError(f"no sharding rule matches param {path!r}; add a rule such as ('*', P())")
+    candidates = [_resolve(spec, path, pattern, shape, mesh, layer_axis)
+                  for spec in ([specs] if isinstance(specs, P) else specs)]
+    return next((spec for spec, complete in candidates if complete), candidates[0][0])
+
+
+def _resolve(spec: P, path: str, pattern: str, shape: tuple, mesh: Mesh, layer_axis):
+    """(spec with the axes that can apply to `shape` on `mesh`, whether all of them could)."""
     spec = tuple(spec)
     if len(spec) > len(shape):
         raise ValueError(f"sharding rule {pattern!r} -> {P(*spec)} has {len(spec)} axes but param "
                          f"{path} has shape {shape}")
-    out = []
+    out, complete = [], True
     for dim, names in zip(shape, spec + (None,) * (len(shape) - len(spec))):
         names = layer_axis if names == LAYERS else names
         names = () if names is None else (names,) if isinstance(names, str) else tuple(names)
-        names = tuple(n for n in names if n in mesh.shape)
-        size = math.prod(mesh.shape[n] for n in names)
-        # a dimension the axes do not divide stays whole (replicated over them)
-        out.append(None if not names or dim % size else names[0] if len(names) == 1 else names)
-    return P(*out)
+        kept = tuple(n for n in names if n in mesh.shape)
+        size = math.prod(mesh.shape[n] for n in kept)
+        if not kept or dim % size:  # a dimension the axes do not divide stays whole
+            complete &= not names
+            out.append(None)
+        else:
+            complete &= len(kept) == len(names)
+            out.append(kept[0] if len(kept) == 1 else kept)
+    return P(*out), complete
 
 
 def param_specs(params_or_shapes, mesh: Mesh, rules: Optional[Sequence] = None,

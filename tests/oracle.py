@@ -10,7 +10,7 @@ tl = pytest.importorskip("transformer_lens")
 
 import jax.numpy as jnp  # noqa: E402
 
-from conversions.transformer_lens import config_from_tl, params_from_state_dict  # noqa: E402
+from jtlens.conversions.transformer_lens import config_from_tl, params_from_state_dict  # noqa: E402
 
 
 def tl_model(cfg_dict: dict, seed: int = 0):

@@ -20,8 +20,8 @@ from transformer_lens import HookedEncoder as TLHookedEncoder  # noqa: E402
 from transformer_lens.pretrained.weight_conversions.bert import convert_bert_weights  # noqa: E402
 
 import jtlens  # noqa: E402
-from conversions import bert  # noqa: E402
-from conversions.common import ConversionError, TensorReader  # noqa: E402
+from jtlens.conversions import bert  # noqa: E402
+from jtlens.conversions.common import ConversionError, TensorReader  # noqa: E402
 from jtlens.hooked_encoder import HookedEncoder  # noqa: E402
 
 ATOL = 1e-4

@@ -46,7 +46,7 @@ def test_every_hook_matches_transformerlens(name):
     cfg, params = to_jtlens(model)
     tokens = tokens_for(cfg)
     tl_logits, theirs = tl_cache(model, tokens)
-    logits, ours = jax.jit(jtlens.forward, static_argnames="cfg")(
+    logits, ours = jax.jit(jtlens.forward_with_cache, static_argnames="cfg")(
         params, tokens, cfg=cfg, hooks=jtlens.Hooks(capture=True))
     assert max_diff(logits, tl_logits) <= 1e-4
     assert_caches_match(ours, theirs)
@@ -60,7 +60,7 @@ def test_left_padding_matches_transformerlens():
     mask[0, :3] = 0
     import torch
     tl_logits, theirs = tl_cache(model, tokens, attention_mask=torch.as_tensor(mask))
-    logits, ours = jtlens.forward(params, tokens, cfg, hooks=jtlens.Hooks(capture=True),
+    logits, ours = jtlens.forward_with_cache(params, tokens, cfg, hooks=jtlens.Hooks(capture=True),
                                   attention_mask=mask)
     assert max_diff(logits, tl_logits) <= 1e-4
     assert_caches_match(ours, theirs)

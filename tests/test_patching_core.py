@@ -13,7 +13,7 @@ import pytest
 
 import jtlens
 import jtlens.patching as jp
-from jtlens.patching.sweep import metric_positions
+from jtlens.patching.planning import metric_positions
 
 CFG = jtlens.Config(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_vocab=50, act_fn="gelu_new")
 

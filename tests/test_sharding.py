@@ -131,7 +131,9 @@ def test_default_rules_split_heads_mlp_and_vocabulary_over_model():
     assert specs["blocks"]["attn"]["W_Q"] == P(None, "model", None, None)
     assert specs["blocks"]["attn"]["W_K"] == P(None, None, None, None)  # 2 kv heads over 4: whole
     assert specs["blocks"]["mlp"]["W_gate"] == P(None, None, "model")
-    assert specs["embed"]["W_E"] == P(None, None)  # 10 does not divide by 4
+    assert specs["embed"]["W_E"] == P(None, "model")  # a vocabulary of 10 does not split 4 ways
+    assert specs["unembed"]["W_U"] == P("model", None)
+    assert specs["unembed"]["b_U"] == P(None)
     assert specs["ln_final"]["w"] == P(None)
     fsdp = sharding.param_specs(jtlens.param_shapes(cfg), fake, layer_axis="data")
     assert fsdp["blocks"]["attn"]["W_Q"] == P("data", "model", None, None)

@@ -16,7 +16,7 @@ def _flat(tree):
 
 
 def _run(cfg, params, tokens):
-    return jtlens.forward(params, tokens, cfg, hooks=jtlens.Hooks(capture=True))
+    return jtlens.forward_with_cache(params, tokens, cfg, hooks=jtlens.Hooks(capture=True))
 
 
 @pytest.mark.parametrize("name", ["gpt2", "neox", "gptj", "llama", "gemma2_like", "qwen3_like", "alibi_relu_attn_only"])

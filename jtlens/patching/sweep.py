@@ -11,22 +11,18 @@ compiles once.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from jtlens import components as C
 from jtlens.config import Config
-from jtlens.hooks import HookRunner, Hooks
-from jtlens.model import forward, run_blocks, unembed
+from jtlens.hooks import Hooks
+from jtlens.model import Ctx, forward_with_cache, run_blocks, unembed
+from jtlens.patching.planning import Metric, chunk_sharding, chunk_splits, plan
 from jtlens.sharding import place, to_host
-
-Metric = Callable[[jax.Array], jax.Array]
 
 
 # ----------------------------------------------------------------------------- setters
@@ -76,7 +72,7 @@ def corrupted_residuals(params, tokens, cfg: Config, extra: Sequence[str] = ()) 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "names"))
 def _capture_jit(params, tokens, *, cfg, names):
-    return forward(params, tokens, cfg, Hooks(capture=names), return_type=None)
+    return forward_with_cache(params, tokens, cfg, Hooks(capture=names), return_type=None)
 
 
 def check_clean_shape(params, cfg: Config, tokens, template: str, clean) -> None:
@@ -94,36 +90,11 @@ def run_from_layer(params, resid_pre, layer, cfg: Config, hooks: Hooks,
     """Logits of a run that starts from `resid_pre[layer]` ([n_layers, batch, pos, d_model]) at a
     traced `layer`, with `hooks`; only `logit_positions` are unembedded when given."""
     resid = jax.lax.dynamic_index_in_dim(resid_pre, layer, keepdims=False)
-    hk = HookRunner(hooks, cfg)
-    batch, n_pos = resid.shape[:2]
-    positions = C.positions_from_mask(None, n_pos, batch)
-    resid, _ = run_blocks(params["blocks"], resid, cfg, hk, positions, None, start_layer=layer)
+    ctx = Ctx.of(cfg, hooks, *resid.shape[:2])
+    resid, _ = run_blocks(params["blocks"], resid, ctx, start_layer=layer)
     if logit_positions is not None:
         resid = resid[:, jnp.asarray(logit_positions)]
-    return unembed(params, resid, cfg, hk, {})
-
-
-def metric_positions(metric: Metric, logits_shape: tuple) -> Optional[tuple]:
-    """The positions a metric reads, when its jaxpr proves it reads only static slices of the
-    logits (`logits[:, -1]`, `logits[:, -3:]`); None when it may read anything. The sweep then
-    unembeds just those positions, and the metric still sees full-shape logits."""
-    spec = jax.ShapeDtypeStruct(logits_shape, jnp.float32)
-    try:
-        jaxpr = jax.make_jaxpr(metric)(spec).jaxpr
-    except Exception:  # a metric that cannot trace on its own is reported by the sweep itself
-        return None
-    (logits,) = jaxpr.invars
-    if logits in jaxpr.outvars:
-        return None
-    read = set()
-    for eqn in jaxpr.eqns:
-        if not any(v is logits for v in eqn.invars):
-            continue
-        if eqn.primitive is not jax.lax.slice_p:
-            return None
-        start, limit = eqn.params["start_indices"][1], eqn.params["limit_indices"][1]
-        read.update(range(start, limit, (eqn.params["strides"] or (1, 1))[1]))
-    return tuple(sorted(read)) if len(read) < logits_shape[1] else None
+    return unembed(params, resid, ctx)
 
 
 def scalar_metric(metric: Metric, logits, n_pos: Optional[int] = None, positions=None):
@@ -158,49 +129,6 @@ def _patch_chunk(params, resid_pre, clean, layer, idx, *, cfg, template, setter,
     return jax.vmap(one)(idx)
 
 
-# ----------------------------------------------------------------------------- chunking
-
-def default_chunk_size(cfg: Config, batch: int, n_pos: int, n_logit_pos: int, rows: int,
-                       n_devices: int = 1) -> int:
-    """Patches per vmapped chunk: all rows of a layer, capped so a chunk's activations fit in
-    about a quarter of free memory (device memory stats, else the host's available RAM)."""
-    per_patch = 4 * batch * (n_pos * (12 * cfg.d_model + 2 * (cfg.d_mlp or 0)
-                                      + 3 * cfg.n_heads * n_pos) + n_logit_pos * cfg.d_vocab_out)
-    free = _free_bytes()
-    size = max(1, min(rows, int(free // 4 // max(per_patch, 1))))
-    return -(-size // n_devices) * n_devices
-
-
-def _free_bytes() -> int:
-    stats = jax.devices()[0].memory_stats() or {}
-    if "bytes_limit" in stats:
-        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
-
-
-def chunk_sharding(sharding) -> Optional[NamedSharding]:
-    """A Mesh or a NamedSharding for the chunk axis, or None. A Mesh splits chunks over all its
-    axes but "model", which holds tensor-parallel params (`jtlens.shard_params`)."""
-    if sharding is None or isinstance(sharding, NamedSharding):
-        return sharding
-    if isinstance(sharding, Mesh):
-        axes = tuple(a for a in sharding.axis_names if a != "model")
-        return NamedSharding(sharding, PartitionSpec(axes or None))
-    raise TypeError(f"sharding must be a jax.sharding.Mesh or NamedSharding, got {type(sharding).__name__}")
-
-
-def chunk_splits(sharding: Optional[NamedSharding]) -> int:
-    """How many pieces `chunk_sharding(...)` cuts a chunk into."""
-    if sharding is None or not sharding.spec or sharding.spec[0] is None:
-        return 1
-    axes = sharding.spec[0]
-    axes = (axes,) if isinstance(axes, str) else axes
-    return int(np.prod([sharding.mesh.shape[a] for a in axes]))
-
-
 def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
              progress: bool = True, desc: str = "patching") -> np.ndarray:
     """Run `fn(layer, idx_chunk) -> [chunk]` over `rows` ([n, k], column 0 = layer) in fixed-size
@@ -223,15 +151,6 @@ def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
     return out
 
 
-def read_positions(metric: Metric, logit_positions, cfg: Config, batch: int, n_pos: int):
-    """(positions to unembed or None, full length to scatter them into or None): the caller's
-    `logit_positions` as given, else the positions the metric provably reads."""
-    if logit_positions is not None:
-        return tuple(int(p) % n_pos for p in logit_positions), None
-    auto = metric_positions(metric, (batch, n_pos, cfg.d_vocab_out))
-    return auto, (None if auto is None else n_pos)
-
-
 def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, metric: Metric,
                      template: str, setter: Callable, rows, *, chunk_size: Optional[int] = None,
                      logit_positions: Optional[Sequence[int]] = None, sharding=None,
@@ -248,11 +167,11 @@ def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, me
       setter: `(corrupted_act, index, clean_act) -> patched_act` (jittable), e.g.
         `layer_pos_patch_setter`.
       rows: int [n_patches, k], each `[layer, ...]` as the setter reads it.
-      chunk_size: patches per vmapped chunk (default: `default_chunk_size`).
+      chunk_size: patches per vmapped chunk (default: `planning.default_chunk_size`).
       logit_positions: unembed only these positions; the metric then sees
         [batch, len(logit_positions), d_vocab] (so `logits[:, -1]` still works with `(-1,)`).
         By default only the positions the metric provably reads are unembedded
-        (`metric_positions`), and it sees full-shape logits.
+        (`planning.metric_positions`), and it sees full-shape logits.
       sharding: a Mesh or NamedSharding splitting each chunk over devices.
       resid_pre: the corrupted run's [n_layers, batch, pos, d_model] residuals, if at hand.
     Returns: float32 [n_patches].
@@ -263,14 +182,10 @@ def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, me
     check_clean_shape(params, cfg, corrupted_tokens, template, clean_activation)
     if resid_pre is None:
         resid_pre = corrupted_residuals(params, corrupted_tokens, cfg)["hook_resid_pre"]
-    batch, n_pos = corrupted_tokens.shape
-    logit_positions, expand_to = read_positions(metric, logit_positions, cfg, batch, n_pos)
-    if chunk_size is None:
-        per_layer = int(np.bincount(rows[:, 0]).max()) if len(rows) else 1
-        n_dev = chunk_splits(chunk_sharding(sharding))
-        chunk_size = default_chunk_size(cfg, batch, n_pos, len(logit_positions or range(n_pos)),
-                                        per_layer, n_dev)
+    p = plan(cfg, metric, *corrupted_tokens.shape,
+             int(np.bincount(rows[:, 0]).max()) if len(rows) else 1,
+             logit_positions=logit_positions, chunk_size=chunk_size, sharding=sharding)
     fn = functools.partial(_patch_chunk, params, resid_pre, clean_activation, cfg=cfg,
                            template=template, setter=setter, metric=metric,
-                           logit_positions=logit_positions, expand_to=expand_to)
-    return map_rows(fn, rows, chunk_size, sharding, progress, desc=f"patching {template}")
+                           logit_positions=p.logit_positions, expand_to=p.expand_to)
+    return map_rows(fn, rows, p.chunk_size, sharding, progress, desc=f"patching {template}")

@@ -12,7 +12,7 @@ import importlib
 import json
 from pathlib import Path
 
-from conversions.common import ConversionError, TensorReader
+from jtlens.conversions.common import ConversionError, TensorReader
 from jtlens.params import check_and_cast, check_shapes, param_shapes
 
 ARCHITECTURES = {
@@ -42,7 +42,7 @@ def family(hf_config: dict):
     if arch not in ARCHITECTURES:
         raise ConversionError(f"unsupported architecture {arch!r} (model_type "
                               f"{hf_config.get('model_type')!r}); supported: {sorted(ARCHITECTURES)}")
-    return importlib.import_module(f"conversions.{ARCHITECTURES[arch]}")
+    return importlib.import_module(f"jtlens.conversions.{ARCHITECTURES[arch]}")
 
 
 def convert_folder(folder, progress: bool = True, hf_overrides: dict | None = None,
@@ -54,7 +54,7 @@ def convert_folder(folder, progress: bool = True, hf_overrides: dict | None = No
     (`stack(n_layers, per_layer)`, see `TensorReader`) and gives params["blocks"]; tensors are
     then read one at a time (safetensors only) and the other params come back as checked numpy.
     """
-    from conversions.checkpoint import LazyTensors, read_tensors
+    from jtlens.conversions.checkpoint import LazyTensors, read_tensors
 
     folder = Path(folder)
     if not (folder / "config.json").exists():

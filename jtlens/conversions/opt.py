@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conversions.common import (ConversionError, TensorReader, attention_linears, mlp_linears,
+from jtlens.conversions.common import (ConversionError, TensorReader, attention_linears, mlp_linears,
                                 norm)
 from jtlens.config import Config
 

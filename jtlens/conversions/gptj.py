@@ -3,7 +3,7 @@ interleaved (GPT-J style) partial rotary, an unembedding with a bias."""
 
 from __future__ import annotations
 
-from conversions.common import TensorReader, attention_linears, mlp_linears, norm
+from jtlens.conversions.common import TensorReader, attention_linears, mlp_linears, norm
 from jtlens.config import Config
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from conversions.common import ConversionError, TensorReader, heads, heads_out, rope, zeros_or
+from jtlens.conversions.common import (ConversionError, TensorReader, heads, heads_out, rope,
+                                zeros_or)
 from jtlens.config import Config
 
 GEMMA = ("GemmaForCausalLM", "Gemma2ForCausalLM")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conversions.common import ConversionError, TensorReader, norm
+from jtlens.conversions.common import ConversionError, TensorReader, norm
 from jtlens.config import Config
 
 

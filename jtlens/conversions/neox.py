@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conversions.common import TensorReader, heads_out, mlp_linears, norm, rope
+from jtlens.conversions.common import TensorReader, heads_out, mlp_linears, norm, rope
 from jtlens.config import Config
 
 
