@@ -102,8 +102,11 @@ def main():
                                                       env.get("PYTHONPATH")]))
     rows = {}
     for mode in ("whole", "whole_then_sharded", "streamed"):
-        out = subprocess.run([sys.executable, "-c", CHILD, mode, str(folder)], env=env, check=True,
-                             capture_output=True, text=True, timeout=1800).stdout.split()
+        proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(folder)], env=env,
+                              capture_output=True, text=True, timeout=1800)
+        if proc.returncode:
+            raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
+        out = proc.stdout.split()
         rss, per_device, secs = int(out[0]), int(out[1]), float(out[2])
         rows[mode] = rss
         print(f"{mode:>20}: peak RSS {rss / 2**30:6.2f} GiB ({rss / (4 * n):.2f}x the float32 model), "

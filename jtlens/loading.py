@@ -236,7 +236,7 @@ def _steps(cfg: Config, flags: dict, done: dict) -> dict:
 def _streamable(folder: Path) -> bool:
     """Whether the checkpoint can be read a tensor at a time (safetensors); a PyTorch pickle
     loads whole, and is then sharded (with a warning: host memory holds the whole model)."""
-    from conversions.checkpoint import checkpoint_files
+    from jtlens.conversions.checkpoint import checkpoint_files
 
     if all(f.suffix == ".safetensors" for f in checkpoint_files(folder)):
         return True

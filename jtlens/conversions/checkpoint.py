@@ -68,7 +68,9 @@ def _read_torch_bin(path: Path) -> Iterator[tuple[str, np.ndarray]]:
 
 class LazyTensors(Mapping):
     """The checkpoint's tensors by name, each read from its safetensors file (float32 numpy) only
-    when asked for and not kept: a conversion through it holds one tensor at a time."""
+    when asked for and not kept: a conversion through it holds one tensor at a time. Each read
+    opens its file anew, so the memory map (whose touched pages count as resident) is released
+    with the tensor instead of growing to the whole checkpoint."""
 
     def __init__(self, folder: Path):
         from safetensors import safe_open
@@ -80,14 +82,18 @@ class LazyTensors(Mapping):
                                   f"whole; convert the checkpoint to safetensors to stream it")
         self._file: dict = {}
         for path in files:
-            handle = safe_open(str(path), framework="flax")  # flax reads bfloat16 too
-            for name in handle.keys():
-                if name in self._file:
-                    raise ConversionError(f"{path.name}: tensor {name!r} also appears in another shard")
-                self._file[name] = handle
+            with safe_open(str(path), framework="numpy") as handle:
+                for name in handle.keys():
+                    if name in self._file:
+                        raise ConversionError(f"{path.name}: tensor {name!r} also appears in "
+                                              f"another shard")
+                    self._file[name] = path
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return np.asarray(self._file[name].get_tensor(name), dtype=np.float32)
+        from safetensors import safe_open
+
+        with safe_open(str(self._file[name]), framework="flax") as f:  # flax reads bfloat16 too
+            return np.array(f.get_tensor(name), dtype=np.float32)
 
     def __contains__(self, name) -> bool:
         return name in self._file
