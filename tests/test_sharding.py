@@ -77,7 +77,6 @@ def everything(model, mesh):
                          add={"blocks.*.hook_resid_mid": delta},
                          fns={"blocks.1.attn.hook_z": lambda z, hook: z * 0.5})
     out["hooked"] = jax.jit(jtlens.forward, static_argnames="cfg")(model.params, corrupted, cfg=cfg, hooks=hooks)
-    out["run_with_hooks"] = model.run_with_hooks(corrupted, fwd_hooks=[("blocks.0.hook_mlp_out", lambda a, hook: a * 0)])
     kw = dict(progress=False, chunk_size=8, sharding=mesh)
     out["heads"] = jp.get_act_patch_attn_head_out_all_pos(model, corrupted, cache, metric, **kw)
     out["resid"] = jp.get_act_patch_resid_pre(model, corrupted, cache, metric, **kw)
@@ -88,7 +87,7 @@ def everything(model, mesh):
     out["param_grads"] = to_host(pgrads)
     return out
 
-for cfg, meshes in ((LLAMA, MESHES), (GPT2, [(2, 4)])):
+for cfg, meshes in CASES:
     params = jtlens.init_params(cfg, jax.random.PRNGKey(1))
     want = everything(jtlens.HookedTransformer(cfg, params), None)
     for shape in meshes:
@@ -116,8 +115,13 @@ print("PARITY OK")
 
 
 @pytest.mark.slow
-def test_meshes_give_one_devices_numbers_and_split_the_weights():
-    out = run_on_host_devices(PARITY)
+@pytest.mark.parametrize("cfg, mesh", [("LLAMA", (1, 8)), ("LLAMA", (2, 4)), ("LLAMA", (8, 1)),
+                                       ("GPT2", (2, 4))])
+def test_meshes_give_one_devices_numbers_and_split_the_weights(cfg, mesh):
+    # LLAMA: grouped-query (2 key/value heads), rotary, RMS, gated; GPT2: LayerNorm, absolute
+    # positions, every bias
+    out = run_on_host_devices(PARITY.replace("for cfg, meshes in CASES:",
+                                             f"for cfg, meshes in [({cfg}, [{mesh}])]:"), timeout=900)
     assert "PARITY OK" in out, out
 
 
