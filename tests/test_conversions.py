@@ -16,6 +16,8 @@ from jtlens.conversions.common import ConversionError  # noqa: E402
 from jtlens.loading import load  # noqa: E402
 from tests.oracle import assert_caches_match, max_diff  # noqa: E402
 
+pytestmark = pytest.mark.slow  # builds and converts 13 Hugging Face families
+
 SMALL = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
              num_attention_heads=4, max_position_embeddings=64)
 FAMILIES = {

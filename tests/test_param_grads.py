@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from jtlens.conversions.transformer_lens import params_from_state_dict
-from tests.oracle import max_diff, tl_model, to_jtlens, tokens_for, torch
-from tests.test_parity_core import CONFIGS
+from tests.oracle import CONFIGS, max_diff, tl_model, to_jtlens, tokens_for, torch
 
 import jtlens
 

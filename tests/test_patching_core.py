@@ -83,6 +83,7 @@ SHARDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sweeps_shard_over_eight_devices_with_the_same_numbers():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True,

@@ -41,6 +41,7 @@ def induction_eval(params, half: int = 12):
     return float(loss[:, :half].mean()), float(loss[:, half + 1:].mean()), np.asarray(score)
 
 
+@pytest.mark.slow
 def test_two_layer_attention_model_learns_induction():
     params = jtlens.init_params(CFG, jax.random.PRNGKey(0))
     _, _, score_before = induction_eval(params)

@@ -4,8 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.oracle import assert_caches_match, max_diff, tl_cache, tl_model, to_jtlens, tokens_for
-from tests.test_parity_core import CONFIGS
+from tests.oracle import CONFIGS, assert_caches_match, max_diff, tl_cache, tl_model, to_jtlens, tokens_for
 
 import jtlens
 from jtlens import weights
