@@ -176,9 +176,9 @@ print("STREAM OK")
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["gpt2", "llama", "gemma2"])
 def test_streamed_load_onto_a_mesh_equals_loading_whole(name, tmp_path):
-    test_conversions = pytest.importorskip("tests.test_conversions")
+    oracle = pytest.importorskip("tests.oracle")
     # sharded safetensors: tensors come from several files
-    test_conversions.build_hf(name, tmp_path, max_shard_size="20KB")
+    oracle.build_hf(name, tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").exists()
     out = run_on_host_devices(STREAM.replace("sys.argv[1:]", repr([str(tmp_path)])))
     assert "STREAM OK" in out, out
