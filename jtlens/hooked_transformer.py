@@ -59,9 +59,10 @@ class HookedTransformer(HookRegistry, TransformerLensCompat):
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, model_name: str, **kwargs) -> "HookedTransformer":
-        """Load a Hugging Face checkpoint (hub name, alias, local or converted folder) with
+        """Load a checkpoint (hub name, alias, local or converted folder, GGUF file) with
         TransformerLens's default processing (fold_ln, center_writing_weights, center_unembed,
-        fold_value_biases). See `jtlens.loading.load` for the options."""
+        fold_value_biases). See `jtlens.loading.load` for the options; `mesh=` places the params
+        on a device mesh (`jtlens.sharding`)."""
         from jtlens.loading import load
 
         padding = kwargs.pop("default_padding_side", "right")

@@ -19,7 +19,10 @@ read:
 - refactor_factored_attn_matrices: W_Q/W_K and W_V/W_O are re-balanced through SVDs of
   W_Q W_K^T and W_V W_O (biases folded in), so each factor pair has equal singular values.
 
-Params shapes are those of `jtlens.param_shapes(cfg)`; all arithmetic runs in float32.
+Params shapes are those of `jtlens.param_shapes(cfg)`; all arithmetic runs in float32. Every
+step acts on each layer alone and on the params outside the blocks alone, so `process` also
+takes part of the params (`{"blocks": one layer}` or everything but "blocks"): streaming loads
+process a layer at a time.
 """
 
 from __future__ import annotations
@@ -129,10 +132,10 @@ def fold_layer_norm(params: dict, cfg: Config) -> dict:
     """Fold ln1 into W_Q/W_K/W_V, ln2 into W_in/W_gate, ln_final into W_U; drop the norm weights."""
     p = params
     center = _is_layer_norm(cfg)
-    blocks = p["blocks"]
-    attn = blocks["attn"]
-    _fold_into(attn, ("W_Q", "W_K", "W_V"), blocks.pop("ln1"), center,
-               {"W_Q": "b_Q", "W_K": "b_K", "W_V": "b_V"})
+    blocks = p.get("blocks", {})
+    if blocks:
+        _fold_into(blocks["attn"], ("W_Q", "W_K", "W_V"), blocks.pop("ln1"), center,
+                   {"W_Q": "b_Q", "W_K": "b_K", "W_V": "b_V"})
     if "ln2" in blocks:
         mlp = blocks["mlp"]
         if cfg.gated_mlp and "b" in blocks["ln2"]:
@@ -154,9 +157,12 @@ def fold_layer_norm(params: dict, cfg: Config) -> dict:
 def center_writing(params: dict, cfg: Config) -> dict:
     """Make W_E, W_pos, W_O/b_O and W_out/b_out mean-free over d_model."""
     p = params
-    p["embed"]["W_E"] = _center(p["embed"]["W_E"], -1)
+    if "embed" in p:
+        p["embed"]["W_E"] = _center(p["embed"]["W_E"], -1)
     if "pos_embed" in p and cfg.positional_embedding_type == "standard":  # shortformer: not written
         p["pos_embed"]["W_pos"] = _center(p["pos_embed"]["W_pos"], -1)
+    if "blocks" not in p:
+        return p
     attn = p["blocks"]["attn"]
     attn["W_O"], attn["b_O"] = _center(attn["W_O"], -1), _center(attn["b_O"], -1)
     if "mlp" in p["blocks"]:
@@ -167,6 +173,8 @@ def center_writing(params: dict, cfg: Config) -> dict:
 
 def center_unembedding(params: dict) -> dict:
     """Make W_U and b_U mean-free over the vocabulary."""
+    if "unembed" not in params:
+        return params
     u = params["unembed"]
     u["W_U"], u["b_U"] = _center(u["W_U"], -1), _center(u["b_U"], -1)
     return params
@@ -179,6 +187,8 @@ def _kv_to_heads(x, cfg: Config):
 
 def fold_value_bias(params: dict, cfg: Config) -> dict:
     """b_O += sum_h b_V[h] @ W_O[h]; b_V = 0."""
+    if "blocks" not in params:
+        return params
     attn = params["blocks"]["attn"]
     b_V = _kv_to_heads(attn["b_V"], cfg)
     attn["b_O"] = attn["b_O"] + np.einsum("lhe,lhed->ld", b_V, attn["W_O"])
@@ -202,6 +212,8 @@ def refactor_attn(params: dict, cfg: Config) -> dict:
     if cfg.n_kv_heads != cfg.n_heads:
         raise ValueError("refactor_factored_attn_matrices needs one K/V head per query head; "
                          "this model uses grouped-query attention")
+    if "blocks" not in params:
+        return params
     attn = params["blocks"]["attn"]
     Q = np.concatenate([attn["W_Q"], attn["b_Q"][:, :, None]], axis=2)  # [L, H, D+1, Dh]
     K = np.concatenate([attn["W_K"], attn["b_K"][:, :, None]], axis=2)

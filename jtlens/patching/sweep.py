@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from jtlens.config import Config
 from jtlens.hooks import Hooks
 from jtlens.model import Ctx, forward_with_cache, run_blocks, unembed
-from jtlens.patching.planning import Metric, chunk_sharding, plan
+from jtlens.patching.planning import Metric, chunk_sharding, chunk_splits, plan
+from jtlens.sharding import place, to_host
 
 
 # ----------------------------------------------------------------------------- setters
@@ -141,7 +142,7 @@ def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
     chunks grouped by layer (the last chunk of a group is padded), returning [n] in row order."""
     rows = np.asarray(rows, np.int32).reshape(len(rows), -1)
     sharding = chunk_sharding(sharding)
-    n_dev = 1 if sharding is None else sharding.mesh.size
+    n_dev = chunk_splits(sharding)
     if chunk_size % n_dev:
         raise ValueError(f"chunk_size={chunk_size} must be a multiple of the {n_dev} devices it is "
                          f"split over")
@@ -152,8 +153,8 @@ def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
     out = np.zeros(len(rows), np.float32)
     for layer, where in tqdm(jobs, desc=desc, disable=not progress or len(jobs) < 2):
         idx = rows[np.pad(where, (0, chunk_size - len(where)), mode="edge")]
-        idx = jnp.asarray(idx) if sharding is None else jax.device_put(idx, sharding)
-        out[where] = np.asarray(fn(jnp.int32(layer), idx))[:len(where)]  # blocks: honest progress
+        idx = jnp.asarray(idx) if sharding is None else place(idx, sharding)
+        out[where] = to_host(fn(jnp.int32(layer), idx))[:len(where)]  # blocks: honest progress
     return out
 
 
