@@ -12,6 +12,8 @@ from jtlens import sharding as sharding
 from jtlens.cache import ActivationCache as ActivationCache
 from jtlens.components import lm_cross_entropy_loss as lm_cross_entropy_loss
 from jtlens.config import Config as Config
+from jtlens.config import HookedTransformerConfig as HookedTransformerConfig
+from jtlens.factored_matrix import FactoredMatrix as FactoredMatrix
 from jtlens.hooked_encoder import HookedEncoder as HookedEncoder
 from jtlens.hooked_transformer import HookedTransformer as HookedTransformer
 from jtlens.hooked_transformer import Output as Output

@@ -2,6 +2,7 @@
 
     cfg, params, tokenizer = load("jtlens-tiny")               # the embedded default model
     cfg, params, tokenizer = load("/path/to/hf_folder")        # any supported HF checkpoint
+    cfg, params, tokenizer = load("smollm2-135m")              # a GGUF file, or a packaged one
     save_converted("out/", cfg, params, tokenizer)             # -> jtlens_config.json + params.msgpack
 
 Weights are read from safetensors first; `.bin` files only through
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtlens.conversions import convert_folder
-from jtlens import weights
+from jtlens import gguf_models, weights
 from jtlens.config import Config
 from jtlens.params import check_and_cast
 
@@ -73,13 +74,15 @@ def load(name_or_path, *, dtype: Optional[str] = None, tokenizer: Any = None,
     flags = weights.processing_flags({k: options.pop(k) for k in list(options)
                                       if k in weights.DEFAULT_PROCESSING})
     cfg_overrides, hf_overrides = _split_overrides(options)
-    folder = resolve(name_or_path)
+    folder = resolve(name_or_path, progress=progress)
     blocks = None  # the streamed blocks: already processed and on the mesh
     if (folder / NATIVE_CONFIG).exists():
         if hf_overrides:
             raise TypeError(f"unknown option(s) {sorted(hf_overrides)} for a converted jtlens model: "
                             f"overrides must be jtlens.Config fields")
         cfg, params, done = _load_native(folder)
+        if _is_gguf(name_or_path):  # the cache folder's name is not the model's
+            cfg = cfg.replace(model_name=model_name_for(name_or_path))
     else:
         named = lambda c: c.replace(model_name=model_name_for(name_or_path))  # noqa: E731
 
@@ -141,8 +144,17 @@ def default_processing() -> dict:
     return dict(weights.DEFAULT_PROCESSING)
 
 
-def resolve(name_or_path) -> Path:
-    """The local folder for an alias, a path, or a hub name (downloaded on first use)."""
+def _is_gguf(name_or_path) -> bool:
+    return str(name_or_path) in gguf_models.PACKAGED or str(name_or_path).endswith(".gguf")
+
+
+def resolve(name_or_path, progress: bool = True) -> Path:
+    """The local folder for an alias, a path, or a hub name (downloaded on first use). A GGUF
+    file (or a packaged GGUF alias such as "smollm2-135m") resolves to its cached conversion."""
+    if str(name_or_path) in gguf_models.PACKAGED:
+        return gguf_models.converted(gguf_models.packaged(str(name_or_path)), progress)
+    if str(name_or_path).endswith(".gguf") and Path(name_or_path).expanduser().is_file():
+        return gguf_models.converted(name_or_path, progress)
     if str(name_or_path) in ALIASES:
         folder = ALIASES[str(name_or_path)]
         if not (folder / NATIVE_CONFIG).exists():
@@ -153,7 +165,8 @@ def resolve(name_or_path) -> Path:
     if path.is_dir():
         return path
     if path.exists():
-        raise ValueError(f"{name_or_path} is a file; pass the folder that holds the checkpoint")
+        raise ValueError(f"{name_or_path} is a file; pass the folder that holds the checkpoint "
+                         f"(or a .gguf file)")
     if str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
         raise FileNotFoundError(f"{name_or_path}: no such folder")
     return _download(HUB_ALIASES.get(str(name_or_path), str(name_or_path)))

@@ -45,6 +45,8 @@ def param_shapes(cfg: Config) -> dict:
         mlp = {"W_in": (L, D, M), "b_in": (L, M), "W_out": (L, M, D), "b_out": (L, D)}
         if cfg.gated_mlp:
             mlp["W_gate"] = (L, D, M)
+        if cfg.is_layer_norm_activation() and cfg.normalization_type == "LN":
+            mlp["ln"] = _norm_shapes("LN", M, (L,))  # solu_ln; weightless (LNPre) otherwise
         blocks["mlp"] = mlp
         norms["ln2"] = cfg.normalization_type
     if cfg.use_normalization_before_and_after:

@@ -8,8 +8,11 @@ read:
   stream; norms become weightless (LN -> LNPre, RMS -> RMSPre). For LayerNorm, the reading
   weights are also centred over d_model, since LNPre's input is already mean-free.
 - center_writing_weights: everything that writes to the residual stream is mean-free over
-  d_model (LayerNorm models only: the next LN removes the mean anyway).
-- center_unembed: W_U and b_U are mean-free over the vocabulary.
+  d_model. Only valid when every reader of the residual removes its mean: LayerNorm blocks
+  *and* a LayerNorm ln_final. With `final_rms` (RMS after LayerNorm blocks) the unembed sees
+  the residual's mean, so the step is skipped, as is centring W_U when folding an RMS ln_final.
+- center_unembed: W_U and b_U are mean-free over the vocabulary. Skipped under an output
+  logit soft-cap: tanh is not shift-invariant, so the per-position shift would change log-probs.
 - fold_value_biases: b_V moves into b_O (attention patterns sum to one).
 - refactor_factored_attn_matrices: W_Q/W_K and W_V/W_O are re-balanced through SVDs of
   W_Q W_K^T and W_V W_O (biases folded in), so each factor pair has equal singular values.
@@ -50,9 +53,9 @@ def process(params: dict, cfg: Config, **flags: bool) -> dict:
     p = _copy(params)
     if flags["fold_ln"] and _foldable(cfg):
         p = fold_layer_norm(p, cfg)
-    if flags["center_writing_weights"] and _is_layer_norm(cfg):
+    if flags["center_writing_weights"] and _residual_mean_is_removed(cfg):
         p = center_writing(p, cfg)
-    if flags["center_unembed"]:
+    if flags["center_unembed"] and cfg.output_logits_soft_cap <= 0:
         p = center_unembedding(p)
     if flags["fold_value_biases"]:
         p = fold_value_bias(p, cfg)
@@ -74,6 +77,13 @@ def _foldable(cfg: Config) -> bool:
 
 def _is_layer_norm(cfg: Config) -> bool:
     return cfg.normalization_type in ("LN", "LNPre")
+
+
+def _residual_mean_is_removed(cfg: Config) -> bool:
+    """Whether every norm reading the residual stream subtracts its mean (so the mean written
+    to it is dead). Post-block norms (use_normalization_before_and_after) read block outputs,
+    not the residual, and do not matter here."""
+    return _is_layer_norm(cfg) and cfg.final_norm_type in ("LN", "LNPre")
 
 
 def _copy(tree):
@@ -130,8 +140,14 @@ def fold_layer_norm(params: dict, cfg: Config) -> dict:
                              "to receive the folded bias; load with fold_ln=False")
         names = ("W_in", "W_gate") if cfg.gated_mlp else ("W_in",)
         _fold_into(mlp, names, blocks.pop("ln2"), center, {"W_in": "b_in"})
+    if "mlp" in blocks and "ln" in blocks["mlp"]:
+        # solu_ln's LayerNorm over d_mlp folds into W_out, which reads it (centred over d_mlp).
+        mlp = blocks["mlp"]
+        _fold_into(mlp, ("W_out",), mlp.pop("ln"), True, {"W_out": "b_out"})
     if "ln_final" in p:
-        _fold_into(p["unembed"], ("W_U",), p.pop("ln_final"), center, {"W_U": "b_U"})
+        # An RMS ln_final (final_rms) does not centre its input, so W_U must not be centred.
+        final_center = cfg.final_norm_type in ("LN", "LNPre")
+        _fold_into(p["unembed"], ("W_U",), p.pop("ln_final"), final_center, {"W_U": "b_U"})
     return p
 
 

@@ -78,6 +78,49 @@ def to_jtlens(model):
     return cfg, params_from_state_dict(model.state_dict(), cfg)
 
 
+def tl_from_folder(folder, hf_model=None, tokenizer=None):
+    """TransformerLens 3.9's HookedTransformer for a local Hugging Face folder, offline, with its
+    from_pretrained processing (fold_ln, centring, value biases). TL guesses architectures from
+    names, so the folder's path must not contain a family name such as "llama"."""
+    import transformer_lens.loading_from_pretrained as lp
+    from transformers import AutoModelForCausalLM
+    from transformer_lens import HookedTransformer
+
+    hf = hf_model if hf_model is not None else AutoModelForCausalLM.from_pretrained(folder).eval()
+    cfg = lp.get_pretrained_model_config(str(folder), fold_ln=True, device="cpu", dtype=torch.float32)
+    sd = lp.get_pretrained_state_dict(str(folder), cfg, hf_model=hf, dtype=torch.float32)
+    cfg.tokenizer_name = None  # set_tokenizer below, or none (random checkpoints have none)
+    tl = HookedTransformer(cfg, move_to_device=False)
+    tl.load_and_process_state_dict(sd, fold_ln=True, center_writing_weights=True,
+                                   center_unembed=True, fold_value_biases=True)
+    if tokenizer is not None:
+        tl.set_tokenizer(tokenizer)
+    return tl.eval()
+
+
+def hf_from_gguf(path):
+    """transformers' own GGUF loading of a file (dequantised to float32) and its tokenizer."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                 dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+def save_plain_hf(model, folder):
+    """Save a GGUF-loaded transformers model as an ordinary float32 folder (its own
+    save_pretrained refuses a model "quantized with gguf"): the same weights in a fresh model."""
+    config = model.config.__class__.from_dict(
+        {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"})
+    plain = type(model)(config).eval()
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(folder)
+    return plain
+
+
 def tl_cache(model, tokens, **kw):
     with torch.no_grad():
         logits, cache = model.run_with_cache(torch.as_tensor(np.asarray(tokens)), **kw)

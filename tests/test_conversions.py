@@ -14,7 +14,8 @@ transformers = pytest.importorskip("transformers")
 import jtlens  # noqa: E402
 from jtlens.conversions.common import ConversionError  # noqa: E402
 from jtlens.loading import load  # noqa: E402
-from tests.oracle import FAMILIES, MODELS, assert_caches_match, build_hf, max_diff  # noqa: E402
+from tests.oracle import (FAMILIES, MODELS, assert_caches_match, build_hf, max_diff,  # noqa: E402
+                          tl_from_folder)
 
 pytestmark = pytest.mark.slow  # builds and converts 13 Hugging Face families
 
@@ -57,25 +58,11 @@ def test_unprocessed_logits_match_hugging_face(built, name):
     assert max_diff(ours(TOKENS), hf_logits(model, TOKENS)) <= 1e-4
 
 
-def _tl_from_folder(folder):
-    import transformer_lens.loading_from_pretrained as lp
-    from transformer_lens import HookedTransformer
-
-    hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
-    cfg = lp.get_pretrained_model_config(str(folder), fold_ln=True, device="cpu", dtype=torch.float32)
-    sd = lp.get_pretrained_state_dict(str(folder), cfg, hf_model=hf, dtype=torch.float32)
-    cfg.tokenizer_name = None  # the random checkpoints have no tokenizer
-    tl = HookedTransformer(cfg, move_to_device=False)
-    tl.load_and_process_state_dict(sd, fold_ln=True, center_writing_weights=True,
-                                   center_unembed=True, fold_value_biases=True)
-    return tl.eval()
-
-
 @pytest.mark.parametrize("name", TL_CAN_LOAD)
 def test_processed_model_matches_transformer_lens_hook_by_hook(built, name):
     folder, model = built(name)
     cfg, params, _ = load(folder, progress=False)  # TransformerLens's from_pretrained defaults
-    tl = _tl_from_folder(folder)
+    tl = tl_from_folder(folder)
     for field in SAME_AS_TL + (() if name in TL_CAPS_N_CTX else ("n_ctx",)):
         theirs = getattr(tl.cfg, field)
         assert getattr(cfg, field) == (tuple(theirs) if isinstance(theirs, list) else theirs), field

@@ -103,7 +103,14 @@ def scalar_metric(metric: Metric, logits, n_pos: Optional[int] = None, positions
     if n_pos is not None:
         full = jnp.zeros((logits.shape[0], n_pos) + logits.shape[2:], logits.dtype)
         logits = full.at[:, jnp.asarray(positions)].set(logits)
-    out = jnp.asarray(metric(logits))
+    try:
+        out = jnp.asarray(metric(logits))
+    except jax.errors.ConcretizationTypeError as err:
+        raise TypeError(
+            "patching_metric is traced (the sweep runs it under jit and vmap), so it cannot call "
+            "float() / .item() or branch with Python `if` on values of the logits: return a JAX "
+            "scalar computed with jnp (e.g. `(logits[:, -1, a] - logits[:, -1, b]).mean()`, and "
+            "jnp.where instead of if)") from err
     if out.shape != ():
         raise ValueError(f"patching_metric must return a scalar; it returned shape {out.shape} "
                          f"for logits of shape {logits.shape} (reduce over batch, e.g. .mean())")
