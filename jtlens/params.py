@@ -45,6 +45,8 @@ def param_shapes(cfg: Config) -> dict:
         mlp = {"W_in": (L, D, M), "b_in": (L, M), "W_out": (L, M, D), "b_out": (L, D)}
         if cfg.gated_mlp:
             mlp["W_gate"] = (L, D, M)
+        if cfg.is_layer_norm_activation() and cfg.normalization_type == "LN":
+            mlp["ln"] = _norm_shapes("LN", M, (L,))  # solu_ln; weightless (LNPre) otherwise
         blocks["mlp"] = mlp
         norms["ln2"] = cfg.normalization_type
     if cfg.use_normalization_before_and_after:
@@ -56,7 +58,7 @@ def param_shapes(cfg: Config) -> dict:
         if shapes:
             blocks[name] = shapes
     tree: dict[str, Any] = {"embed": {"W_E": (cfg.d_vocab, D)}}
-    if cfg.positional_embedding_type == "standard":
+    if cfg.learned_positions:
         tree["pos_embed"] = {"W_pos": (cfg.n_ctx, D)}
     if cfg.post_ln:
         tree["embed"]["ln"] = _norm_shapes("LN", D)
@@ -95,8 +97,14 @@ def init_params(cfg: Config, key: jax.Array) -> Params:
 
 def check_and_cast(params: dict, cfg: Config, dtype=None) -> dict:
     """Check `params` has exactly the tree and shapes of `param_shapes(cfg)`; cast to the model dtype."""
-    want = param_shapes(cfg)
     dtype = jnp.dtype(dtype or cfg.dtype)
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=dtype),
+                                  check_shapes(params, param_shapes(cfg)))
+
+
+def check_shapes(params: dict, want: dict, prefix: str = "") -> dict:
+    """`params` (leaves as numpy; device arrays left where they are) when its tree and shapes
+    are exactly `want`'s (a tree of shape tuples); else a ConversionError naming the first misfit."""
 
     def walk(got, exp, path):
         if isinstance(exp, dict):
@@ -111,10 +119,10 @@ def check_and_cast(params: dict, cfg: Config, dtype=None) -> dict:
                 raise ConversionError(f"param {path + '.' if path else ''}{extra[0]} is not part of "
                                       f"this architecture (extra: {extra})")
             return {k: walk(got[k], exp[k], f"{path}.{k}" if path else k) for k in exp}
-        arr = np.asarray(got)
+        arr = got if isinstance(got, jax.Array) else np.asarray(got)
         if tuple(arr.shape) != tuple(exp):
             raise ConversionError(f"param {path}: converted tensor has shape {tuple(arr.shape)}, "
                                   f"the config expects {tuple(exp)}")
-        return jnp.asarray(arr, dtype=dtype)
+        return arr
 
-    return walk(params, want, "")
+    return walk(params, want, prefix)

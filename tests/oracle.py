@@ -2,14 +2,14 @@
 
 Shared by the parity tests: `CONFIGS` (one TransformerLens config per architecture family),
 `tl_model`/`to_jtlens` (the same random weights on both sides), `pair` (a TransformerLens model
-and a jtlens facade sharing weights and a BPE tokenizer), `FAMILIES` (tiny random Hugging Face
-decoders of every supported family) and `tl_from_folder`. Importing it skips a test module when
+and a jtlens facade sharing weights and a BPE tokenizer). Importing it skips a test module when
 torch or transformer_lens is missing.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import tempfile
 
 import numpy as np
@@ -78,6 +78,49 @@ def to_jtlens(model):
     return cfg, params_from_state_dict(model.state_dict(), cfg)
 
 
+def tl_from_folder(folder, hf_model=None, tokenizer=None):
+    """TransformerLens 3.9's HookedTransformer for a local Hugging Face folder, offline, with its
+    from_pretrained processing (fold_ln, centring, value biases). TL guesses architectures from
+    names, so the folder's path must not contain a family name such as "llama"."""
+    import transformer_lens.loading_from_pretrained as lp
+    from transformers import AutoModelForCausalLM
+    from transformer_lens import HookedTransformer
+
+    hf = hf_model if hf_model is not None else AutoModelForCausalLM.from_pretrained(folder).eval()
+    cfg = lp.get_pretrained_model_config(str(folder), fold_ln=True, device="cpu", dtype=torch.float32)
+    sd = lp.get_pretrained_state_dict(str(folder), cfg, hf_model=hf, dtype=torch.float32)
+    cfg.tokenizer_name = None  # set_tokenizer below, or none (random checkpoints have none)
+    tl = HookedTransformer(cfg, move_to_device=False)
+    tl.load_and_process_state_dict(sd, fold_ln=True, center_writing_weights=True,
+                                   center_unembed=True, fold_value_biases=True)
+    if tokenizer is not None:
+        tl.set_tokenizer(tokenizer)
+    return tl.eval()
+
+
+def hf_from_gguf(path):
+    """transformers' own GGUF loading of a file (dequantised to float32) and its tokenizer."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                 dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+def save_plain_hf(model, folder):
+    """Save a GGUF-loaded transformers model as an ordinary float32 folder (its own
+    save_pretrained refuses a model "quantized with gguf"): the same weights in a fresh model."""
+    config = model.config.__class__.from_dict(
+        {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"})
+    plain = type(model)(config).eval()
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(folder)
+    return plain
+
+
 def tl_cache(model, tokens, **kw):
     with torch.no_grad():
         logits, cache = model.run_with_cache(torch.as_tensor(np.asarray(tokens)), **kw)
@@ -137,7 +180,8 @@ def pair(padding_side):
     return tl, jtlens.HookedTransformer(cfg, params, tok, default_padding_side=padding_side)
 
 
-# Hugging Face decoder families, tiny and random (built offline from their configs).
+# ----------------------------------------------------------------------------- Hugging Face checkpoints
+# Tiny random checkpoints of every supported family (the conversion and streaming tests).
 SMALL = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
              num_attention_heads=4, max_position_embeddings=64)
 FAMILIES = {
@@ -172,19 +216,21 @@ MODELS = {"gpt2": "GPT2LMHeadModel", "gptj": "GPTJForCausalLM", "gpt_neo": "GPTN
           "llama3": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
           "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM",
           "gemma2": "Gemma2ForCausalLM", "phi3": "Phi3ForCausalLM"}
+
+
+# The families TransformerLens 3.9 loads from a Hugging Face folder offline.
 TL_CAN_LOAD = ("gpt2", "gptj", "gpt_neo", "opt", "neox", "llama", "mistral", "qwen2", "qwen3", "phi3")
 
 
-def tl_from_folder(folder):
-    """TransformerLens 3.9 loading a Hugging Face folder with its default processing."""
-    import transformer_lens.loading_from_pretrained as lp
-    from transformer_lens import HookedTransformer
-
-    hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
-    cfg = lp.get_pretrained_model_config(str(folder), fold_ln=True, device="cpu", dtype=torch.float32)
-    sd = lp.get_pretrained_state_dict(str(folder), cfg, hf_model=hf, dtype=torch.float32)
-    cfg.tokenizer_name = None  # the random checkpoints have no tokenizer
-    tl = HookedTransformer(cfg, move_to_device=False)
-    tl.load_and_process_state_dict(sd, fold_ln=True, center_writing_weights=True,
-                                   center_unembed=True, fold_value_biases=True)
-    return tl.eval()
+def build_hf(name, folder, **save_kw):
+    torch.manual_seed(0)
+    model = getattr(transformers, MODELS[name])(FAMILIES[name]()).eval()
+    with torch.no_grad():  # HF initialises norms to one and biases to zero: randomise them
+        for pname, p in model.named_parameters():
+            if "norm" in pname or "ln" in pname or pname.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder, **save_kw)
+    if name == "gpt2":  # TransformerLens 3.9 reads n_ctx, which transformers 5 no longer writes
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(dict(cfg, n_ctx=cfg["n_positions"])))
+    return model

@@ -15,7 +15,7 @@ import jtlens  # noqa: E402
 from jtlens.conversions.common import ConversionError  # noqa: E402
 from jtlens.loading import load  # noqa: E402
 from tests.oracle import (FAMILIES, MODELS, TL_CAN_LOAD, assert_caches_match,  # noqa: E402
-                          max_diff, tl_from_folder)
+                          build_hf, max_diff, tl_from_folder)
 
 pytestmark = pytest.mark.slow  # builds and converts 13 Hugging Face families
 
@@ -27,20 +27,6 @@ SAME_AS_TL = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "a
 # TransformerLens caps these at 2048 for its n_ctx x n_ctx mask buffer; jtlens has none and keeps
 # the checkpoint's max_position_embeddings (n_ctx=2048 as an option gives TL's value).
 TL_CAPS_N_CTX = ("mistral", "qwen3")
-
-
-def build_hf(name, folder, **save_kw):
-    torch.manual_seed(0)
-    model = getattr(transformers, MODELS[name])(FAMILIES[name]()).eval()
-    with torch.no_grad():  # HF initialises norms to one and biases to zero: randomise them
-        for pname, p in model.named_parameters():
-            if "norm" in pname or "ln" in pname or pname.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(folder, **save_kw)
-    if name == "gpt2":  # TransformerLens 3.9 reads n_ctx, which transformers 5 no longer writes
-        cfg = json.loads((folder / "config.json").read_text())
-        (folder / "config.json").write_text(json.dumps(dict(cfg, n_ctx=cfg["n_positions"])))
-    return model
 
 
 def hf_logits(model, tokens):

@@ -1,6 +1,6 @@
 """`python -m jtlens.conversions SOURCE OUT [--no-processing]` (`python -m conversions` in a
-checkout): convert a Hugging Face checkpoint (folder or hub name) into jtlens's format
-(jtlens_config.json + params.msgpack + tokenizer). The command sits above `jtlens.loading`."""
+checkout): convert a Hugging Face checkpoint (folder or hub name) or a GGUF file into jtlens's
+format (jtlens_config.json + params.msgpack + tokenizer). The command sits above `jtlens.loading`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from jtlens import loading, weights
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m jtlens.conversions", description=__doc__)
-    ap.add_argument("source", help="Hugging Face folder or hub name")
+    ap.add_argument("source", help="Hugging Face folder, hub name, .gguf file or smollm2-135m")
     ap.add_argument("out", help="folder to write")
     ap.add_argument("--no-processing", action="store_true",
                     help="keep the checkpoint's numerics (no fold_ln / centring / bias folding)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -64,3 +64,42 @@ def _read_torch_bin(path: Path) -> Iterator[tuple[str, np.ndarray]]:
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     for k, v in state.items():
         yield k, v.detach().float().numpy()
+
+
+class LazyTensors(Mapping):
+    """The checkpoint's tensors by name, each read from its safetensors file (float32 numpy) only
+    when asked for and not kept: a conversion through it holds one tensor at a time. Each read
+    opens its file anew, so the memory map (whose touched pages count as resident) is released
+    with the tensor instead of growing to the whole checkpoint."""
+
+    def __init__(self, folder: Path):
+        from safetensors import safe_open
+
+        files = checkpoint_files(folder)
+        pickled = [f.name for f in files if f.suffix != ".safetensors"]
+        if pickled:
+            raise ConversionError(f"{folder}: {pickled[0]} is a PyTorch pickle, which loads only "
+                                  f"whole; convert the checkpoint to safetensors to stream it")
+        self._file: dict = {}
+        for path in files:
+            with safe_open(str(path), framework="numpy") as handle:
+                for name in handle.keys():
+                    if name in self._file:
+                        raise ConversionError(f"{path.name}: tensor {name!r} also appears in "
+                                              f"another shard")
+                    self._file[name] = path
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        from safetensors import safe_open
+
+        with safe_open(str(self._file[name]), framework="flax") as f:  # flax reads bfloat16 too
+            return np.array(f.get_tensor(name), dtype=np.float32)
+
+    def __contains__(self, name) -> bool:
+        return name in self._file
+
+    def __iter__(self):
+        return iter(self._file)
+
+    def __len__(self) -> int:
+        return len(self._file)
