@@ -9,7 +9,6 @@ ignored, every param filled, every shape checked.
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 
 from conversions.common import ConversionError, TensorReader, check_and_cast
@@ -48,18 +47,25 @@ def convert_folder(folder, progress: bool = True, hf_overrides: dict | None = No
     """(cfg, params) from a Hugging Face folder (config.json + safetensors/.bin weights);
     `hf_overrides` replace config.json keys before conversion."""
     from conversions.checkpoint import read_tensors
+    from jtlens.loading import read_json
 
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise ConversionError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
-    hf_config = json.loads((folder / "config.json").read_text())
+    hf_config = read_json(folder / "config.json")
     unknown = sorted(set(hf_overrides or {}) - set(hf_config))
     if unknown:
         raise TypeError(f"unknown option {unknown[0]!r}: neither a jtlens.Config field nor a key of "
                         f"{folder / 'config.json'}")
     hf_config.update(hf_overrides or {})
     module = family(hf_config)
-    cfg = module.config_from_hf(hf_config)
+    try:
+        cfg = module.config_from_hf(hf_config)
+    except KeyError as err:
+        raise ConversionError(f"{folder / 'config.json'}: missing key {err.args[0]!r}, which a "
+                              f"{hf_config['architectures'][0]} config needs") from None
+    except (TypeError, ValueError) as err:  # a wrong-typed value, or a Config that fails validation
+        raise ConversionError(f"{folder / 'config.json'}: {err}") from None
     reader = TensorReader(read_tensors(folder, progress), str(folder),
                           tied_embeddings=hf_config.get("tie_word_embeddings", True))
     params = module.params_from_hf(reader, cfg)

@@ -6,8 +6,8 @@ head are not part of HookedEncoder's forward, so their tensors are listed as ign
 
 from __future__ import annotations
 
-from conversions.common import (ConversionError, TensorReader, heads, heads_out, mlp_linears,
-                                norm, stack_layers)
+from conversions.common import (ConversionError, TensorReader, head_dim, heads, heads_out,
+                                mlp_linears, norm, stack_layers)
 from jtlens.config import ACTIVATIONS, Config
 
 MLM_ARCHITECTURES = ("BertForMaskedLM", "BertForPreTraining")
@@ -28,7 +28,7 @@ def config_from_hf(hf: dict) -> Config:
     d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
     return Config(
         n_layers=hf["num_hidden_layers"], d_model=d_model, n_heads=n_heads,
-        d_head=d_model // n_heads, d_mlp=hf["intermediate_size"],
+        d_head=head_dim(d_model, n_heads), d_mlp=hf["intermediate_size"],
         n_ctx=hf["max_position_embeddings"], d_vocab=hf["vocab_size"], act_fn=act,
         eps=hf.get("layer_norm_eps", 1e-12), attention_dir="bidirectional", post_ln=True,
         n_token_types=hf.get("type_vocab_size", 2), mlm_head=arch in MLM_ARCHITECTURES,

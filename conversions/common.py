@@ -42,7 +42,8 @@ class TensorReader:
             raise ConversionError(f"{self.source}: missing tensor {name!r}"
                                   + (f" (similar: {near})" if near else ""))
         self.used.add(name)
-        return np.asarray(self.tensors[name])
+        arr = np.asarray(floating(self.tensors[name], f"{self.source}: tensor {name!r}"))
+        return arr if arr.dtype in (np.float32, np.float64) else arr.astype(np.float32)
 
     def take_optional(self, name: str):
         return self.take(name) if name in self.tensors else None
@@ -86,8 +87,9 @@ def stack_layers(n_layers: int, per_layer: Callable[[int], dict]) -> dict:
     return stack(layers, "")
 
 
-def check_and_cast(params: dict, cfg: Config, dtype=None) -> dict:
-    """Check `params` has exactly the tree and shapes of `param_shapes(cfg)`; cast to the model dtype."""
+def check_and_cast(params: dict, cfg: Config, dtype=None, cast: bool = True) -> dict:
+    """Check `params` has exactly the tree and shapes of `param_shapes(cfg)`, with floating-point
+    leaves; cast to the model dtype (unless cast=False)."""
     want = param_shapes(cfg)
     dtype = jnp.dtype(dtype or cfg.dtype)
 
@@ -104,13 +106,31 @@ def check_and_cast(params: dict, cfg: Config, dtype=None) -> dict:
                 raise ConversionError(f"param {path + '.' if path else ''}{extra[0]} is not part of "
                                       f"this architecture (extra: {extra})")
             return {k: walk(got[k], exp[k], f"{path}.{k}" if path else k) for k in exp}
-        arr = np.asarray(got)
+        arr = floating(got, f"param {path}")
         if tuple(arr.shape) != tuple(exp):
             raise ConversionError(f"param {path}: converted tensor has shape {tuple(arr.shape)}, "
                                   f"the config expects {tuple(exp)}")
-        return jnp.asarray(arr, dtype=dtype)
+        return jnp.asarray(arr, dtype=dtype) if cast else got
 
     return walk(params, want, "")
+
+
+def floating(x, what: str) -> np.ndarray:
+    """x as an array, refusing integer or boolean data (a weight is never an integer: casting
+    one would hide a checkpoint that does not hold what its names say)."""
+    arr = x if hasattr(x, "dtype") and hasattr(x, "shape") else np.asarray(x)
+    if np.dtype(arr.dtype).kind in "iub":
+        raise ConversionError(f"{what} holds {arr.dtype} values; a weight must be floating point "
+                              f"(the checkpoint is corrupted or mislabelled)")
+    return arr
+
+
+def head_dim(d_model: int, n_heads: int) -> int:
+    """d_model // n_heads, refusing a head count that does not divide the model width."""
+    if n_heads <= 0 or d_model % n_heads:
+        raise ConversionError(f"config.json: hidden size {d_model} is not divisible by "
+                              f"{n_heads} attention heads")
+    return d_model // n_heads
 
 
 def heads(w: np.ndarray, n_heads: int, d_head: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from jtlens import weights
+from jtlens import safe_write, weights
 from jtlens.config import Config
 
 ASSETS = Path(__file__).parent / "assets"
@@ -39,20 +39,27 @@ PROCESSING = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value
 
 
 def save_converted(path, cfg: Config, params: dict, tokenizer: Any = None,
-                   processing: Optional[dict] = None) -> Path:
+                   processing: Optional[dict] = None, overwrite: bool = False) -> Path:
     """Write a model in jtlens's format: `jtlens_config.json` (the Config and which weight
-    processing was applied), `params.msgpack` (flax serialization), and the tokenizer's files."""
+    processing was applied), `params.msgpack` (flax serialization), the tokenizer's files and
+    `jtlens_manifest.json` (sizes and hashes, written last).
+
+    The folder is written beside `path` and renamed into place, so an interrupted save leaves
+    the previous contents intact. A non-empty `path` is refused unless `overwrite=True`.
+    """
     from flax import serialization
 
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
+    safe_write.check_destination(Path(path), overwrite)
     meta = {"config": cfg.to_dict(), "processing": dict(processing or {})}
-    (folder / NATIVE_CONFIG).write_text(json.dumps(meta, indent=1, default=list))
-    host = _to_numpy(params)
-    (folder / NATIVE_PARAMS).write_bytes(serialization.msgpack_serialize(host))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(folder))
-    return folder
+    blob = serialization.msgpack_serialize(_to_numpy(params))
+
+    def fill(folder: Path):
+        (folder / NATIVE_CONFIG).write_text(json.dumps(meta, indent=1, default=list))
+        (folder / NATIVE_PARAMS).write_bytes(blob)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(folder))
+
+    return safe_write.write_folder(path, fill, overwrite=overwrite)
 
 
 def load(name_or_path, *, fold_ln: bool = True, center_writing_weights: bool = True,
@@ -83,7 +90,7 @@ def load(name_or_path, *, fold_ln: bool = True, center_writing_weights: bool = T
         cfg = cfg.replace(model_name=model_name_for(name_or_path))
         done = {}
     if cfg_overrides:
-        cfg = cfg.replace(**cfg_overrides)
+        cfg, params = _override(cfg, params, cfg_overrides)
     cfg, params = _process(cfg, params, flags, done)
     if dtype is not None:
         cfg = cfg.replace(dtype=dtype)
@@ -91,6 +98,22 @@ def load(name_or_path, *, fold_ln: bool = True, center_writing_weights: bool = T
     if tokenizer is None:
         tokenizer = load_tokenizer(folder, trust_remote_code)
     return cfg, params, tokenizer
+
+
+def _override(cfg: Config, params: dict, overrides: dict) -> tuple[Config, dict]:
+    """(cfg with Config fields replaced, params), refusing changes the params cannot follow."""
+    new, params = cfg.replace(**overrides), dict(params)
+    if "pos_embed" in params:
+        rows = params["pos_embed"]["W_pos"].shape[0]
+        if new.n_ctx > rows:
+            raise ValueError(f"n_ctx={new.n_ctx} is beyond the {rows} positions this checkpoint "
+                             f"learned (W_pos has {rows} rows); pass n_ctx <= {rows}")
+        if new.n_ctx < rows:  # a shorter context uses the first n_ctx learned positions
+            params["pos_embed"] = {"W_pos": params["pos_embed"]["W_pos"][: new.n_ctx]}
+    from conversions.common import check_and_cast
+
+    check_and_cast(params, new, cast=False)  # other fields must leave the params' shapes alone
+    return new, params
 
 
 def model_name_for(name_or_path) -> str:
@@ -167,12 +190,37 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False):
 def _load_native(folder: Path) -> tuple[Config, dict, dict]:
     from flax import serialization
 
-    meta = json.loads((folder / NATIVE_CONFIG).read_text())
-    cfg = Config.from_dict(_tuples(meta["config"]))
-    raw = serialization.msgpack_restore((folder / NATIVE_PARAMS).read_bytes())
     from conversions.common import check_and_cast
 
+    blob = (folder / NATIVE_PARAMS).read_bytes() if (folder / NATIVE_PARAMS).is_file() else None
+    safe_write.check_manifest(folder, hashed={NATIVE_PARAMS: blob} if blob is not None else None)
+    meta = read_json(folder / NATIVE_CONFIG)
+    if not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{folder / NATIVE_CONFIG}: no \"config\" object; this is not a jtlens "
+                         f"model config")
+    try:
+        cfg = Config.from_dict(_tuples(meta["config"]))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{folder / NATIVE_CONFIG}: {err}") from None
+    try:
+        raw = serialization.msgpack_restore(blob)
+    except Exception as err:  # msgpack raises its own exception types
+        raise ValueError(f"{folder / NATIVE_PARAMS}: unreadable params ({type(err).__name__}: "
+                         f"{err})") from None
     return cfg, check_and_cast(raw, cfg, dtype="float32"), meta.get("processing", {})
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; errors name the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file (expected JSON)") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, found a {type(data).__name__}")
+    return data
 
 
 def _tuples(d: dict) -> dict:
