@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from conversions.common import ConversionError, TensorReader, check_and_cast
+from conversions.common import ConversionError, TensorReader, check_and_cast, read_json
 
 ARCHITECTURES = {
     "GPT2LMHeadModel": "gpt2",
@@ -47,7 +47,6 @@ def convert_folder(folder, progress: bool = True, hf_overrides: dict | None = No
     """(cfg, params) from a Hugging Face folder (config.json + safetensors/.bin weights);
     `hf_overrides` replace config.json keys before conversion."""
     from conversions.checkpoint import read_tensors
-    from jtlens.loading import read_json
 
     folder = Path(folder)
     if not (folder / "config.json").exists():

@@ -6,8 +6,7 @@ head are not part of HookedEncoder's forward, so their tensors are listed as ign
 
 from __future__ import annotations
 
-from conversions.common import (ConversionError, TensorReader, head_dim, heads, heads_out,
-                                mlp_linears, norm, stack_layers)
+from conversions.common import ConversionError, TensorReader, encoder_params, head_dim
 from jtlens.config import ACTIVATIONS, Config
 
 MLM_ARCHITECTURES = ("BertForMaskedLM", "BertForPreTraining")
@@ -47,48 +46,6 @@ BERT_NAMES = {
     "decoder_bias": ("cls.predictions.bias", "cls.predictions.decoder.bias"),
     "ignored": ("{pre}embeddings.position_ids", "{pre}pooler.*", "cls.seq_relationship.*"),
 }
-
-
-def encoder_params(reader: TensorReader, cfg: Config, names: dict) -> dict:
-    """Checkpoint tensors named as in `names` -> jtlens encoder params (layer-stacked)."""
-    # Base-model checkpoints (BertModel) have no `bert.` prefix; headed ones do.
-    pre = names["prefix"] if f"{names['prefix']}{names['embeddings']}.word_embeddings.weight" in reader else ""
-    H, Dh = cfg.n_heads, cfg.d_head
-    emb = f"{pre}{names['embeddings']}"
-    params = {
-        "embed": {"W_E": reader.take(f"{emb}.word_embeddings.weight"),
-                  "ln": norm(reader, f"{emb}.LayerNorm")},
-        "pos_embed": {"W_pos": reader.take(f"{emb}.position_embeddings.weight")},
-    }
-    if cfg.n_token_types:
-        params["token_type_embed"] = {"W_token_type": reader.take(f"{emb}.{names['token_types']}.weight")}
-
-    def layer(l):
-        b = pre + names["layer"].format(l=l)
-        attn = {}
-        for q in "QKV":
-            attn[f"W_{q}"] = heads(reader.take(f"{b}.{names[q.lower()]}.weight"), H, Dh)
-            attn[f"b_{q}"] = reader.take(f"{b}.{names[q.lower()]}.bias").reshape(H, Dh)
-        attn["W_O"] = heads_out(reader.take(f"{b}.{names['o']}.weight"), H, Dh)
-        attn["b_O"] = reader.take(f"{b}.{names['o']}.bias")
-        mlp = mlp_linears(reader, f"{b}.{names['in']}", f"{b}.{names['out']}")
-        return {"attn": attn, "mlp": mlp, "ln1": norm(reader, f"{b}.{names['ln1']}"),
-                "ln2": norm(reader, f"{b}.{names['ln2']}")}
-
-    params["blocks"] = stack_layers(cfg.n_layers, layer)
-    if cfg.mlm_head:
-        params["mlm_head"] = {"W": reader.take(f"{names['head_dense']}.weight").T,
-                              "b": reader.take(f"{names['head_dense']}.bias"),
-                              "ln": norm(reader, names["head_ln"])}
-        # The decoder is tied to the word embeddings; save_pretrained may omit the copy.
-        decoder = reader.take_optional(f"{names['decoder']}.weight")
-        first, *others = [n for n in names["decoder_bias"] if n in reader] or names["decoder_bias"][:1]
-        bias = reader.take(first)
-        reader.ignore(*others)  # a second name of the same tied bias
-        params["unembed"] = {"W_U": (params["embed"]["W_E"] if decoder is None else decoder).T,
-                             "b_U": bias}
-    reader.ignore(*(n.format(pre=pre) for n in names["ignored"]))
-    return params
 
 
 def params_from_hf(reader: TensorReader, cfg: Config) -> dict:

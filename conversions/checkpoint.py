@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from conversions.common import ConversionError
+from conversions.common import ConversionError, read_json
 
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 TORCH_BIN, TORCH_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -28,8 +28,6 @@ def checkpoint_files(folder: Path) -> list[Path]:
 
 def _shards(folder: Path, index: str) -> list[Path]:
     """The shard files a sharded checkpoint's index names, each inside `folder`."""
-    from jtlens.loading import read_json
-
     weight_map = read_json(folder / index).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ConversionError(f"{folder / index}: no \"weight_map\" object naming the shards")

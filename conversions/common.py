@@ -9,17 +9,14 @@ first tensor that does not.
 from __future__ import annotations
 
 import fnmatch
+import json
+from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-import jax.numpy as jnp
 import numpy as np
 
 from jtlens.config import Config
-from jtlens.model import param_shapes
-
-
-class ConversionError(ValueError):
-    """A checkpoint does not fit the architecture it claims."""
+from jtlens.params import ConversionError, check_and_cast, floating  # noqa: F401  (re-exported for families)
 
 
 class TensorReader:
@@ -87,42 +84,17 @@ def stack_layers(n_layers: int, per_layer: Callable[[int], dict]) -> dict:
     return stack(layers, "")
 
 
-def check_and_cast(params: dict, cfg: Config, dtype=None, cast: bool = True) -> dict:
-    """Check `params` has exactly the tree and shapes of `param_shapes(cfg)`, with floating-point
-    leaves; cast to the model dtype (unless cast=False)."""
-    want = param_shapes(cfg)
-    dtype = jnp.dtype(dtype or cfg.dtype)
-
-    def walk(got, exp, path):
-        if isinstance(exp, dict):
-            if not isinstance(got, dict):
-                raise ConversionError(f"param {path or '<root>'} should be a dict")
-            missing = sorted(set(exp) - set(got))
-            extra = sorted(set(got) - set(exp))
-            if missing:
-                raise ConversionError(f"param {path + '.' if path else ''}{missing[0]} was not filled "
-                                      f"by the conversion (missing: {missing})")
-            if extra:
-                raise ConversionError(f"param {path + '.' if path else ''}{extra[0]} is not part of "
-                                      f"this architecture (extra: {extra})")
-            return {k: walk(got[k], exp[k], f"{path}.{k}" if path else k) for k in exp}
-        arr = floating(got, f"param {path}")
-        if tuple(arr.shape) != tuple(exp):
-            raise ConversionError(f"param {path}: converted tensor has shape {tuple(arr.shape)}, "
-                                  f"the config expects {tuple(exp)}")
-        return jnp.asarray(arr, dtype=dtype) if cast else got
-
-    return walk(params, want, "")
-
-
-def floating(x, what: str) -> np.ndarray:
-    """x as an array, refusing integer or boolean data (a weight is never an integer: casting
-    one would hide a checkpoint that does not hold what its names say)."""
-    arr = x if hasattr(x, "dtype") and hasattr(x, "shape") else np.asarray(x)
-    if np.dtype(arr.dtype).kind in "iub":
-        raise ConversionError(f"{what} holds {arr.dtype} values; a weight must be floating point "
-                              f"(the checkpoint is corrupted or mislabelled)")
-    return arr
+def read_json(path) -> dict:
+    """A JSON object from `path`; errors name the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except UnicodeDecodeError:
+        raise ConversionError(f"{path}: not a text file (expected JSON)") from None
+    except json.JSONDecodeError as err:
+        raise ConversionError(f"{path}: invalid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path}: expected a JSON object, found a {type(data).__name__}")
+    return data
 
 
 def head_dim(d_model: int, n_heads: int) -> int:
@@ -176,3 +148,61 @@ def mlp_linears(reader: TensorReader, w_in: str, w_out: str) -> dict:
     """A plain MLP from two torch Linears (weights [out, in]) with biases."""
     return {"W_in": reader.take(f"{w_in}.weight").T, "b_in": reader.take(f"{w_in}.bias"),
             "W_out": reader.take(f"{w_out}.weight").T, "b_out": reader.take(f"{w_out}.bias")}
+
+
+def rope(hf: dict) -> dict:
+    """Rotary settings: base and (Llama-3) NTK-by-parts scaling; other scalings are refused."""
+    params = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or params
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    out = {"rotary_base": float(hf.get("rope_theta") or params.get("rope_theta") or 10000.0)}
+    if kind == "llama3":
+        out.update(use_NTK_by_parts_rope=True, NTK_by_parts_factor=scaling["factor"],
+                   NTK_by_parts_low_freq_factor=scaling["low_freq_factor"],
+                   NTK_by_parts_high_freq_factor=scaling["high_freq_factor"],
+                   NTK_original_ctx_len=scaling["original_max_position_embeddings"])
+    elif kind not in ("default", None):
+        raise ConversionError(f"rotary scaling {kind!r} is not supported (only default and llama3)")
+    return out
+
+
+def encoder_params(reader: TensorReader, cfg: Config, names: dict) -> dict:
+    """Checkpoint tensors named as in `names` -> jtlens encoder params (layer-stacked)."""
+    # Base-model checkpoints (BertModel) have no `bert.` prefix; headed ones do.
+    pre = names["prefix"] if f"{names['prefix']}{names['embeddings']}.word_embeddings.weight" in reader else ""
+    H, Dh = cfg.n_heads, cfg.d_head
+    emb = f"{pre}{names['embeddings']}"
+    params = {
+        "embed": {"W_E": reader.take(f"{emb}.word_embeddings.weight"),
+                  "ln": norm(reader, f"{emb}.LayerNorm")},
+        "pos_embed": {"W_pos": reader.take(f"{emb}.position_embeddings.weight")},
+    }
+    if cfg.n_token_types:
+        params["token_type_embed"] = {"W_token_type": reader.take(f"{emb}.{names['token_types']}.weight")}
+
+    def layer(l):
+        b = pre + names["layer"].format(l=l)
+        attn = {}
+        for q in "QKV":
+            attn[f"W_{q}"] = heads(reader.take(f"{b}.{names[q.lower()]}.weight"), H, Dh)
+            attn[f"b_{q}"] = reader.take(f"{b}.{names[q.lower()]}.bias").reshape(H, Dh)
+        attn["W_O"] = heads_out(reader.take(f"{b}.{names['o']}.weight"), H, Dh)
+        attn["b_O"] = reader.take(f"{b}.{names['o']}.bias")
+        mlp = mlp_linears(reader, f"{b}.{names['in']}", f"{b}.{names['out']}")
+        return {"attn": attn, "mlp": mlp, "ln1": norm(reader, f"{b}.{names['ln1']}"),
+                "ln2": norm(reader, f"{b}.{names['ln2']}")}
+
+    params["blocks"] = stack_layers(cfg.n_layers, layer)
+    if cfg.mlm_head:
+        params["mlm_head"] = {"W": reader.take(f"{names['head_dense']}.weight").T,
+                              "b": reader.take(f"{names['head_dense']}.bias"),
+                              "ln": norm(reader, names["head_ln"])}
+        # The decoder is tied to the word embeddings; save_pretrained may omit the copy.
+        decoder = reader.take_optional(f"{names['decoder']}.weight")
+        first, *others = [n for n in names["decoder_bias"] if n in reader] or names["decoder_bias"][:1]
+        bias = reader.take(first)
+        reader.ignore(*others)  # a second name of the same tied bias
+        params["unembed"] = {"W_U": (params["embed"]["W_E"] if decoder is None else decoder).T,
+                             "b_U": bias}
+    reader.ignore(*(n.format(pre=pre) for n in names["ignored"]))
+    return params

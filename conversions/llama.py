@@ -11,26 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from conversions.common import (ConversionError, TensorReader, head_dim, heads, heads_out,
-                                stack_layers, zeros_or)
+                                rope, stack_layers, zeros_or)
 from jtlens.config import Config
 
 GEMMA = ("GemmaForCausalLM", "Gemma2ForCausalLM")
-
-
-def rope(hf: dict) -> dict:
-    """Rotary settings: base and (Llama-3) NTK-by-parts scaling; other scalings are refused."""
-    params = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or params
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    out = {"rotary_base": float(hf.get("rope_theta") or params.get("rope_theta") or 10000.0)}
-    if kind == "llama3":
-        out.update(use_NTK_by_parts_rope=True, NTK_by_parts_factor=scaling["factor"],
-                   NTK_by_parts_low_freq_factor=scaling["low_freq_factor"],
-                   NTK_by_parts_high_freq_factor=scaling["high_freq_factor"],
-                   NTK_original_ctx_len=scaling["original_max_position_embeddings"])
-    elif kind not in ("default", None):
-        raise ConversionError(f"rotary scaling {kind!r} is not supported (only default and llama3)")
-    return out
 
 
 def _local_attention(hf: dict, arch: str, n_layers: int) -> dict:

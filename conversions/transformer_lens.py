@@ -13,7 +13,7 @@ import numpy as np
 
 from conversions.common import TensorReader, check_and_cast, stack_layers
 from jtlens.config import Config
-from jtlens.model import param_shapes
+from jtlens.params import param_shapes
 
 
 def config_from_tl(tl_cfg: Any) -> Config:

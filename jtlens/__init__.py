@@ -19,5 +19,5 @@ from jtlens.hooks import Hooks as Hooks
 from jtlens.hooks import get_act_name as get_act_name
 from jtlens.hooks import hook_names as hook_names
 from jtlens.model import forward as forward
-from jtlens.model import init_params as init_params
-from jtlens.model import param_shapes as param_shapes
+from jtlens.params import init_params as init_params
+from jtlens.params import param_shapes as param_shapes

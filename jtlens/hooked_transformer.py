@@ -24,7 +24,8 @@ from jtlens import tokens as T
 from jtlens.config import Config
 from jtlens.factored_matrix import FactoredMatrix, composition_scores
 from jtlens.hooks import Hooks, hook_names, select_names
-from jtlens.model import check_tokens, forward, init_params
+from jtlens.model import check_tokens, forward
+from jtlens.params import init_params
 
 _STATIC = ("cfg", "return_type", "loss_per_token", "start_at_layer", "stop_at_layer", "scan")
 _forward_jit = jax.jit(forward, static_argnames=_STATIC)

@@ -17,8 +17,11 @@ from typing import Any, Optional
 
 import numpy as np
 
+from conversions import convert_folder
+from conversions.common import read_json
 from jtlens import safe_write, weights
 from jtlens.config import Config
+from jtlens.params import check_and_cast
 
 ASSETS = Path(__file__).parent / "assets"
 ALIASES = {"jtlens-tiny": ASSETS / "jtlens-tiny"}
@@ -84,8 +87,6 @@ def load(name_or_path, *, fold_ln: bool = True, center_writing_weights: bool = T
                             f"overrides must be jtlens.Config fields")
         cfg, params, done = _load_native(folder)
     else:
-        from conversions import convert_folder
-
         cfg, params = convert_folder(folder, progress=progress, hf_overrides=hf_overrides)
         cfg = cfg.replace(model_name=model_name_for(name_or_path))
         done = {}
@@ -110,8 +111,6 @@ def _override(cfg: Config, params: dict, overrides: dict) -> tuple[Config, dict]
                              f"learned (W_pos has {rows} rows); pass n_ctx <= {rows}")
         if new.n_ctx < rows:  # a shorter context uses the first n_ctx learned positions
             params["pos_embed"] = {"W_pos": params["pos_embed"]["W_pos"][: new.n_ctx]}
-    from conversions.common import check_and_cast
-
     check_and_cast(params, new, cast=False)  # other fields must leave the params' shapes alone
     return new, params
 
@@ -190,8 +189,6 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False):
 def _load_native(folder: Path) -> tuple[Config, dict, dict]:
     from flax import serialization
 
-    from conversions.common import check_and_cast
-
     blob = (folder / NATIVE_PARAMS).read_bytes() if (folder / NATIVE_PARAMS).is_file() else None
     safe_write.check_manifest(folder, hashed={NATIVE_PARAMS: blob} if blob is not None else None)
     meta = read_json(folder / NATIVE_CONFIG)
@@ -208,19 +205,6 @@ def _load_native(folder: Path) -> tuple[Config, dict, dict]:
         raise ValueError(f"{folder / NATIVE_PARAMS}: unreadable params ({type(err).__name__}: "
                          f"{err})") from None
     return cfg, check_and_cast(raw, cfg, dtype="float32"), meta.get("processing", {})
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from `path`; errors name the file."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text file (expected JSON)") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, found a {type(data).__name__}")
-    return data
 
 
 def _tuples(d: dict) -> dict:
