@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from conversions.common import ConversionError, TensorReader, check_and_cast, read_json
+from conversions.common import ConversionError, TensorReader, check_and_cast
+from jtlens.checkpoint_io import read_json
 
 ARCHITECTURES = {
     "GPT2LMHeadModel": "gpt2",

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from jtlens import loading
-from jtlens.safe_write import check_destination
+from jtlens.checkpoint_io import check_destination
 
 
 def main(argv=None) -> int:

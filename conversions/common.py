@@ -9,8 +9,6 @@ first tensor that does not.
 from __future__ import annotations
 
 import fnmatch
-import json
-from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -82,19 +80,6 @@ def stack_layers(n_layers: int, per_layer: Callable[[int], dict]) -> dict:
         return np.stack(items)
 
     return stack(layers, "")
-
-
-def read_json(path) -> dict:
-    """A JSON object from `path`; errors name the file."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except UnicodeDecodeError:
-        raise ConversionError(f"{path}: not a text file (expected JSON)") from None
-    except json.JSONDecodeError as err:
-        raise ConversionError(f"{path}: invalid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ConversionError(f"{path}: expected a JSON object, found a {type(data).__name__}")
-    return data
 
 
 def head_dim(d_model: int, n_heads: int) -> int:

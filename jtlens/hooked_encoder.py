@@ -20,6 +20,7 @@ from jtlens.config import Config
 from jtlens.hooked_transformer import HookedTransformer, _forward_jit
 from jtlens.hooks import Hooks
 from jtlens.loading import PROCESSING, load_no_processing
+from jtlens.checks import check_attention_mask
 from jtlens.model import _check_encoder_inputs, check_tokens, forward
 
 RETURN_TYPES = ("logits", "embeddings", "predictions", None)
@@ -80,6 +81,8 @@ class HookedEncoder(HookedTransformer):
         stop = self.cfg.n_layers if embeddings else None
         _check_encoder_inputs(tokens, types, core_type, stop, self.cfg)
         mask = None if one_zero_attention_mask is None else jnp.asarray(one_zero_attention_mask)
+        if mask is not None:
+            check_attention_mask(mask, tokens.shape)
         run = functools.partial(forward, scan=False) if eager else _forward_jit
         out = run(self.params, jnp.asarray(tokens), cfg=self.cfg, hooks=hooks,
                   return_type=core_type, attention_mask=mask, stop_at_layer=stop,

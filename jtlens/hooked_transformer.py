@@ -24,6 +24,7 @@ from jtlens import tokens as T
 from jtlens.config import Config
 from jtlens.factored_matrix import FactoredMatrix, composition_scores
 from jtlens.hooks import Hooks, hook_names, select_names
+from jtlens.checks import check_attention_mask
 from jtlens.model import check_tokens, forward
 from jtlens.params import init_params
 
@@ -140,6 +141,7 @@ class HookedTransformer:
             tok, mask = jnp.asarray(input), attention_mask
         if mask is not None:
             mask = jnp.asarray(mask)
+            check_attention_mask(mask, tok.shape[:2])  # concrete here, traced inside the forward
         kwargs = dict(return_type="logits" if return_type == "both" else return_type,
                       loss_per_token=loss_per_token, attention_mask=mask,
                       start_at_layer=start_at_layer, stop_at_layer=stop_at_layer,

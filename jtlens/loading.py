@@ -17,9 +17,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from conversions import convert_folder
-from conversions.common import read_json
-from jtlens import safe_write, weights
+import conversions  # not `from conversions import ...`: conversions imports jtlens, a cycle
+from jtlens import checkpoint_io, weights
+from jtlens.checkpoint_io import read_json
 from jtlens.config import Config
 from jtlens.params import check_and_cast
 
@@ -52,7 +52,7 @@ def save_converted(path, cfg: Config, params: dict, tokenizer: Any = None,
     """
     from flax import serialization
 
-    safe_write.check_destination(Path(path), overwrite)
+    checkpoint_io.check_destination(Path(path), overwrite)
     meta = {"config": cfg.to_dict(), "processing": dict(processing or {})}
     blob = serialization.msgpack_serialize(_to_numpy(params))
 
@@ -62,7 +62,7 @@ def save_converted(path, cfg: Config, params: dict, tokenizer: Any = None,
         if tokenizer is not None:
             tokenizer.save_pretrained(str(folder))
 
-    return safe_write.write_folder(path, fill, overwrite=overwrite)
+    return checkpoint_io.write_folder(path, fill, overwrite=overwrite)
 
 
 def load(name_or_path, *, fold_ln: bool = True, center_writing_weights: bool = True,
@@ -87,7 +87,7 @@ def load(name_or_path, *, fold_ln: bool = True, center_writing_weights: bool = T
                             f"overrides must be jtlens.Config fields")
         cfg, params, done = _load_native(folder)
     else:
-        cfg, params = convert_folder(folder, progress=progress, hf_overrides=hf_overrides)
+        cfg, params = conversions.convert_folder(folder, progress=progress, hf_overrides=hf_overrides)
         cfg = cfg.replace(model_name=model_name_for(name_or_path))
         done = {}
     if cfg_overrides:
@@ -190,7 +190,7 @@ def _load_native(folder: Path) -> tuple[Config, dict, dict]:
     from flax import serialization
 
     blob = (folder / NATIVE_PARAMS).read_bytes() if (folder / NATIVE_PARAMS).is_file() else None
-    safe_write.check_manifest(folder, hashed={NATIVE_PARAMS: blob} if blob is not None else None)
+    checkpoint_io.check_manifest(folder, hashed={NATIVE_PARAMS: blob} if blob is not None else None)
     meta = read_json(folder / NATIVE_CONFIG)
     if not isinstance(meta.get("config"), dict):
         raise ValueError(f"{folder / NATIVE_CONFIG}: no \"config\" object; this is not a jtlens "

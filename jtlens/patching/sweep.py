@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from jtlens import components as C
+from jtlens.checks import check_tokens
 from jtlens.config import Config
 from jtlens.hooks import HookRunner, Hooks
 from jtlens.model import forward, run_blocks, unembed
@@ -194,6 +195,8 @@ def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
     """Run `fn(layer, idx_chunk) -> [chunk]` over `rows` ([n, k], column 0 = layer) in fixed-size
     chunks grouped by layer (the last chunk of a group is padded), returning [n] in row order."""
     rows = np.asarray(rows, np.int32).reshape(len(rows), -1)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer (patches per chunk)")
     sharding = chunk_sharding(sharding)
     n_dev = 1 if sharding is None else sharding.mesh.size
     if chunk_size % n_dev:
@@ -211,10 +214,33 @@ def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
     return out
 
 
+def check_rows(rows: np.ndarray, setter: Callable, clean_shape: tuple):
+    """Every row `[layer, *index]` must address the activation: an index past an axis would
+    patch nothing (the setter compares positions) and silently report the unpatched metric.
+    Setters without an `axes` attribute are checked on the layer only."""
+    if rows.ndim != 2 or rows.shape[1] < 1 or np.dtype(rows.dtype).kind not in "iu":
+        raise ValueError(f"patch rows must be an [n, k] integer table ([layer, ...] per row); got "
+                         f"{rows.dtype} of shape {rows.shape}")
+    axes = getattr(setter, "axes", ())
+    if rows.shape[1] < 1 + len(axes):
+        raise ValueError(f"{getattr(setter, '__name__', 'the setter')} reads {1 + len(axes)} index "
+                         f"columns ([layer, ...]); the rows have {rows.shape[1]}")
+    limits = [("layer", 0, clean_shape[0])] + [(f"column {k + 1}", k + 1, clean_shape[1 + ax])
+                                                 for k, ax in enumerate(axes)]
+    for name, col, limit in limits:
+        if len(rows) and (rows[:, col].min() < 0 or rows[:, col].max() >= limit):
+            raise ValueError(f"patch index {name} has values {rows[:, col].min()}..{rows[:, col].max()}"
+                             f", outside [0, {limit}) for this activation")
+
+
 def read_positions(metric: Metric, logit_positions, cfg: Config, batch: int, n_pos: int):
     """(positions to unembed or None, full length to scatter them into or None): the caller's
     `logit_positions` as given, else the positions the metric provably reads."""
     if logit_positions is not None:
+        bad = [p for p in logit_positions if not -n_pos <= int(p) < n_pos]
+        if bad or not len(logit_positions):
+            raise ValueError(f"logit_positions={tuple(logit_positions)}: give positions in "
+                             f"[-{n_pos}, {n_pos}) of the {n_pos}-token input")
         return tuple(int(p) % n_pos for p in logit_positions), None
     auto = metric_positions(metric, (batch, n_pos, cfg.d_vocab_out))
     return auto, (None if auto is None else n_pos)
@@ -246,9 +272,11 @@ def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, me
     Returns: float32 [n_patches].
     """
     corrupted_tokens = jnp.asarray(corrupted_tokens)
+    check_tokens(corrupted_tokens, cfg)
     rows = np.asarray(rows)
     clean_activation = jnp.asarray(clean_activation)
     check_clean_shape(params, cfg, corrupted_tokens, template, clean_activation)
+    check_rows(rows, setter, clean_activation.shape)
     if resid_pre is None:
         resid_pre = corrupted_residuals(params, corrupted_tokens, cfg)["hook_resid_pre"]
     batch, n_pos = corrupted_tokens.shape

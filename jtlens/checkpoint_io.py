@@ -1,4 +1,4 @@
-"""Crash-safe checkpoint folders: written beside the destination, then swapped in whole.
+"""Checkpoint files: crash-safe folders, and JSON reading whose errors name the file.
 
 `write_folder(dest, fill, overwrite)` lets `fill(tmp)` write every file into a temporary folder
 in dest's parent, records a manifest (each file's size and sha256) last, fsyncs everything and
@@ -20,6 +20,21 @@ from pathlib import Path
 from typing import Callable
 
 MANIFEST = "jtlens_manifest.json"
+
+
+def read_json(path) -> dict:
+    """A JSON object from `path`; errors name the file."""
+    from jtlens.params import ConversionError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except UnicodeDecodeError:
+        raise ConversionError(f"{path}: not a text file (expected JSON)") from None
+    except json.JSONDecodeError as err:
+        raise ConversionError(f"{path}: invalid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path}: expected a JSON object, found a {type(data).__name__}")
+    return data
 
 
 class IncompleteCheckpoint(ValueError):
