@@ -9,6 +9,7 @@ from jtlens import grads as grads
 from jtlens import masks as masks
 from jtlens import probes as probes
 from jtlens.cache import ActivationCache as ActivationCache
+from jtlens.checks import checked as checked
 from jtlens.components import lm_cross_entropy_loss as lm_cross_entropy_loss
 from jtlens.config import Config as Config
 from jtlens.hooked_encoder import HookedEncoder as HookedEncoder

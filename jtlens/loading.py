@@ -171,8 +171,10 @@ def _download(repo_id: str) -> Path:
             folder = Path(snapshot_download(repo_id, allow_patterns=common + ["*.bin"]))
         return folder
     except Exception as err:  # network, auth or unknown repo: say what was tried
-        raise OSError(f"could not fetch {repo_id!r} from the Hugging Face hub ({type(err).__name__}: "
-                      f"{err}); pass a local folder, or 'jtlens-tiny' for the embedded model") from err
+        detail = (str(err).strip().splitlines() or [""])[0]
+        raise OSError(f"could not fetch {repo_id!r} from the Hugging Face hub (offline, a typo, or "
+                      f"a gated repository?); pass a local folder, or 'jtlens-tiny' for the "
+                      f"embedded model. {type(err).__name__}: {detail}") from err
 
 
 def load_tokenizer(folder: Path, trust_remote_code: bool = False):
