@@ -26,12 +26,12 @@ def is_traced(x) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
-def ids_in_range(ids, size: int, what: str, fix: str):
+def ids_in_range(ids, size: int, what: str, fix: str, domain: str = ""):
     """Raise (concrete ids) or record a checkify check (traced ids) for ids outside [0, size)."""
     if is_traced(ids):
         bad = jnp.where((ids < 0) | (ids >= size), ids, 0)
         checkify.debug_check(jnp.all((ids >= 0) & (ids < size)),
-                             f"{what} {{}} is outside [0, {size}); {fix}",
+                             f"{what} {{}} is outside {domain}[0, {size}); {fix}",
                              jnp.where(jnp.any(bad < 0), jnp.min(bad), jnp.max(bad)))
         return
     arr = np.asarray(ids)
@@ -39,7 +39,7 @@ def ids_in_range(ids, size: int, what: str, fix: str):
         return
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or hi >= size:
-        raise ValueError(f"{what} {hi if hi >= size else lo} is outside [0, {size}); {fix}")
+        raise ValueError(f"{what} {hi if hi >= size else lo} is outside {domain}[0, {size}); {fix}")
 
 
 def lookup(table, ids):
@@ -88,7 +88,8 @@ def check_tokens(tokens, cfg: Config):
     if tokens.shape[1] > cfg.n_ctx and cfg.positional_embedding_type == "standard":
         raise ValueError(f"sequence of {tokens.shape[1]} tokens is longer than the model's context "
                          f"n_ctx={cfg.n_ctx}; truncate the input (to_tokens(..., truncate=True))")
-    ids_in_range(tokens, cfg.d_vocab, "token id", "check the tokenizer matches the model")
+    ids_in_range(tokens, cfg.d_vocab, "token id", "check the tokenizer matches the model",
+                 "the vocabulary ")
 
 
 def checked(fn: Callable) -> Callable:
