@@ -63,13 +63,16 @@ def read_tensors(folder: Path, progress: bool = True) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
-    # The flax framework reads bfloat16 too (numpy has no bfloat16 of its own).
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="flax") as f:
+        # numpy keeps each stored dtype (int64 included, which jax would narrow); only bfloat16,
+        # which numpy lacks, is read through the flax framework.
+        with safe_open(str(path), framework="numpy") as f, \
+                safe_open(str(path), framework="flax") as bf16:
             for k in f.keys():
-                yield k, np.asarray(f.get_tensor(k))
+                yield k, (np.asarray(bf16.get_tensor(k)) if f.get_slice(k).get_dtype() == "BF16"
+                          else f.get_tensor(k))
     except ConversionError:
         raise
     except Exception as err:  # safetensors raises its own SafetensorError (and OSError)
