@@ -2,7 +2,7 @@
 
     params = jtlens.init_params(cfg, key)
     logits = jtlens.forward(params, tokens, cfg)
-    logits, cache = jtlens.forward(params, tokens, cfg, hooks=jtlens.Hooks(capture=True))
+    logits, cache = jtlens.forward_with_cache(params, tokens, cfg)   # every hook
 """
 
 from jtlens import grads as grads
@@ -18,7 +18,8 @@ from jtlens.hooked_transformer import Output as Output
 from jtlens.hooks import HookPoint as HookPoint
 from jtlens.hooks import Hooks as Hooks
 from jtlens.hooks import get_act_name as get_act_name
-from jtlens.hooks import hook_names as hook_names
 from jtlens.model import forward as forward
+from jtlens.model import forward_with_cache as forward_with_cache
+from jtlens.model import hook_names as hook_names
 from jtlens.params import init_params as init_params
 from jtlens.params import param_shapes as param_shapes

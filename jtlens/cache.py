@@ -8,41 +8,49 @@ The cache is a pytree: it passes through `jit`, `vmap` and `jax.device_get`.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
 
+from jtlens.cache_analysis import CacheAnalysis
 from jtlens.config import Config
-from jtlens.hooks import ALL_LAYERS, canonical_name, hook_names, split_name, unknown_hook_error
+from jtlens.hooks import ALL_LAYERS, HookNames, split_name
 
 
-@jax.tree_util.register_pytree_node_class
-class ActivationCache:
+@functools.partial(jax.tree_util.register_dataclass, data_fields=("stacked", "outer", "params"),
+                   meta_fields=("cfg", "names", "layers", "has_batch_dim", "tokenizer"))
+@dataclasses.dataclass(eq=False)
+class ActivationCache(CacheAnalysis):
     """Activations of one forward, keyed by TransformerLens hook names.
 
     Attributes:
-      cfg: the model's Config.
       stacked: template -> [n_captured_layers, ...] for per-layer hooks.
-      layers: template -> the layers held in `stacked[template]`, in order.
       outer: full name -> array for hooks outside the blocks (hook_embed, ln_final.*, ...).
+      params: the weights analyses read (W_U, W_O, ...), attached by `model.run_with_cache` or
+        `with_model`; None for a bare `forward_with_cache` result.
+      cfg: the model's Config. names: its `HookNames` (what keys resolve against).
+      layers: ((template, the layers held in `stacked[template]`), ...), in order.
       has_batch_dim: False after `remove_batch_dim()`.
-      model: the HookedTransformer it came from, when there is one (needed by analyses).
+      tokenizer: for analyses given tokens as strings; not part of the pytree's data.
     """
 
-    def __init__(self, cfg: Config, stacked: dict, layers: dict, outer: dict,
-                 has_batch_dim: bool = True, model: Any = None):
-        self.cfg = cfg
-        self.stacked = dict(stacked)
-        self.layers = {k: tuple(v) for k, v in layers.items()}
-        self.outer = dict(outer)
-        self.has_batch_dim = has_batch_dim
-        self.model = model
+    stacked: dict
+    outer: dict
+    cfg: Config
+    names: HookNames
+    layers: tuple = ()
+    has_batch_dim: bool = True
+    params: Optional[dict] = None
+    tokenizer: Any = None
 
     @classmethod
-    def from_forward(cls, cfg: Config, captured: dict, outer: dict, ys: dict, first_layer: int = 0):
+    def from_forward(cls, cfg: Config, names: HookNames, captured: dict, outer: dict, ys: dict,
+                     first_layer: int = 0):
         """Assemble from the scan outputs `ys` (template -> [layers run, ...]) of a forward."""
-        stacked, layers = {}, {}
+        stacked, layers = {}, []
         for template, arr in ys.items():
             run = range(first_layer, first_layer + arr.shape[0])
             wanted = sorted(l for l in captured[template] if l in run)
@@ -50,43 +58,33 @@ class ActivationCache:
                 continue
             if wanted != list(run):
                 arr = arr[jnp.asarray([l - first_layer for l in wanted])]
-            stacked[template], layers[template] = arr, wanted
-        return cls(cfg, stacked, layers, {k: v for k, v in outer.items() if k in captured})
+            stacked[template] = arr
+            layers.append((template, tuple(wanted)))
+        return cls(stacked, {k: v for k, v in outer.items() if k in captured}, cfg, names,
+                   tuple(layers))
 
-    # ------------------------------------------------------------------ pytree
-    def tree_flatten(self):
-        keys = tuple(self.stacked)
-        okeys = tuple(self.outer)
-        children = (tuple(self.stacked[k] for k in keys), tuple(self.outer[k] for k in okeys))
-        aux = (self.cfg, keys, tuple(self.layers[k] for k in keys), okeys, self.has_batch_dim,
-               self.model)
-        return children, aux
-
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        cfg, keys, layers, okeys, has_batch_dim, model = aux
-        return cls(cfg, dict(zip(keys, children[0])), dict(zip(keys, layers)),
-                   dict(zip(okeys, children[1])), has_batch_dim, model)
+    def _held(self, template: str) -> tuple:
+        return dict(self.layers).get(template, ())
 
     # ------------------------------------------------------------------ dict-like access
     def keys(self) -> list[str]:
         """Concrete hook names held, in execution order."""
-        present = set(self.outer) | {f"blocks.{l}.{t}" for t, ls in self.layers.items() for l in ls}
-        return [n for n in hook_names(self.cfg, optional=True) if n in present]
+        present = set(self.outer) | {f"blocks.{l}.{t}" for t, ls in self.layers for l in ls}
+        return [n for n in self.names.names(optional=True) if n in present]
 
     def __getitem__(self, key) -> jax.Array:
         if isinstance(key, str) and key in self.outer:
             return self.outer[key]
         try:
-            full = canonical_name(key, self.cfg)
+            full = self.names.canonical(key)
         except (TypeError, ValueError):
-            raise KeyError(str(unknown_hook_error(key, self.cfg))) from None
+            raise KeyError(str(self.names.unknown(key))) from None
         template, layer = split_name(full)
         if layer is None:
             if template in self.outer:
                 return self.outer[template]
         elif template in self.stacked:
-            held = self.layers[template]
+            held = self._held(template)
             if layer == ALL_LAYERS:
                 if held == tuple(range(self.cfg.n_layers)):
                     return self.stacked[template]
@@ -106,7 +104,7 @@ class ActivationCache:
         return iter(self.keys())
 
     def __len__(self) -> int:
-        return len(self.outer) + sum(len(v) for v in self.layers.values())
+        return len(self.outer) + sum(len(v) for _, v in self.layers)
 
     def values(self) -> list[jax.Array]:
         return [self[k] for k in self.keys()]
@@ -141,20 +139,12 @@ class ActivationCache:
         """A new cache with the batch axis indexed by `batch_slice` (an int, slice or index array)."""
         if not self.has_batch_dim:
             raise ValueError("this cache has no batch dimension")
-        keep = not isinstance(batch_slice, int)
-        return ActivationCache(self.cfg, {k: v[:, batch_slice] for k, v in self.stacked.items()},
-                               self.layers, {k: v[batch_slice] for k, v in self.outer.items()},
-                               keep, self.model)
+        return dataclasses.replace(self, stacked={k: v[:, batch_slice] for k, v in self.stacked.items()},
+                                   outer={k: v[batch_slice] for k, v in self.outer.items()},
+                                   has_batch_dim=not isinstance(batch_slice, int))
 
     def with_model(self, model: Optional[Any]) -> "ActivationCache":
-        """The same activations, attached to a model (for analyses that read its weights)."""
-        return ActivationCache(self.cfg, self.stacked, self.layers, self.outer,
-                               self.has_batch_dim, model)
-
-
-# TransformerLens's analysis methods (cache.accumulated_resid(...), cache.logit_attrs(...), ...)
-# live as functions in cache_analysis; bind them so both spellings work.
-from jtlens import cache_analysis as _analysis  # noqa: E402
-
-for _fn in _analysis.ANALYSES:
-    setattr(ActivationCache, _fn.__name__, _fn)
+        """The same activations with a model's params and tokenizer attached (for analyses that
+        read weights or take tokens as strings); `None` detaches them."""
+        return dataclasses.replace(self, params=getattr(model, "params", None),
+                                   tokenizer=getattr(model, "tokenizer", None))

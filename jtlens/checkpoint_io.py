@@ -38,7 +38,8 @@ def read_json(path) -> dict:
 
 
 class IncompleteCheckpoint(ValueError):
-    """A checkpoint folder whose files do not match its manifest (an interrupted or partial copy)."""
+    """A checkpoint folder whose files do not match its manifest (an interrupted save or a
+    partial copy)."""
 
 
 def _fsync(path: Path):
@@ -77,23 +78,25 @@ def check_manifest(folder: Path, hashed: dict | None = None):
     (no second read of a large file)."""
     path = folder / MANIFEST
     if not path.exists():
-        raise IncompleteCheckpoint(f"{folder}: incomplete checkpoint, {MANIFEST} is missing (the save "
-                                   f"was interrupted, or the folder was copied in part); convert "
-                                   f"or save it again")
+        raise IncompleteCheckpoint(f"{folder}: incomplete checkpoint, {MANIFEST} is missing (the "
+                                   f"save was interrupted, or the folder was copied in part); "
+                                   f"convert or save it again")
     try:
         files = json.loads(path.read_text())["files"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise IncompleteCheckpoint(f"{path}: unreadable manifest ({err}); save the model again") from None
+        sizes = {name: int(entry["bytes"]) for name, entry in files.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise IncompleteCheckpoint(f"{path}: unreadable manifest ({type(err).__name__}: {err}); "
+                                   f"save the model again") from None
     for name, entry in files.items():
         f = folder / name
         if not f.is_file():
             raise IncompleteCheckpoint(f"{folder}: incomplete checkpoint, {name} is missing")
-        if f.stat().st_size != entry["bytes"]:
+        if f.stat().st_size != sizes[name]:
             raise IncompleteCheckpoint(f"{f}: {f.stat().st_size} bytes, the manifest says "
-                                       f"{entry['bytes']}; the file is truncated or was replaced")
-        if name in (hashed or {}) and hashlib.sha256(hashed[name]).hexdigest() != entry["sha256"]:
-            raise IncompleteCheckpoint(f"{f}: contents do not match the manifest's sha256; the file "
-                                       f"is corrupted or was replaced")
+                                       f"{sizes[name]}; the file is truncated or was replaced")
+        if name in (hashed or {}) and hashlib.sha256(hashed[name]).hexdigest() != entry.get("sha256"):
+            raise IncompleteCheckpoint(f"{f}: contents do not match the manifest's sha256; the "
+                                       f"file is corrupted or was replaced")
 
 
 def check_destination(dest: Path, overwrite: bool):

@@ -10,15 +10,16 @@ their delta in one forward, so one backward pass returns every gradient.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+import dataclasses
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from jtlens.cache import ActivationCache
 from jtlens.config import Config
-from jtlens.hooks import Hooks, select_names
-from jtlens.model import forward
+from jtlens.hooks import Hooks
+from jtlens.model import forward, forward_with_cache, hook_catalogue
 
 Metric = Callable[[Any], jax.Array]
 
@@ -31,9 +32,11 @@ def _forward_fn(cfg: Config, metric: Metric, metric_on: str, fw: dict, capture=N
     capture = True if metric_on == "cache" else capture
 
     def run(params, tokens, deltas, patch=None):
-        out = forward(params, tokens, cfg, Hooks(capture=capture, add=deltas, patch=patch or {}),
-                      return_type="logits", **fw)
-        logits, cache = out if capture else (out, None)
+        hooks = Hooks(capture=capture, add=deltas, patch=patch or {})
+        if capture:
+            logits, cache = forward_with_cache(params, tokens, cfg, hooks, return_type="logits", **fw)
+        else:
+            logits, cache = forward(params, tokens, cfg, hooks, return_type="logits", **fw), None
         return metric(cache if metric_on == "cache" else logits), cache
     return run
 
@@ -42,7 +45,8 @@ def zero_deltas(params, cfg: Config, tokens, names: Sequence[str], **fw):
     """Zero `add` deltas for concrete hook `names`: `blocks.*.<template>` -> [n_layers, *act]
     (one per template, however many layers are asked for), outer hooks -> [*act]."""
     def shapes(p, t):
-        return forward(p, t, cfg, Hooks(capture=tuple(names)), return_type="logits", **fw)[1]
+        return forward_with_cache(p, t, cfg, Hooks(capture=tuple(names)), return_type="logits",
+                                  **fw)[1]
 
     cache = jax.eval_shape(shapes, params, tokens)
     deltas = {f"blocks.*.{t}": jnp.zeros((cfg.n_layers,) + a.shape[1:], a.dtype)
@@ -53,14 +57,13 @@ def zero_deltas(params, cfg: Config, tokens, names: Sequence[str], **fw):
 
 def _as_cache(cfg: Config, grads: dict, like: ActivationCache) -> ActivationCache:
     """Gradients of the zero deltas, arranged like the activation cache `like`."""
-    stacked = {t: grads[f"blocks.*.{t}"][jnp.asarray(like.layers[t])] for t in like.stacked}
-    outer = {k: grads[k] for k in like.outer}
-    return ActivationCache(cfg, stacked, like.layers, outer)
+    stacked = {t: grads[f"blocks.*.{t}"][jnp.asarray(like._held(t))] for t in like.stacked}
+    return dataclasses.replace(like, stacked=stacked, outer={k: grads[k] for k in like.outer})
 
 
 def _value_and_grads(params, cfg: Config, tokens, metric: Metric, names_filter, metric_on: str,
                      fw: dict, keep_activations: bool):
-    names = select_names(names_filter, cfg)
+    names = hook_catalogue(cfg).select(names_filter)
     if not names:
         raise ValueError(f"names_filter {names_filter!r} selects no hooks")
     deltas, like = zero_deltas(params, cfg, tokens, names, **fw)
@@ -96,7 +99,7 @@ def grad_wrt(model, tokens, metric: Metric, names, *, metric_on: str = "logits",
     """`{hook name: d metric / d activation}` (each the activation's shape) for a model with
     `.params` and `.cfg` (a HookedTransformer), from one backward pass. Use `grad_cache` for the
     pure `(params, cfg)` form."""
-    names = select_names(names, model.cfg)
+    names = hook_catalogue(model.cfg).select(names)
     _, cache = grad_cache(model.params, model.cfg, jnp.asarray(tokens), metric, names,
                           metric_on=metric_on, **forward_kwargs)
     return {n: cache[n] for n in names}
@@ -109,15 +112,7 @@ def grad_times_activation(params, cfg: Config, tokens, metric: Metric, names_fil
     this). `{name: [*act_shape[:-1]]}`."""
     _, acts, grads = activations_and_grads(params, cfg, tokens, metric, names_filter,
                                            **forward_kwargs)
-    return {n: (grads[n] * acts[n]).sum(-1) for n in select_names(names_filter, cfg)}
-
-
-def _one_hook(name, cfg: Config, what: str) -> str:
-    names = select_names(name, cfg)
-    if len(names) != 1:
-        raise ValueError(f"{what} takes one concrete hook (e.g. 'blocks.1.hook_resid_pre'); "
-                         f"{name!r} selects {len(names)}")
-    return names[0]
+    return {n: (grads[n] * acts[n]).sum(-1) for n in hook_catalogue(cfg).select(names_filter)}
 
 
 def integrated_gradients(params, cfg: Config, tokens, metric: Metric, name: str, baseline,
@@ -126,7 +121,7 @@ def integrated_gradients(params, cfg: Config, tokens, metric: Metric, name: str,
     activations at hook `name` (the activation is patched to each path point):
     `(target - baseline) * mean_alpha grad(baseline + alpha (target - baseline))`, midpoint rule
     over `steps` points. Its sum approximates metric(target) - metric(baseline)."""
-    full = _one_hook(name, cfg, "integrated_gradients")
+    full = hook_catalogue(cfg).one(name, "integrated_gradients")
     baseline, target = jnp.asarray(baseline), jnp.asarray(target)
     if baseline.shape != target.shape:
         raise ValueError(f"baseline {baseline.shape} and target {target.shape} must have one shape")
@@ -141,35 +136,3 @@ def integrated_gradients(params, cfg: Config, tokens, metric: Metric, name: str,
 
     alphas = (jnp.arange(steps, dtype=jnp.float32) + 0.5) / steps
     return (target - baseline) * jax.vmap(grad_at)(alphas).mean(0)
-
-
-def steering_vector(params, cfg: Config, tokens, name: str, target_token: int, *,
-                    steps: int = 100, learning_rate: float = 0.05, position: int = -1,
-                    l2: float = 1e-3, optimizer: Optional[Any] = None):
-    """Optimise a vector added at hook `name` (every position) to raise the log-prob of
-    `target_token` at `position`. Returns (vector [d], log-probs per step [steps])."""
-    import optax
-
-    full = _one_hook(name, cfg, "steering_vector")
-    _, like = zero_deltas(params, cfg, tokens, [full])
-    width = jax.tree_util.tree_leaves(like)[0].shape[-1]
-
-    def loss(v):
-        logits = forward(params, tokens, cfg, Hooks(add={full: v}), return_type="logits")
-        logp = jax.nn.log_softmax(logits[:, position], -1)[:, target_token].mean()
-        return -logp + l2 * jnp.sum(v * v), logp
-
-    opt = optimizer or optax.adam(learning_rate)
-
-    @jax.jit
-    def step(v, state):
-        (_, logp), g = jax.value_and_grad(loss, has_aux=True)(v)
-        updates, state = opt.update(g, state, v)
-        return optax.apply_updates(v, updates), state, logp
-
-    v = jnp.zeros((width,), jnp.float32)
-    state, history = opt.init(v), []
-    for _ in range(steps):
-        v, state, logp = step(v, state)
-        history.append(logp)
-    return v, jnp.stack(history)

@@ -17,11 +17,12 @@ import numpy as np
 
 from jtlens import tokens as T
 from jtlens.config import Config
-from jtlens.hooked_transformer import HookedTransformer, _forward_jit
+from jtlens.hooked_transformer import HookedTransformer, _forward_jit, _forward_with_cache_jit
 from jtlens.hooks import Hooks
-from jtlens.loading import PROCESSING, load_no_processing
 from jtlens.checks import check_attention_mask
-from jtlens.model import _check_encoder_inputs, check_tokens, forward
+from jtlens.loading import load_no_processing
+from jtlens.weights import DEFAULT_PROCESSING
+from jtlens.model import _check_encoder_inputs, check_tokens, forward, forward_with_cache
 
 RETURN_TYPES = ("logits", "embeddings", "predictions", None)
 
@@ -45,7 +46,7 @@ class HookedEncoder(HookedTransformer):
         """Load a BERT / DistilBERT checkpoint without weight processing, as TransformerLens
         does (a local save_pretrained folder or a hub name, through `jtlens.loading`).
         A base-model checkpoint (`BertModel`) loads without the MLM head, and warns."""
-        processing = [k for k in PROCESSING if kwargs.pop(k, False)]
+        processing = [k for k in DEFAULT_PROCESSING if kwargs.pop(k, False)]
         if processing:
             raise ValueError(f"{processing}: TransformerLens processes no encoder weights (its "
                              f"LayerNorms come after the residual adds, so they cannot be folded)")
@@ -61,7 +62,8 @@ class HookedEncoder(HookedTransformer):
 
     # ------------------------------------------------------------------ running
     def _run(self, input, hooks: Optional[Hooks], *, return_type: Optional[str] = "logits",
-             token_type_ids=None, one_zero_attention_mask=None, eager: bool = False):
+             token_type_ids=None, one_zero_attention_mask=None, eager: bool = False,
+             capture: bool = False):
         if return_type not in RETURN_TYPES:
             raise ValueError(f"return_type={return_type!r}; use one of {RETURN_TYPES}")
         text = T.maybe_strings(input)
@@ -83,16 +85,17 @@ class HookedEncoder(HookedTransformer):
         mask = None if one_zero_attention_mask is None else jnp.asarray(one_zero_attention_mask)
         if mask is not None:
             check_attention_mask(mask, tokens.shape)
-        run = functools.partial(forward, scan=False) if eager else _forward_jit
+        if eager:
+            run = functools.partial(forward_with_cache if capture else forward, scan=False)
+        else:
+            run = _forward_with_cache_jit if capture else _forward_jit
         out = run(self.params, jnp.asarray(tokens), cfg=self.cfg, hooks=hooks,
                   return_type=core_type, attention_mask=mask, stop_at_layer=stop,
                   token_type_ids=None if types is None else jnp.asarray(types))
-        if return_type != "predictions":
-            return out
-        if hooks is not None and hooks.capture:
-            logits, cache = out
-            return self._predictions(tokens, logits), cache
-        return self._predictions(tokens, out)
+        out, cache = out if capture else (out, None)
+        if return_type == "predictions":
+            out = self._predictions(tokens, out)
+        return (out, cache) if capture else out
 
     def _predictions(self, tokens, logits):
         """TransformerLens's "predictions": the argmax token at each [MASK], decoded."""

@@ -23,13 +23,15 @@ from jtlens import cache_analysis as analysis
 from jtlens import tokens as T
 from jtlens.config import Config
 from jtlens.factored_matrix import FactoredMatrix, composition_scores
-from jtlens.hooks import Hooks, hook_names, select_names
 from jtlens.checks import check_attention_mask
-from jtlens.model import check_tokens, forward
+from jtlens.hooks import Hooks
+from jtlens.model import check_tokens, forward, forward_with_cache, hook_catalogue, hook_names
 from jtlens.params import init_params
+from jtlens.weights import NO_PROCESSING
 
 _STATIC = ("cfg", "return_type", "loss_per_token", "start_at_layer", "stop_at_layer", "scan")
 _forward_jit = jax.jit(forward, static_argnames=_STATIC)
+_forward_with_cache_jit = jax.jit(forward_with_cache, static_argnames=_STATIC)
 
 _DEFAULT = object()
 
@@ -113,10 +115,7 @@ class HookedTransformer:
     @classmethod
     def from_pretrained_no_processing(cls, model_name: str, **kwargs) -> "HookedTransformer":
         """`from_pretrained` with every weight-processing step off (raw Hugging Face numerics)."""
-        for flag in ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases",
-                     "refactor_factored_attn_matrices"):
-            kwargs.setdefault(flag, False)
-        return cls.from_pretrained(model_name, **kwargs)
+        return cls.from_pretrained(model_name, **{**NO_PROCESSING, **kwargs})
 
     # ------------------------------------------------------------------ inputs
     def _inputs(self, input, prepend_bos, padding_side, attention_mask):
@@ -133,7 +132,7 @@ class HookedTransformer:
 
     def _run(self, input, hooks: Optional[Hooks], *, return_type="logits", loss_per_token=False,
              prepend_bos=_DEFAULT, padding_side=_DEFAULT, attention_mask=None,
-             start_at_layer=None, stop_at_layer=None, tokens=None, eager=False):
+             start_at_layer=None, stop_at_layer=None, tokens=None, eager=False, capture=False):
         if start_at_layer is None:
             tok, mask = self._inputs(input, prepend_bos, padding_side, attention_mask)
             check_tokens(tok, self.cfg)  # inside the jitted forward the ids are no longer known
@@ -142,20 +141,18 @@ class HookedTransformer:
         if mask is not None:
             mask = jnp.asarray(mask)
             check_attention_mask(mask, tok.shape[:2])  # concrete here, traced inside the forward
-        kwargs = dict(return_type="logits" if return_type == "both" else return_type,
-                      loss_per_token=loss_per_token, attention_mask=mask,
+        kwargs = dict(return_type=return_type, loss_per_token=loss_per_token, attention_mask=mask,
                       start_at_layer=start_at_layer, stop_at_layer=stop_at_layer,
                       loss_tokens=None if tokens is None else jnp.asarray(tokens))
-        if return_type == "both":
-            kwargs["return_type"] = "both"
-        run = functools.partial(forward, scan=False) if eager else _forward_jit
+        if eager:
+            run = functools.partial(forward_with_cache if capture else forward, scan=False)
+        else:
+            run = _forward_with_cache_jit if capture else _forward_jit
         out = run(self.params, tok, cfg=self.cfg, hooks=hooks, **kwargs)
+        out, cache = out if capture else (out, None)
         if return_type == "both" and stop_at_layer is None:
-            if hooks is not None and hooks.capture:
-                (logits, loss), cache = out
-                return Output(logits, loss), cache
-            return Output(*out)
-        return out
+            out = Output(*out)
+        return (out, cache) if capture else out
 
     def __call__(self, input, return_type: Optional[str] = "logits", loss_per_token: bool = False,
                  prepend_bos=_DEFAULT, padding_side=_DEFAULT, attention_mask=None,
@@ -182,10 +179,11 @@ class HookedTransformer:
         names_filter: None (every hook), a name, a list of names/aliases/`blocks.*` forms/globs,
         or a predicate on the full name.
         """
-        names = tuple(select_names(True if names_filter is None else names_filter, self.cfg))
+        names = tuple(hook_catalogue(self.cfg).select(True if names_filter is None else names_filter))
         persistent = self._persistent_hooks()
         hooks = Hooks(capture=names, fns=persistent.fns if persistent else ())
-        out, cache = self._run(*args, hooks=hooks, eager=persistent is not None, **kwargs)
+        out, cache = self._run(*args, hooks=hooks, eager=persistent is not None, capture=True,
+                               **kwargs)
         cache = cache.with_model(self)
         if remove_batch_dim:
             cache.remove_batch_dim()
@@ -232,7 +230,7 @@ class HookedTransformer:
             return None
         fns = []
         for name, fn in self._hooks:
-            names = select_names(name, self.cfg) if callable(name) else [name]
+            names = hook_catalogue(self.cfg).select(name) if callable(name) else [name]
             fns.extend((n, fn) for n in names)
         return Hooks(fns=fns)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import functools
 import re
 from typing import Any, Callable, Mapping, Optional, Union
 
@@ -22,108 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtlens.config import Config
 
 ALL_LAYERS = "*"
-_BLOCK_NAME = re.compile(r"^blocks\.(\d+|\*)\.(.+)$")
-
-
-# ----------------------------------------------------------------------------- catalogue
-
-def block_hook_templates(cfg: Config, optional: bool = False) -> list[str]:
-    """Per-layer hook templates for `cfg`, in execution order.
-
-    `optional=True` includes the hooks TransformerLens only has behind `use_*` flags
-    (hook_result, hook_attn_in, hook_q/k/v_input, hook_mlp_in), whatever the flags say.
-    """
-    if cfg.post_ln:
-        return _post_ln_block_templates(cfg, optional)
-    ln = cfg.normalization_type is not None
-    t = ["hook_resid_pre"]
-    if optional or cfg.use_attn_in:
-        t.append("hook_attn_in")
-    if optional or cfg.use_split_qkv_input:
-        t += ["hook_q_input", "hook_k_input", "hook_v_input"]
-    if ln:
-        t += ["ln1.hook_scale", "ln1.hook_normalized"]
-    t += ["attn.hook_q", "attn.hook_k", "attn.hook_v"]
-    if cfg.use_qk_norm:
-        t += ["attn.q_norm.hook_scale", "attn.q_norm.hook_normalized",
-              "attn.k_norm.hook_scale", "attn.k_norm.hook_normalized"]
-    if cfg.positional_embedding_type == "rotary":
-        t += ["attn.hook_rot_q", "attn.hook_rot_k"]
-    t += ["attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z"]
-    if optional or cfg.use_attn_result:
-        t.append("attn.hook_result")
-    if cfg.use_normalization_before_and_after:
-        t += ["ln1_post.hook_scale", "ln1_post.hook_normalized"]
-    t.append("hook_attn_out")
-    if not cfg.attn_only:
-        if not cfg.parallel_attn_mlp:
-            t.append("hook_resid_mid")
-        if optional or cfg.use_hook_mlp_in:
-            t.append("hook_mlp_in")
-        if ln:
-            t += ["ln2.hook_scale", "ln2.hook_normalized"]
-        t.append("mlp.hook_pre")
-        if cfg.gated_mlp:
-            t.append("mlp.hook_pre_linear")
-        t.append("mlp.hook_post")
-        if cfg.use_normalization_before_and_after:
-            t += ["ln2_post.hook_scale", "ln2_post.hook_normalized"]
-        t.append("hook_mlp_out")
-    t.append("hook_resid_post")
-    return t
-
-
-def _post_ln_block_templates(cfg: Config, optional: bool) -> list[str]:
-    """TransformerLens's BertBlock hooks: ln1 normalises resid_mid, ln2 normalises resid_post."""
-    t = ["hook_resid_pre"]
-    if optional or cfg.use_split_qkv_input:
-        t += ["hook_q_input", "hook_k_input", "hook_v_input"]
-    t += ["attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores",
-          "attn.hook_pattern", "attn.hook_z"]
-    if optional or cfg.use_attn_result:
-        t.append("attn.hook_result")
-    t += ["hook_attn_out", "hook_resid_mid"]
-    if optional or cfg.use_hook_mlp_in:
-        t.append("hook_mlp_in")
-    t += ["ln1.hook_scale", "ln1.hook_normalized", "mlp.hook_pre"]
-    if cfg.gated_mlp:
-        t.append("mlp.hook_pre_linear")
-    return t + ["mlp.hook_post", "hook_mlp_out", "hook_resid_post", "ln2.hook_scale",
-                "ln2.hook_normalized", "hook_normalized_resid_post"]
-
-
-def _encoder_outer_hook_names(cfg: Config) -> tuple[list[str], list[str]]:
-    """TransformerLens's HookedEncoder: the embedding hooks sit under `embed.`."""
-    pre = ["embed.hook_embed", "embed.hook_pos_embed"]
-    if cfg.n_token_types:
-        pre.append("embed.hook_token_type_embed")
-    pre += ["embed.ln.hook_scale", "embed.ln.hook_normalized", "hook_full_embed"]
-    post = ["mlm_head.ln.hook_scale", "mlm_head.ln.hook_normalized", "unembed.hook_in",
-            "unembed.hook_out"] if cfg.mlm_head else []
-    return pre, post
-
-
-def outer_hook_names(cfg: Config) -> tuple[list[str], list[str]]:
-    """Hook points before the blocks and after them."""
-    if cfg.post_ln:
-        return _encoder_outer_hook_names(cfg)
-    pre = (["hook_tokens"] if cfg.use_hook_tokens else []) + ["hook_embed"]
-    if cfg.positional_embedding_type == "standard":
-        pre.append("hook_pos_embed")
-    post = ["ln_final.hook_scale", "ln_final.hook_normalized"] if cfg.final_norm_type else []
-    post += ["unembed.hook_in", "unembed.hook_out"]
-    return pre, post
-
-
-def hook_names(cfg: Config, optional: bool = False) -> list[str]:
-    """Every concrete hook name of `cfg`, in execution order (what a full cache holds)."""
-    pre, post = outer_hook_names(cfg)
-    blocks = [f"blocks.{l}.{t}" for l in range(cfg.n_layers)
-              for t in block_hook_templates(cfg, optional)]
-    return pre + blocks + post
+_BLOCK_NAME = re.compile(r"^blocks\.(-?\d+|\*)\.(.+)$")
 
 
 # ----------------------------------------------------------------------------- names
@@ -164,36 +66,10 @@ def get_act_name(name: str, layer: Optional[int] = None, layer_type: Optional[st
 NameLike = Union[str, tuple]
 
 
-def canonical_name(name: NameLike, cfg: Config) -> str:
-    """A TransformerLens hook name from any accepted spelling.
-
-    Accepts full names, `blocks.*.<template>`, `get_act_name` tuples (`("pattern", 3)`,
-    `("scale", 2, "ln1")`) and short aliases; a short alias without a layer (`"resid_pre"`)
-    means every layer. Negative layers count from the end.
-    """
-    if isinstance(name, tuple):
-        base, *rest = name
-        layer = rest[0] if rest else None
-        layer_type = rest[1] if len(rest) > 1 else None
-        if isinstance(layer, int) and layer < 0:
-            layer += cfg.n_layers
-        return canonical_name(get_act_name(base, layer, layer_type), cfg)
-    if not isinstance(name, str):
-        raise TypeError(f"hook names are strings or (name, layer) tuples, got {name!r}")
-    full = get_act_name(name)
-    if cfg.post_ln and f"embed.{full}" in outer_hook_names(cfg)[0]:
-        full = f"embed.{full}"  # get_act_name("embed") -> hook_embed; an encoder's is embed.hook_embed
-    if full.startswith("hook_") and full not in outer_hook_names(cfg)[0] \
-            and full[len("hook_"):] not in ("embed", "pos_embed", "tokens"):
-        full = f"blocks.*.{full}"
-    if not full.startswith(("blocks.", "hook_", "ln_final.", "unembed.", "embed.", "mlm_head.")):
-        # e.g. "attn.hook_z" / "mlp.hook_post": a template without its layer
-        full = f"blocks.*.{full}"
-    m = _BLOCK_NAME.match(full)
-    if m and m.group(1) != ALL_LAYERS and int(m.group(1)) >= cfg.n_layers:
-        raise ValueError(f"hook {full!r}: layer {m.group(1)} is out of range for a model with "
-                         f"{cfg.n_layers} layers")
-    return full
+def _is_act_key(x) -> bool:
+    """A `get_act_name`-style key such as ("pattern", 3) or ("scale", 2, "ln1")."""
+    return (isinstance(x, tuple) and 2 <= len(x) <= 3 and isinstance(x[0], str)
+            and (x[1] is None or isinstance(x[1], int)))
 
 
 def split_name(full: str) -> tuple[str, Union[int, str, None]]:
@@ -205,73 +81,130 @@ def split_name(full: str) -> tuple[str, Union[int, str, None]]:
     return m.group(2), (ALL_LAYERS if layer == ALL_LAYERS else int(layer))
 
 
-def unknown_hook_error(name: Any, cfg: Config) -> ValueError:
-    valid = hook_names(cfg, optional=True)
-    valid_templates = [f"blocks.*.{t}" for t in block_hook_templates(cfg, optional=True)]
-    near = difflib.get_close_matches(str(name), valid + valid_templates, n=5, cutoff=0.4)
-    hint = f" Nearest valid names: {near}." if near else ""
-    return ValueError(f"Unknown hook name {name!r} for this model.{hint} "
-                      f"(jtlens.hook_names(cfg) lists them all.)")
+@dataclasses.dataclass(frozen=True)
+class HookNames:
+    """The hook points of one model, in execution order: what names resolve against.
 
+    Built by `jtlens.model.hook_catalogue(cfg)`, which reads them off the forward itself, so a
+    hook point exists exactly where the forward fires one.
 
-def resolve(name: NameLike, cfg: Config) -> tuple[str, Union[int, str, None]]:
-    """Validate a hook name for `cfg` and split it into (template, layer)."""
-    try:
-        full = canonical_name(name, cfg)
-    except TypeError:
-        raise unknown_hook_error(name, cfg) from None
-    template, layer = split_name(full)
-    if layer is None:
-        pre, post = outer_hook_names(cfg)
-        ok = template in pre + post
-    else:
-        ok = template in block_hook_templates(cfg, optional=True)
-    if not ok:
-        raise unknown_hook_error(name, cfg)
-    return template, layer
-
-
-def _is_act_key(x) -> bool:
-    """A `get_act_name`-style key such as ("pattern", 3) or ("scale", 2, "ln1")."""
-    return (isinstance(x, tuple) and 2 <= len(x) <= 3 and isinstance(x[0], str)
-            and (x[1] is None or isinstance(x[1], int)))
-
-
-def select_names(selection: Any, cfg: Config) -> list[str]:
-    """Expand a capture selection into concrete hook names, in execution order.
-
-    `True` = everything (TransformerLens's `names_filter=None`); a string or list of names,
-    `blocks.*` forms, aliases or glob patterns; or a predicate on the full name.
+    Attributes:
+      pre / post: hook names before and after the blocks (`hook_embed`, `ln_final.hook_scale`).
+      templates: per-layer templates (`attn.hook_z`) a capture-everything run holds.
+      optional: every per-layer template, including those TransformerLens only has behind
+        `use_*` flags (hook_result, hook_attn_in, hook_q/k/v_input, hook_mlp_in).
+      n_layers: the number of blocks.
     """
-    if selection is None or selection is False:
-        return []
-    everything = hook_names(cfg)
-    if selection is True:
-        return everything
-    if callable(selection):
-        return [n for n in hook_names(cfg, optional=True) if selection(n)]
-    if isinstance(selection, str) or _is_act_key(selection):
-        selection = [selection]
-    if not isinstance(selection, (list, tuple, set, frozenset)):
-        raise TypeError(f"names_filter / capture={selection!r}: give True, a hook name, a list of "
-                        f"names or a predicate on the name")
-    wanted: set[str] = set()
-    for item in selection:
-        if isinstance(item, str) and any(c in item for c in "?[") or (
-                isinstance(item, str) and "*" in item and not _BLOCK_NAME.match(item)):
-            hits = fnmatch.filter(everything, item)
-            if not hits:
-                raise unknown_hook_error(item, cfg)
-            wanted.update(hits)
-            continue
-        template, layer = resolve(item, cfg)
-        if layer == ALL_LAYERS:
-            wanted.update(f"blocks.{l}.{template}" for l in range(cfg.n_layers))
-        elif layer is None:
-            wanted.add(template)
-        else:
-            wanted.add(f"blocks.{layer}.{template}")
-    return [n for n in hook_names(cfg, optional=True) if n in wanted]
+
+    pre: tuple
+    templates: tuple
+    optional: tuple
+    post: tuple
+    n_layers: int
+
+    def names(self, optional: bool = False) -> list[str]:
+        """Every concrete hook name (what a full cache holds), in execution order."""
+        templates = self.optional if optional else self.templates
+        return [*self.pre, *(f"blocks.{l}.{t}" for l in range(self.n_layers) for t in templates),
+                *self.post]
+
+    def canonical(self, name: NameLike) -> str:
+        """A TransformerLens hook name from any accepted spelling.
+
+        Accepts full names, `blocks.*.<template>`, `get_act_name` tuples (`("pattern", 3)`,
+        `("scale", 2, "ln1")`) and short aliases; a short alias without a layer (`"resid_pre"`)
+        means every layer. Negative layers count from the end.
+        """
+        if isinstance(name, tuple):
+            base, *rest = name
+            layer = rest[0] if rest else None
+            layer_type = rest[1] if len(rest) > 1 else None
+            if isinstance(layer, int) and layer < 0:
+                layer += self.n_layers
+            return self.canonical(get_act_name(base, layer, layer_type))
+        if not isinstance(name, str):
+            raise TypeError(f"hook names are strings or (name, layer) tuples, got {name!r}")
+        full = get_act_name(name)
+        if f"embed.{full}" in self.pre:
+            full = f"embed.{full}"  # get_act_name("embed") -> hook_embed; an encoder's is embed.hook_embed
+        if full.startswith("hook_") and full not in self.pre \
+                and full[len("hook_"):] not in ("embed", "pos_embed", "tokens"):
+            full = f"blocks.*.{full}"
+        if not full.startswith(("blocks.", "hook_", "ln_final.", "unembed.", "embed.", "mlm_head.")):
+            # e.g. "attn.hook_z" / "mlp.hook_post": a template without its layer
+            full = f"blocks.*.{full}"
+        m = _BLOCK_NAME.match(full)
+        if m and m.group(1) != ALL_LAYERS:
+            layer = int(m.group(1))
+            if not -self.n_layers <= layer < self.n_layers:
+                raise ValueError(f"hook {full!r}: layer {layer} is out of range for a model with "
+                                 f"{self.n_layers} layers")
+            full = f"blocks.{layer % self.n_layers}.{m.group(2)}"
+        return full
+
+    def unknown(self, name: Any) -> ValueError:
+        """The error for a name this model does not have, listing the nearest valid ones."""
+        valid = self.names(optional=True) + [f"blocks.*.{t}" for t in self.optional]
+        near = difflib.get_close_matches(str(name), valid, n=5, cutoff=0.4)
+        hint = f" Nearest valid names: {near}." if near else ""
+        return ValueError(f"Unknown hook name {name!r} for this model.{hint} "
+                          f"(jtlens.hook_names(cfg) lists them all.)")
+
+    def resolve(self, name: NameLike) -> tuple[str, Union[int, str, None]]:
+        """Validate a hook name and split it into (template, layer)."""
+        try:
+            full = self.canonical(name)
+        except TypeError:
+            raise self.unknown(name) from None
+        template, layer = split_name(full)
+        ok = template in (self.pre + self.post if layer is None else self.optional)
+        if not ok:
+            raise self.unknown(name)
+        return template, layer
+
+    def one(self, name: NameLike, what: str) -> str:
+        """The single concrete hook `name` selects; `what` names the caller in the error."""
+        names = self.select(name)
+        if len(names) != 1:
+            raise ValueError(f"{what} takes one concrete hook (e.g. 'blocks.1.hook_resid_pre'); "
+                             f"{name!r} selects {len(names)}")
+        return names[0]
+
+    def select(self, selection: Any) -> list[str]:
+        """Expand a capture selection into concrete hook names, in execution order.
+
+        `True` = everything (TransformerLens's `names_filter=None`); a string or list of names,
+        `blocks.*` forms, aliases or glob patterns; or a predicate on the full name.
+        """
+        if selection is None or selection is False:
+            return []
+        everything = self.names()
+        if selection is True:
+            return everything
+        if callable(selection):
+            return [n for n in self.names(optional=True) if selection(n)]
+        if isinstance(selection, str) or _is_act_key(selection):
+            selection = [selection]
+        if not isinstance(selection, (list, tuple, set, frozenset)):
+            raise TypeError(f"names_filter / capture={selection!r}: give True, a hook name, a list "
+                            f"of names or a predicate on the name")
+        wanted: set[str] = set()
+        for item in selection:
+            if isinstance(item, str) and any(c in item for c in "?[") or (
+                    isinstance(item, str) and "*" in item and not _BLOCK_NAME.match(item)):
+                hits = fnmatch.filter(everything, item)
+                if not hits:
+                    raise self.unknown(item)
+                wanted.update(hits)
+                continue
+            template, layer = self.resolve(item)
+            if layer == ALL_LAYERS:
+                wanted.update(f"blocks.{l}.{template}" for l in range(self.n_layers))
+            elif layer is None:
+                wanted.add(template)
+            else:
+                wanted.add(f"blocks.{layer}.{template}")
+        return [n for n in self.names(optional=True) if n in wanted]
 
 
 # ----------------------------------------------------------------------------- the pytree
@@ -300,7 +233,19 @@ class HookPoint:
 HookFn = Callable[[jax.Array, HookPoint], Optional[jax.Array]]
 
 
-@jax.tree_util.register_pytree_node_class
+def _patch_key(key: Any) -> str:
+    """A patch/add key as a string: `("pattern", 3)` -> `blocks.3.attn.hook_pattern` (negative
+    layers stay negative and are resolved against the model). Strings keep the user's spelling."""
+    if _is_act_key(key):
+        base, layer, *layer_type = key
+        return get_act_name(base, layer, *layer_type)
+    if not isinstance(key, str):
+        raise TypeError(f"hook names are strings or (name, layer) tuples, got {key!r}")
+    return key
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=("patch", "add"),
+                   meta_fields=("capture", "fns"))
 @dataclasses.dataclass(frozen=True)
 class Hooks:
     """Interventions and captures for one forward.
@@ -316,41 +261,26 @@ class Hooks:
       fns: name -> `f(act, hook) -> act | None`, traced under jit (the `run_with_hooks`
         escape hatch). A list of functions applies them in order. Static.
 
-    At one hook point the order is: patch, add, fns, then capture.
+    At one hook point the order is: patch, add, fns, then capture. `patch` and `add` are keyed
+    by strings (tuple keys are spelled out), so the pytree flattens like any dict.
     """
 
     capture: Any = None
-    patch: Mapping[Any, tuple] = dataclasses.field(default_factory=dict)
-    add: Mapping[Any, Any] = dataclasses.field(default_factory=dict)
+    patch: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+    add: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     fns: Any = ()
 
     def __post_init__(self):
-        capture = self.capture
-        if isinstance(capture, list):
-            capture = tuple(capture)
-        object.__setattr__(self, "capture", capture)
+        # Runs again on unflatten (with tracers or placeholders as leaves): only keys and
+        # containers are normalised here, never the values.
+        capture = tuple(self.capture) if isinstance(self.capture, list) else self.capture
         fns = self.fns.items() if isinstance(self.fns, Mapping) else self.fns
-        object.__setattr__(self, "fns", tuple((k, tuple(f) if isinstance(f, (list, tuple)) else (f,))
-                                              for k, f in fns))
-        patch = {k: (v if isinstance(v, tuple) else (v, None)) for k, v in dict(self.patch).items()}
-        object.__setattr__(self, "patch", patch)
-        object.__setattr__(self, "add", dict(self.add))
-
-    def tree_flatten(self):
-        patch_keys = tuple(self.patch)
-        add_keys = tuple(self.add)
-        children = (tuple(self.patch[k] for k in patch_keys), tuple(self.add[k] for k in add_keys))
-        return children, (self.capture, self.fns, patch_keys, add_keys)
-
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        capture, fns, patch_keys, add_keys = aux
-        obj = object.__new__(cls)
-        object.__setattr__(obj, "capture", capture)
-        object.__setattr__(obj, "fns", fns)
-        object.__setattr__(obj, "patch", dict(zip(patch_keys, children[0])))
-        object.__setattr__(obj, "add", dict(zip(add_keys, children[1])))
-        return obj
+        fns = tuple((k, tuple(f) if isinstance(f, (list, tuple)) else (f,)) for k, f in fns)
+        patch = {_patch_key(k): (v if isinstance(v, tuple) else (v, None))
+                 for k, v in dict(self.patch).items()}
+        add = {_patch_key(k): v for k, v in dict(self.add).items()}
+        for name, value in (("capture", capture), ("fns", fns), ("patch", patch), ("add", add)):
+            object.__setattr__(self, name, value)
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -366,13 +296,13 @@ class _Edit:
 class HookRunner:
     """Applies a `Hooks` inside the forward. Built at trace time; all decisions are static."""
 
-    def __init__(self, hooks: Optional[Hooks], cfg: Config):
-        self.cfg = cfg
+    def __init__(self, hooks: Optional[Hooks], names: HookNames):
+        self.names = names
         self.edits: dict[str, list[_Edit]] = {}
         self.captured: dict[str, set] = {}  # template -> layers (None for outer hooks)
         if hooks is None:
             return
-        for full in select_names(hooks.capture, cfg):
+        for full in names.select(hooks.capture):
             template, layer = split_name(full)
             self.captured.setdefault(template, set()).add(layer)
         for key, pv in hooks.patch.items():
@@ -381,14 +311,14 @@ class HookRunner:
             self._add_edit("add", key, delta)
         for key, fns in hooks.fns:
             if callable(key) and not isinstance(key, str):
-                for full in select_names(key, cfg):
+                for full in names.select(key):
                     self._add_edit("fn", full, fns)
             else:
                 self._add_edit("fn", key, fns)
 
     def _add_edit(self, kind, key, payload):
-        template, layer = resolve(key, self.cfg)
-        name = key if isinstance(key, str) else canonical_name(key, self.cfg)
+        template, layer = self.names.resolve(key)
+        name = key if isinstance(key, str) else self.names.canonical(key)
         self.edits.setdefault(template, []).append(_Edit(kind, name, layer, payload))
 
     @property
@@ -436,10 +366,10 @@ class HookRunner:
     def _payload(self, e: _Edit, what, x, act, layer):
         x = jnp.asarray(x)
         if e.layer == ALL_LAYERS:
-            if x.ndim == 0 or x.shape[0] not in (1, self.cfg.n_layers):
+            if x.ndim == 0 or x.shape[0] not in (1, self.names.n_layers):
                 raise ValueError(
                     f"hook {e.name!r}: the {what} for a blocks.* hook needs a leading layer axis "
-                    f"of size {self.cfg.n_layers}; got shape {tuple(x.shape)} for an activation "
+                    f"of size {self.names.n_layers}; got shape {tuple(x.shape)} for an activation "
                     f"of shape {tuple(act.shape)} per layer")
             x = x[0] if x.shape[0] == 1 else jax.lax.dynamic_index_in_dim(x, layer, keepdims=False)
         try:

@@ -17,9 +17,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-import conversions  # not `from conversions import ...`: conversions imports jtlens, a cycle
 from jtlens import checkpoint_io, weights
 from jtlens.checkpoint_io import read_json
+from jtlens.conversions import convert_folder
 from jtlens.config import Config
 from jtlens.params import check_and_cast
 
@@ -37,8 +37,6 @@ HUB_ALIASES = {
     "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
 }
 NATIVE_CONFIG, NATIVE_PARAMS = "jtlens_config.json", "params.msgpack"
-PROCESSING = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases",
-              "refactor_factored_attn_matrices")
 
 
 def save_converted(path, cfg: Config, params: dict, tokenizer: Any = None,
@@ -65,21 +63,19 @@ def save_converted(path, cfg: Config, params: dict, tokenizer: Any = None,
     return checkpoint_io.write_folder(path, fill, overwrite=overwrite)
 
 
-def load(name_or_path, *, fold_ln: bool = True, center_writing_weights: bool = True,
-         center_unembed: bool = True, fold_value_biases: bool = True,
-         refactor_factored_attn_matrices: bool = False, dtype: Optional[str] = None,
-         tokenizer: Any = None, trust_remote_code: bool = False, progress: bool = True,
-         **config_overrides) -> tuple[Config, dict, Any]:
+def load(name_or_path, *, dtype: Optional[str] = None, tokenizer: Any = None,
+         trust_remote_code: bool = False, progress: bool = True,
+         **options) -> tuple[Config, dict, Any]:
     """Load a model -> (cfg, layer-stacked params, tokenizer or None).
 
     `name_or_path`: "jtlens-tiny", a folder saved by `save_converted`, a Hugging Face folder, or a
-    hub name (downloaded with huggingface_hub). Processing flags are TransformerLens's
-    `from_pretrained` defaults; `config_overrides` replace Config fields (e.g. n_ctx=512).
+    hub name (downloaded with huggingface_hub). `options`: weight-processing steps
+    (`weights.DEFAULT_PROCESSING`, TransformerLens's `from_pretrained` defaults, e.g.
+    fold_ln=False), Config fields (e.g. n_ctx=512), or config.json keys.
     """
-    flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
-                 center_unembed=center_unembed, fold_value_biases=fold_value_biases,
-                 refactor_factored_attn_matrices=refactor_factored_attn_matrices)
-    cfg_overrides, hf_overrides = _split_overrides(config_overrides)
+    flags = weights.processing_flags({k: options.pop(k) for k in list(options)
+                                      if k in weights.DEFAULT_PROCESSING})
+    cfg_overrides, hf_overrides = _split_overrides(options)
     folder = resolve(name_or_path)
     if (folder / NATIVE_CONFIG).exists():
         if hf_overrides:
@@ -87,7 +83,7 @@ def load(name_or_path, *, fold_ln: bool = True, center_writing_weights: bool = T
                             f"overrides must be jtlens.Config fields")
         cfg, params, done = _load_native(folder)
     else:
-        cfg, params = conversions.convert_folder(folder, progress=progress, hf_overrides=hf_overrides)
+        cfg, params = convert_folder(folder, progress=progress, hf_overrides=hf_overrides)
         cfg = cfg.replace(model_name=model_name_for(name_or_path))
         done = {}
     if cfg_overrides:
@@ -132,13 +128,12 @@ def _split_overrides(overrides: dict) -> tuple[dict, dict]:
 
 def load_no_processing(name_or_path, **kwargs) -> tuple[Config, dict, Any]:
     """`load` with every weight-processing step off: the checkpoint's own numerics."""
-    return load(name_or_path, **{**{flag: False for flag in PROCESSING}, **kwargs})
+    return load(name_or_path, **{**weights.NO_PROCESSING, **kwargs})
 
 
 def default_processing() -> dict:
     """The processing `load` applies by default (TransformerLens's from_pretrained)."""
-    return dict(fold_ln=True, center_writing_weights=True, center_unembed=True,
-                fold_value_biases=True, refactor_factored_attn_matrices=False)
+    return dict(weights.DEFAULT_PROCESSING)
 
 
 def resolve(name_or_path) -> Path:

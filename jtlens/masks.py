@@ -23,15 +23,15 @@ from tqdm.auto import tqdm
 
 from jtlens.config import Config
 from jtlens.grads import Metric, zero_deltas
-from jtlens.hooks import ALL_LAYERS, Hooks, resolve
-from jtlens.model import forward
+from jtlens.hooks import ALL_LAYERS, Hooks
+from jtlens.model import forward, hook_catalogue
 
 # Hooks laid out [batch, head, query, key]: a per-head mask there needs another broadcast rule.
 _NOT_POSITION_MAJOR = ("attn.hook_pattern", "attn.hook_attn_scores")
 
 
 def _template(name: str, cfg: Config) -> str:
-    template, layer = resolve(name, cfg)
+    template, layer = hook_catalogue(cfg).resolve(name)
     if layer != ALL_LAYERS:
         raise ValueError(f"masks cover every layer: use a template such as 'blocks.*.{template}' "
                          f"or {template.split('.')[-1].removeprefix('hook_')!r}, not {name!r}")

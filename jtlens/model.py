@@ -6,54 +6,112 @@ values or masks, differentiate it with respect to `add` deltas or params.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from jtlens import components as C
 from jtlens.cache import ActivationCache
 from jtlens.checks import check_attention_mask, check_tokens, ids_in_range, layer_range, lookup
 from jtlens.config import Config
-from jtlens.hooks import HookRunner, Hooks
-from jtlens.params import Params
+from jtlens.hooks import HookNames, HookRunner, Hooks
+from jtlens.params import Params, param_shapes
+
+Resid = Float[Array, "batch pos d_model"]
+QKVInput = Float[Array, "batch pos *head_d_model"]   # the residual, or per-head copies of it
+# Token ids, or (with start_at_layer) the residual stream to start from.
+TokensOrResid = Union[Int[ArrayLike, "batch pos"], Float[ArrayLike, "batch pos d_model"]]
+
+
+# ----------------------------------------------------------------------------- context
+
+@dataclasses.dataclass(frozen=True)
+class Ctx:
+    """What every piece of the forward needs besides its params and input.
+
+    Calling it fires a hook point: `ctx("attn.hook_z", z)` applies the run's edits there and
+    records the activation when it is captured. `layer` is a Python int (unrolled run), a traced
+    scalar (inside `lax.scan`) or None (outside the blocks); `rec` collects this layer's captures.
+    """
+
+    cfg: Config
+    hk: HookRunner
+    rec: dict
+    positions: Any = None         # [batch, pos] position ids (rotary, learned positions)
+    mask: Any = None              # [batch, pos] key padding mask, or None
+    layer: Any = None
+    local: Any = False            # this layer uses a sliding window
+
+    def __call__(self, name: str, act: jax.Array) -> jax.Array:
+        return self.hk(name, act, self.rec, self.layer)
+
+    def sub(self, prefix: str):
+        """The hook callback of a sub-module (a norm) whose hooks sit under `prefix`."""
+        return lambda name, act: self(f"{prefix}.{name}", act)
+
+    def wants(self, name: str) -> bool:
+        """Whether anything reads or edits this hook point (to skip optional computations)."""
+        return self.hk.wants(name)
+
+    def edited(self, name: str) -> bool:
+        return self.hk.edited(name)
+
+    def at(self, layer, local, rec: dict) -> "Ctx":
+        return dataclasses.replace(self, layer=layer, local=local, rec=rec)
+
+    @classmethod
+    def of(cls, cfg: Config, hooks: Optional[Hooks], batch: int, n_pos: int) -> "Ctx":
+        """A context for running pieces of the model (blocks, unembed) outside `forward`, on
+        unpadded inputs of [batch, n_pos] tokens, with `hooks` applied."""
+        return cls(cfg, HookRunner(hooks, hook_catalogue(cfg)), {},
+                   C.positions_from_mask(None, n_pos, batch))
+
+
+def norm(p: Optional[dict], kind: Optional[str], x, ctx: Ctx, name: str):
+    """The norm `name` (ln1, ln_final, ...) of kind LN/RMS/*Pre/None with its hooks."""
+    return C.normalize(x, p, kind, ctx.cfg.eps, ctx.sub(name))
+
+
+def _post_norm_kind(p: dict) -> str:
+    """LN or RMS, read off a norm's params (post-norms keep weights after fold_ln)."""
+    return "LN" if "b" in p else "RMS"
 
 
 # ----------------------------------------------------------------------------- pieces
 
-def _sub(hk: HookRunner, rec: dict, prefix: str, layer=None):
-    """A hook callback for a sub-module (e.g. a norm) whose hooks sit under `prefix`."""
-    return lambda name, act: hk(f"{prefix}.{name}", act, rec, layer)
-
-
-def embed(params: Params, tokens, cfg: Config, hk: HookRunner, rec: dict, positions, attention_mask):
+def embed(params: Params, tokens: Int[Array, "batch pos"], ctx: Ctx) -> Resid:
     """Token (+ absolute position) embedding -> residual [batch, pos, d_model]."""
-    if "hook_tokens" in hk.captured or hk.edited("hook_tokens"):
-        tokens = hk("hook_tokens", tokens, rec)
-    x = hk("hook_embed", lookup(params["embed"]["W_E"], tokens), rec)
+    cfg = ctx.cfg
+    if cfg.use_hook_tokens:
+        tokens = ctx("hook_tokens", tokens)
+    x = ctx("hook_embed", lookup(params["embed"]["W_E"], tokens))
     if cfg.positional_embedding_type == "standard":
-        pos = jnp.take(params["pos_embed"]["W_pos"], positions, axis=0)
-        if attention_mask is not None:
-            pos = jnp.where(attention_mask[..., None] == 0, 0, pos).astype(pos.dtype)
-        x = x + hk("hook_pos_embed", pos, rec)
+        pos = jnp.take(params["pos_embed"]["W_pos"], ctx.positions, axis=0)
+        if ctx.mask is not None:
+            pos = jnp.where(ctx.mask[..., None] == 0, 0, pos).astype(pos.dtype)
+        x = x + ctx("hook_pos_embed", pos)
     return x
 
 
-def encoder_embed(params: Params, tokens, cfg: Config, hk: HookRunner, rec: dict, token_type_ids):
+def encoder_embed(params: Params, tokens: Int[Array, "batch pos"],
+                  token_type_ids: Optional[Int[Array, "batch pos"]], ctx: Ctx) -> Resid:
     """BERT embedding: LayerNorm(token + position + token-type) -> [batch, pos, d_model].
 
     Positions are 0..pos-1 whatever the padding, as in Hugging Face and TransformerLens.
     """
-    x = hk("embed.hook_embed", lookup(params["embed"]["W_E"], tokens), rec)
+    x = ctx("embed.hook_embed", lookup(params["embed"]["W_E"], tokens))
     pos = jnp.broadcast_to(params["pos_embed"]["W_pos"][: tokens.shape[1]], x.shape)
-    x = x + hk("embed.hook_pos_embed", pos, rec)
-    if cfg.n_token_types:
+    x = x + ctx("embed.hook_pos_embed", pos)
+    if ctx.cfg.n_token_types:
         types = jnp.zeros_like(tokens) if token_type_ids is None else token_type_ids
-        x = x + hk("embed.hook_token_type_embed",
-                   lookup(params["token_type_embed"]["W_token_type"], types), rec)
-    x = C.normalize(x, params["embed"]["ln"], "LN", cfg.eps, _sub(hk, rec, "embed.ln"))
-    return hk("hook_full_embed", x, rec)
+        x = x + ctx("embed.hook_token_type_embed",
+                    lookup(params["token_type_embed"]["W_token_type"], types))
+    return ctx("hook_full_embed", norm(params["embed"]["ln"], "LN", x, ctx, "embed.ln"))
 
 
 def _project(x, W, b):
@@ -62,20 +120,19 @@ def _project(x, W, b):
     return jnp.einsum(spec, x, W) + b
 
 
-def attention(p, q_in, k_in, v_in, cfg: Config, hk: HookRunner, rec, layer, positions, mask, local):
+def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx) -> Resid:
     """Multi-/grouped-query attention with every TransformerLens hook; returns [b, p, d_model]."""
-    q = hk("attn.hook_q", _project(q_in, p["W_Q"], p["b_Q"]), rec, layer)
-    k = hk("attn.hook_k", _project(k_in, p["W_K"], p["b_K"]), rec, layer)
-    v = hk("attn.hook_v", _project(v_in, p["W_V"], p["b_V"]), rec, layer)
+    cfg = ctx.cfg
+    q = ctx("attn.hook_q", _project(q_in, p["W_Q"], p["b_Q"]))
+    k = ctx("attn.hook_k", _project(k_in, p["W_K"], p["b_K"]))
+    v = ctx("attn.hook_v", _project(v_in, p["W_V"], p["b_V"]))
     if cfg.use_qk_norm:
         # TransformerLens normalises q/k flattened to [batch*pos*heads, d_head]; its hooks see that shape.
-        q = C.normalize(q.reshape(-1, cfg.d_head), p["q_norm"], "RMS", cfg.eps,
-                        _sub(hk, rec, "attn.q_norm", layer)).reshape(q.shape)
-        k = C.normalize(k.reshape(-1, cfg.d_head), p["k_norm"], "RMS", cfg.eps,
-                        _sub(hk, rec, "attn.k_norm", layer)).reshape(k.shape)
+        q = norm(p["q_norm"], "RMS", q.reshape(-1, cfg.d_head), ctx, "attn.q_norm").reshape(q.shape)
+        k = norm(p["k_norm"], "RMS", k.reshape(-1, cfg.d_head), ctx, "attn.k_norm").reshape(k.shape)
     if cfg.positional_embedding_type == "rotary":
-        q = hk("attn.hook_rot_q", C.apply_rotary(q, positions, cfg), rec, layer)
-        k = hk("attn.hook_rot_k", C.apply_rotary(k, positions, cfg), rec, layer)
+        q = ctx("attn.hook_rot_q", C.apply_rotary(q, ctx.positions, cfg))
+        k = ctx("attn.hook_rot_k", C.apply_rotary(k, ctx.positions, cfg))
     if q.dtype not in (jnp.float32, jnp.float64):
         q, k = q.astype(jnp.float32), k.astype(jnp.float32)
     group = cfg.n_heads // cfg.n_kv_heads
@@ -86,161 +143,141 @@ def attention(p, q_in, k_in, v_in, cfg: Config, hk: HookRunner, rec, layer, posi
         v_full = v
     scale = cfg.attn_scale if cfg.use_attn_scale else 1.0
     if cfg.scale_attn_by_inverse_layer_idx:
-        scale = scale * (layer + 1)
+        scale = scale * (ctx.layer + 1)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / scale
     scores = C.softcap(scores, cfg.attn_scores_soft_cap)
-    n_pos = scores.shape[-1]
-    idx = jnp.arange(n_pos)
+    idx = jnp.arange(scores.shape[-1])
     if cfg.positional_embedding_type == "alibi":
         scores = scores + C.alibi_bias(cfg.n_heads, idx, idx)
-    scores = jnp.where(C.attention_mask_matrix(cfg, idx, idx, mask, local), scores, -jnp.inf)
-    scores = hk("attn.hook_attn_scores", scores, rec, layer)
-    pattern = jax.nn.softmax(scores, axis=-1)
+    scores = jnp.where(C.attention_mask_matrix(cfg, idx, idx, ctx.mask, ctx.local), scores, -jnp.inf)
+    pattern = jax.nn.softmax(ctx("attn.hook_attn_scores", scores), axis=-1)
     pattern = jnp.where(jnp.isnan(pattern), 0.0, pattern)
-    pattern = hk("attn.hook_pattern", pattern, rec, layer).astype(v.dtype)
-    z = hk("attn.hook_z", jnp.einsum("bhqk,bkhd->bqhd", pattern, v_full), rec, layer)
-    if hk.wants("attn.hook_result"):
-        result = hk("attn.hook_result", jnp.einsum("bqhd,hdm->bqhm", z, p["W_O"]), rec, layer)
-        if hk.edited("attn.hook_result"):
+    pattern = ctx("attn.hook_pattern", pattern).astype(v.dtype)
+    z = ctx("attn.hook_z", jnp.einsum("bhqk,bkhd->bqhd", pattern, v_full))
+    if cfg.use_attn_result or ctx.wants("attn.hook_result"):
+        result = ctx("attn.hook_result", jnp.einsum("bqhd,hdm->bqhm", z, p["W_O"]))
+        if ctx.edited("attn.hook_result"):
             return result.sum(2) + p["b_O"]
     return jnp.einsum("bqhd,hdm->bqm", z, p["W_O"]) + p["b_O"]
 
 
-def mlp(p, x, cfg: Config, hk: HookRunner, rec, layer):
+def mlp(p: dict, x: Resid, ctx: Ctx) -> Resid:
     """Plain or gated MLP with hook_pre / hook_pre_linear / hook_post."""
-    act = C.ACTIVATION_FNS[cfg.act_fn]
-    if cfg.gated_mlp:
-        pre = hk("mlp.hook_pre", x @ p["W_gate"], rec, layer)
-        pre_linear = hk("mlp.hook_pre_linear", x @ p["W_in"], rec, layer)
-        post = hk("mlp.hook_post", act(pre) * pre_linear + p["b_in"], rec, layer)
+    act = C.ACTIVATION_FNS[ctx.cfg.act_fn]
+    if ctx.cfg.gated_mlp:
+        pre = ctx("mlp.hook_pre", x @ p["W_gate"])
+        pre_linear = ctx("mlp.hook_pre_linear", x @ p["W_in"])
+        post = ctx("mlp.hook_post", act(pre) * pre_linear + p["b_in"])
     else:
-        pre = hk("mlp.hook_pre", x @ p["W_in"] + p["b_in"], rec, layer)
-        post = hk("mlp.hook_post", act(pre), rec, layer)
+        post = ctx("mlp.hook_post", act(ctx("mlp.hook_pre", x @ p["W_in"] + p["b_in"])))
     return post @ p["W_out"] + p["b_out"]
 
 
 _QKV_INPUTS = ("hook_q_input", "hook_k_input", "hook_v_input")
 
 
-def _attention_inputs(resid, cfg: Config, hk: HookRunner, rec, layer):
+def attention_inputs(resid, ctx: Ctx, has_attn_in: bool = True):
     """(q, k, v) inputs before ln1, as TransformerLens builds them.
 
     Normally the residual itself. In split mode (use_split_qkv_input, or a q/k/v_input hook is
     edited) each head gets its own copy [batch, pos, heads, d_model] with its own hook; in
     attn_in mode (use_attn_in, or hook_attn_in is edited) one per-head copy feeds q, k and v.
+    `has_attn_in=False` for blocks without TransformerLens's hook_attn_in (BERT's).
     """
+    cfg = ctx.cfg
     H, Hkv = cfg.n_heads, cfg.n_kv_heads
     per_head = lambda n: jnp.broadcast_to(resid[:, :, None, :], resid.shape[:2] + (n, cfg.d_model))
-    split = cfg.use_split_qkv_input or any(hk.edited(n) for n in _QKV_INPUTS)
-    attn_in_mode = cfg.use_attn_in or hk.edited("hook_attn_in")
-    if hk.wants("hook_attn_in") and (split or not attn_in_mode):
-        hk("hook_attn_in", per_head(H), rec, layer)  # recorded; TransformerLens ignores it here too
+    split = cfg.use_split_qkv_input or any(ctx.edited(n) for n in _QKV_INPUTS)
+    attn_in_mode = has_attn_in and (cfg.use_attn_in or ctx.edited("hook_attn_in"))
+    if has_attn_in and (cfg.use_attn_in or ctx.wants("hook_attn_in")) and (split or not attn_in_mode):
+        ctx("hook_attn_in", per_head(H))  # recorded; TransformerLens ignores it here too
     if split:
-        return tuple(hk(name, per_head(n), rec, layer) for name, n in zip(_QKV_INPUTS, (H, Hkv, Hkv)))
+        return tuple(ctx(name, per_head(n)) for name, n in zip(_QKV_INPUTS, (H, Hkv, Hkv)))
     if attn_in_mode:
         if Hkv != H:
             raise ValueError("hook_attn_in feeds keys and values per query head, which a grouped-query "
                              "model does not have; edit hook_k_input / hook_v_input instead")
-        attn_in = hk("hook_attn_in", per_head(H), rec, layer)
-        return attn_in, attn_in, attn_in
+        attn_in = ctx("hook_attn_in", per_head(H))
     for name, n in zip(_QKV_INPUTS, (H, Hkv, Hkv)):
-        if name in hk.captured:
-            hk(name, per_head(n), rec, layer)
-    return resid, resid, resid
+        if ctx.wants(name):
+            ctx(name, per_head(n))  # recorded only
+    return (attn_in,) * 3 if attn_in_mode else (resid,) * 3
 
 
-def block(p, resid, layer, cfg: Config, hk: HookRunner, positions, mask, local):
-    """One transformer block. Returns (resid_post, captured activations of this layer)."""
-    rec: dict = {}
-    kind = cfg.normalization_type
-    resid = hk("hook_resid_pre", resid, rec, layer)
-    ln1 = functools.partial(C.normalize, p=p.get("ln1"), kind=kind, eps=cfg.eps,
-                            hook=_sub(hk, rec, "ln1", layer))
-    q_in, k_in, v_in = _attention_inputs(resid, cfg, hk, rec, layer)
-    if q_in is resid:
-        q_in = k_in = v_in = ln1(resid)
-    else:
-        q_in, k_in, v_in = ln1(q_in), ln1(k_in), ln1(v_in)
-    attn_out = attention(p["attn"], q_in, k_in, v_in, cfg, hk, rec, layer, positions, mask, local)
+def _mlp_in(x, ctx: Ctx):
+    return ctx("hook_mlp_in", x) if ctx.cfg.use_hook_mlp_in or ctx.wants("hook_mlp_in") else x
+
+
+def block(p: dict, resid: Resid, ctx: Ctx) -> Resid:
+    """One pre-norm block: x += attn(ln1(x)); x += mlp(ln2(x)) (parallel: both read x)."""
+    cfg = ctx.cfg
+    ln1 = lambda x: norm(p.get("ln1"), cfg.normalization_type, x, ctx, "ln1")
+    resid = ctx("hook_resid_pre", resid)
+    q_in, k_in, v_in = attention_inputs(resid, ctx)
+    q_in, k_in, v_in = (ln1(resid),) * 3 if q_in is resid else (ln1(q_in), ln1(k_in), ln1(v_in))
+    attn_out = attention(p["attn"], q_in, k_in, v_in, ctx)
     if cfg.use_normalization_before_and_after:
-        attn_out = C.normalize(attn_out, p["ln1_post"], p_kind(p["ln1_post"]), cfg.eps,
-                               _sub(hk, rec, "ln1_post", layer))
-    attn_out = hk("hook_attn_out", attn_out, rec, layer)
+        attn_out = norm(p["ln1_post"], _post_norm_kind(p["ln1_post"]), attn_out, ctx, "ln1_post")
+    attn_out = ctx("hook_attn_out", attn_out)
     if cfg.attn_only:
-        return hk("hook_resid_post", resid + attn_out, rec, layer), rec
-    if cfg.parallel_attn_mlp:
-        mlp_in = resid
-    else:
-        mlp_in = resid_mid = hk("hook_resid_mid", resid + attn_out, rec, layer)
-    if hk.wants("hook_mlp_in"):
-        mlp_in = hk("hook_mlp_in", mlp_in, rec, layer)
-    x = C.normalize(mlp_in, p.get("ln2"), kind, cfg.eps, _sub(hk, rec, "ln2", layer))
-    mlp_out = mlp(p["mlp"], x, cfg, hk, rec, layer)
+        return ctx("hook_resid_post", resid + attn_out)
+    mid = resid if cfg.parallel_attn_mlp else ctx("hook_resid_mid", resid + attn_out)
+    mlp_out = mlp(p["mlp"], norm(p.get("ln2"), cfg.normalization_type, _mlp_in(mid, ctx), ctx, "ln2"),
+                  ctx)
     if cfg.use_normalization_before_and_after:
-        mlp_out = C.normalize(mlp_out, p["ln2_post"], p_kind(p["ln2_post"]), cfg.eps,
-                              _sub(hk, rec, "ln2_post", layer))
-    mlp_out = hk("hook_mlp_out", mlp_out, rec, layer)
-    if cfg.parallel_attn_mlp:
-        resid_post = resid + attn_out + mlp_out
-    else:
-        resid_post = resid_mid + mlp_out
-    return hk("hook_resid_post", resid_post, rec, layer), rec
+        mlp_out = norm(p["ln2_post"], _post_norm_kind(p["ln2_post"]), mlp_out, ctx, "ln2_post")
+    mlp_out = ctx("hook_mlp_out", mlp_out)
+    return ctx("hook_resid_post", (resid + attn_out if cfg.parallel_attn_mlp else mid) + mlp_out)
 
 
-def post_ln_block(p, resid, layer, cfg: Config, hk: HookRunner, positions, mask, local):
+def post_ln_block(p: dict, resid: Resid, ctx: Ctx) -> Resid:
     """A BERT block (TransformerLens's BertBlock): LayerNorm after each residual add.
 
     ln1 normalises resid_mid, which feeds the MLP and the second residual add; hook_resid_post
     is before ln2 and the block returns hook_normalized_resid_post.
     """
-    rec: dict = {}
-    resid = hk("hook_resid_pre", resid, rec, layer)
-    q_in, k_in, v_in = _attention_inputs(resid, cfg, hk, rec, layer)
-    attn_out = attention(p["attn"], q_in, k_in, v_in, cfg, hk, rec, layer, positions, mask, local)
-    attn_out = hk("hook_attn_out", attn_out, rec, layer)
-    resid_mid = hk("hook_resid_mid", resid + attn_out, rec, layer)
-    if hk.wants("hook_mlp_in"):
-        resid_mid = hk("hook_mlp_in", resid_mid, rec, layer)
-    x = C.normalize(resid_mid, p["ln1"], "LN", cfg.eps, _sub(hk, rec, "ln1", layer))
-    mlp_out = hk("hook_mlp_out", mlp(p["mlp"], x, cfg, hk, rec, layer), rec, layer)
-    resid_post = hk("hook_resid_post", x + mlp_out, rec, layer)
-    out = C.normalize(resid_post, p["ln2"], "LN", cfg.eps, _sub(hk, rec, "ln2", layer))
-    return hk("hook_normalized_resid_post", out, rec, layer), rec
+    resid = ctx("hook_resid_pre", resid)
+    attn_out = ctx("hook_attn_out", attention(p["attn"], *attention_inputs(resid, ctx, False), ctx))
+    mid = _mlp_in(ctx("hook_resid_mid", resid + attn_out), ctx)
+    x = norm(p["ln1"], "LN", mid, ctx, "ln1")
+    resid_post = ctx("hook_resid_post", x + ctx("hook_mlp_out", mlp(p["mlp"], x, ctx)))
+    return ctx("hook_normalized_resid_post", norm(p["ln2"], "LN", resid_post, ctx, "ln2"))
 
 
-def p_kind(norm_params: dict) -> str:
-    """LN or RMS, read off a norm's params (post-norms keep weights after fold_ln)."""
-    return "LN" if "b" in norm_params else "RMS"
-
-
-def run_blocks(blocks: Params, resid, cfg: Config, hk: HookRunner, positions, mask,
-               first_layer: int = 0, start_layer=None, scan: bool = True):
+def run_blocks(blocks: Params, resid: Resid, ctx: Ctx, first_layer: int = 0, start_layer=None,
+               scan: bool = True) -> tuple[Resid, dict]:
     """Run stacked blocks, under `lax.scan` or unrolled.
 
     Args:
       blocks: params["blocks"], possibly sliced to a layer range starting at `first_layer`.
+      ctx: the run's context (its layer, local and rec are set per block).
       start_layer: optional traced layer index; layers before it are skipped (`lax.cond`), so a
         sweep can start from a cached residual without recompiling per layer.
       scan: False unrolls the layers in Python, so hook functions see the layer as a Python int
         and an eager (un-jitted) run needs no compilation (TransformerLens-style hook loops).
     Returns (resid, {template: [n_layers_run, ...]}).
     """
+    cfg = ctx.cfg
     n = jax.tree_util.tree_leaves(blocks)[0].shape[0]
     local = [t == "local" for t in (cfg.attn_types or ("global",) * cfg.n_layers)]
     block_fn = post_ln_block if cfg.post_ln else block
+
+    def one(p, x, layer, is_local):
+        rec: dict = {}
+        return block_fn(p, x, ctx.at(layer, is_local, rec)), rec
+
     if not scan:
         records = []
         for i in range(n):
-            p = jax.tree_util.tree_map(lambda a: a[i], blocks)
             l = first_layer + i
-            resid, rec = block_fn(p, resid, l, cfg, hk, positions, mask, local[l])
+            resid, rec = one(jax.tree_util.tree_map(lambda a: a[i], blocks), resid, l, local[l])
             records.append(rec)
         return resid, {k: jnp.stack([r[k] for r in records]) for k in records[0]} if n else {}
     local = jnp.asarray(local)
 
     def body(x, inputs):
         p, l = inputs
-        run = lambda x: block_fn(p, x, l, cfg, hk, positions, mask, local[l])
+        run = lambda x: one(p, x, l, local[l])
         if start_layer is None:
             return run(x)
         skipped = jax.eval_shape(run, x)[1]
@@ -251,27 +288,25 @@ def run_blocks(blocks: Params, resid, cfg: Config, hk: HookRunner, positions, ma
     return jax.lax.scan(body, resid, (blocks, jnp.arange(first_layer, first_layer + n)))
 
 
-def final_norm(params: Params, resid, cfg: Config, hk: HookRunner, rec: dict):
+def final_norm(params: Params, resid: Resid, ctx: Ctx) -> Resid:
     """ln_final (with its hooks), or the residual itself for norm-free models."""
-    if cfg.final_norm_type is None:
-        return resid
-    return C.normalize(resid, params.get("ln_final"), cfg.final_norm_type, cfg.eps,
-                       _sub(hk, rec, "ln_final"))
+    return norm(params.get("ln_final"), ctx.cfg.final_norm_type, resid, ctx, "ln_final")
 
 
-def mlm_head(params: Params, resid, cfg: Config, hk: HookRunner, rec: dict):
+def mlm_head(params: Params, resid: Resid, ctx: Ctx) -> Resid:
     """BERT's masked-LM transform (dense, act_fn, LayerNorm) -> [batch, pos, d_model]."""
     p = params["mlm_head"]
-    x = C.ACTIVATION_FNS[cfg.act_fn](resid @ p["W"] + p["b"])
-    return C.normalize(x, p["ln"], "LN", cfg.eps, _sub(hk, rec, "mlm_head.ln"))
+    x = C.ACTIVATION_FNS[ctx.cfg.act_fn](resid @ p["W"] + p["b"])
+    return norm(p["ln"], "LN", x, ctx, "mlm_head.ln")
 
 
-def unembed(params: Params, resid, cfg: Config, hk: HookRunner, rec: dict):
+def unembed(params: Params, resid: Float[Array, "batch pos d_model"],
+            ctx: Ctx) -> Float[Array, "batch pos d_vocab_out"]:
     """ln_final (BERT: the MLM head) + unembed (+ final logit soft-cap) -> logits [batch, pos, d_vocab_out]."""
-    head = mlm_head if cfg.mlm_head else final_norm
-    resid = hk("unembed.hook_in", head(params, resid, cfg, hk, rec), rec)
-    logits = hk("unembed.hook_out", resid @ params["unembed"]["W_U"] + params["unembed"]["b_U"], rec)
-    return C.softcap(logits, cfg.output_logits_soft_cap)
+    head = mlm_head if ctx.cfg.mlm_head else final_norm
+    resid = ctx("unembed.hook_in", head(params, resid, ctx))
+    logits = ctx("unembed.hook_out", resid @ params["unembed"]["W_U"] + params["unembed"]["b_U"])
+    return C.softcap(logits, ctx.cfg.output_logits_soft_cap)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -296,33 +331,9 @@ def _check_encoder_inputs(tokens, token_type_ids, return_type, stop_at_layer, cf
                          "logits: use return_type=None or stop_at_layer=n_layers for the embeddings")
 
 
-def forward(params: Params, tokens, cfg: Config, hooks: Optional[Hooks] = None, *,
-            return_type: Optional[str] = "logits", loss_per_token: bool = False,
-            attention_mask=None, start_at_layer: Optional[int] = None,
-            stop_at_layer: Optional[int] = None, loss_tokens=None, scan: bool = True,
-            token_type_ids=None):
-    """Run the model.
-
-    Args:
-      params: layer-stacked params (see `param_shapes`).
-      tokens: int [batch, pos]; or, with `start_at_layer`, the residual [batch, pos, d_model].
-      cfg: the model's Config (static under jit).
-      hooks: a `Hooks` of captures and interventions.
-      return_type: "logits" [batch, pos, d_vocab_out], "loss" (scalar, or [batch, pos-1] with
-        loss_per_token), "both" ((logits, loss)) or None.
-      attention_mask: optional [batch, pos] 1/0 padding mask (shifts positions, masks keys).
-      start_at_layer / stop_at_layer: run blocks[start_at_layer:stop_at_layer] only (Python
-        slicing, as TransformerLens); with stop_at_layer the output is the residual stream
-        entering that layer.
-      loss_tokens: tokens for the loss when starting from a residual.
-      scan: run the blocks under `lax.scan` (default) or unrolled (see `run_blocks`).
-      token_type_ids: int [batch, pos] segment ids for BERT-style encoders (default all 0).
-    Returns: the output, or `(output, ActivationCache)` when `hooks.capture` selects anything.
-
-    Concrete tokens and masks are checked here; traced ones (under jit/vmap) are checked only
-    under `jtlens.checked`, and an out-of-range id otherwise gives NaN logits (see checks.py).
-    """
-    hk = HookRunner(hooks, cfg)
+def _run(params: Params, tokens, cfg: Config, hk: HookRunner, return_type, loss_per_token,
+         attention_mask, start_at_layer, stop_at_layer, loss_tokens, scan, token_type_ids):
+    """The forward behind `forward` and `forward_with_cache`: (out, outer records, stacked, start)."""
     rec: dict = {}
     L = cfg.n_layers
     start, stop = layer_range(start_at_layer, stop_at_layer, L)
@@ -340,30 +351,28 @@ def forward(params: Params, tokens, cfg: Config, hooks: Optional[Hooks] = None, 
         _check_encoder_inputs(tokens, token_type_ids, return_type, stop_at_layer, cfg)
     # BERT numbers positions 0..pos-1 whatever the padding; decoders shift past left padding.
     positions = C.positions_from_mask(None if cfg.post_ln else mask, n_pos, batch)
+    ctx = Ctx(cfg, hk, rec, positions, mask)
     if start_at_layer is not None:
         resid = tokens
     elif cfg.post_ln:
-        resid = encoder_embed(params, tokens, cfg, hk, rec, token_type_ids)
+        resid = encoder_embed(params, tokens, token_type_ids, ctx)
     else:
-        resid = embed(params, tokens, cfg, hk, rec, positions, mask)
+        resid = embed(params, tokens, ctx)
     blocks = params["blocks"]
     if (start, stop) != (0, L):
         blocks = jax.tree_util.tree_map(lambda a: a[start:stop], blocks)
     stacked: dict = {}
     if stop > start:
-        resid, stacked = run_blocks(blocks, resid, cfg, hk, positions, mask, first_layer=start,
-                                     scan=scan)
+        resid, stacked = run_blocks(blocks, resid, ctx, first_layer=start, scan=scan)
     out: Any
     if stop_at_layer is not None:
         out = resid
     elif return_type is None:
-        if cfg.mlm_head:  # TransformerLens's HookedEncoder runs its head (and hooks) regardless
-            unembed(params, resid, cfg, hk, rec)
-        else:
-            final_norm(params, resid, cfg, hk, rec)
+        # TransformerLens runs the final norm (an encoder: its MLM head) and their hooks regardless.
+        (unembed if cfg.mlm_head else final_norm)(params, resid, ctx)
         out = None
     else:
-        logits = unembed(params, resid, cfg, hk, rec)
+        logits = unembed(params, resid, ctx)
         if return_type == "logits":
             out = logits
         else:
@@ -377,6 +386,108 @@ def forward(params: Params, tokens, cfg: Config, hooks: Optional[Hooks] = None, 
                 out = (logits, loss)
             else:
                 raise ValueError(f"return_type={return_type!r}; use 'logits', 'loss', 'both' or None")
-    if not hk.capturing:
-        return out
-    return out, ActivationCache.from_forward(cfg, hk.captured, rec, stacked, first_layer=start)
+    return out, rec, stacked, start
+
+
+def forward(params: Params, tokens: TokensOrResid, cfg: Config, hooks: Optional[Hooks] = None, *,
+            return_type: Optional[str] = "logits", loss_per_token: bool = False,
+            attention_mask=None, start_at_layer: Optional[int] = None,
+            stop_at_layer: Optional[int] = None, loss_tokens=None, scan: bool = True,
+            token_type_ids=None):
+    """Run the model; returns the output only (`forward_with_cache` also returns activations).
+
+    Args:
+      params: layer-stacked params (see `param_shapes`).
+      tokens: int [batch, pos]; or, with `start_at_layer`, the residual [batch, pos, d_model].
+      cfg: the model's Config (static under jit).
+      hooks: a `Hooks` of interventions (patch, add, fns); captures need `forward_with_cache`.
+      return_type: "logits" [batch, pos, d_vocab_out], "loss" (scalar, or [batch, pos-1] with
+        loss_per_token), "both" ((logits, loss)) or None.
+      attention_mask: optional [batch, pos] 1/0 padding mask (shifts positions, masks keys).
+      start_at_layer / stop_at_layer: run blocks[start_at_layer:stop_at_layer] only (Python
+        slicing, as TransformerLens); with stop_at_layer the output is the residual stream
+        entering that layer.
+      loss_tokens: tokens for the loss when starting from a residual.
+      scan: run the blocks under `lax.scan` (default) or unrolled (see `run_blocks`).
+      token_type_ids: int [batch, pos] segment ids for BERT-style encoders (default all 0).
+
+    Concrete tokens and masks are checked here; traced ones (under jit/vmap) only under
+    `jtlens.checked`, and an out-of-range id otherwise gives NaN logits (see jtlens/checks.py).
+    """
+    hk = HookRunner(hooks, hook_catalogue(cfg))
+    if hk.capturing:
+        raise ValueError("forward returns only the output, so it would drop the activations that "
+                         "hooks.capture selects: call jtlens.forward_with_cache(...) -> (out, cache)")
+    return _run(params, tokens, cfg, hk, return_type, loss_per_token, attention_mask,
+                start_at_layer, stop_at_layer, loss_tokens, scan, token_type_ids)[0]
+
+
+def forward_with_cache(params: Params, tokens: TokensOrResid, cfg: Config,
+                       hooks: Optional[Hooks] = None, *,
+                       return_type: Optional[str] = "logits", loss_per_token: bool = False,
+                       attention_mask=None, start_at_layer: Optional[int] = None,
+                       stop_at_layer: Optional[int] = None, loss_tokens=None, scan: bool = True,
+                       token_type_ids=None):
+    """`forward`, also returning the activations `hooks.capture` selects (all of them when
+    `hooks` is None): `(output, ActivationCache)`. Arguments as in `forward`."""
+    hooks = Hooks(capture=True) if hooks is None else hooks
+    names = hook_catalogue(cfg)
+    hk = HookRunner(hooks, names)
+    out, rec, stacked, start = _run(params, tokens, cfg, hk, return_type, loss_per_token,
+                                    attention_mask, start_at_layer, stop_at_layer, loss_tokens,
+                                    scan, token_type_ids)
+    return out, ActivationCache.from_forward(cfg, names, hk.captured, rec, stacked,
+                                             first_layer=start)
+
+
+# ----------------------------------------------------------------------------- hook names
+
+class _NameRecorder(HookRunner):
+    """A runner that edits nothing and notes every hook point the forward fires, in order.
+
+    `optional=True` also asks for the hook points TransformerLens only has behind `use_*` flags.
+    """
+
+    def __init__(self, optional: bool):
+        super().__init__(None, None)
+        self.optional = optional
+        self.fired: dict[str, bool] = {}   # template -> fired inside a block
+
+    def wants(self, template: str) -> bool:
+        return self.optional
+
+    def edited(self, template: str) -> bool:
+        return False
+
+    def __call__(self, template, act, record, layer=None):
+        self.fired.setdefault(template, layer is not None)
+        return act
+
+
+@functools.lru_cache(maxsize=None)
+def hook_catalogue(cfg: Config) -> HookNames:
+    """The hook points of `cfg`, read off the forward itself (traced once with shapes only)."""
+    shapes = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s, jnp.float32),
+                                    param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple))
+    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    return_type = "logits" if cfg.mlm_head or not cfg.post_ln else None
+
+    def fired(optional: bool) -> dict:
+        recorder = _NameRecorder(optional)
+        jax.eval_shape(lambda p, t: _run(p, t, cfg, recorder, return_type, False, None, None,
+                                         None, None, True, None)[0], shapes, tokens)
+        return recorder.fired
+
+    default, everything = fired(False), fired(True)
+    outer = [t for t, in_block in default.items() if not in_block]
+    first_block = next((i for i, in_block in enumerate(default.values()) if in_block), len(default))
+    pre = tuple(outer[:first_block])
+    return HookNames(pre=pre, templates=tuple(t for t, b in default.items() if b),
+                     optional=tuple(t for t, b in everything.items() if b),
+                     post=tuple(outer[first_block:]), n_layers=cfg.n_layers)
+
+
+def hook_names(cfg: Config, optional: bool = False) -> list[str]:
+    """Every concrete hook name of `cfg`, in execution order (what a full cache holds).
+    `optional=True` adds the hooks TransformerLens keeps behind `use_*` flags."""
+    return hook_catalogue(cfg).names(optional)

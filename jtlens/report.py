@@ -15,8 +15,7 @@ import numpy as np
 
 from jtlens.attention_view import attention_html, attention_png
 from jtlens.head_detector import induction_pattern_scores, induction_patterns
-from jtlens.hooks import HookRunner
-from jtlens.model import unembed
+from jtlens.model import Ctx, unembed
 from jtlens.tokens import to_str_tokens
 
 Analysis = dict[str, Any]
@@ -110,7 +109,7 @@ def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: b
     top_ids = np.argsort(-probs, -1)[:, :top_k]
     resid = jnp.concatenate([cache["blocks.*.hook_resid_pre"][:, 0],
                              cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"]])  # [L+1, P, D]
-    lens = np.asarray(jax.nn.softmax(unembed(model.params, resid, cfg, HookRunner(None, cfg), {})
+    lens = np.asarray(jax.nn.softmax(unembed(model.params, resid, Ctx.of(cfg, None, *resid.shape[:2]))
                                      .astype(jnp.float32), -1))
     lens_ids = lens.argmax(-1)
     target = int(top_ids[-1, 0])

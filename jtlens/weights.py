@@ -23,29 +23,44 @@ import numpy as np
 
 from jtlens.config import Config
 
+# The steps and TransformerLens's from_pretrained defaults: the one list every loader reads.
+DEFAULT_PROCESSING = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True,
+                      "fold_value_biases": True, "refactor_factored_attn_matrices": False}
+NO_PROCESSING = dict.fromkeys(DEFAULT_PROCESSING, False)
 
-def process(params: dict, cfg: Config, *, fold_ln: bool = True, center_writing_weights: bool = True,
-            center_unembed: bool = True, fold_value_biases: bool = True,
-            refactor_factored_attn_matrices: bool = False) -> dict:
-    """Apply the requested steps in TransformerLens's order; returns new (numpy) params.
-    Pair with `processed_config` for the Config the result runs under."""
+
+def processing_flags(flags: dict) -> dict:
+    """Every step's flag: `flags` over `DEFAULT_PROCESSING`, an unknown step a clear error."""
+    unknown = sorted(set(flags) - set(DEFAULT_PROCESSING))
+    if unknown:
+        raise TypeError(f"unknown weight-processing step {unknown[0]!r}; the steps are "
+                        f"{list(DEFAULT_PROCESSING)}")
+    return {**DEFAULT_PROCESSING, **flags}
+
+
+def process(params: dict, cfg: Config, **flags: bool) -> dict:
+    """Apply the steps `flags` turn on (default `DEFAULT_PROCESSING`: fold_ln,
+    center_writing_weights, center_unembed, fold_value_biases on; refactor_factored_attn_matrices
+    off) in TransformerLens's order; returns new (numpy) params. Pair with `processed_config`
+    for the Config the result runs under."""
+    flags = processing_flags(flags)
     p = _copy(params)
-    if fold_ln and _foldable(cfg):
+    if flags["fold_ln"] and _foldable(cfg):
         p = fold_layer_norm(p, cfg)
-    if center_writing_weights and _is_layer_norm(cfg):
+    if flags["center_writing_weights"] and _is_layer_norm(cfg):
         p = center_writing(p, cfg)
-    if center_unembed:
+    if flags["center_unembed"]:
         p = center_unembedding(p)
-    if fold_value_biases:
+    if flags["fold_value_biases"]:
         p = fold_value_bias(p, cfg)
-    if refactor_factored_attn_matrices:
+    if flags["refactor_factored_attn_matrices"]:
         p = refactor_attn(p, cfg)
     return p
 
 
-def processed_config(cfg: Config, *, fold_ln: bool = True, **_ignored_flags) -> Config:
+def processed_config(cfg: Config, **flags: bool) -> Config:
     """The Config after `process`: folding makes norms weightless (LN->LNPre, RMS->RMSPre)."""
-    if fold_ln and _foldable(cfg):
+    if processing_flags(flags)["fold_ln"] and _foldable(cfg):
         return cfg.replace(normalization_type=cfg.normalization_type + "Pre")
     return cfg
 

@@ -28,11 +28,17 @@ import re  # noqa: E402
 import pytest  # noqa: E402
 
 
-def one_line_error(excinfo, pattern: str):
-    """The raised error is one line and names the problem (`pattern`, a regex, is found in it)."""
+def _one_line_error(excinfo, pattern: str):
     msg = str(excinfo.value)
     assert "\n" not in msg.strip(), f"multi-line error: {msg!r}"
     assert re.search(pattern, msg), f"{pattern!r} not in {msg!r}"
+
+
+@pytest.fixture(scope="session")
+def one_line_error():
+    """`check(excinfo, pattern)`: the raised error is one line and names the problem (the regex
+    `pattern` is found in its message)."""
+    return _one_line_error
 
 
 @pytest.fixture(scope="session")

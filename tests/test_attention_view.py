@@ -33,6 +33,7 @@ def test_html_is_self_contained():
     assert "L2H2" in page
 
 
+@pytest.mark.slow
 def test_html_renders_tokens_and_cells_in_chromium(tmp_path):
     cmd = _chromium()
     page = tmp_path / "view.html"

@@ -1,6 +1,8 @@
 """Adversarial inputs to the library API: each case is a one-line error naming the problem, or
 the correct result. Case ids start with their outcome class (`error-` or `correct-`)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,6 @@ import jtlens
 from jtlens import masks as M
 from jtlens import patching
 from jtlens.checks import checked
-from tests.conftest import one_line_error
 
 BASE = dict(n_layers=2, d_model=16, n_ctx=8, d_head=4, d_vocab=10)
 fwd = jax.jit(jtlens.forward, static_argnames=("cfg", "start_at_layer", "stop_at_layer"))
@@ -60,13 +61,13 @@ CONFIG_ERRORS = [
 @pytest.mark.parametrize("changes, message", CONFIG_ERRORS,
                          ids=[f"error-{'-'.join(f'{k}={v}' for k, v in c.items())}"
                               for c, _ in CONFIG_ERRORS])
-def test_config_refuses(changes, message):
+def test_config_refuses(changes, message, one_line_error):
     with pytest.raises(ValueError) as e:
         jtlens.Config(**{**BASE, **changes})
     one_line_error(e, "^Config: .*" + message)
 
 
-def test_config_from_dict_refuses_unknown_fields():  # error
+def test_config_from_dict_refuses_unknown_fields(one_line_error):  # error
     with pytest.raises(ValueError) as e:
         jtlens.Config.from_dict({**BASE, "n_layer": 2})
     one_line_error(e, r"unknown fields \['n_layer'\]")
@@ -98,7 +99,7 @@ TOKEN_ERRORS = [
 
 @pytest.mark.parametrize("edit, message", TOKEN_ERRORS,
                          ids=[f"error-tokens-{i}" for i in range(len(TOKEN_ERRORS))])
-def test_bad_tokens_to_forward(tiny, edit, message):
+def test_bad_tokens_to_forward(tiny, edit, message, one_line_error):
     cfg, params, tokens = tiny
     with pytest.raises(ValueError) as e:
         jtlens.forward(params, edit(tokens), cfg)
@@ -107,7 +108,7 @@ def test_bad_tokens_to_forward(tiny, edit, message):
 
 @pytest.mark.parametrize("edit, message", TOKEN_ERRORS[1:],
                          ids=[f"error-facade-tokens-{i}" for i in range(1, len(TOKEN_ERRORS))])
-def test_bad_tokens_to_the_facade(tiny, tiny_model, edit, message):
+def test_bad_tokens_to_the_facade(tiny, tiny_model, edit, message, one_line_error):
     with pytest.raises(ValueError) as e:
         tiny_model(edit(tiny[2]))
     one_line_error(e, message)
@@ -130,7 +131,7 @@ def test_traced_out_of_range_ids_give_nan_never_another_row(tiny, bad_id):
 
 @pytest.mark.parametrize("how", ["jit", "vmap", "grad"])
 @pytest.mark.parametrize("bad_id", [-1, 50], ids=["neg", "vocab"])
-def test_checked_mode_names_bad_ids_under_transformations(tiny, how, bad_id):  # error
+def test_checked_mode_names_bad_ids_under_transformations(tiny, how, bad_id, one_line_error):  # error
     cfg, params, tokens = tiny
     bad = tokens.at[1, 3].set(bad_id)
     if how == "jit":
@@ -168,7 +169,7 @@ MASK_ERRORS = [
 @pytest.mark.parametrize("edit, message", MASK_ERRORS,
                          ids=[f"error-mask-{i}" for i in range(len(MASK_ERRORS))])
 @pytest.mark.parametrize("entry", ["forward", "facade"])
-def test_bad_attention_masks(tiny, tiny_model, edit, message, entry):
+def test_bad_attention_masks(tiny, tiny_model, edit, message, entry, one_line_error):
     cfg, params, tokens = tiny
     bad = edit(jnp.ones(tokens.shape, jnp.int32))
     with pytest.raises(ValueError) as e:
@@ -179,14 +180,14 @@ def test_bad_attention_masks(tiny, tiny_model, edit, message, entry):
     one_line_error(e, message)
 
 
-def test_mask_of_batch_two_for_tokens_of_batch_one(tiny):  # error (it used to broadcast)
+def test_mask_of_batch_two_for_tokens_of_batch_one(tiny, one_line_error):  # error (it used to broadcast)
     cfg, params, tokens = tiny
     with pytest.raises(ValueError) as e:
         jtlens.forward(params, tokens[:1], cfg, attention_mask=jnp.ones((2, 6), jnp.int32))
     one_line_error(e, "attention_mask has shape \\(2, 6\\); it must match the tokens' .* \\(1, 6\\)")
 
 
-def test_traced_mask_of_twos_is_named_in_checked_mode(tiny):  # error
+def test_traced_mask_of_twos_is_named_in_checked_mode(tiny, one_line_error):  # error
     cfg, params, tokens = tiny
     run = checked(jax.jit(lambda m: jtlens.forward(params, tokens, cfg, attention_mask=m)))
     with pytest.raises(ValueError) as e:
@@ -203,7 +204,7 @@ def test_boolean_mask_equals_integer_mask(tiny):  # correct
 
 # ----------------------------------------------------------------------------- layer ranges
 def _resid(params, tokens, cfg, name):
-    _, cache = jtlens.forward(params, tokens, cfg, jtlens.Hooks(capture=[name]))
+    _, cache = jtlens.forward_with_cache(params, tokens, cfg, jtlens.Hooks(capture=[name]))
     return cache[name]
 
 
@@ -248,7 +249,7 @@ def test_start_after_stop_runs_no_block(tiny):  # correct (Python slicing: block
     (dict(stop_at_layer="1"), TypeError, "stop_at_layer='1' must be an int or None"),
     (dict(stop_at_layer=True), TypeError, "stop_at_layer=True must be an int"),
 ], ids=["error-start3", "error-start99", "error-start-float", "error-stop-str", "error-stop-bool"])
-def test_bad_layer_ranges(tiny, kwargs, exc, message):
+def test_bad_layer_ranges(tiny, kwargs, exc, message, one_line_error):
     cfg, params, tokens = tiny
     inp = tokens if "start_at_layer" not in kwargs else jnp.zeros((2, 6, 16))
     with pytest.raises(exc) as e:
@@ -260,7 +261,7 @@ def test_bad_layer_ranges(tiny, kwargs, exc, message):
     (dict(return_type="logit"), "return_type='logit'; use 'logits', 'loss', 'both' or None"),
     (dict(token_type_ids=jnp.zeros((2, 6), jnp.int32)), "token_type_ids given, but this model has no"),
 ], ids=["error-return-type", "error-token-types-on-decoder"])
-def test_bad_forward_options(tiny, kwargs, message):
+def test_bad_forward_options(tiny, kwargs, message, one_line_error):
     cfg, params, tokens = tiny
     with pytest.raises(ValueError) as e:
         jtlens.forward(params, tokens, cfg, **kwargs)
@@ -300,10 +301,10 @@ HOOK_ERRORS = [
 
 @pytest.mark.parametrize("hooks, exc, message", HOOK_ERRORS,
                          ids=[f"error-hooks-{i}" for i in range(len(HOOK_ERRORS))])
-def test_bad_hooks(tiny, hooks, exc, message):
+def test_bad_hooks(tiny, hooks, exc, message, one_line_error):
     cfg, params, tokens = tiny
     with pytest.raises(exc) as e:
-        jtlens.forward(params, tokens, cfg, jtlens.Hooks(**hooks))
+        jtlens.forward_with_cache(params, tokens, cfg, jtlens.Hooks(**hooks))
     one_line_error(e, message)
 
 
@@ -312,13 +313,13 @@ def test_bad_hooks(tiny, hooks, exc, message):
     (3.0, TypeError, "capture=3.0"),
     ("resid_prex", ValueError, "Unknown hook name"),
 ], ids=["error-names_filter-int", "error-names_filter-float", "error-names_filter-typo"])
-def test_run_with_cache_bad_names_filter(tiny_model, tiny, names_filter, exc, message):
+def test_run_with_cache_bad_names_filter(tiny_model, tiny, names_filter, exc, message, one_line_error):
     with pytest.raises(exc) as e:
         tiny_model.run_with_cache(tiny[2], names_filter=names_filter)
     one_line_error(e, message)
 
 
-def test_run_with_hooks_hook_returning_float(tiny_model, tiny):  # error
+def test_run_with_hooks_hook_returning_float(tiny_model, tiny, one_line_error):  # error
     with pytest.raises(TypeError) as e:
         tiny_model.run_with_hooks(tiny[2], fwd_hooks=[("blocks.0.attn.hook_z", _fn_returning(1.0))])
     one_line_error(e, "returned a float")
@@ -331,8 +332,9 @@ def test_names_filter_none_captures_everything(tiny_model, tiny):  # correct
 
 def test_negative_layer_tuple_counts_from_the_end(tiny):  # correct
     cfg, params, tokens = tiny
-    _, by_tuple = jtlens.forward(params, tokens, cfg, jtlens.Hooks(capture=[("resid_pre", -1)]))
-    _, by_name = jtlens.forward(params, tokens, cfg, jtlens.Hooks(capture=["blocks.1.hook_resid_pre"]))
+    run = functools.partial(jtlens.forward_with_cache, params, tokens, cfg)
+    _, by_tuple = run(jtlens.Hooks(capture=[("resid_pre", -1)]))
+    _, by_name = run(jtlens.Hooks(capture=["blocks.1.hook_resid_pre"]))
     np.testing.assert_array_equal(by_tuple["blocks.1.hook_resid_pre"], by_name["blocks.1.hook_resid_pre"])
 
 
@@ -348,13 +350,13 @@ def test_negative_layer_tuple_counts_from_the_end(tiny):  # correct
      "text of \\d+ tokens is longer than the context n_ctx=64; pass truncate=True"),
 ], ids=["error-padding-middle", "error-no-text", "error-empty-text", "error-non-string",
         "error-multi-token-answer", "error-too-long"])
-def test_bad_text(shipped, call, exc, message):
+def test_bad_text(shipped, call, exc, message, one_line_error):
     with pytest.raises(exc) as e:
         call(shipped)
     one_line_error(e, message)
 
 
-def test_model_without_tokenizer_refuses_text(tiny_model):  # error
+def test_model_without_tokenizer_refuses_text(tiny_model, one_line_error):  # error
     with pytest.raises(ValueError) as e:
         tiny_model("some text")
     one_line_error(e, "this model has no tokenizer: pass token ids")
@@ -411,7 +413,7 @@ PATCH_ERRORS = [
 
 @pytest.mark.parametrize("kwargs, message", PATCH_ERRORS,
                          ids=[f"error-patch-{i}" for i in range(len(PATCH_ERRORS))])
-def test_bad_patching_options(patch_setup, kwargs, message):
+def test_bad_patching_options(patch_setup, kwargs, message, one_line_error):
     model, corrupted, cache = patch_setup
     with pytest.raises(ValueError) as e:
         patching.get_act_patch_resid_pre(model, corrupted, cache, last_logit, progress=False,
@@ -419,7 +421,7 @@ def test_bad_patching_options(patch_setup, kwargs, message):
     one_line_error(e, message)
 
 
-def test_patching_bad_token_id(patch_setup):  # error
+def test_patching_bad_token_id(patch_setup, one_line_error):  # error
     model, corrupted, cache = patch_setup
     with pytest.raises(ValueError) as e:
         patching.get_act_patch_resid_pre(model, corrupted.at[0, 0].set(-1), cache, last_logit,
@@ -427,14 +429,14 @@ def test_patching_bad_token_id(patch_setup):  # error
     one_line_error(e, "token id -1 is outside")
 
 
-def test_patching_clean_of_another_length(patch_setup):  # error
+def test_patching_clean_of_another_length(patch_setup, one_line_error):  # error
     model, corrupted, cache = patch_setup
     with pytest.raises(ValueError) as e:
         patching.get_act_patch_resid_pre(model, corrupted[:, :5], cache, last_logit, progress=False)
     one_line_error(e, "clean hook_resid_pre has shape .* but the corrupted run's is")
 
 
-def test_patching_metric_returning_a_vector(patch_setup):  # error
+def test_patching_metric_returning_a_vector(patch_setup, one_line_error):  # error
     model, corrupted, cache = patch_setup
     with pytest.raises(ValueError) as e:
         patching.get_act_patch_resid_pre(model, corrupted, cache, vector_metric, progress=False)
@@ -480,7 +482,7 @@ def mean_logit(logits):
     ({"z": jnp.ones((2, 3))}, None,
      "mask for blocks.\\*.attn.hook_z has shape \\(2, 3\\); it needs \\[n_layers, \\*component\\] = \\(2, 2\\)"),
 ], ids=["error-mask-one-layer", "error-mask-pattern", "error-mask-reference", "error-mask-shape"])
-def test_bad_component_masks(tiny, masks, reference, message):
+def test_bad_component_masks(tiny, masks, reference, message, one_line_error):
     cfg, params, tokens = tiny
     with pytest.raises(ValueError) as e:
         M.masked_metric(params, cfg, tokens, mean_logit, masks, reference)

@@ -14,9 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from conversions.__main__ import main  # noqa: E402
+from jtlens.conversions.__main__ import main  # noqa: E402
 from jtlens.loading import load  # noqa: E402
-from tests.conftest import one_line_error  # noqa: E402
 
 TOKENS = np.array([[1, 5, 9, 3]])
 
@@ -168,7 +167,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("damage, message", BAD, ids=[f"error-hf-{i}" for i in range(len(BAD))])
-def test_bad_checkpoint_is_one_line_error(copy, damage, message, capfd):
+def test_bad_checkpoint_is_one_line_error(copy, damage, message, capfd, one_line_error):
     damage(copy)
     with pytest.raises(ValueError) as e:
         load(copy, progress=False)

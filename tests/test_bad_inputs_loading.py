@@ -18,7 +18,6 @@ import jtlens
 from jtlens import checkpoint_io
 from jtlens.checkpoint_io import MANIFEST, IncompleteCheckpoint
 from jtlens.loading import NATIVE_CONFIG, NATIVE_PARAMS, load, save_converted
-from tests.conftest import one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +120,7 @@ DAMAGE = [
 
 @pytest.mark.parametrize("damage, exc, message", DAMAGE,
                          ids=[f"error-damage-{i}" for i in range(len(DAMAGE))])
-def test_damaged_checkpoint_is_named(saved, tmp_path, damage, exc, message):
+def test_damaged_checkpoint_is_named(saved, tmp_path, damage, exc, message, one_line_error):
     folder = _copy(saved, tmp_path)
     damage(folder)
     with pytest.raises(exc) as e:
@@ -143,7 +142,7 @@ def test_an_extra_file_beside_a_checkpoint_is_fine(saved, tmp_path):  # correct
 
 
 # ----------------------------------------------------------------------------- destinations
-def test_non_empty_destination_is_refused(tmp_path, tiny):  # error
+def test_non_empty_destination_is_refused(tmp_path, tiny, one_line_error):  # error
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("precious")
     with pytest.raises(FileExistsError) as e:
@@ -152,14 +151,14 @@ def test_non_empty_destination_is_refused(tmp_path, tiny):  # error
     assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
 
 
-def test_file_destination_is_refused(tmp_path, tiny):  # error
+def test_file_destination_is_refused(tmp_path, tiny, one_line_error):  # error
     (tmp_path / "out").write_text("a file")
     with pytest.raises(FileExistsError) as e:
         save_converted(tmp_path / "out", tiny[0], tiny[1], overwrite=True)
     one_line_error(e, "out is a file; give a folder path")
 
 
-def test_unwritable_parent_is_named(tmp_path, tiny):  # error (a file as parent: root ignores modes)
+def test_unwritable_parent_is_named(tmp_path, tiny, one_line_error):  # error (a file as parent: root ignores modes)
     (tmp_path / "plain").write_text("x")
     with pytest.raises(OSError) as e:
         save_converted(tmp_path / "plain" / "out", tiny[0], tiny[1])
@@ -255,7 +254,7 @@ def test_kill_9_during_saves_leaves_a_loadable_checkpoint(tmp_path):  # correct
 
 
 # ----------------------------------------------------------------------------- options
-def test_n_ctx_beyond_learned_positions_is_refused(saved):  # error
+def test_n_ctx_beyond_learned_positions_is_refused(saved, one_line_error):  # error
     with pytest.raises(ValueError) as e:
         load(saved, n_ctx=100, progress=False)
     one_line_error(e, "n_ctx=100 is beyond the 12 positions this checkpoint learned .*pass n_ctx <= 12")
@@ -270,7 +269,7 @@ def test_a_shorter_n_ctx_uses_the_first_positions(saved, tiny):  # correct
                                jtlens.forward(params, tokens, cfg), atol=1e-6)
 
 
-def test_a_shape_changing_override_is_refused(saved):  # error
+def test_a_shape_changing_override_is_refused(saved, one_line_error):  # error
     with pytest.raises(ValueError) as e:
         load(saved, d_vocab=60, progress=False)
     one_line_error(e, "param embed.W_E: converted tensor has shape \\(50, 16\\), the config expects \\(60, 16\\)")
@@ -280,19 +279,19 @@ def test_a_shape_changing_override_is_refused(saved):  # error
     ("/nonexistent/jtlens/model", FileNotFoundError, "no such folder"),
     ("./missing-model-folder", FileNotFoundError, "no such folder"),
 ], ids=["error-absolute", "error-relative"])
-def test_missing_folders(name, exc, message):
+def test_missing_folders(name, exc, message, one_line_error):
     with pytest.raises(exc) as e:
         load(name, progress=False)
     one_line_error(e, message)
 
 
-def test_a_file_is_not_a_model(saved):  # error
+def test_a_file_is_not_a_model(saved, one_line_error):  # error
     with pytest.raises(ValueError) as e:
         load(saved / NATIVE_PARAMS, progress=False)
     one_line_error(e, "is a file; pass the folder that holds the checkpoint")
 
 
-def test_hub_failure_is_one_line_with_a_hint(monkeypatch):  # error
+def test_hub_failure_is_one_line_with_a_hint(monkeypatch, one_line_error):  # error
     import huggingface_hub
 
     def offline(*a, **k):

@@ -35,7 +35,8 @@ def test_a_masked_patch_equals_a_loop_of_single_position_patches(tiny, case):
     cfg, params, tokens = tiny
     template, layer, mask, seed = case
     name = f"blocks.{layer}.{template}"
-    _, cache = forward(params, tokens, cfg, jtlens.Hooks(capture=[name]))
+    _, cache = jtlens.forward_with_cache(params, tokens, cfg, jtlens.Hooks(capture=[name]),
+                                         scan=False)
     value = np.random.default_rng(seed).normal(size=cache[name].shape).astype(np.float32)
     m = np.asarray(mask)
     where = m.reshape(m.shape + (1,) * (value.ndim - 2))

@@ -131,7 +131,7 @@ def test_compute_head_results_fills_hook_result(pair):
 
 def test_analysis_needs_a_model():
     cfg, params = to_jtlens(tl_model(GPT2))
-    _, cache = jtlens.forward(params, tokens_for(cfg), cfg, hooks=jtlens.Hooks(capture=True))
+    _, cache = jtlens.forward_with_cache(params, tokens_for(cfg), cfg, hooks=jtlens.Hooks(capture=True))
     assert cache.accumulated_resid().shape[0] == cfg.n_layers + 1  # no weights needed
     with pytest.raises(ValueError, match="with_model"):
         cache.stack_head_results()

@@ -12,6 +12,8 @@ from jtlens import cli
 from jtlens.head_detector import induction_scores, repeated_random_tokens
 from jtlens.hooked_transformer import HookedTransformer
 
+pytestmark = pytest.mark.slow  # CLI runs of the embedded model, reports, headless Chromium
+
 TEXT = "The return value is a list. The return value is a list."
 
 

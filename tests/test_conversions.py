@@ -12,9 +12,11 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import jtlens  # noqa: E402
-from conversions.common import ConversionError  # noqa: E402
+from jtlens.conversions.common import ConversionError  # noqa: E402
 from jtlens.loading import load  # noqa: E402
 from tests.oracle import assert_caches_match, max_diff  # noqa: E402
+
+pytestmark = pytest.mark.slow  # builds and converts 13 Hugging Face families
 
 SMALL = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
              num_attention_heads=4, max_position_embeddings=64)
@@ -127,7 +129,7 @@ def test_processed_model_matches_transformer_lens_hook_by_hook(built, name):
         assert getattr(cfg, field) == (tuple(theirs) if isinstance(theirs, list) else theirs), field
     with torch.no_grad():
         ref_logits, ref = tl.run_with_cache(torch.tensor(TOKENS))
-    logits, cache = jtlens.forward(params, TOKENS, cfg, hooks=jtlens.Hooks(capture=True))
+    logits, cache = jtlens.forward_with_cache(params, TOKENS, cfg, hooks=jtlens.Hooks(capture=True))
     assert max_diff(logits, ref_logits.numpy()) <= 1e-4
     assert_caches_match(cache, {k: v.numpy() for k, v in ref.items()})
     # Processing keeps the model's predictions: log-probs equal Hugging Face's.
@@ -246,7 +248,7 @@ def test_processed_gemma_matches_transformer_lens_hook_by_hook(built, name):
     tl = _tl_gemma(model, name)
     with torch.no_grad():
         ref_logits, ref = tl.run_with_cache(torch.tensor(TOKENS))
-    logits, cache = jtlens.forward(params, TOKENS, cfg, hooks=jtlens.Hooks(capture=True))
+    logits, cache = jtlens.forward_with_cache(params, TOKENS, cfg, hooks=jtlens.Hooks(capture=True))
     assert max_diff(logits, ref_logits.numpy()) <= 1e-4
     assert_caches_match(cache, {k: v.numpy() for k, v in ref.items()})
     assert max_diff(jax.nn.log_softmax(logits), jax.nn.log_softmax(hf_logits(model, TOKENS))) <= 1e-4
@@ -266,7 +268,7 @@ def test_command_line_conversion(built, tmp_path):
     assert cfg.normalization_type == "RMSPre"  # processed once, not again on load
     assert max_diff(jax.nn.log_softmax(jtlens.forward(params, TOKENS, cfg)),
                     jax.nn.log_softmax(hf_logits(model, TOKENS))) <= 1e-4
-    from conversions.__main__ import main
+    from jtlens.conversions.__main__ import main
 
     assert main([str(folder), str(tmp_path / "half"), "--dtype", "bfloat16", "--no-processing"]) == 0
     half, params16, _ = load(tmp_path / "half", fold_ln=False, progress=False)

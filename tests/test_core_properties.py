@@ -13,6 +13,7 @@ GQA = jtlens.Config(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_voc
                     act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
                     n_key_value_heads=2, gated_mlp=True)
 fwd = jax.jit(jtlens.forward, static_argnames="cfg")
+fwc = jax.jit(jtlens.forward_with_cache, static_argnames="cfg")
 
 
 @pytest.fixture(params=[CFG, GQA], ids=["gpt2", "gqa"])
@@ -44,7 +45,7 @@ def test_zero_delta_is_identity(setup):
 def test_capture_leaves_logits_unchanged(setup):
     cfg, params, tokens = setup
     base = fwd(params, tokens, cfg=cfg)
-    logits, cache = fwd(params, tokens, cfg=cfg, hooks=jtlens.Hooks(capture=True))
+    logits, cache = fwc(params, tokens, cfg=cfg, hooks=jtlens.Hooks(capture=True))
     # Bit-identical for LN models; with rotary, XLA fuses the rotation differently when it is also
     # an output and the logits move by f32 rounding (~1e-6), never more.
     np.testing.assert_allclose(logits, base, atol=2e-6, rtol=0)
@@ -55,9 +56,9 @@ def test_capture_leaves_logits_unchanged(setup):
 
 def test_patch_changes_only_downstream(setup):
     cfg, params, tokens = setup
-    _, clean = fwd(params, tokens, cfg=cfg, hooks=jtlens.Hooks(capture=True))
+    _, clean = fwc(params, tokens, cfg=cfg, hooks=jtlens.Hooks(capture=True))
     patched_val = jnp.zeros((2, 10, cfg.d_model))
-    _, cache = fwd(params, tokens, cfg=cfg, hooks=jtlens.Hooks(
+    _, cache = fwc(params, tokens, cfg=cfg, hooks=jtlens.Hooks(
         capture=True, patch={"blocks.1.hook_resid_pre": (patched_val, None)}))
     assert jnp.array_equal(cache["resid_post", 0], clean["resid_post", 0])
     assert jnp.array_equal(cache["resid_pre", 1], patched_val)
@@ -66,7 +67,7 @@ def test_patch_changes_only_downstream(setup):
 
 def test_vmap_over_masks_equals_separate_runs(setup):
     cfg, params, tokens = setup
-    _, clean = fwd(params, tokens, cfg=cfg, hooks=jtlens.Hooks(capture=["blocks.*.attn.hook_z"]))
+    _, clean = fwc(params, tokens, cfg=cfg, hooks=jtlens.Hooks(capture=["blocks.*.attn.hook_z"]))
     corrupted = jnp.roll(tokens, 1, axis=1)
     z = clean["blocks.*.attn.hook_z"]
     masks = jnp.zeros((8, cfg.n_layers, 1, 1, cfg.n_heads, 1), bool)
@@ -112,7 +113,7 @@ def test_start_and_stop_at_layer_compose(setup):
     cfg, params, tokens = setup
     last = cfg.n_layers - 1
     resid = jtlens.forward(params, tokens, cfg, stop_at_layer=last)
-    _, cache = fwd(params, tokens, cfg=cfg, hooks=jtlens.Hooks(capture=["resid_pre"]))
+    _, cache = fwc(params, tokens, cfg=cfg, hooks=jtlens.Hooks(capture=["resid_pre"]))
     np.testing.assert_allclose(resid, cache["resid_pre", last], atol=1e-6)
     logits = jtlens.forward(params, resid, cfg, start_at_layer=last)
     np.testing.assert_allclose(logits, fwd(params, tokens, cfg=cfg), atol=1e-5)
@@ -120,7 +121,7 @@ def test_start_and_stop_at_layer_compose(setup):
 
 def test_cache_indexing_forms(setup):
     cfg, params, tokens = setup
-    _, cache = fwd(params, tokens, cfg=cfg, hooks=jtlens.Hooks(capture=True))
+    _, cache = fwc(params, tokens, cfg=cfg, hooks=jtlens.Hooks(capture=True))
     z1 = cache["blocks.1.attn.hook_z"]
     assert jnp.array_equal(cache["z", 1], z1)
     assert jnp.array_equal(cache["z", -1], cache[f"blocks.{cfg.n_layers - 1}.attn.hook_z"])

@@ -20,8 +20,8 @@ from transformer_lens import HookedEncoder as TLHookedEncoder  # noqa: E402
 from transformer_lens.pretrained.weight_conversions.bert import convert_bert_weights  # noqa: E402
 
 import jtlens  # noqa: E402
-from conversions import bert  # noqa: E402
-from conversions.common import ConversionError, TensorReader  # noqa: E402
+from jtlens.conversions import bert  # noqa: E402
+from jtlens.conversions.common import ConversionError, TensorReader  # noqa: E402
 from jtlens.hooked_encoder import HookedEncoder  # noqa: E402
 
 ATOL = 1e-4
@@ -272,6 +272,7 @@ def minilm():
     return folder, model, hf
 
 
+@pytest.mark.slow
 def test_minilm_hidden_states_match_hugging_face(minilm):
     _, model, hf = minilm
     tokens, types, mask = model.to_tokens(SENTENCES)
@@ -286,6 +287,7 @@ def test_minilm_hidden_states_match_hugging_face(minilm):
         assert max_diff(cache["normalized_resid_post", l], out.hidden_states[l + 1].numpy()) <= ATOL
 
 
+@pytest.mark.slow
 def test_minilm_every_hook_matches_transformer_lens(minilm):
     _, model, hf = minilm
     tokens, types, mask = model.to_tokens(SENTENCES)
@@ -300,6 +302,7 @@ def test_minilm_every_hook_matches_transformer_lens(minilm):
     assert_caches_match(cache, theirs)
 
 
+@pytest.mark.slow
 def test_minilm_sentence_embedding_matches_sentence_transformers(minilm):
     st = pytest.importorskip("sentence_transformers")
     folder, model, _ = minilm
@@ -314,6 +317,7 @@ def test_minilm_sentence_embedding_matches_sentence_transformers(minilm):
     assert max_diff(ours, want) <= ATOL
 
 
+@pytest.mark.slow
 def test_minilm_tokens_and_no_head_errors(minilm):
     _, model, _ = minilm
     assert model.to_str_tokens("The cat") == ["[CLS]", "the", "cat", "[SEP]"]
@@ -322,6 +326,7 @@ def test_minilm_tokens_and_no_head_errors(minilm):
         model("The cat")
 
 
+@pytest.mark.slow
 def test_text_input_and_predictions_match_transformer_lens(minilm, tmp_path):
     """Strings go through the tokenizer as in TransformerLens; "predictions" decodes [MASK]s."""
     _, minilm_model, _ = minilm

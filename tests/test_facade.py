@@ -5,11 +5,9 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 import jtlens
-from tests.oracle import max_diff, tl_model, to_jtlens, tokens_for
-from tests.test_parity_core import CONFIGS
+from tests.oracle import CONFIGS, max_diff, tl_model, to_jtlens, tokens_for, torch
 
 
 @functools.lru_cache(maxsize=None)

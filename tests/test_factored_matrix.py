@@ -2,10 +2,8 @@
 
 import numpy as np
 import pytest
-import torch
 
-from tests.oracle import max_diff, tl_model, to_jtlens
-from tests.test_parity_core import CONFIGS
+from tests.oracle import CONFIGS, max_diff, tl_model, to_jtlens, torch
 
 import jtlens
 from jtlens.factored_matrix import FactoredMatrix, composition_scores

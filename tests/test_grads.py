@@ -5,11 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.oracle import max_diff, tl_model, to_jtlens, tokens_for, torch
-from tests.test_parity_core import CONFIGS
+from tests.oracle import CONFIGS, max_diff, tl_model, to_jtlens, tokens_for, torch
 
 import jtlens
-from jtlens import grads
+from jtlens import grads, steering
 from jtlens.probes import train_linear_probe
 
 TARGET = 7
@@ -132,7 +131,7 @@ def test_integrated_gradients_add_up_to_the_change(pair):
 def test_steering_vector_raises_the_target(pair):
     tl, model, tokens = pair
     name = "blocks.1.hook_resid_pre"
-    vector, history = grads.steering_vector(model.params, model.cfg, tokens, name, TARGET,
+    vector, history = steering.steering_vector(model.params, model.cfg, tokens, name, TARGET,
                                             steps=60, learning_rate=0.1)
     assert history[-1] > history[0] + 2.0  # nats gained at the last position
     add = lambda act, hook: act + torch.tensor(np.array(vector))  # noqa: E731

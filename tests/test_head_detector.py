@@ -3,13 +3,12 @@
 import jax
 import numpy as np
 import pytest
-import torch
 
 import jtlens
 from jtlens.head_detector import HEAD_NAMES, detect_head, induction_scores
 from jtlens.report import induction, induction_png
-from tests.oracle import max_diff
-from tests.test_tokenization import pair as tokenized_pair
+from tests.oracle import max_diff, torch
+from tests.oracle import pair as tokenized_pair
 
 PROMPT = "the cat sat on the mat and the cat sat on the hat"
 

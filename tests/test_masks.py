@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.oracle import max_diff, tl_model, to_jtlens, tokens_for, torch
-from tests.test_parity_core import CONFIGS
+from tests.oracle import CONFIGS, max_diff, tl_model, to_jtlens, tokens_for, torch
 
 from jtlens import masks
 

@@ -5,9 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from conversions.transformer_lens import params_from_state_dict
-from tests.oracle import max_diff, tl_model, to_jtlens, tokens_for, torch
-from tests.test_parity_core import CONFIGS
+from jtlens.conversions.transformer_lens import params_from_state_dict
+from tests.oracle import CONFIGS, max_diff, tl_model, to_jtlens, tokens_for, torch
 
 import jtlens
 

@@ -5,40 +5,7 @@ import numpy as np
 import pytest
 
 import jtlens
-from tests.oracle import assert_caches_match, max_diff, tl_cache, tl_model, to_jtlens, tokens_for
-
-BASE = dict(n_layers=2, d_model=64, n_ctx=64, d_head=16, n_heads=4, d_vocab=300,
-            use_attn_result=True, use_split_qkv_input=True, use_hook_mlp_in=True)
-
-CONFIGS = {
-    "gpt2": dict(BASE, act_fn="gelu_new", normalization_type="LN"),
-    "neox": dict(BASE, act_fn="gelu", normalization_type="LN", positional_embedding_type="rotary",
-                 rotary_dim=4, parallel_attn_mlp=True),
-    "gptj": dict(BASE, act_fn="gelu_new", normalization_type="LN", positional_embedding_type="rotary",
-                 rotary_dim=8, rotary_adjacent_pairs=True, parallel_attn_mlp=True),
-    "llama": dict(BASE, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
-                  n_key_value_heads=2, gated_mlp=True, final_rms=True, eps=1e-6,
-                  use_split_qkv_input=False),
-    "llama3_scaled": dict(BASE, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
-                          gated_mlp=True, final_rms=True, rotary_base=500000.0, use_NTK_by_parts_rope=True,
-                          NTK_by_parts_factor=8.0, NTK_original_ctx_len=16),
-    "gemma2_like": dict(BASE, act_fn="gelu_pytorch_tanh", normalization_type="RMS",
-                        positional_embedding_type="rotary", gated_mlp=True, final_rms=True,
-                        n_key_value_heads=2, use_split_qkv_input=False,
-                        use_normalization_before_and_after=True, attn_scores_soft_cap=50.0,
-                        output_logits_soft_cap=30.0, use_local_attn=True, window_size=4,
-                        attn_types=["local", "global"], attn_scale=8.0),
-    "qwen3_like": dict(BASE, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
-                       gated_mlp=True, final_rms=True, use_qk_norm=True, n_key_value_heads=2,
-                       use_split_qkv_input=False),
-    "gptneo_like": dict(BASE, act_fn="gelu_new", use_attn_scale=False, use_local_attn=True,
-                        window_size=3, attn_types=["global", "local"]),
-    "alibi_relu_attn_only": dict(BASE, act_fn="relu", positional_embedding_type="alibi",
-                                 attn_only=True, d_mlp=None),
-    "stanford_scaled": dict(BASE, act_fn="gelu_new", scale_attn_by_inverse_layer_idx=True,
-                            normalization_type="LNPre"),
-}
-
+from tests.oracle import CONFIGS, assert_caches_match, max_diff, tl_cache, tl_model, to_jtlens, tokens_for
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_every_hook_matches_transformerlens(name):
@@ -46,7 +13,7 @@ def test_every_hook_matches_transformerlens(name):
     cfg, params = to_jtlens(model)
     tokens = tokens_for(cfg)
     tl_logits, theirs = tl_cache(model, tokens)
-    logits, ours = jax.jit(jtlens.forward, static_argnames="cfg")(
+    logits, ours = jax.jit(jtlens.forward_with_cache, static_argnames="cfg")(
         params, tokens, cfg=cfg, hooks=jtlens.Hooks(capture=True))
     assert max_diff(logits, tl_logits) <= 1e-4
     assert_caches_match(ours, theirs)
@@ -60,7 +27,7 @@ def test_left_padding_matches_transformerlens():
     mask[0, :3] = 0
     import torch
     tl_logits, theirs = tl_cache(model, tokens, attention_mask=torch.as_tensor(mask))
-    logits, ours = jtlens.forward(params, tokens, cfg, hooks=jtlens.Hooks(capture=True),
+    logits, ours = jtlens.forward_with_cache(params, tokens, cfg, hooks=jtlens.Hooks(capture=True),
                                   attention_mask=mask)
     assert max_diff(logits, tl_logits) <= 1e-4
     assert_caches_match(ours, theirs)

@@ -4,12 +4,10 @@ from functools import partial
 
 import numpy as np
 import pytest
-import torch
-import transformer_lens.patching as tlp
 
 import jtlens
 import jtlens.patching as jp
-from tests.oracle import max_diff, tl_model, to_jtlens, tokens_for
+from tests.oracle import max_diff, tl_model, tlp, to_jtlens, tokens_for, torch
 
 SMALL = dict(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_vocab=50)
 LINEAR = [jp.get_act_patch_resid_pre, jp.get_act_patch_attn_out, jp.get_act_patch_attn_head_out_by_pos,

@@ -13,7 +13,7 @@ import pytest
 
 import jtlens
 import jtlens.patching as jp
-from jtlens.patching.sweep import metric_positions
+from jtlens.patching.planning import metric_positions
 
 CFG = jtlens.Config(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_vocab=50, act_fn="gelu_new")
 
@@ -83,6 +83,7 @@ SHARDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sweeps_shard_over_eight_devices_with_the_same_numbers():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True,

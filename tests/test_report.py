@@ -1,11 +1,10 @@
 """Direct logit attribution in the `jtlens run` report vs TransformerLens 3.9."""
 
 import numpy as np
-import torch
 
 import jtlens
 from jtlens.report import direct_logit_attribution
-from oracle import max_diff, tl_model, to_jtlens, tokens_for
+from tests.oracle import max_diff, tl_model, to_jtlens, tokens_for, torch
 
 CFG = dict(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=50, n_ctx=16,
            act_fn="gelu", normalization_type="LN")

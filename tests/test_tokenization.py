@@ -1,43 +1,11 @@
 """to_tokens / to_str_tokens / to_string / padding / BOS against TransformerLens 3.9's facade."""
 
-import functools
-import tempfile
 
 import numpy as np
 import pytest
 
 import jtlens
-from tests.oracle import tl_model, to_jtlens
-from tests.test_parity_core import CONFIGS
-
-TEXTS = ["The cat sat on the mat.", "The Eiffel Tower is in Paris", "Hello world, hello there"]
-
-
-@functools.lru_cache(maxsize=None)
-def tokenizer():
-    """A byte-level BPE trained on a few sentences, saved and reloaded as TransformerLens needs."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(TEXTS * 5, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    folder = tempfile.mkdtemp()
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                            pad_token="<|endoftext|>").save_pretrained(folder)
-    return AutoTokenizer.from_pretrained(folder)
-
-
-@functools.lru_cache(maxsize=None)
-def pair(padding_side):
-    tok = tokenizer()
-    tl = tl_model(dict(CONFIGS["gpt2"], d_vocab=len(tok)))
-    tl.set_tokenizer(tok, default_padding_side=padding_side)
-    cfg, params = to_jtlens(tl)
-    return tl, jtlens.HookedTransformer(cfg, params, tok, default_padding_side=padding_side)
+from tests.oracle import pair
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

@@ -33,13 +33,15 @@ def induction_eval(params, half: int = 12):
     the attention from each repeated token to the token after its first occurrence."""
     chunk = np.random.default_rng(123).integers(1, CFG.d_vocab, (16, half))
     tokens = jnp.asarray(np.concatenate([np.zeros((16, 1), int), chunk, chunk], 1), jnp.int32)
-    loss, cache = jtlens.forward(params, tokens, CFG, return_type="loss", loss_per_token=True,
-                                 hooks=jtlens.Hooks(capture=["blocks.*.attn.hook_pattern"]))
+    loss, cache = jtlens.forward_with_cache(params, tokens, CFG, return_type="loss",
+                                            loss_per_token=True,
+                                            hooks=jtlens.Hooks(capture=["blocks.*.attn.hook_pattern"]))
     q = jnp.arange(half + 1, 2 * half + 1)
     score = cache["blocks.*.attn.hook_pattern"][..., q, q - half + 1].mean((1, 3))
     return float(loss[:, :half].mean()), float(loss[:, half + 1:].mean()), np.asarray(score)
 
 
+@pytest.mark.slow
 def test_two_layer_attention_model_learns_induction():
     params = jtlens.init_params(CFG, jax.random.PRNGKey(0))
     _, _, score_before = induction_eval(params)

@@ -4,10 +4,9 @@ import re
 
 import jax.numpy as jnp
 import numpy as np
-import torch
 
 from jtlens import utils
-from tests.test_tokenization import pair
+from tests.oracle import pair, torch
 
 NUMBERS = re.compile(r"(Rank|Logit|Prob): *(-?[\d.]+)")
 

@@ -4,8 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.oracle import assert_caches_match, max_diff, tl_cache, tl_model, to_jtlens, tokens_for
-from tests.test_parity_core import CONFIGS
+from tests.oracle import CONFIGS, assert_caches_match, max_diff, tl_cache, tl_model, to_jtlens, tokens_for
 
 import jtlens
 from jtlens import weights
@@ -16,7 +15,7 @@ def _flat(tree):
 
 
 def _run(cfg, params, tokens):
-    return jtlens.forward(params, tokens, cfg, hooks=jtlens.Hooks(capture=True))
+    return jtlens.forward_with_cache(params, tokens, cfg, hooks=jtlens.Hooks(capture=True))
 
 
 @pytest.mark.parametrize("name", ["gpt2", "neox", "gptj", "llama", "gemma2_like", "qwen3_like", "alibi_relu_attn_only"])

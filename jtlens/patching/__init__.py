@@ -2,12 +2,16 @@
 
 - `get_act_patch_*`, `generic_activation_patch`: TransformerLens's functions, names and shapes.
 - `activation_sweep`: the pure core (params, cfg, tokens, clean activations, metric).
+- `corrupted_tokens`, `per_layer_template`, `clean_activation`, `plan`: the inputs and chunk plan
+  every sweep shares (`jtlens.patching.planning`).
 - `attribution_patch`: gradient-based estimates of the same sweeps (one forward + backward).
 - `path_patch`: a sender head's effect through chosen receivers only.
 """
 
+from jtlens.patching.planning import (  # noqa: F401
+    Plan, clean_activation, corrupted_tokens, default_chunk_size, metric_positions, per_layer_template, plan)
 from jtlens.patching.sweep import (  # noqa: F401
-    activation_sweep, corrupted_residuals, default_chunk_size, layer_head_dest_src_pos_pattern_patch_setter,
+    activation_sweep, corrupted_residuals, layer_head_dest_src_pos_pattern_patch_setter,
     layer_head_pattern_patch_setter, layer_head_pos_pattern_patch_setter, layer_head_vector_patch_setter,
     layer_pos_head_vector_patch_setter, layer_pos_patch_setter, map_rows, run_from_layer)
 from jtlens.patching.transformer_lens_api import (  # noqa: F401

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from jtlens.config import Config
 from jtlens.grads import activations_and_grads
-from jtlens.patching import transformer_lens_api as api
+from jtlens.patching import planning as P
 from jtlens.patching.sweep import Metric, scalar_metric, check_clean_shape
 
 
@@ -80,9 +80,9 @@ def attribution_patch(model, corrupted_tokens, clean_cache, patching_metric: Cal
         if not hasattr(fn, "setter"):
             raise ValueError(f"{getattr(fn, '__name__', fn)!r} is not a jtlens get_act_patch_* "
                              f"function; pass e.g. jtlens.patching.get_act_patch_resid_pre")
-        specs.append((api._template(model, fn.activation_name), fn.setter.axes))
-    clean = {t: api._clean(clean_cache, t) for t, _ in specs}
-    flat = iter(attribution_sweep(model.params, model.cfg, api._tokens(model, corrupted_tokens),
+        specs.append((P.per_layer_template(model.cfg, fn.activation_name), fn.setter.axes))
+    clean = {t: P.clean_activation(clean_cache, t) for t, _ in specs}
+    flat = iter(attribution_sweep(model.params, model.cfg, P.corrupted_tokens(model, corrupted_tokens),
                                   clean, patching_metric, specs))
     out = []
     for fn, parts in zip(sweeps, groups):

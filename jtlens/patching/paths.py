@@ -20,12 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtlens import components as C
 from jtlens.config import Config
-from jtlens.hooks import HookRunner, Hooks, resolve
-from jtlens.model import run_blocks
+from jtlens.hooks import Hooks
+from jtlens.model import Ctx, hook_catalogue, run_blocks
+from jtlens.patching import planning as P
 from jtlens.patching import sweep as S
-from jtlens.patching import transformer_lens_api as api
 
 _HEAD_AXIS = {"attn.hook_q": 2, "attn.hook_k": 2, "attn.hook_v": 2, "attn.hook_z": 2,
               "attn.hook_result": 2, "hook_q_input": 2, "hook_k_input": 2, "hook_v_input": 2,
@@ -42,7 +41,7 @@ def receiver_masks(cfg: Config, receivers: Sequence, shapes: dict) -> dict:
     for r in receivers:
         name, head = (r if isinstance(r, tuple) and len(r) == 2 and not isinstance(r[1], str)
                       else (r, None))
-        template, layer = resolve(name, cfg)
+        template, layer = hook_catalogue(cfg).resolve(name)
         if not isinstance(layer, int):
             raise ValueError(f"receiver {name!r} needs a layer, e.g. 'blocks.2.attn.hook_q'")
         shape = shapes[template]
@@ -69,7 +68,6 @@ def _path_chunk(params, corrupted, clean_z, masks, layer, idx, *, cfg, metric, t
                 first, logit_positions, expand_to):
     L, H = cfg.n_layers, cfg.n_heads
     batch, n_pos = corrupted["hook_resid_pre"].shape[1:3]
-    positions = C.positions_from_mask(None, n_pos, batch)
     names = tuple(f"blocks.*.{t}" for t in templates)
 
     def one(index):
@@ -77,9 +75,9 @@ def _path_chunk(params, corrupted, clean_z, masks, layer, idx, *, cfg, metric, t
                   & (jnp.arange(H) == index[1])[None, None, None, :, None])
         patch = {f"blocks.*.{t}": (corrupted[t], None) for t in freeze}
         patch["blocks.*.attn.hook_z"] = (jnp.where(sender, clean_z, corrupted["attn.hook_z"]), None)
-        hk = HookRunner(Hooks(patch=patch, capture=names), cfg)
+        ctx = Ctx.of(cfg, Hooks(patch=patch, capture=names), batch, n_pos)
         resid = jax.lax.dynamic_index_in_dim(corrupted["hook_resid_pre"], layer, keepdims=False)
-        _, seen = run_blocks(params["blocks"], resid, cfg, hk, positions, None, start_layer=layer)
+        _, seen = run_blocks(params["blocks"], resid, ctx, start_layer=layer)
         ran = lambda x: (jnp.arange(L) >= layer).reshape((L,) + (1,) * (x.ndim - 1))
         receive = {f"blocks.*.{t}": (jnp.where(ran(seen[t]), seen[t], corrupted[t]), masks[t])
                    for t in templates}
@@ -108,30 +106,26 @@ def path_patch(model, corrupted_tokens, clean_cache, patching_metric: Callable, 
       leave it unchanged.
     """
     cfg = model.cfg
-    tokens = api._tokens(model, corrupted_tokens)
-    freeze = tuple(resolve(f, cfg)[0] for f in freeze)
-    templates = tuple(dict.fromkeys(resolve(r[0] if isinstance(r, tuple) and len(r) == 2
-                                            and not isinstance(r[1], str) else r, cfg)[0]
-                                    for r in receivers))
+    tokens = P.corrupted_tokens(model, corrupted_tokens)
+    freeze = tuple(hook_catalogue(cfg).resolve(f)[0] for f in freeze)
+    templates = tuple(dict.fromkeys(hook_catalogue(cfg).resolve(
+        r[0] if isinstance(r, tuple) and len(r) == 2 and not isinstance(r[1], str) else r)[0]
+        for r in receivers))
     if not templates:
         raise ValueError("path_patch needs at least one receiver, e.g. 'blocks.1.hook_resid_pre'")
     needed = tuple(dict.fromkeys(("attn.hook_z",) + freeze + templates))
     corrupted = S.corrupted_residuals(model.params, tokens, cfg, extra=needed)
     masks = receiver_masks(cfg, receivers, {t: corrupted[t].shape for t in templates})
     first = min(int(np.nonzero(m.reshape(len(m), -1).any(1))[0].min()) for m in masks.values())
-    clean_z = api._clean(clean_cache, "attn.hook_z")
+    clean_z = P.clean_activation(clean_cache, "attn.hook_z")
     S.check_clean_shape(model.params, cfg, tokens, "attn.hook_z", clean_z)
-    batch, n_pos = tokens.shape
-    logit_positions, expand_to = S.read_positions(patching_metric, None, cfg, batch, n_pos)
-    if chunk_size is None:
-        n_dev = 1 if sharding is None else S.chunk_sharding(sharding).mesh.size
-        chunk_size = S.default_chunk_size(cfg, 2 * batch, n_pos, len(logit_positions or range(n_pos)),
-                                          cfg.n_heads, n_dev)
+    p = P.plan(cfg, patching_metric, *tokens.shape, cfg.n_heads, chunk_size=chunk_size,
+               sharding=sharding, runs_per_patch=2)
     fn = functools.partial(_path_chunk, model.params, corrupted, clean_z,
                            {t: jnp.asarray(m) for t, m in masks.items()}, cfg=cfg,
                            metric=patching_metric, templates=templates,
                            freeze=tuple(t for t in freeze if t != "attn.hook_z"), first=first,
-                           logit_positions=logit_positions, expand_to=expand_to)
+                           logit_positions=p.logit_positions, expand_to=p.expand_to)
     rows = np.array(list(itertools.product(range(cfg.n_layers), range(cfg.n_heads))), np.int32)
-    out = S.map_rows(fn, rows, chunk_size, sharding, progress, desc="path patching")
+    out = S.map_rows(fn, rows, p.chunk_size, sharding, progress, desc="path patching")
     return jnp.asarray(out.reshape(cfg.n_layers, cfg.n_heads))

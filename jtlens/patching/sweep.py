@@ -11,22 +11,18 @@ compiles once.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from jtlens import components as C
 from jtlens.checks import check_tokens
 from jtlens.config import Config
-from jtlens.hooks import HookRunner, Hooks
-from jtlens.model import forward, run_blocks, unembed
-
-Metric = Callable[[jax.Array], jax.Array]
+from jtlens.hooks import Hooks
+from jtlens.model import Ctx, forward_with_cache, run_blocks, unembed
+from jtlens.patching.planning import Metric, check_rows, chunk_sharding, plan
 
 
 # ----------------------------------------------------------------------------- setters
@@ -76,7 +72,7 @@ def corrupted_residuals(params, tokens, cfg: Config, extra: Sequence[str] = ()) 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "names"))
 def _capture_jit(params, tokens, *, cfg, names):
-    return forward(params, tokens, cfg, Hooks(capture=names), return_type=None)
+    return forward_with_cache(params, tokens, cfg, Hooks(capture=names), return_type=None)
 
 
 def check_clean_shape(params, cfg: Config, tokens, template: str, clean) -> None:
@@ -94,36 +90,11 @@ def run_from_layer(params, resid_pre, layer, cfg: Config, hooks: Hooks,
     """Logits of a run that starts from `resid_pre[layer]` ([n_layers, batch, pos, d_model]) at a
     traced `layer`, with `hooks`; only `logit_positions` are unembedded when given."""
     resid = jax.lax.dynamic_index_in_dim(resid_pre, layer, keepdims=False)
-    hk = HookRunner(hooks, cfg)
-    batch, n_pos = resid.shape[:2]
-    positions = C.positions_from_mask(None, n_pos, batch)
-    resid, _ = run_blocks(params["blocks"], resid, cfg, hk, positions, None, start_layer=layer)
+    ctx = Ctx.of(cfg, hooks, *resid.shape[:2])
+    resid, _ = run_blocks(params["blocks"], resid, ctx, start_layer=layer)
     if logit_positions is not None:
         resid = resid[:, jnp.asarray(logit_positions)]
-    return unembed(params, resid, cfg, hk, {})
-
-
-def metric_positions(metric: Metric, logits_shape: tuple) -> Optional[tuple]:
-    """The positions a metric reads, when its jaxpr proves it reads only static slices of the
-    logits (`logits[:, -1]`, `logits[:, -3:]`); None when it may read anything. The sweep then
-    unembeds just those positions, and the metric still sees full-shape logits."""
-    spec = jax.ShapeDtypeStruct(logits_shape, jnp.float32)
-    try:
-        jaxpr = jax.make_jaxpr(metric)(spec).jaxpr
-    except Exception:  # a metric that cannot trace on its own is reported by the sweep itself
-        return None
-    (logits,) = jaxpr.invars
-    if logits in jaxpr.outvars:
-        return None
-    read = set()
-    for eqn in jaxpr.eqns:
-        if not any(v is logits for v in eqn.invars):
-            continue
-        if eqn.primitive is not jax.lax.slice_p:
-            return None
-        start, limit = eqn.params["start_indices"][1], eqn.params["limit_indices"][1]
-        read.update(range(start, limit, (eqn.params["strides"] or (1, 1))[1]))
-    return tuple(sorted(read)) if len(read) < logits_shape[1] else None
+    return unembed(params, resid, ctx)
 
 
 def scalar_metric(metric: Metric, logits, n_pos: Optional[int] = None, positions=None):
@@ -158,38 +129,6 @@ def _patch_chunk(params, resid_pre, clean, layer, idx, *, cfg, template, setter,
     return jax.vmap(one)(idx)
 
 
-# ----------------------------------------------------------------------------- chunking
-
-def default_chunk_size(cfg: Config, batch: int, n_pos: int, n_logit_pos: int, rows: int,
-                       n_devices: int = 1) -> int:
-    """Patches per vmapped chunk: all rows of a layer, capped so a chunk's activations fit in
-    about a quarter of free memory (device memory stats, else the host's available RAM)."""
-    per_patch = 4 * batch * (n_pos * (12 * cfg.d_model + 2 * (cfg.d_mlp or 0)
-                                      + 3 * cfg.n_heads * n_pos) + n_logit_pos * cfg.d_vocab_out)
-    free = _free_bytes()
-    size = max(1, min(rows, int(free // 4 // max(per_patch, 1))))
-    return -(-size // n_devices) * n_devices
-
-
-def _free_bytes() -> int:
-    stats = jax.devices()[0].memory_stats() or {}
-    if "bytes_limit" in stats:
-        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
-
-
-def chunk_sharding(sharding) -> Optional[NamedSharding]:
-    """A Mesh (split over all its axes) or a NamedSharding for the chunk axis, or None."""
-    if sharding is None or isinstance(sharding, NamedSharding):
-        return sharding
-    if isinstance(sharding, Mesh):
-        return NamedSharding(sharding, PartitionSpec(sharding.axis_names))
-    raise TypeError(f"sharding must be a jax.sharding.Mesh or NamedSharding, got {type(sharding).__name__}")
-
-
 def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
              progress: bool = True, desc: str = "patching") -> np.ndarray:
     """Run `fn(layer, idx_chunk) -> [chunk]` over `rows` ([n, k], column 0 = layer) in fixed-size
@@ -214,38 +153,6 @@ def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
     return out
 
 
-def check_rows(rows: np.ndarray, setter: Callable, clean_shape: tuple):
-    """Every row `[layer, *index]` must address the activation: an index past an axis would
-    patch nothing (the setter compares positions) and silently report the unpatched metric.
-    Setters without an `axes` attribute are checked on the layer only."""
-    if rows.ndim != 2 or rows.shape[1] < 1 or np.dtype(rows.dtype).kind not in "iu":
-        raise ValueError(f"patch rows must be an [n, k] integer table ([layer, ...] per row); got "
-                         f"{rows.dtype} of shape {rows.shape}")
-    axes = getattr(setter, "axes", ())
-    if rows.shape[1] < 1 + len(axes):
-        raise ValueError(f"{getattr(setter, '__name__', 'the setter')} reads {1 + len(axes)} index "
-                         f"columns ([layer, ...]); the rows have {rows.shape[1]}")
-    limits = [("layer", 0, clean_shape[0])] + [(f"column {k + 1}", k + 1, clean_shape[1 + ax])
-                                                 for k, ax in enumerate(axes)]
-    for name, col, limit in limits:
-        if len(rows) and (rows[:, col].min() < 0 or rows[:, col].max() >= limit):
-            raise ValueError(f"patch index {name} has values {rows[:, col].min()}..{rows[:, col].max()}"
-                             f", outside [0, {limit}) for this activation")
-
-
-def read_positions(metric: Metric, logit_positions, cfg: Config, batch: int, n_pos: int):
-    """(positions to unembed or None, full length to scatter them into or None): the caller's
-    `logit_positions` as given, else the positions the metric provably reads."""
-    if logit_positions is not None:
-        bad = [p for p in logit_positions if not -n_pos <= int(p) < n_pos]
-        if bad or not len(logit_positions):
-            raise ValueError(f"logit_positions={tuple(logit_positions)}: give positions in "
-                             f"[-{n_pos}, {n_pos}) of the {n_pos}-token input")
-        return tuple(int(p) % n_pos for p in logit_positions), None
-    auto = metric_positions(metric, (batch, n_pos, cfg.d_vocab_out))
-    return auto, (None if auto is None else n_pos)
-
-
 def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, metric: Metric,
                      template: str, setter: Callable, rows, *, chunk_size: Optional[int] = None,
                      logit_positions: Optional[Sequence[int]] = None, sharding=None,
@@ -262,11 +169,11 @@ def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, me
       setter: `(corrupted_act, index, clean_act) -> patched_act` (jittable), e.g.
         `layer_pos_patch_setter`.
       rows: int [n_patches, k], each `[layer, ...]` as the setter reads it.
-      chunk_size: patches per vmapped chunk (default: `default_chunk_size`).
+      chunk_size: patches per vmapped chunk (default: `planning.default_chunk_size`).
       logit_positions: unembed only these positions; the metric then sees
         [batch, len(logit_positions), d_vocab] (so `logits[:, -1]` still works with `(-1,)`).
         By default only the positions the metric provably reads are unembedded
-        (`metric_positions`), and it sees full-shape logits.
+        (`planning.metric_positions`), and it sees full-shape logits.
       sharding: a Mesh or NamedSharding splitting each chunk over devices.
       resid_pre: the corrupted run's [n_layers, batch, pos, d_model] residuals, if at hand.
     Returns: float32 [n_patches].
@@ -279,14 +186,10 @@ def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, me
     check_rows(rows, setter, clean_activation.shape)
     if resid_pre is None:
         resid_pre = corrupted_residuals(params, corrupted_tokens, cfg)["hook_resid_pre"]
-    batch, n_pos = corrupted_tokens.shape
-    logit_positions, expand_to = read_positions(metric, logit_positions, cfg, batch, n_pos)
-    if chunk_size is None:
-        per_layer = int(np.bincount(rows[:, 0]).max()) if len(rows) else 1
-        n_dev = 1 if sharding is None else chunk_sharding(sharding).mesh.size
-        chunk_size = default_chunk_size(cfg, batch, n_pos, len(logit_positions or range(n_pos)),
-                                        per_layer, n_dev)
+    p = plan(cfg, metric, *corrupted_tokens.shape,
+             int(np.bincount(rows[:, 0]).max()) if len(rows) else 1,
+             logit_positions=logit_positions, chunk_size=chunk_size, sharding=sharding)
     fn = functools.partial(_patch_chunk, params, resid_pre, clean_activation, cfg=cfg,
                            template=template, setter=setter, metric=metric,
-                           logit_positions=logit_positions, expand_to=expand_to)
-    return map_rows(fn, rows, chunk_size, sharding, progress, desc=f"patching {template}")
+                           logit_positions=p.logit_positions, expand_to=p.expand_to)
+    return map_rows(fn, rows, p.chunk_size, sharding, progress, desc=f"patching {template}")

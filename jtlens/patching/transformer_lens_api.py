@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from jtlens.hooks import resolve
+from jtlens.patching import planning as P
 from jtlens.patching import sweep as S
 
 AXIS_NAMES = ("layer", "pos", "head_index", "head", "src_pos", "dest_pos")
@@ -32,29 +32,6 @@ def _axis_ranges(cfg, template: str, n_pos: int, names: Sequence[str]) -> list[i
     if bad:
         raise ValueError(f"unknown index axis {bad[0]!r}; use some of {AXIS_NAMES}")
     return [ranges[n] for n in names]
-
-
-def _template(model, activation_name) -> str:
-    template, layer = resolve(activation_name, model.cfg)
-    if layer is None:
-        raise ValueError(f"{activation_name!r} is not inside a block; patching sweeps index "
-                         f"per-layer activations (resid_pre, z, pattern, ...)")
-    return template
-
-
-def _clean(clean_cache, template: str):
-    try:
-        return clean_cache[f"blocks.*.{template}"]
-    except KeyError:
-        raise ValueError(f"the clean cache lacks {template} at some layer; run the clean prompt "
-                         f"with run_with_cache() (or a names_filter that includes it)") from None
-
-
-def _tokens(model, tokens):
-    if isinstance(tokens, (str, list)) and hasattr(model, "to_tokens"):
-        return model.to_tokens(tokens)
-    tokens = jnp.asarray(np.asarray(tokens))
-    return tokens[None] if tokens.ndim == 1 else tokens
 
 
 def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metric: Callable,
@@ -81,8 +58,8 @@ def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metr
     Returns: float32 array of the metric per patch (and the DataFrame).
     """
     cfg = model.cfg
-    tokens = _tokens(model, corrupted_tokens)
-    template = _template(model, activation_name)
+    tokens = P.corrupted_tokens(model, corrupted_tokens)
+    template = P.per_layer_template(cfg, activation_name)
     if (index_df is None) == (index_axis_names is None):
         raise ValueError("give exactly one of index_axis_names (sweep every index) and index_df "
                          "(explicit rows)")
@@ -104,7 +81,7 @@ def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metr
         if rows.size and (rows[:, k].min() < 0 or rows[:, k].max() >= limit):
             raise ValueError(f"index column {columns[k]!r} has values outside [0, {limit}) "
                              f"(first column is the layer)")
-    out = S.activation_sweep(model.params, cfg, tokens, _clean(clean_cache, template),
+    out = S.activation_sweep(model.params, cfg, tokens, P.clean_activation(clean_cache, template),
                              patching_metric, template, patch_setter, rows, chunk_size=chunk_size,
                              logit_positions=logit_positions, sharding=sharding, progress=progress)
     out = jnp.asarray(out.reshape(shape))

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from conversions.common import (ConversionError, TensorReader, head_dim, heads, heads_out,
-                                rope, stack_layers, zeros_or)
+from jtlens.conversions.common import (ConversionError, TensorReader, head_dim, heads,
+                                       heads_out, rope, stack_layers, zeros_or)
 from jtlens.config import Config
 
 GEMMA = ("GemmaForCausalLM", "Gemma2ForCausalLM")

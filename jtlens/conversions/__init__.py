@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from conversions.common import ConversionError, TensorReader, check_and_cast
 from jtlens.checkpoint_io import read_json
+from jtlens.conversions.common import ConversionError, TensorReader, check_and_cast
 
 ARCHITECTURES = {
     "GPT2LMHeadModel": "gpt2",
@@ -41,13 +41,13 @@ def family(hf_config: dict):
     if arch not in ARCHITECTURES:
         raise ConversionError(f"unsupported architecture {arch!r} (model_type "
                               f"{hf_config.get('model_type')!r}); supported: {sorted(ARCHITECTURES)}")
-    return importlib.import_module(f"conversions.{ARCHITECTURES[arch]}")
+    return importlib.import_module(f"jtlens.conversions.{ARCHITECTURES[arch]}")
 
 
 def convert_folder(folder, progress: bool = True, hf_overrides: dict | None = None):
     """(cfg, params) from a Hugging Face folder (config.json + safetensors/.bin weights);
     `hf_overrides` replace config.json keys before conversion."""
-    from conversions.checkpoint import read_tensors
+    from jtlens.conversions.checkpoint import read_tensors
 
     folder = Path(folder)
     if not (folder / "config.json").exists():

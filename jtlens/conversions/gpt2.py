@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conversions.common import ConversionError, TensorReader, head_dim, norm, stack_layers
+from jtlens.conversions.common import ConversionError, TensorReader, head_dim, norm, stack_layers
 from jtlens.config import Config
 
 

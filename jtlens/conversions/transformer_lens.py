@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from conversions.common import TensorReader, check_and_cast, stack_layers
+from jtlens.conversions.common import TensorReader, check_and_cast, stack_layers
 from jtlens.config import Config
 from jtlens.params import param_shapes
 

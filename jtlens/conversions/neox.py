@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from conversions.common import (TensorReader, head_dim, heads_out, mlp_linears, norm, rope,
-                                stack_layers)
+from jtlens.conversions.common import (TensorReader, head_dim, heads_out, mlp_linears, norm,
+                                       rope, stack_layers)
 from jtlens.config import Config
 
 

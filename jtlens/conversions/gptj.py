@@ -3,8 +3,8 @@ interleaved (GPT-J style) partial rotary, an unembedding with a bias."""
 
 from __future__ import annotations
 
-from conversions.common import (TensorReader, attention_linears, head_dim, mlp_linears, norm,
-                                stack_layers)
+from jtlens.conversions.common import (TensorReader, attention_linears, head_dim, mlp_linears,
+                                       norm, stack_layers)
 from jtlens.config import Config
 
 

@@ -6,7 +6,7 @@ head are not part of HookedEncoder's forward, so their tensors are listed as ign
 
 from __future__ import annotations
 
-from conversions.common import ConversionError, TensorReader, encoder_params, head_dim
+from jtlens.conversions.common import ConversionError, TensorReader, encoder_params, head_dim
 from jtlens.config import ACTIVATIONS, Config
 
 MLM_ARCHITECTURES = ("BertForMaskedLM", "BertForPreTraining")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from conversions.common import (TensorReader, attention_linears, head_dim, mlp_linears, norm,
-                                stack_layers)
+from jtlens.conversions.common import (TensorReader, attention_linears, head_dim, mlp_linears,
+                                       norm, stack_layers)
 from jtlens.config import Config
 
 
