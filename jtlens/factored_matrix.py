@@ -14,6 +14,18 @@ import functools
 
 import jax.numpy as jnp
 
+from jtlens.slice import check_in_bounds
+
+
+def _as_array(x):
+    """x as a jax array (numpy, jax, torch on CPU, anything with __array__), or None."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    try:
+        return jnp.asarray(x)
+    except TypeError:
+        return None
+
 
 def _t(x):
     return jnp.swapaxes(x, -1, -2)
@@ -37,12 +49,15 @@ class FactoredMatrix:
         self.B = jnp.broadcast_to(B, lead + B.shape[-2:])
         self.ldim, self.mdim, self.rdim = A.shape[-2], A.shape[-1], B.shape[-1]
         self.shape = lead + (self.ldim, self.rdim)
+        self.has_leading_dims = bool(lead)
 
     # ------------------------------------------------------------------ products
     def __matmul__(self, other):
         if isinstance(other, FactoredMatrix):
             return (self @ other.A) @ other.B
-        other = jnp.asarray(other)
+        other = _as_array(other)
+        if other is None:
+            return NotImplemented  # a duck-typed operand: Python tries its __rmatmul__
         if other.ndim < 2:
             return (self.A @ (self.B @ other[:, None]))[..., 0]
         if other.shape[-2] != self.rdim:
@@ -52,7 +67,9 @@ class FactoredMatrix:
                 else FactoredMatrix(self.AB, other))
 
     def __rmatmul__(self, other):
-        other = jnp.asarray(other)
+        other = _as_array(other)
+        if other is None:
+            return NotImplemented
         if other.shape[-1] != self.ldim:
             raise ValueError(f"{other.shape} @ FactoredMatrix {self.shape}: inner dimensions differ")
         if other.ndim < 2:
@@ -61,9 +78,9 @@ class FactoredMatrix:
                 else FactoredMatrix(other, self.AB))
 
     def __mul__(self, scalar):
-        if jnp.ndim(scalar) != 0:
+        if jnp.size(scalar) != 1:
             raise ValueError("FactoredMatrix * x needs a scalar x; use @ for matrix products")
-        return FactoredMatrix(self.A * scalar, self.B)
+        return FactoredMatrix(self.A * jnp.reshape(jnp.asarray(scalar), ()), self.B)
 
     __rmul__ = __mul__
 
@@ -145,6 +162,7 @@ class FactoredMatrix:
     def __getitem__(self, idx) -> "FactoredMatrix":
         """Index leading axes (and, like TransformerLens, the row/column axes as ranges)."""
         idx = idx if isinstance(idx, tuple) else (idx,)
+        check_in_bounds(idx, self.shape)  # JAX indexing would clamp silently
         lead = len(self.shape) - 2
         n = len([i for i in idx if i is not None])
         if n <= lead:

@@ -6,11 +6,15 @@ their delta in one forward, so one backward pass returns every gradient.
 
     grads = grad_wrt(model, tokens, metric, ["blocks.1.hook_mlp_out", "hook_embed"])
     value, gcache = grad_cache(model.params, model.cfg, tokens, metric)   # every hook
+    value, gcache = grad_cache(model, "The cat sat", metric)              # the same, from text
+
+Every function takes `(params, cfg, tokens, ...)` or `(model, tokens_or_text, ...)`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -22,6 +26,26 @@ from jtlens.hooks import Hooks
 from jtlens.model import forward, forward_with_cache, hook_catalogue
 
 Metric = Callable[[Any], jax.Array]
+
+
+def model_or_params(fn: Callable) -> Callable:
+    """Let `fn(params, cfg, tokens, ...)` also be called as `fn(model, tokens_or_text, ...)`, with
+    text tokenized as `model(...)` does (its padding mask passed on)."""
+    @functools.wraps(fn)
+    def wrapper(first, *args, **kwargs):
+        if isinstance(first, dict):
+            return fn(first, *args, **kwargs)
+        model = first
+        if "tokens" in kwargs:
+            args = (kwargs.pop("tokens"),) + args
+        if not args:
+            raise TypeError(f"{fn.__name__}(model, tokens, ...): the tokens (or text) are missing")
+        tokens, mask = model._inputs(args[0], None, None, kwargs.pop("attention_mask", None))
+        if mask is not None:
+            kwargs["attention_mask"] = mask
+        return fn(model.params, model.cfg, tokens, *args[1:], **kwargs)
+
+    return wrapper
 
 
 def _forward_fn(cfg: Config, metric: Metric, metric_on: str, fw: dict, capture=None):
@@ -72,6 +96,7 @@ def _value_and_grads(params, cfg: Config, tokens, metric: Metric, names_filter, 
     return value, acts, _as_cache(cfg, grads, like)
 
 
+@model_or_params
 def grad_cache(params, cfg: Config, tokens, metric: Metric, names_filter: Any = True, *,
                metric_on: str = "logits", **forward_kwargs):
     """`(metric value, ActivationCache of d metric / d activation)` for every hook selected by
@@ -85,6 +110,7 @@ def grad_cache(params, cfg: Config, tokens, metric: Metric, names_filter: Any = 
     return value, grads
 
 
+@model_or_params
 def activations_and_grads(params, cfg: Config, tokens, metric: Metric, names_filter: Any = True,
                           **forward_kwargs):
     """`(metric value, ActivationCache of the activations, ActivationCache of d metric / d
@@ -94,17 +120,18 @@ def activations_and_grads(params, cfg: Config, tokens, metric: Metric, names_fil
                             keep_activations=True)
 
 
-def grad_wrt(model, tokens, metric: Metric, names, *, metric_on: str = "logits",
+@model_or_params
+def grad_wrt(params, cfg: Config, tokens, metric: Metric, names, *, metric_on: str = "logits",
              **forward_kwargs) -> dict:
-    """`{hook name: d metric / d activation}` (each the activation's shape) for a model with
-    `.params` and `.cfg` (a HookedTransformer), from one backward pass. Use `grad_cache` for the
-    pure `(params, cfg)` form."""
-    names = hook_catalogue(model.cfg).select(names)
-    _, cache = grad_cache(model.params, model.cfg, jnp.asarray(tokens), metric, names,
-                          metric_on=metric_on, **forward_kwargs)
+    """`{hook name: d metric / d activation}` (each the activation's shape) from one backward
+    pass; called as `grad_wrt(model, tokens_or_text, metric, names)` or with `(params, cfg, ...)`."""
+    names = hook_catalogue(cfg).select(names)
+    _, cache = grad_cache(params, cfg, jnp.asarray(tokens), metric, names, metric_on=metric_on,
+                          **forward_kwargs)
     return {n: cache[n] for n in names}
 
 
+@model_or_params
 def grad_times_activation(params, cfg: Config, tokens, metric: Metric, names_filter: Any = True,
                           **forward_kwargs) -> dict:
     """First-order attribution `sum_last_axis(grad * act)` per hook: each activation's
@@ -115,6 +142,7 @@ def grad_times_activation(params, cfg: Config, tokens, metric: Metric, names_fil
     return {n: (grads[n] * acts[n]).sum(-1) for n in hook_catalogue(cfg).select(names_filter)}
 
 
+@model_or_params
 def integrated_gradients(params, cfg: Config, tokens, metric: Metric, name: str, baseline,
                          target, steps: int = 32, **forward_kwargs) -> jax.Array:
     """Integrated gradients of `metric` along the straight path from `baseline` to `target`

@@ -36,6 +36,11 @@ def induction_pattern(tokens) -> np.ndarray:
     return np.tril(shifted)
 
 
+# TransformerLens's names for the same detection patterns.
+get_previous_token_head_detection_pattern = previous_token_pattern
+get_duplicate_token_head_detection_pattern = duplicate_token_pattern
+get_induction_head_detection_pattern = induction_pattern
+
 _PATTERNS = {"previous_token_head": previous_token_pattern,
              "duplicate_token_head": duplicate_token_pattern, "induction_head": induction_pattern}
 

@@ -10,10 +10,8 @@ new closure.
 
 from __future__ import annotations
 
-import collections.abc
-import contextlib
 import functools
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +22,11 @@ from jtlens import tokens as T
 from jtlens.config import Config
 from jtlens.factored_matrix import FactoredMatrix, composition_scores
 from jtlens.checks import check_attention_mask
+from jtlens.hook_points import HookRegistry
 from jtlens.hooks import Hooks
 from jtlens.model import check_tokens, forward, forward_with_cache, hook_catalogue, hook_names
+from jtlens.module_views import LayerViews, expand_kv
+from jtlens.tl_compat import TransformerLensCompat, config_with_vocab
 from jtlens.params import init_params
 from jtlens.weights import NO_PROCESSING
 
@@ -41,50 +42,7 @@ class Output(NamedTuple):
     loss: jax.Array
 
 
-def _expand_kv(name: str, x, cfg: Config):
-    """GQA params are stored per key/value head; TransformerLens's W_K/W_V/b_K/b_V expand them
-    (repeat_interleave along the head axis: -3 for weights, -2 for biases)."""
-    group = cfg.n_heads // cfg.n_kv_heads
-    return x if group == 1 else jnp.repeat(x, group, axis=-3 if name.startswith("W") else -2)
-
-
-class _Namespace:
-    """Attribute access to a dict of arrays (model.blocks[l].attn.W_Q)."""
-
-    def __init__(self, tree: dict):
-        self._tree = tree
-
-    def __getattr__(self, name):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        if name not in self._tree:
-            raise AttributeError(f"no parameter {name!r} here; have {sorted(self._tree)}")
-        v = self._tree[name]
-        return _Namespace(v) if isinstance(v, dict) else v
-
-
-class _LayerViews(collections.abc.Sequence):
-    """`model.blocks`: layer l's params as a `_Namespace`, sliced when indexed (not every layer
-    at every access)."""
-
-    def __init__(self, params: dict, cfg: Config):
-        self._params, self._cfg = params, cfg
-
-    def __len__(self) -> int:
-        return self._cfg.n_layers
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[l] for l in range(len(self))[index]]
-        l = range(len(self))[index]  # negative indices; IndexError past the end
-        layer = jax.tree_util.tree_map(lambda a: a[l], self._params["blocks"])
-        attn = dict(layer["attn"])
-        for k in ("W_K", "W_V", "b_K", "b_V"):
-            attn[k] = _expand_kv(k, attn[k], self._cfg)
-        return _Namespace(dict(layer, attn=attn))
-
-
-class HookedTransformer:
+class HookedTransformer(HookRegistry, TransformerLensCompat):
     """A decoder-only transformer with TransformerLens's API.
 
     Args:
@@ -93,19 +51,19 @@ class HookedTransformer:
     """
 
     def __init__(self, cfg: Config, params: Optional[dict] = None, tokenizer: Any = None,
-                 default_padding_side: str = "right"):
-        self.cfg = cfg
-        self.params = params if params is not None else init_params(cfg, jax.random.PRNGKey(0))
-        self.tokenizer = tokenizer
-        self.default_padding_side = default_padding_side
-        self._hooks: list[tuple[Any, Callable]] = []
+                 default_padding_side: str = "right", move_to_device: bool = True):
+        self.cfg = config_with_vocab(cfg, tokenizer)
+        self.params = params if params is not None else init_params(self.cfg, jax.random.PRNGKey(0))
+        self.set_tokenizer(tokenizer, default_padding_side)
+        self._init_hook_registry()
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, model_name: str, **kwargs) -> "HookedTransformer":
-        """Load a Hugging Face checkpoint (hub name, alias, local or converted folder) with
+        """Load a checkpoint (hub name, alias, local or converted folder, GGUF file) with
         TransformerLens's default processing (fold_ln, center_writing_weights, center_unembed,
-        fold_value_biases). See `jtlens.loading.load` for the options."""
+        fold_value_biases). See `jtlens.loading.load` for the options; `mesh=` places the params
+        on a device mesh (`jtlens.sharding`)."""
         from jtlens.loading import load
 
         padding = kwargs.pop("default_padding_side", "right")
@@ -173,11 +131,12 @@ class HookedTransformer:
     forward = __call__
 
     def run_with_cache(self, *args, names_filter=None, remove_batch_dim: bool = False,
-                       return_cache_object: bool = True, **kwargs):
+                       return_cache_object: bool = True, pos_slice=None, **kwargs):
         """Run and return `(output, ActivationCache)`.
 
         names_filter: None (every hook), a name, a list of names/aliases/`blocks.*` forms/globs,
-        or a predicate on the full name.
+        or a predicate on the full name. pos_slice: keep these positions of every activation
+        (see `ActivationCache.slice_positions`).
         """
         names = tuple(hook_catalogue(self.cfg).select(True if names_filter is None else names_filter))
         persistent = self._persistent_hooks()
@@ -185,6 +144,8 @@ class HookedTransformer:
         out, cache = self._run(*args, hooks=hooks, eager=persistent is not None, capture=True,
                                **kwargs)
         cache = cache.with_model(self)
+        if pos_slice is not None:
+            cache = cache.slice_positions(pos_slice)
         if remove_batch_dim:
             cache.remove_batch_dim()
         return out, (cache if return_cache_object else cache.to_dict())
@@ -195,51 +156,18 @@ class HookedTransformer:
 
         Backward hooks do not exist in jtlens: gradients are `jax.grad` (see `jtlens.grads`).
         """
-        if bwd_hooks:
-            raise NotImplementedError("bwd_hooks: take gradients with jtlens.grads.grad_wrt "
-                                      "(jax.grad with respect to any hook) instead")
-        with self.hooks(fwd_hooks):
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
             return self(*args, **kwargs)
 
-    # ------------------------------------------------------------------ persistent hooks
-    def add_hook(self, name, fn: Callable, dir: str = "fwd", is_permanent: bool = False):
-        """Attach a forward hook to every later call (until `reset_hooks`)."""
-        if dir != "fwd":
-            raise NotImplementedError("backward hooks: use jtlens.grads (jax.grad) instead")
-        self._hooks.append((name, fn))
-
-    def reset_hooks(self, *args, **kwargs):
-        self._hooks = []
-
-    @contextlib.contextmanager
-    def hooks(self, fwd_hooks: Sequence = (), bwd_hooks: Sequence = (), reset_hooks_end: bool = True,
-              clear_contexts: bool = False):
-        """Context manager: the hooks apply to every call inside the block."""
-        if bwd_hooks:
-            raise NotImplementedError("bwd_hooks: use jtlens.grads (jax.grad) instead")
-        before = list(self._hooks)
-        self._hooks.extend(fwd_hooks)
-        try:
-            yield self
-        finally:
-            if reset_hooks_end:
-                self._hooks = before
-
-    def _persistent_hooks(self) -> Optional[Hooks]:
-        if not self._hooks:
-            return None
-        fns = []
-        for name, fn in self._hooks:
-            names = hook_catalogue(self.cfg).select(name) if callable(name) else [name]
-            fns.extend((n, fn) for n in names)
-        return Hooks(fns=fns)
-
     # ------------------------------------------------------------------ tokens
-    def to_tokens(self, input, prepend_bos=_DEFAULT, padding_side=_DEFAULT, truncate: bool = True,
-                  return_mask: bool = False):
-        """str or list[str] -> tokens [batch, pos] (and the padding mask with return_mask)."""
+    def to_tokens(self, input, prepend_bos=_DEFAULT, padding_side=_DEFAULT, move_to_device: bool = True,
+                  truncate: bool = True, return_mask: bool = False):
+        """str or list[str] -> tokens [batch, pos] (and the padding mask with return_mask).
+
+        truncate=False returns the whole sequence (the model then rejects it past n_ctx);
+        move_to_device is accepted for TransformerLens code: arrays land on JAX's default device."""
         bos = self.cfg.default_prepend_bos if prepend_bos is _DEFAULT or prepend_bos is None else prepend_bos
-        side = self.default_padding_side if padding_side is _DEFAULT or padding_side is None else padding_side
+        side = self._padding_side() if padding_side is _DEFAULT or padding_side is None else padding_side
         tokens, mask = T.to_tokens(self.tokenizer, self.cfg, input, bos, side, truncate)
         if side == "right":
             mask = None  # as TransformerLens: right padding needs no mask under causal attention
@@ -305,6 +233,8 @@ class HookedTransformer:
         """W_U columns of `tokens` (a str, int, [pos] or [batch, pos]) -> [..., d_model]."""
         if isinstance(tokens, str):
             tokens = self.to_single_token(tokens)
+        elif np.size(tokens) == 1:
+            tokens = int(np.asarray(tokens).reshape(()))  # TransformerLens: one token -> [d_model]
         return analysis.tokens_to_residual_directions(self.W_U, tokens)
 
     def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True):
@@ -337,7 +267,7 @@ class HookedTransformer:
 
     def _attn(self, name):
         x = self.params["blocks"]["attn"][name]
-        return _expand_kv(name, x, self.cfg) if name in ("W_K", "W_V", "b_K", "b_V") else x
+        return expand_kv(name, x, self.cfg) if name in ("W_K", "W_V", "b_K", "b_V") else x
 
     def _mlp(self, name):
         if self.cfg.attn_only:
@@ -359,9 +289,9 @@ class HookedTransformer:
     b_out = property(lambda self: self._mlp("b_out"), doc="[n_layers, d_model]")
 
     @property
-    def blocks(self) -> _LayerViews:
+    def blocks(self) -> LayerViews:
         """Per-layer views: `model.blocks[l].attn.W_V` is `model.W_V[l]`."""
-        return _LayerViews(self.params, self.cfg)
+        return LayerViews(self)
 
     def __repr__(self):
         return (f"HookedTransformer({self.cfg.model_name}: {self.cfg.n_layers} layers, "

@@ -233,6 +233,20 @@ class HookPoint:
 HookFn = Callable[[jax.Array, HookPoint], Optional[jax.Array]]
 
 
+def _call_hook_fn(f: HookFn, act, hp: HookPoint):
+    """f(act, hp), turning the TransformerLens habit of editing the activation in place into an
+    error that shows the JAX idiom (JAX arrays are immutable)."""
+    try:
+        return f(act, hp)
+    except TypeError as err:
+        if "item assignment" not in str(err):
+            raise
+        raise TypeError(
+            f"hook function at {hp.name!r} assigned into the activation in place "
+            f"(`act[...] = value`), but JAX arrays are immutable: return an edited copy instead, "
+            f"e.g. `return act.at[:, :, 0].set(0)` for `act[:, :, 0] = 0`") from err
+
+
 def _patch_key(key: Any) -> str:
     """A patch/add key as a string: `("pattern", 3)` -> `blocks.3.attn.hook_pattern` (negative
     layers stay negative and are resolved against the model). Strings keep the user's spelling."""
@@ -384,7 +398,7 @@ class HookRunner:
     def _apply_fns(self, e: _Edit, template, act, layer):
         def run(a, hp):
             for f in e.payload:
-                out = f(a, hp)
+                out = _call_hook_fn(f, a, hp)
                 if out is not None:
                     if not isinstance(out, (jax.Array, np.ndarray)):
                         raise TypeError(f"hook function at {hp.name!r} returned a "

@@ -2,6 +2,7 @@
 
     cfg, params, tokenizer = load("jtlens-tiny")               # the embedded default model
     cfg, params, tokenizer = load("/path/to/hf_folder")        # any supported HF checkpoint
+    cfg, params, tokenizer = load("smollm2-135m")              # a GGUF file, or a packaged one
     save_converted("out/", cfg, params, tokenizer)             # -> jtlens_config.json + params.msgpack
 
 Weights are read from safetensors first; `.bin` files only through
@@ -15,13 +16,15 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jtlens import checkpoint_io, weights
+from jtlens import checkpoint_io, gguf_models, weights
 from jtlens.checkpoint_io import read_json
 from jtlens.conversions import convert_folder
 from jtlens.config import Config
-from jtlens.params import check_and_cast
+from jtlens.params import check_and_cast, check_shapes, param_shapes
 
 ASSETS = Path(__file__).parent / "assets"
 ALIASES = {"jtlens-tiny": ASSETS / "jtlens-tiny"}
@@ -64,7 +67,8 @@ def save_converted(path, cfg: Config, params: dict, tokenizer: Any = None,
 
 
 def load(name_or_path, *, dtype: Optional[str] = None, tokenizer: Any = None,
-         trust_remote_code: bool = False, progress: bool = True,
+         trust_remote_code: bool = False, progress: bool = True, mesh: Any = None,
+         sharding_rules: Any = None, layer_axis: Optional[str] = None,
          **options) -> tuple[Config, dict, Any]:
     """Load a model -> (cfg, layer-stacked params, tokenizer or None).
 
@@ -72,26 +76,52 @@ def load(name_or_path, *, dtype: Optional[str] = None, tokenizer: Any = None,
     hub name (downloaded with huggingface_hub). `options`: weight-processing steps
     (`weights.DEFAULT_PROCESSING`, TransformerLens's `from_pretrained` defaults, e.g.
     fold_ln=False), Config fields (e.g. n_ctx=512), or config.json keys.
+    With a `jax.sharding.Mesh`, params are placed by `jtlens.sharding` (`sharding_rules`,
+    `layer_axis` as in `shard_params`), a layer at a time from safetensors checkpoints.
     """
     flags = weights.processing_flags({k: options.pop(k) for k in list(options)
                                       if k in weights.DEFAULT_PROCESSING})
     cfg_overrides, hf_overrides = _split_overrides(options)
-    folder = resolve(name_or_path)
+    folder = resolve(name_or_path, progress=progress)
+    blocks = None  # the streamed blocks: already processed and on the mesh
     if (folder / NATIVE_CONFIG).exists():
         if hf_overrides:
             raise TypeError(f"unknown option(s) {sorted(hf_overrides)} for a converted jtlens model: "
                             f"overrides must be jtlens.Config fields")
         cfg, params, done = _load_native(folder)
+        if _is_gguf(name_or_path):  # the cache folder's name is not the model's
+            cfg = cfg.replace(model_name=model_name_for(name_or_path))
     else:
-        cfg, params = convert_folder(folder, progress=progress, hf_overrides=hf_overrides)
-        cfg = cfg.replace(model_name=model_name_for(name_or_path))
+        named = lambda c: c.replace(model_name=model_name_for(name_or_path))  # noqa: E731
+
+        def stream(converted: Config):
+            from jtlens.streaming import LayerStreamer
+
+            c = named(converted).replace(**cfg_overrides)
+            return LayerStreamer(c, _steps(c, flags, {}), mesh, sharding_rules, layer_axis,
+                                 dtype or c.dtype, progress)
+
+        streamed = mesh is not None and _streamable(folder)
+        cfg, params = convert_folder(folder, progress=progress, hf_overrides=hf_overrides,
+                                     stream=stream if streamed else None)
+        cfg = named(cfg)
         done = {}
+        if streamed:
+            blocks = params.pop("blocks")
     if cfg_overrides:
         cfg, params = _override(cfg, params, cfg_overrides)
     cfg, params = _process(cfg, params, flags, done)
     if dtype is not None:
         cfg = cfg.replace(dtype=dtype)
-    params = _cast(params, cfg.dtype)
+    if mesh is None:
+        params = _cast(params, cfg.dtype)
+    else:
+        from jtlens.sharding import shard_params
+
+        host = {k: jax.tree_util.tree_map(lambda a: np.asarray(a, jnp.dtype(cfg.dtype)), v)
+                for k, v in params.items()}  # straight from host into the shards, not via one device
+        params = shard_params(host if blocks is None else dict(host, blocks=blocks), cfg, mesh,
+                              sharding_rules, layer_axis)
     if tokenizer is None:
         tokenizer = load_tokenizer(folder, trust_remote_code)
     return cfg, params, tokenizer
@@ -107,7 +137,9 @@ def _override(cfg: Config, params: dict, overrides: dict) -> tuple[Config, dict]
                              f"learned (W_pos has {rows} rows); pass n_ctx <= {rows}")
         if new.n_ctx < rows:  # a shorter context uses the first n_ctx learned positions
             params["pos_embed"] = {"W_pos": params["pos_embed"]["W_pos"][: new.n_ctx]}
-    check_and_cast(params, new, cast=False)  # other fields must leave the params' shapes alone
+    # Other fields must leave the params' shapes alone (streamed blocks are checked as they come).
+    want = param_shapes(new)
+    check_shapes(params, want if "blocks" in params else {k: v for k, v in want.items() if k != "blocks"})
     return new, params
 
 
@@ -136,8 +168,17 @@ def default_processing() -> dict:
     return dict(weights.DEFAULT_PROCESSING)
 
 
-def resolve(name_or_path) -> Path:
-    """The local folder for an alias, a path, or a hub name (downloaded on first use)."""
+def _is_gguf(name_or_path) -> bool:
+    return str(name_or_path) in gguf_models.PACKAGED or str(name_or_path).endswith(".gguf")
+
+
+def resolve(name_or_path, progress: bool = True) -> Path:
+    """The local folder for an alias, a path, or a hub name (downloaded on first use). A GGUF
+    file (or a packaged GGUF alias such as "smollm2-135m") resolves to its cached conversion."""
+    if str(name_or_path) in gguf_models.PACKAGED:
+        return gguf_models.converted(gguf_models.packaged(str(name_or_path)), progress)
+    if str(name_or_path).endswith(".gguf") and Path(name_or_path).expanduser().is_file():
+        return gguf_models.converted(name_or_path, progress)
     if str(name_or_path) in ALIASES:
         folder = ALIASES[str(name_or_path)]
         if not (folder / NATIVE_CONFIG).exists():
@@ -148,7 +189,8 @@ def resolve(name_or_path) -> Path:
     if path.is_dir():
         return path
     if path.exists():
-        raise ValueError(f"{name_or_path} is a file; pass the folder that holds the checkpoint")
+        raise ValueError(f"{name_or_path} is a file; pass the folder that holds the checkpoint "
+                         f"(or a .gguf file)")
     if str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
         raise FileNotFoundError(f"{name_or_path}: no such folder")
     return _download(HUB_ALIASES.get(str(name_or_path), str(name_or_path)))
@@ -216,9 +258,6 @@ def _to_numpy(tree):
 
 
 def _cast(params: dict, dtype: str):
-    import jax
-    import jax.numpy as jnp
-
     return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=dtype), params)
 
 
@@ -229,17 +268,29 @@ def _process(cfg: Config, params: dict, flags: dict, done: dict) -> tuple[Config
     if undone:
         warnings.warn(f"this saved model already has {undone} applied; they cannot be undone",
                       stacklevel=3)
-    if cfg.post_ln:
-        # TransformerLens's HookedEncoder applies no weight processing; neither do we.
-        return cfg, params
-    todo = _todo(cfg, flags, done)
+    todo = _steps(cfg, flags, done)
     return weights.processed_config(cfg, **todo), weights.process(params, cfg, **todo)
 
 
-def _todo(cfg: Config, flags: dict, done: dict) -> dict:
+def _steps(cfg: Config, flags: dict, done: dict) -> dict:
     """The steps still to apply. Like TransformerLens's from_pretrained, soft-capped logits skip
     center_unembed: the cap is not shift-invariant, so centring would change the log-probs."""
+    if cfg.post_ln:
+        # TransformerLens's HookedEncoder applies no weight processing; neither do we.
+        return {k: False for k in flags}
     todo = {k: v and not done.get(k) for k, v in flags.items()}
     if cfg.output_logits_soft_cap > 0:
         todo["center_unembed"] = False
     return todo
+
+
+def _streamable(folder: Path) -> bool:
+    """Whether the checkpoint can be read a tensor at a time (safetensors); a PyTorch pickle
+    loads whole, and is then sharded (with a warning: host memory holds the whole model)."""
+    from jtlens.conversions.checkpoint import checkpoint_files
+
+    if all(f.suffix == ".safetensors" for f in checkpoint_files(folder)):
+        return True
+    warnings.warn(f"{folder}: .bin weights load whole before they are sharded; convert them to "
+                  f"safetensors to stream them onto the mesh", stacklevel=3)
+    return False

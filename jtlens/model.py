@@ -168,6 +168,12 @@ def mlp(p: dict, x: Resid, ctx: Ctx) -> Resid:
         pre = ctx("mlp.hook_pre", x @ p["W_gate"])
         pre_linear = ctx("mlp.hook_pre_linear", x @ p["W_in"])
         post = ctx("mlp.hook_post", act(pre) * pre_linear + p["b_in"])
+    elif ctx.cfg.is_layer_norm_activation():
+        # solu_ln: a LayerNorm over d_mlp after the activation (LNPre once fold_ln moved its
+        # weights into W_out), with hook_mid before it.
+        mid = ctx("mlp.hook_mid", act(ctx("mlp.hook_pre", x @ p["W_in"] + p["b_in"])))
+        post = ctx("mlp.hook_post", norm(p.get("ln"), "LN" if "ln" in p else "LNPre", mid, ctx,
+                                         "mlp.ln"))
     else:
         post = ctx("mlp.hook_post", act(ctx("mlp.hook_pre", x @ p["W_in"] + p["b_in"])))
     return post @ p["W_out"] + p["b_out"]

@@ -45,6 +45,8 @@ def param_shapes(cfg: Config) -> dict:
         mlp = {"W_in": (L, D, M), "b_in": (L, M), "W_out": (L, M, D), "b_out": (L, D)}
         if cfg.gated_mlp:
             mlp["W_gate"] = (L, D, M)
+        if cfg.is_layer_norm_activation() and cfg.normalization_type == "LN":
+            mlp["ln"] = _norm_shapes("LN", M, (L,))  # solu_ln; weightless (LNPre) otherwise
         blocks["mlp"] = mlp
         norms["ln2"] = cfg.normalization_type
     if cfg.use_normalization_before_and_after:
@@ -93,11 +95,17 @@ def init_params(cfg: Config, key: jax.Array) -> Params:
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def check_and_cast(params: dict, cfg: Config, dtype=None, cast: bool = True) -> dict:
-    """Check `params` has exactly the tree and shapes of `param_shapes(cfg)`, with floating-point
-    leaves; cast to the model dtype (unless cast=False)."""
-    want = param_shapes(cfg)
+def check_and_cast(params: dict, cfg: Config, dtype=None) -> dict:
+    """Check `params` has exactly the tree and shapes of `param_shapes(cfg)`; cast to the model dtype."""
     dtype = jnp.dtype(dtype or cfg.dtype)
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=dtype),
+                                  check_shapes(params, param_shapes(cfg)))
+
+
+def check_shapes(params: dict, want: dict, prefix: str = "") -> dict:
+    """`params` (leaves as numpy; device arrays left where they are) when its tree and shapes
+    are exactly `want`'s (a tree of shape tuples) and its leaves floating point; else a
+    ConversionError naming the first misfit."""
 
     def walk(got, exp, path):
         if isinstance(exp, dict):
@@ -112,19 +120,18 @@ def check_and_cast(params: dict, cfg: Config, dtype=None, cast: bool = True) -> 
                 raise ConversionError(f"param {path + '.' if path else ''}{extra[0]} is not part of "
                                       f"this architecture (extra: {extra})")
             return {k: walk(got[k], exp[k], f"{path}.{k}" if path else k) for k in exp}
-        arr = floating(got, f"param {path}")
+        arr = floating(got if isinstance(got, jax.Array) else np.asarray(got), f"param {path}")
         if tuple(arr.shape) != tuple(exp):
             raise ConversionError(f"param {path}: converted tensor has shape {tuple(arr.shape)}, "
                                   f"the config expects {tuple(exp)}")
-        return jnp.asarray(arr, dtype=dtype) if cast else got
+        return arr
 
-    return walk(params, want, "")
+    return walk(params, want, prefix)
 
 
-def floating(x, what: str):
-    """x as an array, refusing integer or boolean data (a weight is never an integer: casting
-    one would hide a checkpoint that does not hold what its names say)."""
-    arr = x if hasattr(x, "dtype") and hasattr(x, "shape") else np.asarray(x)
+def floating(arr, what: str):
+    """`arr`, refusing integer or boolean data: a weight is never an integer, and casting one
+    would hide a checkpoint that does not hold what its names say."""
     if np.dtype(arr.dtype).kind in "iub":
         raise ConversionError(f"{what} holds {arr.dtype} values; a weight must be floating point "
                               f"(the checkpoint is corrupted or mislabelled)")

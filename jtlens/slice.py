@@ -9,6 +9,29 @@ import numpy as np
 SliceInput = Union[None, int, tuple, list, slice, np.ndarray]
 
 
+def check_in_bounds(index, shape: tuple) -> None:
+    """Raise IndexError for an int or int-array entry of `index` (an index or a tuple) past its
+    axis, as numpy and torch do: JAX indexing clamps out-of-range indices silently."""
+    index = index if isinstance(index, tuple) else (index,)
+    if any(i is Ellipsis for i in index):
+        n_rest = sum(i is not None and i is not Ellipsis for i in index)
+        at = next(k for k, i in enumerate(index) if i is Ellipsis)
+        index = index[:at] + (slice(None),) * (len(shape) - n_rest) + index[at + 1:]
+    axis = 0
+    for i in index:
+        if i is None:
+            continue
+        if axis >= len(shape):
+            raise IndexError(f"too many indices for shape {tuple(shape)}")
+        n = shape[axis]
+        if isinstance(i, (int, np.integer)) or (hasattr(i, "dtype") and np.issubdtype(i.dtype, np.integer)):
+            arr = np.asarray(i)
+            if arr.size and (arr.max() >= n or arr.min() < -n):
+                raise IndexError(f"index {i if arr.ndim == 0 else arr.tolist()} is out of range for "
+                                 f"axis {axis} of size {n}")
+        axis += 1
+
+
 class Slice:
     """An index along one axis: None (everything), an int (drops the axis), a tuple (start,
     stop[, step]) or a slice, or a list/array of indices.
@@ -38,6 +61,7 @@ class Slice:
         """`x` indexed along `dim` ([..., n, ...] -> [..., k, ...], or the axis removed for an int)."""
         index = [slice(None)] * x.ndim
         index[dim] = self.slice
+        check_in_bounds(tuple(index), x.shape)
         return x[tuple(index)]
 
     def indices(self, max_ctx: int | None = None) -> np.ndarray:

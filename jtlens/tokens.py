@@ -36,8 +36,8 @@ def to_tokens(tokenizer, cfg: Config, text: Union[str, Sequence[str]], prepend_b
     """Strings -> (tokens [batch, pos] int32, attention_mask [batch, pos] or None).
 
     BOS is prepended as an id (not as text) unless the tokenizer adds it itself; batches are
-    padded on `padding_side`; sequences longer than n_ctx are truncated when `truncate`, and an
-    error otherwise. The mask is returned only when padding was added.
+    padded on `padding_side`; sequences longer than n_ctx are truncated when `truncate`, and kept
+    whole otherwise (as TransformerLens; the forward then rejects them). The mask is returned only when padding was added.
     """
     tok = _require(tokenizer)
     if padding_side not in ("left", "right"):
@@ -54,11 +54,8 @@ def to_tokens(tokenizer, cfg: Config, text: Union[str, Sequence[str]], prepend_b
             ids = [bos_id(tok)] + ids
         if not ids:
             raise ValueError("the text is empty and prepend_bos=False, so there are no tokens")
-        if len(ids) > cfg.n_ctx:
-            if not truncate:
-                raise ValueError(f"text of {len(ids)} tokens is longer than the context "
-                                 f"n_ctx={cfg.n_ctx}; pass truncate=True to cut it")
-            ids = ids[: cfg.n_ctx]
+        if truncate:
+            ids = ids[: cfg.n_ctx]  # truncate=False keeps it all; the forward rejects it past n_ctx
         rows.append(ids)
     width = max(len(r) for r in rows)
     tokens = np.full((len(rows), width), pad_id(tok), np.int32)

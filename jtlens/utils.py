@@ -12,7 +12,8 @@ from jtlens.components import lm_cross_entropy_loss
 from jtlens.hooks import get_act_name
 from jtlens.slice import Slice
 
-__all__ = ["test_prompt", "to_numpy", "get_act_name", "lm_cross_entropy_loss", "Slice"]
+__all__ = ["test_prompt", "to_numpy", "get_act_name", "lm_cross_entropy_loss", "Slice",
+           "get_attention_mask", "get_corner", "remove_batch_dim", "transpose"]
 
 
 def to_numpy(x) -> np.ndarray:
@@ -22,6 +23,43 @@ def to_numpy(x) -> np.ndarray:
     if isinstance(x, jax.Array):
         return np.asarray(jax.device_get(x))
     return np.asarray(x)
+
+
+def get_attention_mask(tokenizer, tokens, prepend_bos: bool, padding_side: Optional[str] = None):
+    """1/0 mask [batch, pos] of the non-padding tokens: only trailing pads (right padding) or
+    leading pads (left padding) count, and a BOS that shares the pad id stays attended."""
+    tokens = np.asarray(tokens)
+    mask = np.ones_like(tokens)
+    if tokenizer is None:
+        return jax.numpy.asarray(mask)
+    side = tokenizer.padding_side if padding_side is None else padding_side
+    not_pad = tokens != tokenizer.pad_token_id
+    if side == "right":
+        mask[np.cumsum(not_pad[..., ::-1], -1)[..., ::-1] == 0] = 0
+    else:
+        leading = np.cumsum(not_pad, -1) == 0
+        mask[leading] = 0
+        if prepend_bos and tokenizer.bos_token_id == tokenizer.pad_token_id:
+            rows = np.arange(mask.shape[0])
+            mask[rows, leading.sum(-1) - 1] = 1
+    return jax.numpy.asarray(mask)
+
+
+def get_corner(x, n: int = 3):
+    """The top-left n x ... x n corner of an array (or a FactoredMatrix)."""
+    if hasattr(x, "get_corner"):
+        return x.get_corner(n)
+    return x[tuple(slice(n) for _ in range(x.ndim))]
+
+
+def remove_batch_dim(x):
+    """x without its leading axis when that axis has size 1, else x."""
+    return x[0] if x.shape[0] == 1 else x
+
+
+def transpose(x):
+    """Swap the last two axes."""
+    return jax.numpy.swapaxes(x, -1, -2)
 
 
 def test_prompt(prompt: str, answer: Union[str, Sequence[str]], model,

@@ -8,13 +8,19 @@ read:
   stream; norms become weightless (LN -> LNPre, RMS -> RMSPre). For LayerNorm, the reading
   weights are also centred over d_model, since LNPre's input is already mean-free.
 - center_writing_weights: everything that writes to the residual stream is mean-free over
-  d_model (LayerNorm models only: the next LN removes the mean anyway).
-- center_unembed: W_U and b_U are mean-free over the vocabulary.
+  d_model. Only valid when every reader of the residual removes its mean: LayerNorm blocks
+  *and* a LayerNorm ln_final. With `final_rms` (RMS after LayerNorm blocks) the unembed sees
+  the residual's mean, so the step is skipped, as is centring W_U when folding an RMS ln_final.
+- center_unembed: W_U and b_U are mean-free over the vocabulary. Skipped under an output
+  logit soft-cap: tanh is not shift-invariant, so the per-position shift would change log-probs.
 - fold_value_biases: b_V moves into b_O (attention patterns sum to one).
 - refactor_factored_attn_matrices: W_Q/W_K and W_V/W_O are re-balanced through SVDs of
   W_Q W_K^T and W_V W_O (biases folded in), so each factor pair has equal singular values.
 
-Params shapes are those of `jtlens.param_shapes(cfg)`; all arithmetic runs in float32.
+Params shapes are those of `jtlens.param_shapes(cfg)`; all arithmetic runs in float32. Every
+step acts on each layer alone and on the params outside the blocks alone, so `process` also
+takes part of the params (`{"blocks": one layer}` or everything but "blocks"): streaming loads
+process a layer at a time.
 """
 
 from __future__ import annotations
@@ -47,9 +53,9 @@ def process(params: dict, cfg: Config, **flags: bool) -> dict:
     p = _copy(params)
     if flags["fold_ln"] and _foldable(cfg):
         p = fold_layer_norm(p, cfg)
-    if flags["center_writing_weights"] and _is_layer_norm(cfg):
+    if flags["center_writing_weights"] and _residual_mean_is_removed(cfg):
         p = center_writing(p, cfg)
-    if flags["center_unembed"]:
+    if flags["center_unembed"] and cfg.output_logits_soft_cap <= 0:
         p = center_unembedding(p)
     if flags["fold_value_biases"]:
         p = fold_value_bias(p, cfg)
@@ -71,6 +77,13 @@ def _foldable(cfg: Config) -> bool:
 
 def _is_layer_norm(cfg: Config) -> bool:
     return cfg.normalization_type in ("LN", "LNPre")
+
+
+def _residual_mean_is_removed(cfg: Config) -> bool:
+    """Whether every norm reading the residual stream subtracts its mean (so the mean written
+    to it is dead). Post-block norms (use_normalization_before_and_after) read block outputs,
+    not the residual, and do not matter here."""
+    return _is_layer_norm(cfg) and cfg.final_norm_type in ("LN", "LNPre")
 
 
 def _copy(tree):
@@ -116,10 +129,10 @@ def fold_layer_norm(params: dict, cfg: Config) -> dict:
     """Fold ln1 into W_Q/W_K/W_V, ln2 into W_in/W_gate, ln_final into W_U; drop the norm weights."""
     p = params
     center = _is_layer_norm(cfg)
-    blocks = p["blocks"]
-    attn = blocks["attn"]
-    _fold_into(attn, ("W_Q", "W_K", "W_V"), blocks.pop("ln1"), center,
-               {"W_Q": "b_Q", "W_K": "b_K", "W_V": "b_V"})
+    blocks = p.get("blocks", {})
+    if blocks:
+        _fold_into(blocks["attn"], ("W_Q", "W_K", "W_V"), blocks.pop("ln1"), center,
+                   {"W_Q": "b_Q", "W_K": "b_K", "W_V": "b_V"})
     if "ln2" in blocks:
         mlp = blocks["mlp"]
         if cfg.gated_mlp and "b" in blocks["ln2"]:
@@ -127,17 +140,26 @@ def fold_layer_norm(params: dict, cfg: Config) -> dict:
                              "to receive the folded bias; load with fold_ln=False")
         names = ("W_in", "W_gate") if cfg.gated_mlp else ("W_in",)
         _fold_into(mlp, names, blocks.pop("ln2"), center, {"W_in": "b_in"})
+    if "mlp" in blocks and "ln" in blocks["mlp"]:
+        # solu_ln's LayerNorm over d_mlp folds into W_out, which reads it (centred over d_mlp).
+        mlp = blocks["mlp"]
+        _fold_into(mlp, ("W_out",), mlp.pop("ln"), True, {"W_out": "b_out"})
     if "ln_final" in p:
-        _fold_into(p["unembed"], ("W_U",), p.pop("ln_final"), center, {"W_U": "b_U"})
+        # An RMS ln_final (final_rms) does not centre its input, so W_U must not be centred.
+        final_center = cfg.final_norm_type in ("LN", "LNPre")
+        _fold_into(p["unembed"], ("W_U",), p.pop("ln_final"), final_center, {"W_U": "b_U"})
     return p
 
 
 def center_writing(params: dict, cfg: Config) -> dict:
     """Make W_E, W_pos, W_O/b_O and W_out/b_out mean-free over d_model."""
     p = params
-    p["embed"]["W_E"] = _center(p["embed"]["W_E"], -1)
+    if "embed" in p:
+        p["embed"]["W_E"] = _center(p["embed"]["W_E"], -1)
     if "pos_embed" in p:
         p["pos_embed"]["W_pos"] = _center(p["pos_embed"]["W_pos"], -1)
+    if "blocks" not in p:
+        return p
     attn = p["blocks"]["attn"]
     attn["W_O"], attn["b_O"] = _center(attn["W_O"], -1), _center(attn["b_O"], -1)
     if "mlp" in p["blocks"]:
@@ -148,6 +170,8 @@ def center_writing(params: dict, cfg: Config) -> dict:
 
 def center_unembedding(params: dict) -> dict:
     """Make W_U and b_U mean-free over the vocabulary."""
+    if "unembed" not in params:
+        return params
     u = params["unembed"]
     u["W_U"], u["b_U"] = _center(u["W_U"], -1), _center(u["b_U"], -1)
     return params
@@ -160,6 +184,8 @@ def _kv_to_heads(x, cfg: Config):
 
 def fold_value_bias(params: dict, cfg: Config) -> dict:
     """b_O += sum_h b_V[h] @ W_O[h]; b_V = 0."""
+    if "blocks" not in params:
+        return params
     attn = params["blocks"]["attn"]
     b_V = _kv_to_heads(attn["b_V"], cfg)
     attn["b_O"] = attn["b_O"] + np.einsum("lhe,lhed->ld", b_V, attn["W_O"])
@@ -183,6 +209,8 @@ def refactor_attn(params: dict, cfg: Config) -> dict:
     if cfg.n_kv_heads != cfg.n_heads:
         raise ValueError("refactor_factored_attn_matrices needs one K/V head per query head; "
                          "this model uses grouped-query attention")
+    if "blocks" not in params:
+        return params
     attn = params["blocks"]["attn"]
     Q = np.concatenate([attn["W_Q"], attn["b_Q"][:, :, None]], axis=2)  # [L, H, D+1, Dh]
     K = np.concatenate([attn["W_K"], attn["b_K"][:, :, None]], axis=2)

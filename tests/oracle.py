@@ -9,6 +9,7 @@ torch or transformer_lens is missing.
 from __future__ import annotations
 
 import functools
+import json
 import tempfile
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 tl = pytest.importorskip("transformer_lens")
 tlp = pytest.importorskip("transformer_lens.patching")
+transformers = pytest.importorskip("transformers")
 
 import jax.numpy as jnp  # noqa: E402
 
@@ -76,6 +78,49 @@ def to_jtlens(model):
     return cfg, params_from_state_dict(model.state_dict(), cfg)
 
 
+def tl_from_folder(folder, hf_model=None, tokenizer=None):
+    """TransformerLens 3.9's HookedTransformer for a local Hugging Face folder, offline, with its
+    from_pretrained processing (fold_ln, centring, value biases). TL guesses architectures from
+    names, so the folder's path must not contain a family name such as "llama"."""
+    import transformer_lens.loading_from_pretrained as lp
+    from transformers import AutoModelForCausalLM
+    from transformer_lens import HookedTransformer
+
+    hf = hf_model if hf_model is not None else AutoModelForCausalLM.from_pretrained(folder).eval()
+    cfg = lp.get_pretrained_model_config(str(folder), fold_ln=True, device="cpu", dtype=torch.float32)
+    sd = lp.get_pretrained_state_dict(str(folder), cfg, hf_model=hf, dtype=torch.float32)
+    cfg.tokenizer_name = None  # set_tokenizer below, or none (random checkpoints have none)
+    tl = HookedTransformer(cfg, move_to_device=False)
+    tl.load_and_process_state_dict(sd, fold_ln=True, center_writing_weights=True,
+                                   center_unembed=True, fold_value_biases=True)
+    if tokenizer is not None:
+        tl.set_tokenizer(tokenizer)
+    return tl.eval()
+
+
+def hf_from_gguf(path):
+    """transformers' own GGUF loading of a file (dequantised to float32) and its tokenizer."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                 dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+def save_plain_hf(model, folder):
+    """Save a GGUF-loaded transformers model as an ordinary float32 folder (its own
+    save_pretrained refuses a model "quantized with gguf"): the same weights in a fresh model."""
+    config = model.config.__class__.from_dict(
+        {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"})
+    plain = type(model)(config).eval()
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(folder)
+    return plain
+
+
 def tl_cache(model, tokens, **kw):
     with torch.no_grad():
         logits, cache = model.run_with_cache(torch.as_tensor(np.asarray(tokens)), **kw)
@@ -133,3 +178,55 @@ def pair(padding_side):
     tl.set_tokenizer(tok, default_padding_side=padding_side)
     cfg, params = to_jtlens(tl)
     return tl, jtlens.HookedTransformer(cfg, params, tok, default_padding_side=padding_side)
+
+
+# ----------------------------------------------------------------------------- Hugging Face checkpoints
+# Tiny random checkpoints of every supported family (the conversion and streaming tests).
+SMALL = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+             num_attention_heads=4, max_position_embeddings=64)
+FAMILIES = {
+    "gpt2": lambda: transformers.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4,
+                                            n_positions=64),
+    "gptj": lambda: transformers.GPTJConfig(vocab_size=97, n_embd=32, n_layer=2, n_head=4,
+                                            n_positions=64, rotary_dim=4),
+    "gpt_neo": lambda: transformers.GPTNeoConfig(vocab_size=97, hidden_size=32, num_layers=2,
+                                                 num_heads=4, max_position_embeddings=64,
+                                                 attention_types=[[["global", "local"], 1]],
+                                                 window_size=4),
+    "opt": lambda: transformers.OPTConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2,
+                                          num_attention_heads=4, ffn_dim=48,
+                                          max_position_embeddings=64, pad_token_id=1,
+                                          bos_token_id=0, eos_token_id=0),
+    "neox": lambda: transformers.GPTNeoXConfig(**SMALL, rotary_pct=0.5, use_parallel_residual=True),
+    "llama": lambda: transformers.LlamaConfig(**SMALL, num_key_value_heads=2),
+    "llama3": lambda: transformers.LlamaConfig(**SMALL, rope_scaling=dict(
+        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=8)),
+    "mistral": lambda: transformers.MistralConfig(**SMALL, num_key_value_heads=2, sliding_window=4),
+    "qwen2": lambda: transformers.Qwen2Config(**SMALL, num_key_value_heads=2),
+    "qwen3": lambda: transformers.Qwen3Config(**SMALL, num_key_value_heads=2, head_dim=16),
+    "gemma": lambda: transformers.GemmaConfig(**SMALL, num_key_value_heads=1, head_dim=8),
+    "gemma2": lambda: transformers.Gemma2Config(**SMALL, num_key_value_heads=2, head_dim=8,
+                                                query_pre_attn_scalar=12, sliding_window=4),
+    "phi3": lambda: transformers.Phi3Config(**SMALL, num_key_value_heads=2, sliding_window=5,
+                                              pad_token_id=0, bos_token_id=1, eos_token_id=2),
+}
+MODELS = {"gpt2": "GPT2LMHeadModel", "gptj": "GPTJForCausalLM", "gpt_neo": "GPTNeoForCausalLM",
+          "opt": "OPTForCausalLM", "neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
+          "llama3": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+          "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM",
+          "gemma2": "Gemma2ForCausalLM", "phi3": "Phi3ForCausalLM"}
+
+
+def build_hf(name, folder, **save_kw):
+    torch.manual_seed(0)
+    model = getattr(transformers, MODELS[name])(FAMILIES[name]()).eval()
+    with torch.no_grad():  # HF initialises norms to one and biases to zero: randomise them
+        for pname, p in model.named_parameters():
+            if "norm" in pname or "ln" in pname or pname.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder, **save_kw)
+    if name == "gpt2":  # TransformerLens 3.9 reads n_ctx, which transformers 5 no longer writes
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(dict(cfg, n_ctx=cfg["n_positions"])))
+    return model

@@ -14,44 +14,11 @@ transformers = pytest.importorskip("transformers")
 import jtlens  # noqa: E402
 from jtlens.conversions.common import ConversionError  # noqa: E402
 from jtlens.loading import load  # noqa: E402
-from tests.oracle import assert_caches_match, max_diff  # noqa: E402
+from tests.oracle import (FAMILIES, MODELS, assert_caches_match, build_hf, max_diff,  # noqa: E402
+                          tl_from_folder)
 
 pytestmark = pytest.mark.slow  # builds and converts 13 Hugging Face families
 
-SMALL = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-             num_attention_heads=4, max_position_embeddings=64)
-FAMILIES = {
-    "gpt2": lambda: transformers.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4,
-                                            n_positions=64),
-    "gptj": lambda: transformers.GPTJConfig(vocab_size=97, n_embd=32, n_layer=2, n_head=4,
-                                            n_positions=64, rotary_dim=4),
-    "gpt_neo": lambda: transformers.GPTNeoConfig(vocab_size=97, hidden_size=32, num_layers=2,
-                                                 num_heads=4, max_position_embeddings=64,
-                                                 attention_types=[[["global", "local"], 1]],
-                                                 window_size=4),
-    "opt": lambda: transformers.OPTConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2,
-                                          num_attention_heads=4, ffn_dim=48,
-                                          max_position_embeddings=64, pad_token_id=1,
-                                          bos_token_id=0, eos_token_id=0),
-    "neox": lambda: transformers.GPTNeoXConfig(**SMALL, rotary_pct=0.5, use_parallel_residual=True),
-    "llama": lambda: transformers.LlamaConfig(**SMALL, num_key_value_heads=2),
-    "llama3": lambda: transformers.LlamaConfig(**SMALL, rope_scaling=dict(
-        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-        original_max_position_embeddings=8)),
-    "mistral": lambda: transformers.MistralConfig(**SMALL, num_key_value_heads=2, sliding_window=4),
-    "qwen2": lambda: transformers.Qwen2Config(**SMALL, num_key_value_heads=2),
-    "qwen3": lambda: transformers.Qwen3Config(**SMALL, num_key_value_heads=2, head_dim=16),
-    "gemma": lambda: transformers.GemmaConfig(**SMALL, num_key_value_heads=1, head_dim=8),
-    "gemma2": lambda: transformers.Gemma2Config(**SMALL, num_key_value_heads=2, head_dim=8,
-                                                query_pre_attn_scalar=12, sliding_window=4),
-    "phi3": lambda: transformers.Phi3Config(**SMALL, num_key_value_heads=2, sliding_window=5,
-                                              pad_token_id=0, bos_token_id=1, eos_token_id=2),
-}
-MODELS = {"gpt2": "GPT2LMHeadModel", "gptj": "GPTJForCausalLM", "gpt_neo": "GPTNeoForCausalLM",
-          "opt": "OPTForCausalLM", "neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
-          "llama3": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-          "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM",
-          "gemma2": "Gemma2ForCausalLM", "phi3": "Phi3ForCausalLM"}
 SAME_AS_TL = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "act_fn", "eps",
               "normalization_type", "positional_embedding_type", "rotary_dim", "rotary_base",
               "n_key_value_heads", "gated_mlp", "parallel_attn_mlp", "default_prepend_bos",
@@ -61,20 +28,6 @@ SAME_AS_TL = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "a
 # the checkpoint's max_position_embeddings (n_ctx=2048 as an option gives TL's value).
 TL_CAPS_N_CTX = ("mistral", "qwen3")
 TL_CAN_LOAD = ("gpt2", "gptj", "gpt_neo", "opt", "neox", "llama", "mistral", "qwen2", "qwen3", "phi3")
-
-
-def build_hf(name, folder, **save_kw):
-    torch.manual_seed(0)
-    model = getattr(transformers, MODELS[name])(FAMILIES[name]()).eval()
-    with torch.no_grad():  # HF initialises norms to one and biases to zero: randomise them
-        for pname, p in model.named_parameters():
-            if "norm" in pname or "ln" in pname or pname.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(folder, **save_kw)
-    if name == "gpt2":  # TransformerLens 3.9 reads n_ctx, which transformers 5 no longer writes
-        cfg = json.loads((folder / "config.json").read_text())
-        (folder / "config.json").write_text(json.dumps(dict(cfg, n_ctx=cfg["n_positions"])))
-    return model
 
 
 def hf_logits(model, tokens):
@@ -105,25 +58,11 @@ def test_unprocessed_logits_match_hugging_face(built, name):
     assert max_diff(ours(TOKENS), hf_logits(model, TOKENS)) <= 1e-4
 
 
-def _tl_from_folder(folder):
-    import transformer_lens.loading_from_pretrained as lp
-    from transformer_lens import HookedTransformer
-
-    hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
-    cfg = lp.get_pretrained_model_config(str(folder), fold_ln=True, device="cpu", dtype=torch.float32)
-    sd = lp.get_pretrained_state_dict(str(folder), cfg, hf_model=hf, dtype=torch.float32)
-    cfg.tokenizer_name = None  # the random checkpoints have no tokenizer
-    tl = HookedTransformer(cfg, move_to_device=False)
-    tl.load_and_process_state_dict(sd, fold_ln=True, center_writing_weights=True,
-                                   center_unembed=True, fold_value_biases=True)
-    return tl.eval()
-
-
 @pytest.mark.parametrize("name", TL_CAN_LOAD)
 def test_processed_model_matches_transformer_lens_hook_by_hook(built, name):
     folder, model = built(name)
     cfg, params, _ = load(folder, progress=False)  # TransformerLens's from_pretrained defaults
-    tl = _tl_from_folder(folder)
+    tl = tl_from_folder(folder)
     for field in SAME_AS_TL + (() if name in TL_CAPS_N_CTX else ("n_ctx",)):
         theirs = getattr(tl.cfg, field)
         assert getattr(cfg, field) == (tuple(theirs) if isinstance(theirs, list) else theirs), field

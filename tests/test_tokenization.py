@@ -32,8 +32,11 @@ def test_bad_text_inputs():
     _, model = pair("right")
     with pytest.raises(ValueError, match="not one"):
         model.to_single_token(" cat sat")
-    with pytest.raises(ValueError, match="longer than the context"):
-        model.to_tokens("The cat sat on the mat. " * 40, truncate=False)
+    # truncate=False returns the whole sequence, as TransformerLens; the model then rejects it.
+    full = model.to_tokens("The cat sat on the mat. " * 40, truncate=False)
+    assert full.shape[1] > model.cfg.n_ctx
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        model(full)
     assert model.to_tokens("The cat sat on the mat. " * 40).shape[1] == model.cfg.n_ctx
     with pytest.raises(ValueError, match="no tokenizer"):
         jtlens.HookedTransformer(model.cfg, model.params).to_tokens("hi")

@@ -12,7 +12,8 @@ import importlib
 from pathlib import Path
 
 from jtlens.checkpoint_io import read_json
-from jtlens.conversions.common import ConversionError, TensorReader, check_and_cast
+from jtlens.conversions.common import ConversionError, TensorReader
+from jtlens.params import check_and_cast, check_shapes, param_shapes
 
 ARCHITECTURES = {
     "GPT2LMHeadModel": "gpt2",
@@ -44,10 +45,16 @@ def family(hf_config: dict):
     return importlib.import_module(f"jtlens.conversions.{ARCHITECTURES[arch]}")
 
 
-def convert_folder(folder, progress: bool = True, hf_overrides: dict | None = None):
+def convert_folder(folder, progress: bool = True, hf_overrides: dict | None = None,
+                   stream=None):
     """(cfg, params) from a Hugging Face folder (config.json + safetensors/.bin weights);
-    `hf_overrides` replace config.json keys before conversion."""
-    from jtlens.conversions.checkpoint import read_tensors
+    `hf_overrides` replace config.json keys before conversion.
+
+    `stream(cfg)`, when given, returns the function that takes each converted layer
+    (`stack(n_layers, per_layer)`, see `TensorReader`) and gives params["blocks"]; tensors are
+    then read one at a time (safetensors only) and the other params come back as checked numpy.
+    """
+    from jtlens.conversions.checkpoint import LazyTensors, read_tensors
 
     folder = Path(folder)
     if not (folder / "config.json").exists():
@@ -66,8 +73,13 @@ def convert_folder(folder, progress: bool = True, hf_overrides: dict | None = No
                               f"{hf_config['architectures'][0]} config needs") from None
     except (TypeError, ValueError) as err:  # a wrong-typed value, or a Config that fails validation
         raise ConversionError(f"{folder / 'config.json'}: {err}") from None
-    reader = TensorReader(read_tensors(folder, progress), str(folder),
+    tensors = LazyTensors(folder) if stream else read_tensors(folder, progress)
+    reader = TensorReader(tensors, str(folder), stack=stream and stream(cfg),
                           tied_embeddings=hf_config.get("tie_word_embeddings", True))
     params = module.params_from_hf(reader, cfg)
     reader.finish()
-    return cfg, check_and_cast(params, cfg, dtype="float32")
+    if not stream:
+        return cfg, check_and_cast(params, cfg, dtype="float32")
+    blocks = params.pop("blocks")
+    outer = {k: v for k, v in param_shapes(cfg).items() if k != "blocks"}
+    return cfg, dict(check_shapes(params, outer), blocks=blocks)

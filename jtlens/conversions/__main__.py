@@ -1,7 +1,7 @@
 """`python -m jtlens.conversions SOURCE OUT [--no-processing] [--overwrite]` (`python -m
-conversions` in a checkout): convert a Hugging Face checkpoint (folder or hub name) into jtlens's
-format (jtlens_config.json + params.msgpack + tokenizer + jtlens_manifest.json, written beside
-OUT and renamed into place). The command sits above `jtlens.loading`."""
+conversions` in a checkout): convert a Hugging Face checkpoint (folder or hub name) or a GGUF file
+into jtlens's format (jtlens_config.json + params.msgpack + tokenizer + jtlens_manifest.json,
+written beside OUT and renamed into place). The command sits above `jtlens.loading`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from jtlens.checkpoint_io import check_destination
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m jtlens.conversions", description=__doc__)
-    ap.add_argument("source", help="Hugging Face folder or hub name")
+    ap.add_argument("source", help="Hugging Face folder, hub name, .gguf file or smollm2-135m")
     ap.add_argument("out", help="folder to write")
     ap.add_argument("--no-processing", action="store_true",
                     help="keep the checkpoint's numerics (no fold_ln / centring / bias folding)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -76,8 +76,12 @@ def _read_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
     except ConversionError:
         raise
     except Exception as err:  # safetensors raises its own SafetensorError (and OSError)
-        raise ConversionError(f"{path}: not a readable safetensors file ({_first_line(err)}); "
-                              f"the file may be truncated: download it again") from None
+        raise _unreadable(path, err) from None
+
+
+def _unreadable(path: Path, err: BaseException) -> ConversionError:
+    return ConversionError(f"{path}: not a readable safetensors file ({_first_line(err)}); "
+                           f"the file may be truncated: download it again")
 
 
 def _read_torch_bin(path: Path) -> Iterator[tuple[str, np.ndarray]]:
@@ -106,3 +110,51 @@ def _read_torch_bin(path: Path) -> Iterator[tuple[str, np.ndarray]]:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
+
+
+class LazyTensors(Mapping):
+    """The checkpoint's tensors by name, each read from its safetensors file (float32 numpy) only
+    when asked for and not kept: a conversion through it holds one tensor at a time. Each read
+    opens its file anew, so the memory map (whose touched pages count as resident) is released
+    with the tensor instead of growing to the whole checkpoint."""
+
+    def __init__(self, folder: Path):
+        from safetensors import safe_open
+
+        files = checkpoint_files(folder)
+        pickled = [f.name for f in files if f.suffix != ".safetensors"]
+        if pickled:
+            raise ConversionError(f"{folder}: {pickled[0]} is a PyTorch pickle, which loads only "
+                                  f"whole; convert the checkpoint to safetensors to stream it")
+        self._file: dict = {}
+        for path in files:
+            try:
+                with safe_open(str(path), framework="numpy") as handle:
+                    names = list(handle.keys())
+            except Exception as err:  # safetensors raises its own SafetensorError (and OSError)
+                raise _unreadable(path, err) from None
+            for name in names:
+                if name in self._file:
+                    raise ConversionError(f"{path.name}: tensor {name!r} also appears in "
+                                          f"another shard")
+                self._file[name] = path
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        """The tensor in its stored dtype (bfloat16 through ml_dtypes), as `read_tensors` gives."""
+        from safetensors import safe_open
+
+        path = self._file[name]
+        with safe_open(str(path), framework="numpy") as f:
+            if f.get_slice(name).get_dtype() != "BF16":
+                return f.get_tensor(name)
+        with safe_open(str(path), framework="flax") as f:  # numpy has no bfloat16 of its own
+            return np.asarray(f.get_tensor(name))
+
+    def __contains__(self, name) -> bool:
+        return name in self._file
+
+    def __iter__(self):
+        return iter(self._file)
+
+    def __len__(self) -> int:
+        return len(self._file)

@@ -21,12 +21,19 @@ class TensorReader:
     """Hands out checkpoint tensors as float32/64 numpy arrays and tracks what was consumed."""
 
     def __init__(self, tensors: Mapping[str, np.ndarray], source: str = "checkpoint",
-                 tied_embeddings: bool = True):
+                 tied_embeddings: bool = True, stack: Callable = None):
         self.tensors = tensors
         self.source = source
         self.tied_embeddings = tied_embeddings  # config.json's tie_word_embeddings
         self.used: set[str] = set()
         self.ignored: set[str] = set()
+        # how per-layer params become params["blocks"]; a streaming load places each layer on
+        # its devices as it is converted instead of stacking all of them on the host
+        self.stack = stack or stack_layers
+
+    def stack_layers(self, n_layers: int, per_layer: Callable[[int], dict]) -> dict:
+        """params["blocks"] from `per_layer(l)` for each layer (see `stack_layers`)."""
+        return self.stack(n_layers, per_layer)
 
     def __contains__(self, name: str) -> bool:
         return name in self.tensors
@@ -37,7 +44,7 @@ class TensorReader:
             raise ConversionError(f"{self.source}: missing tensor {name!r}"
                                   + (f" (similar: {near})" if near else ""))
         self.used.add(name)
-        arr = np.asarray(floating(self.tensors[name], f"{self.source}: tensor {name!r}"))
+        arr = floating(np.asarray(self.tensors[name]), f"{self.source}: tensor {name!r}")
         return arr if arr.dtype in (np.float32, np.float64) else arr.astype(np.float32)
 
     def take_optional(self, name: str):
@@ -177,7 +184,7 @@ def encoder_params(reader: TensorReader, cfg: Config, names: dict) -> dict:
         return {"attn": attn, "mlp": mlp, "ln1": norm(reader, f"{b}.{names['ln1']}"),
                 "ln2": norm(reader, f"{b}.{names['ln2']}")}
 
-    params["blocks"] = stack_layers(cfg.n_layers, layer)
+    params["blocks"] = reader.stack_layers(cfg.n_layers, layer)
     if cfg.mlm_head:
         params["mlm_head"] = {"W": reader.take(f"{names['head_dense']}.weight").T,
                               "b": reader.take(f"{names['head_dense']}.bias"),

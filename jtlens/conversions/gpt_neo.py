@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jtlens.conversions.common import (TensorReader, attention_linears, head_dim, mlp_linears,
-                                       norm, stack_layers)
+from jtlens.conversions.common import TensorReader, attention_linears, head_dim, mlp_linears, norm
 from jtlens.config import Config
 
 
@@ -37,6 +36,6 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
 
     W_E = r.take("transformer.wte.weight")
     return {"embed": {"W_E": W_E}, "pos_embed": {"W_pos": r.take("transformer.wpe.weight")},
-            "blocks": stack_layers(cfg.n_layers, layer), "ln_final": norm(r, "transformer.ln_f"),
+            "blocks": r.stack_layers(cfg.n_layers, layer), "ln_final": norm(r, "transformer.ln_f"),
             "unembed": {"W_U": r.unembedding("lm_head.weight", W_E).T,
                         "b_U": np.zeros(cfg.d_vocab, np.float32)}}

@@ -3,8 +3,7 @@ interleaved (GPT-J style) partial rotary, an unembedding with a bias."""
 
 from __future__ import annotations
 
-from jtlens.conversions.common import (TensorReader, attention_linears, head_dim, mlp_linears,
-                                       norm, stack_layers)
+from jtlens.conversions.common import TensorReader, attention_linears, head_dim, mlp_linears, norm
 from jtlens.config import Config
 
 
@@ -32,5 +31,5 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
                 "mlp": mlp_linears(r, f"{b}.mlp.fc_in", f"{b}.mlp.fc_out"), "ln1": ln, "ln2": ln}
 
     return {"embed": {"W_E": r.take("transformer.wte.weight")},
-            "blocks": stack_layers(cfg.n_layers, layer), "ln_final": norm(r, "transformer.ln_f"),
+            "blocks": r.stack_layers(cfg.n_layers, layer), "ln_final": norm(r, "transformer.ln_f"),
             "unembed": {"W_U": r.take("lm_head.weight").T, "b_U": r.take("lm_head.bias")}}

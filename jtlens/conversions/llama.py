@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from jtlens.conversions.common import (ConversionError, TensorReader, head_dim, heads,
-                                       heads_out, rope, stack_layers, zeros_or)
+                                       heads_out, rope, zeros_or)
 from jtlens.config import Config
 
 GEMMA = ("GemmaForCausalLM", "Gemma2ForCausalLM")
@@ -114,7 +114,7 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
     embed = r.take("model.embed_tokens.weight")
     # Gemma multiplies embeddings by sqrt(d_model); the tied unembedding is not scaled.
     W_E = embed * np.float32(D ** 0.5) if gemma else embed
-    return {"embed": {"W_E": W_E}, "blocks": stack_layers(cfg.n_layers, layer),
+    return {"embed": {"W_E": W_E}, "blocks": r.stack_layers(cfg.n_layers, layer),
             "ln_final": norm("model.norm"),
             "unembed": {"W_U": r.unembedding("lm_head.weight", embed).T,
                         "b_U": np.zeros(cfg.d_vocab, np.float32)}}

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jtlens.conversions.common import (TensorReader, head_dim, heads_out, mlp_linears, norm,
-                                       rope, stack_layers)
+from jtlens.conversions.common import TensorReader, head_dim, heads_out, mlp_linears, norm, rope
 from jtlens.config import Config
 
 
@@ -49,6 +48,6 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
 
     unembed = "embed_out.weight" if "embed_out.weight" in r else "lm_head.weight"
     return {"embed": {"W_E": r.take("gpt_neox.embed_in.weight")},
-            "blocks": stack_layers(cfg.n_layers, layer),
+            "blocks": r.stack_layers(cfg.n_layers, layer),
             "ln_final": norm(r, "gpt_neox.final_layer_norm"),
             "unembed": {"W_U": r.take(unembed).T, "b_U": np.zeros(cfg.d_vocab, np.float32)}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from jtlens.conversions.common import (ConversionError, TensorReader, attention_linears,
-                                       head_dim, mlp_linears, norm, stack_layers)
+                                       head_dim, mlp_linears, norm)
 from jtlens.config import Config
 
 POSITION_OFFSET = 2
@@ -42,6 +42,6 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
     W_E = r.take(f"{pre}.embed_tokens.weight")
     return {"embed": {"W_E": W_E},
             "pos_embed": {"W_pos": r.take(f"{pre}.embed_positions.weight")[POSITION_OFFSET:]},
-            "blocks": stack_layers(cfg.n_layers, layer), "ln_final": norm(r, f"{pre}.final_layer_norm"),
+            "blocks": r.stack_layers(cfg.n_layers, layer), "ln_final": norm(r, f"{pre}.final_layer_norm"),
             "unembed": {"W_U": r.unembedding("lm_head.weight", W_E).T,
                         "b_U": np.zeros(cfg.d_vocab, np.float32)}}

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from jtlens.conversions.common import TensorReader, check_and_cast, stack_layers
+from jtlens.conversions.common import TensorReader, check_and_cast
 from jtlens.config import Config
 from jtlens.params import param_shapes
 
@@ -59,6 +59,6 @@ def params_from_state_dict(state_dict: Mapping[str, Any], cfg: Config) -> dict:
 
     block_shapes = shapes.pop("blocks")
     params = {k: sub(f"{k}.", v) for k, v in shapes.items()}
-    params["blocks"] = stack_layers(cfg.n_layers, lambda l: sub(f"blocks.{l}.", block_shapes))
+    params["blocks"] = r.stack_layers(cfg.n_layers, lambda l: sub(f"blocks.{l}.", block_shapes))
     r.finish()
     return check_and_cast(params, cfg)

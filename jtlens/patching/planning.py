@@ -130,7 +130,7 @@ def plan(cfg: Config, metric: Metric, batch: int, n_pos: int, rows_per_layer: in
     per layer; `runs_per_patch` forwards each patch needs (path patching runs two)."""
     positions, expand_to = read_positions(metric, logit_positions, cfg, batch, n_pos)
     if chunk_size is None:
-        n_dev = 1 if sharding is None else chunk_sharding(sharding).mesh.size
+        n_dev = chunk_splits(sharding)
         chunk_size = default_chunk_size(cfg, runs_per_patch * batch, n_pos,
                                         len(positions or range(n_pos)), rows_per_layer, n_dev)
     return Plan(positions, expand_to, chunk_size)
@@ -158,9 +158,20 @@ def _free_bytes() -> int:
 
 
 def chunk_sharding(sharding) -> Optional[NamedSharding]:
-    """A Mesh (split over all its axes) or a NamedSharding for the chunk axis, or None."""
+    """A Mesh or a NamedSharding for the chunk axis, or None. A Mesh splits chunks over all its
+    axes but "model", which holds tensor-parallel params (`jtlens.shard_params`)."""
     if sharding is None or isinstance(sharding, NamedSharding):
         return sharding
     if isinstance(sharding, Mesh):
-        return NamedSharding(sharding, PartitionSpec(sharding.axis_names))
+        axes = tuple(a for a in sharding.axis_names if a != "model")
+        return NamedSharding(sharding, PartitionSpec(axes or None))
     raise TypeError(f"sharding must be a jax.sharding.Mesh or NamedSharding, got {type(sharding).__name__}")
+
+
+def chunk_splits(sharding) -> int:
+    """How many pieces `chunk_sharding(sharding)` cuts a chunk into."""
+    sharding = chunk_sharding(sharding)
+    if sharding is None or not sharding.spec or sharding.spec[0] is None:
+        return 1
+    axes = sharding.spec[0]
+    return int(np.prod([sharding.mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))

@@ -3,8 +3,9 @@
     labels = axis_labels(model, corrupted_tokens, ("layer", "pos"))
     save_heatmap(result, "resid_pre.png", labels)      # or "resid_pre.html"
 
-Values are coloured on a diverging scale centred at zero (red up, blue down), as the metric
-after a patch is usually read relative to the corrupted baseline.
+Values are coloured as every jtlens heatmap (`jtlens.heatmap`): on a scale symmetric about zero,
+red positive, blue negative, as the metric after a patch is usually read relative to the
+corrupted baseline.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+
+from jtlens.heatmap import css_colour, legend, panels_figure, save_png
 
 EVERY_TITLES = ("output", "query", "key", "value", "pattern")
 _PREFIX = {"layer": "L", "head": "H", "head_index": "H"}
@@ -77,34 +80,9 @@ def save_heatmap(result, path, labels: Optional[Sequence[Sequence[str]]] = None,
 
 
 def _png(panels, path, rlab, clab, limit, title, axis_names):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows, cols = panels[0][1].shape
-    fig, axes = plt.subplots(1, len(panels), squeeze=False,
-                             figsize=(max(4.0, 0.45 * cols + 2) * len(panels), max(3.0, 0.35 * rows + 1.5)))
-    for k, (ax, (name, arr)) in enumerate(zip(axes[0], panels)):
-        im = ax.imshow(arr, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
-        ax.set_xticks(range(cols), clab, rotation=90 if max(map(len, clab)) > 3 else 0, fontsize=7)
-        ax.set_yticks(range(rows), rlab if k == 0 else [], fontsize=7)
-        ax.set_xlabel(axis_names[1])
-        if k == 0:
-            ax.set_ylabel(axis_names[0])
-        if name is not None:
-            ax.set_title(str(name))
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-    if title:
-        fig.suptitle(title)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _colour(v: float, limit: float) -> str:
-    t = max(-1.0, min(1.0, v / limit))
-    fade = int(255 * (1 - abs(t)))
-    return f"rgb(255,{fade},{fade})" if t >= 0 else f"rgb({fade},{fade},255)"
+    fig = panels_figure(panels, xlabel=axis_names[1], ylabel=axis_names[0], title=title,
+                        label="metric", limit=limit, row_labels=rlab, col_labels=clab)
+    save_png(fig, path, dpi=120)
 
 
 def _html(panels, path, rlab, clab, limit, title, axis_names):
@@ -114,13 +92,14 @@ def _html(panels, path, rlab, clab, limit, title, axis_names):
              "td,th{padding:3px 6px;text-align:right}th{background:#eee}</style>"]
     if title:
         parts.append(f"<h2>{esc(title)}</h2>")
+    parts.append(f"<p>Colour: {esc(legend('metric'))}; full colour at |value| = {limit:.4g}.</p>")
     for name, arr in panels:
         if name is not None:
             parts.append(f"<h3>{esc(str(name))}</h3>")
         head = "".join(f"<th>{esc(c)}</th>" for c in clab)
         parts.append(f"<table><tr><th>{esc(axis_names[0])} \\ {esc(axis_names[1])}</th>{head}</tr>")
         for r, row in zip(rlab, arr):
-            cells = "".join(f"<td style='background:{_colour(v, limit)}' title='{v:.6g}'>{v:.3f}</td>"
+            cells = "".join(f"<td style='background:{css_colour(v, limit)}' title='{v:.6g}'>{v:.3f}</td>"
                             for v in row)
             parts.append(f"<tr><th>{esc(r)}</th>{cells}</tr>")
         parts.append("</table>")

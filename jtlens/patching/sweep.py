@@ -22,7 +22,8 @@ from jtlens.checks import check_tokens
 from jtlens.config import Config
 from jtlens.hooks import Hooks
 from jtlens.model import Ctx, forward_with_cache, run_blocks, unembed
-from jtlens.patching.planning import Metric, check_rows, chunk_sharding, plan
+from jtlens.patching.planning import Metric, check_rows, chunk_sharding, chunk_splits, plan
+from jtlens.sharding import place, to_host
 
 
 # ----------------------------------------------------------------------------- setters
@@ -103,7 +104,14 @@ def scalar_metric(metric: Metric, logits, n_pos: Optional[int] = None, positions
     if n_pos is not None:
         full = jnp.zeros((logits.shape[0], n_pos) + logits.shape[2:], logits.dtype)
         logits = full.at[:, jnp.asarray(positions)].set(logits)
-    out = jnp.asarray(metric(logits))
+    try:
+        out = jnp.asarray(metric(logits))
+    except jax.errors.ConcretizationTypeError as err:
+        raise TypeError(
+            "patching_metric is traced (the sweep runs it under jit and vmap), so it cannot call "
+            "float() / .item() or branch with Python `if` on values of the logits: return a JAX "
+            "scalar computed with jnp (e.g. `(logits[:, -1, a] - logits[:, -1, b]).mean()`, and "
+            "jnp.where instead of if)") from err
     if out.shape != ():
         raise ValueError(f"patching_metric must return a scalar; it returned shape {out.shape} "
                          f"for logits of shape {logits.shape} (reduce over batch, e.g. .mean())")
@@ -137,7 +145,7 @@ def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer (patches per chunk)")
     sharding = chunk_sharding(sharding)
-    n_dev = 1 if sharding is None else sharding.mesh.size
+    n_dev = chunk_splits(sharding)
     if chunk_size % n_dev:
         raise ValueError(f"chunk_size={chunk_size} must be a multiple of the {n_dev} devices it is "
                          f"split over")
@@ -148,8 +156,8 @@ def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
     out = np.zeros(len(rows), np.float32)
     for layer, where in tqdm(jobs, desc=desc, disable=not progress or len(jobs) < 2):
         idx = rows[np.pad(where, (0, chunk_size - len(where)), mode="edge")]
-        idx = jnp.asarray(idx) if sharding is None else jax.device_put(idx, sharding)
-        out[where] = np.asarray(fn(jnp.int32(layer), idx))[:len(where)]  # blocks: honest progress
+        idx = jnp.asarray(idx) if sharding is None else place(idx, sharding)
+        out[where] = to_host(fn(jnp.int32(layer), idx))[:len(where)]  # blocks: honest progress
     return out
 
 

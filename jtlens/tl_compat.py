@@ -1,0 +1,240 @@
+"""The rest of TransformerLens's HookedTransformer surface on the facade: config toggles, module
+pieces (`model.embed`, `model.unembed.W_U`, `model.ln_final`), `state_dict()` with
+TransformerLens's per-layer names, in-place weight processing, and torch's module methods.
+
+jtlens models are pure functions of (cfg, params): "in place" here means the facade swaps its
+params or its frozen Config for new ones. Devices are JAX's (`jax.device_put`); `eval()` /
+`train()` / `requires_grad` have nothing to switch (there is no dropout and no autograd state).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jtlens import weights as W
+from jtlens.config import Config
+from jtlens.module_views import ModuleView, top_level_views
+
+_PROCESS_DEFAULTS = dict(fold_ln=True, center_writing_weights=True, center_unembed=True,
+                         fold_value_biases=True, refactor_factored_attn_matrices=False)
+
+
+def flat_state_dict(params: dict, cfg) -> dict[str, Any]:
+    """Layer-stacked params -> {TransformerLens name: array}: `blocks.0.attn.W_Q` [n_heads,
+    d_model, d_head], GQA keys/values as TransformerLens stores them (`_W_K`, `_b_V`)."""
+    gqa = cfg.n_kv_heads != cfg.n_heads
+    out: dict[str, Any] = {}
+
+    def put(prefix: str, tree: dict, layer: Optional[int]):
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                put(f"{prefix}{k}.", v, layer)
+                continue
+            key = f"_{k}" if gqa and k in ("W_K", "W_V", "b_K", "b_V") else k
+            out[f"{prefix}{key}"] = v if layer is None else v[layer]
+
+    for k, v in params.items():
+        if k != "blocks":
+            put(f"{k}.", v, None)
+    for l in range(cfg.n_layers):
+        put(f"blocks.{l}.", params["blocks"], l)
+    return out
+
+
+def _params_from_flat(state_dict: dict, cfg) -> dict:
+    from jtlens.conversions.transformer_lens import params_from_state_dict  # conversions import jtlens
+
+    return params_from_state_dict(state_dict, cfg)
+
+
+def config_with_vocab(cfg, tokenizer):
+    """A Config from a Config or a dict of its fields; a dict without d_vocab takes it from the
+    tokenizer (its largest id + 1), as TransformerLens does."""
+    if isinstance(cfg, dict) and cfg.get("d_vocab", -1) == -1:
+        if tokenizer is None:
+            raise ValueError("the config has no d_vocab and there is no tokenizer to infer it from")
+        cfg = dict(cfg, d_vocab=max(tokenizer.get_vocab().values()) + 1)
+    return Config.unwrap(cfg)
+
+
+class TransformerLensCompat:
+    """Mixin for the facade (needs `self.cfg`, `self.params`, `self._inputs`)."""
+
+    def set_tokenizer(self, tokenizer, default_padding_side: str = "right") -> None:
+        """Use `tokenizer` for text. Padding goes on `default_padding_side` unless a call says
+        otherwise or `model.tokenizer.padding_side` is changed afterwards (TransformerLens reads
+        the tokenizer's side)."""
+        if default_padding_side not in ("left", "right"):
+            raise ValueError(f"default_padding_side must be 'left' or 'right', not {default_padding_side!r}")
+        self.tokenizer, self.default_padding_side = tokenizer, default_padding_side
+        self._tokenizer_side = getattr(tokenizer, "padding_side", None)
+
+    def _padding_side(self) -> str:
+        side = getattr(self.tokenizer, "padding_side", None)
+        return side if side != self._tokenizer_side and side in ("left", "right") else self.default_padding_side
+
+    # ------------------------------------------------------------------ config toggles
+    def _toggle(self, **flag: bool) -> None:
+        self.cfg = self.cfg.replace(**flag)
+
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Include attn.hook_result (per-head outputs) in full caches."""
+        self._toggle(use_attn_result=use_attn_result)
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """Give each head its own q/k/v input copy (hook_q_input / hook_k_input / hook_v_input)."""
+        self._toggle(use_split_qkv_input=use_split_qkv_input)
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        self._toggle(use_hook_mlp_in=use_hook_mlp_in)
+
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
+        self._toggle(use_attn_in=use_attn_in)
+
+    # ------------------------------------------------------------------ pieces
+    def _piece(self, name: str) -> ModuleView:
+        views = top_level_views(self)
+        if name not in views:
+            raise AttributeError(f"this model has no {name} (cfg: {self.cfg.model_name})")
+        return views[name]
+
+    embed = property(lambda self: self._piece("embed"), doc="`model.embed(tokens)`, `.W_E`")
+    pos_embed = property(lambda self: self._piece("pos_embed"),
+                         doc="`model.pos_embed(tokens)`, `.W_pos` (standard positions only)")
+    unembed = property(lambda self: self._piece("unembed"), doc="`model.unembed(x)`, `.W_U`, `.b_U`")
+    ln_final = property(lambda self: self._piece("ln_final"),
+                        doc="`model.ln_final(x)` with its hook points (`.hook_scale`)")
+
+    @property
+    def mod_dict(self) -> dict[str, Any]:
+        """TransformerLens name -> module view or hook point handle (`blocks.0.attn`,
+        `blocks.0.attn.hook_z`, `unembed`, ...)."""
+        mods: dict[str, Any] = dict(top_level_views(self))
+        for l, block in enumerate(self.blocks):
+            mods[f"blocks.{l}"] = block
+            for sub in ("attn", "mlp", "ln1", "ln2"):
+                if sub in block._tree:
+                    mods[f"blocks.{l}.{sub}"] = getattr(block, sub)
+        mods.update(self.hook_dict)
+        return mods
+
+    def input_to_embed(self, input, prepend_bos=None, padding_side=None, attention_mask=None,
+                       past_kv_cache=None):
+        """Text or tokens -> (residual [batch, pos, d_model], tokens, None, attention_mask): the
+        stream entering block 0, as TransformerLens returns it (no shortformer embedding)."""
+        if past_kv_cache is not None:
+            raise NotImplementedError("past_kv_cache: jtlens has no key/value cache; run the "
+                                      "whole sequence")
+        from jtlens.hooked_transformer import _DEFAULT
+
+        tokens, mask = self._inputs(input, _DEFAULT if prepend_bos is None else prepend_bos,
+                                    _DEFAULT if padding_side is None else padding_side,
+                                    attention_mask)
+        resid = self(tokens, attention_mask=mask, stop_at_layer=0)
+        return resid, tokens, None, mask
+
+    # ------------------------------------------------------------------ parameters
+    def state_dict(self) -> dict[str, jax.Array]:
+        """{TransformerLens name: array}, e.g. `blocks.0.attn.W_Q` [n_heads, d_model, d_head]."""
+        return flat_state_dict(self.params, self.cfg)
+
+    def load_state_dict(self, state_dict: dict, strict: bool = True) -> None:
+        """Replace the params from a TransformerLens-named state dict (torch tensors or arrays).
+        Always strict: a missing or unexpected key is an error."""
+        if not strict:
+            raise ValueError("load_state_dict(strict=False): jtlens loads strictly, so a missing "
+                             "or extra tensor is never silently skipped; fix the keys instead")
+        self.params = jax.tree_util.tree_map(jnp.asarray, _params_from_flat(state_dict, self.cfg))
+
+    def named_parameters(self) -> Iterator[tuple[str, jax.Array]]:
+        return iter(self.state_dict().items())
+
+    def parameters(self) -> Iterator[jax.Array]:
+        return iter(self.state_dict().values())
+
+    def process_weights_(self, fold_ln: bool = True, center_writing_weights: bool = True,
+                         center_unembed: bool = True,
+                         refactor_factored_attn_matrices: bool = False) -> None:
+        """TransformerLens's weight processing, swapping in new params and Config (log-probs are
+        unchanged; see `jtlens.weights`)."""
+        flags = dict(_PROCESS_DEFAULTS, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                     center_unembed=center_unembed,
+                     refactor_factored_attn_matrices=refactor_factored_attn_matrices)
+        params = W.process(self.params, self.cfg, **flags)
+        self.params = jax.tree_util.tree_map(jnp.asarray, params)
+        self.cfg = W.processed_config(self.cfg, **flags)
+
+    def _on_flat(self, state_dict: dict, step, cfg=None) -> dict:
+        """Apply a `jtlens.weights` step to a flat TransformerLens state dict."""
+        cfg = self.cfg if cfg is None else cfg
+        params = jax.tree_util.tree_map(lambda a: np.array(a, np.float32),
+                                        _params_from_flat(state_dict, cfg))
+        return flat_state_dict(step(params, cfg), cfg)
+
+    def fold_layer_norm(self, state_dict: dict, fold_biases: bool = True,
+                        center_weights: bool = True) -> dict:
+        """Flat state dict -> the same with the norms folded into the weights that read them
+        (norm weights dropped). jtlens always folds biases and centres LayerNorm readers."""
+        if not (fold_biases and center_weights):
+            raise ValueError("fold_layer_norm: jtlens folds biases and centres LayerNorm readers "
+                             "together (either alone changes the model's outputs)")
+        return self._on_flat(state_dict, W.fold_layer_norm)
+
+    def center_writing_weights(self, state_dict: dict) -> dict:
+        return self._on_flat(state_dict, W.center_writing)
+
+    def center_unembed(self, state_dict: dict) -> dict:
+        return self._on_flat(state_dict, lambda p, cfg: W.center_unembedding(p))
+
+    def fold_value_biases(self, state_dict: dict) -> dict:
+        return self._on_flat(state_dict, W.fold_value_bias)
+
+    def refactor_factored_attn_matrices(self, state_dict: dict) -> dict:
+        return self._on_flat(state_dict, W.refactor_attn)
+
+    # ------------------------------------------------------------------ torch module methods
+    def to(self, device_or_dtype, print_details: bool = False):
+        """Move the params to a JAX device (`"cpu"`, `"cuda"`/`"gpu"`, `"tpu"`, a jax.Device) or
+        cast them to a dtype (`"float32"`, `"bfloat16"`, a jnp dtype). Returns the model."""
+        if isinstance(device_or_dtype, str) and device_or_dtype.split(":")[0] in (
+                "cpu", "cuda", "gpu", "tpu"):
+            platform, _, index = device_or_dtype.partition(":")
+            platform = "gpu" if platform == "cuda" else platform
+            try:
+                device = jax.devices(platform)[int(index or 0)]
+            except RuntimeError:
+                raise ValueError(f"no JAX {platform} device here (have "
+                                 f"{[str(d) for d in jax.devices()]})") from None
+        elif isinstance(device_or_dtype, jax.Device):
+            device = device_or_dtype
+        else:
+            dtype = jnp.dtype(device_or_dtype)
+            self.params = jax.tree_util.tree_map(lambda a: a.astype(dtype), self.params)
+            self.cfg = self.cfg.replace(dtype=dtype.name)
+            return self
+        self.params = jax.device_put(self.params, device)
+        if print_details:
+            print("Moving model to device:", device)
+        return self
+
+    def cuda(self, device=None):
+        return self.to("cuda" if device is None else f"cuda:{device}")
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def eval(self):
+        """No-op (returns the model): jtlens has no dropout or training mode."""
+        return self
+
+    def train(self, mode: bool = True):
+        """No-op (returns the model): jtlens has no dropout or training mode."""
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True):
+        """No-op: take gradients with jax.grad of a function of `model.params`."""
+        return self

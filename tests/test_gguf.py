@@ -1,0 +1,293 @@
+"""GGUF files written offline by gguf.GGUFWriter, the way llama.cpp's converter writes them, for
+tiny random models of every supported architecture, in F32, Q8_0 and Q4_0; and bad files.
+
+The oracle is the Hugging Face model holding the weights the file decodes to (each quantised
+tensor dequantised by gguf.quants) and, where transformers' own GGUF loader reads the family,
+that loader on the same file.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import jtlens  # noqa: E402
+from jtlens.conversions import __main__ as conversions_cli  # noqa: E402
+from jtlens.conversions import gguf as gguf_conversion  # noqa: E402
+from jtlens.conversions.common import ConversionError  # noqa: E402
+from tests.oracle import max_diff  # noqa: E402
+
+Q = gguf.GGMLQuantizationType
+TOKENIZER = json.loads((Path(jtlens.__file__).parent / "assets/jtlens-tiny/tokenizer.json").read_text())
+V = len(TOKENIZER["model"]["vocab"])  # 1024, the embedded model's byte-level BPE
+# Widths are multiples of 32, the block of Q8_0 / Q4_0 (quantised along each row).
+SIZES = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+             num_attention_heads=4, max_position_embeddings=64)
+FAMILIES = {  # GGUF architecture -> Hugging Face model
+    "llama": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        **SIZES, num_key_value_heads=2, rope_theta=5e4, tie_word_embeddings=True)),
+    "qwen2": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        **SIZES, num_key_value_heads=2, tie_word_embeddings=False)),
+    "qwen3": lambda: transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
+        **SIZES, num_key_value_heads=2, head_dim=16)),
+    "gemma": lambda: transformers.GemmaForCausalLM(transformers.GemmaConfig(
+        **SIZES, num_key_value_heads=1, head_dim=16)),
+    "gemma2": lambda: transformers.Gemma2ForCausalLM(transformers.Gemma2Config(
+        **SIZES, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=4)),
+    "phi3": lambda: transformers.Phi3ForCausalLM(transformers.Phi3Config(
+        **SIZES, num_key_value_heads=2, pad_token_id=0, bos_token_id=0, eos_token_id=0)),
+    "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        # GPT-2's own context and MLP width: transformers' GGUF loader reads neither from the file
+        vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=1024)),
+    "gptneox": lambda: transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+        **SIZES, rotary_pct=0.5, use_parallel_residual=True)),
+}
+# transformers' GGUF loader reads these families' tiny files as llama.cpp would. It has no gemma
+# or gptneox support; for qwen3 it ignores attention.key_length (head_dim 128 by default) and for
+# gemma2 it keeps query_pre_attn_scalar 256 where llama.cpp scales queries by 1/sqrt(head_dim).
+TRANSFORMERS_READS = ("llama", "qwen2", "phi3", "gpt2")
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+TOKENS = np.random.default_rng(0).integers(0, V, (2, 12))
+
+
+def _llama_cpp_layout(arch, name, w, hf):
+    """llama.cpp's converter changes to a Hugging Face tensor (convert_hf_to_gguf.py)."""
+    if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+        n = hf.num_attention_heads if "q_proj" in name else hf.num_key_value_heads
+        return w.reshape(n, 2, w.shape[0] // n // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    if arch.startswith("gemma") and name.endswith("norm.weight"):
+        return w + 1
+    if arch == "gptneox" and "query_key_value" in name:
+        n = hf.num_attention_heads
+        return w.reshape(n, 3, -1, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
+    if arch == "gpt2" and name.endswith(CONV1D):
+        return w.T
+    return w
+
+
+def _add_metadata(writer, arch, hf):
+    get = lambda *keys: next(getattr(hf, k) for k in keys if hasattr(hf, k))  # noqa: E731
+    D, H = get("hidden_size", "n_embd"), get("num_attention_heads", "n_head")
+    writer.add_name(f"tiny-{arch}")
+    writer.add_block_count(get("num_hidden_layers", "n_layer"))
+    writer.add_context_length(get("max_position_embeddings", "n_positions"))
+    writer.add_embedding_length(D)
+    writer.add_feed_forward_length(get("intermediate_size", "n_inner") or 4 * D)
+    writer.add_head_count(H)
+    if arch == "gpt2":
+        writer.add_layer_norm_eps(hf.layer_norm_epsilon)
+        return
+    if arch == "gptneox":
+        writer.add_layer_norm_eps(hf.layer_norm_eps)
+        writer.add_parallel_residual(hf.use_parallel_residual)
+        writer.add_rope_dimension_count(int(hf.rope_parameters["partial_rotary_factor"] * D // H))
+        return
+    writer.add_head_count_kv(hf.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(hf.rms_norm_eps)
+    writer.add_rope_freq_base(hf.rope_parameters["rope_theta"])
+    head_dim = getattr(hf, "head_dim", None) or D // H
+    writer.add_rope_dimension_count(head_dim)
+    if arch in ("gemma", "gemma2", "qwen3"):
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    if arch == "gemma2":
+        writer.add_attn_logit_softcapping(hf.attn_logit_softcapping)
+        writer.add_final_logit_softcapping(hf.final_logit_softcapping)
+        writer.add_sliding_window(hf.sliding_window)
+    if arch == "llama":
+        writer.add_vocab_size(hf.vocab_size)
+
+
+def _add_tokenizer(writer):
+    vocab = TOKENIZER["model"]["vocab"]
+    special = {t["id"] for t in TOKENIZER["added_tokens"]}
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
+    writer.add_token_list(sorted(vocab, key=vocab.get))
+    writer.add_token_types([3 if i in special else 1 for i in range(len(vocab))])
+    writer.add_token_merges([" ".join(m) for m in TOKENIZER["model"]["merges"]])
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(0)
+    writer.add_pad_token_id(0)
+
+
+def write_gguf(path, arch, model, qtype=Q.F32, tokenizer=True, metadata=True, tensors=None):
+    """Write `model` as llama.cpp would (names from gguf's own name map, its layout changes, 2-D
+    weights quantised to `qtype`, norms and biases F32). Returns the Hugging Face state dict the
+    file decodes to: quantised tensors round-tripped through gguf.quants."""
+    hf = model.config
+    names = gguf.get_tensor_name_map(next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch),
+                                     hf.num_hidden_layers)
+    writer = gguf.GGUFWriter(str(path), arch)
+    if metadata:
+        _add_metadata(writer, arch, hf)
+    if tokenizer:
+        _add_tokenizer(writer)
+    decoded = {}
+    state = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    for name, w in state.items():
+        if name == "lm_head.weight" and hf.tie_word_embeddings:
+            continue  # llama.cpp leaves a tied output out (GPT-2's unembedding included)
+        stem, kind = name.rsplit(".", 1)
+        gguf_name = f"{names.get_name(stem)}.{kind}"
+        file_w = _llama_cpp_layout(arch, name, w, hf)
+        if tensors and gguf_name in tensors:
+            file_w = tensors[gguf_name]
+        if file_w.ndim == 2 and qtype != Q.F32:
+            data = gguf.quants.quantize(file_w, qtype)
+            writer.add_tensor(gguf_name, data, raw_dtype=qtype)
+            # Blocks run along rows, so llama.cpp's row permutations commute with the round trip;
+            # GPT-2's transpose does not: its weights are quantised in the file's orientation.
+            transposed = arch == "gpt2" and name.endswith(CONV1D)
+            round_trip = gguf.quants.dequantize(gguf.quants.quantize(w.T if transposed else w, qtype),
+                                                qtype)
+            w = round_trip.T if transposed else round_trip
+        else:
+            writer.add_tensor(gguf_name, file_w)
+        decoded[name] = w
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return decoded
+
+
+def random_model(arch, seed=0):
+    torch.manual_seed(seed)
+    model = FAMILIES[arch]().eval()
+    with torch.no_grad():  # HF initialises norms to one and biases to zero: randomise them
+        for name, p in model.named_parameters():
+            if "norm" in name or "ln" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def hf_logits(model, tokens=TOKENS):
+    with torch.no_grad():
+        return model(torch.tensor(np.asarray(tokens))).logits.numpy()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """(path, Hugging Face model with the decoded weights) per (arch, type), written once."""
+    made = {}
+
+    def get(arch, qtype):
+        if (arch, qtype) not in made:
+            model = random_model(arch)
+            path = tmp_path_factory.mktemp("g") / f"tiny-{qtype.name}.gguf"
+            decoded = write_gguf(path, arch, model, qtype)
+            model.load_state_dict({k: torch.from_numpy(v) for k, v in decoded.items()},
+                                  strict=False)  # a tied lm_head follows the embedding
+            made[arch, qtype] = (path, model)
+        return made[arch, qtype]
+    return get
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("JTLENS_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("qtype", [Q.F32, Q.Q8_0, Q.Q4_0], ids=lambda q: q.name)
+@pytest.mark.parametrize("arch", list(FAMILIES))
+def test_gguf_logits_match_the_decoded_weights(files, arch, qtype):
+    path, model = files(arch, qtype)
+    ours = jtlens.HookedTransformer.from_pretrained_no_processing(str(path), progress=False)
+    assert ours.cfg.original_architecture == type(model).__name__
+    assert max_diff(ours(TOKENS), hf_logits(model)) <= 1e-4
+
+
+@pytest.mark.parametrize("qtype", [Q.F32, Q.Q4_0], ids=lambda q: q.name)
+@pytest.mark.parametrize("arch", TRANSFORMERS_READS)
+def test_gguf_logits_match_transformers_gguf_loader(files, arch, qtype):
+    path, _ = files(arch, qtype)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    ours = jtlens.HookedTransformer.from_pretrained_no_processing(str(path), progress=False)
+    assert max_diff(ours(TOKENS), hf_logits(theirs)) <= 1e-4
+
+
+def test_tokenizer_comes_from_the_metadata(files):
+    path, _ = files("llama", Q.F32)
+    ours = jtlens.HookedTransformer.from_pretrained(str(path), progress=False)
+    reference = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    text = "The return value is a list.\n\n  Tabs\tand ünïcode: naïve café — 東京 🙂"
+    assert ours.tokenizer(text)["input_ids"] == reference(text)["input_ids"]
+    assert ours.tokenizer.decode(reference(text)["input_ids"]) == text
+
+
+def test_second_load_reads_the_cache(files, tmp_path, monkeypatch):
+    path, _ = files("qwen2", Q.Q8_0)
+    first = jtlens.HookedTransformer.from_pretrained(str(path), progress=False)
+    [cached] = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+    def no_conversion(*_a, **_k):
+        raise AssertionError("converted again instead of reading the cache")
+    monkeypatch.setattr(gguf_conversion, "convert_gguf", no_conversion)
+    again = jtlens.HookedTransformer.from_pretrained(str(path), progress=False)
+    assert max_diff(again(TOKENS), first(TOKENS)) == 0
+    assert again.cfg.model_name == first.cfg.model_name == path.name
+    assert (cached / "tokenizer.json").exists()
+
+
+def test_python_m_conversions_converts_a_gguf(files, tmp_path):
+    path, model = files("gptneox", Q.Q8_0)
+    out = tmp_path / "converted"
+    assert conversions_cli.main([str(path), str(out), "--no-processing"]) == 0
+    ours = jtlens.HookedTransformer.from_pretrained_no_processing(str(out), progress=False)
+    assert max_diff(ours(TOKENS), hf_logits(model)) <= 1e-4
+
+
+# ----------------------------------------------------------------------------- bad files
+def _error(path) -> str:
+    with pytest.raises(ConversionError) as err:
+        jtlens.HookedTransformer.from_pretrained(str(path), progress=False)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message, message
+    return message
+
+
+def test_truncated_file(files, tmp_path):
+    path, _ = files("llama", Q.Q8_0)
+    data = path.read_bytes()
+    for cut in (len(data) - 100, 2000, 10):  # inside the tensor data, the metadata, the header
+        short = tmp_path / f"cut{cut}.gguf"
+        short.write_bytes(data[:cut])
+        message = _error(short)
+        assert "truncated" in message or "not a readable GGUF file" in message, message
+
+
+def test_unknown_architecture(tmp_path):
+    path = tmp_path / "mamba.gguf"
+    writer = gguf.GGUFWriter(str(path), "mamba")
+    _add_tokenizer(writer)
+    writer.add_tensor("token_embd.weight", np.zeros((V, 32), np.float32))
+    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file()
+    writer.close()
+    message = _error(path)
+    assert "'mamba' is not supported" in message and "'llama'" in message and "'gptneox'" in message
+
+
+def test_no_tokenizer_metadata(tmp_path):
+    path = tmp_path / "notok.gguf"
+    write_gguf(path, "llama", random_model("llama"), tokenizer=False)
+    assert "no tokenizer in the GGUF metadata" in _error(path)
+
+
+def test_tensor_of_unexpected_shape(tmp_path):
+    path = tmp_path / "badshape.gguf"
+    wrong = np.zeros((80, 64), np.float32)  # ffn_up should be [96, 64]
+    write_gguf(path, "llama", random_model("llama"), tensors={"blk.1.ffn_up.weight": wrong})
+    message = _error(path)
+    assert "'blk.1.ffn_up.weight' has shape (80, 64)" in message and "(96, 64)" in message
+
+
+def test_missing_metadata_key(tmp_path):
+    path = tmp_path / "nometa.gguf"
+    write_gguf(path, "llama", random_model("llama"), metadata=False)
+    assert "metadata key 'llama.embedding_length' is missing" in _error(path)
