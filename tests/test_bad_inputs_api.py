@@ -346,8 +346,8 @@ def test_negative_layer_tuple_counts_from_the_end(tiny):  # correct
     (lambda m: m.to_tokens("", prepend_bos=False), ValueError, "the text is empty and prepend_bos=False"),
     (lambda m: m.to_tokens(["a", 3]), TypeError, "text must be a string or a list of strings"),
     (lambda m: m.to_single_token(" the cat sat"), ValueError, "^' the cat sat' is \\d+ tokens, not one"),
-    (lambda m: m.to_tokens("word " * 200, truncate=False), ValueError,
-     "text of \\d+ tokens is longer than the context n_ctx=64; pass truncate=True"),
+    (lambda m: m(m.to_tokens("word " * 200, truncate=False)), ValueError,
+     "sequence of \\d+ tokens is longer than the model's context n_ctx=64"),
 ], ids=["error-padding-middle", "error-no-text", "error-empty-text", "error-non-string",
         "error-multi-token-answer", "error-too-long"])
 def test_bad_text(shipped, call, exc, message, one_line_error):
