@@ -85,7 +85,7 @@ def check_tokens(tokens, cfg: Config):
                          f"sequence of at least one token")
     if np.dtype(tokens.dtype).kind not in "iu":
         raise ValueError(f"tokens hold {tokens.dtype} values; token ids must be integers")
-    if tokens.shape[1] > cfg.n_ctx and cfg.positional_embedding_type == "standard":
+    if tokens.shape[1] > cfg.n_ctx and cfg.learned_positions:
         raise ValueError(f"sequence of {tokens.shape[1]} tokens is longer than the model's context "
                          f"n_ctx={cfg.n_ctx}; truncate the input (to_tokens(..., truncate=True))")
     ids_in_range(tokens, cfg.d_vocab, "token id", "check the tokenizer matches the model",
