@@ -192,7 +192,7 @@ def test_bad_input_errors(tiny):
         model(np.full((1, 4), 97))
     with pytest.raises(ValueError, match=r"token_type_ids has shape \(2, 8\); it must match"):
         model(tokens, token_type_ids=types[:, :8])
-    with pytest.raises(ValueError, match=r"token_type_ids must lie in \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"token_type_id 2 is outside \[0, 2\)"):
         model(tokens, token_type_ids=types + 1)
     with pytest.raises(ValueError, match="an encoder has no next-token loss"):
         jtlens.forward(model.params, tokens, model.cfg, return_type="loss")
