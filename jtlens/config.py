@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "silu", "relu2", "solu", "solu_ln")
 NORMALIZATIONS = ("LN", "LNPre", "RMS", "RMSPre", None)
-POSITIONAL_EMBEDDINGS = ("standard", "rotary", "alibi")
+POSITIONAL_EMBEDDINGS = ("standard", "rotary", "alibi", "shortformer")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
@@ -146,6 +146,12 @@ class Config:
                   f"attn_types has {len(self.attn_types)} entries for {self.n_layers} layers")
             check(set(self.attn_types) <= {"global", "local"},
                   f"attn_types entries must be 'global' or 'local', got {set(self.attn_types)}")
+
+    @property
+    def learned_positions(self) -> bool:
+        """Whether the model has a learned position table W_pos: "standard" adds it to the
+        residual stream, "shortformer" only to the query and key inputs of every block."""
+        return self.positional_embedding_type in ("standard", "shortformer")
 
     @property
     def n_kv_heads(self) -> int:

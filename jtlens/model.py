@@ -45,6 +45,7 @@ class Ctx:
     mask: Any = None              # [batch, pos] key padding mask, or None
     layer: Any = None
     local: Any = False            # this layer uses a sliding window
+    shortformer_pos: Any = None   # [batch, pos, d_model] added to query/key inputs (shortformer)
 
     def __call__(self, name: str, act: jax.Array) -> jax.Array:
         return self.hk(name, act, self.rec, self.layer)
@@ -90,11 +91,16 @@ def embed(params: Params, tokens: Int[Array, "batch pos"], ctx: Ctx) -> Resid:
         tokens = ctx("hook_tokens", tokens)
     x = ctx("hook_embed", jnp.take(params["embed"]["W_E"], tokens, axis=0))
     if cfg.positional_embedding_type == "standard":
-        pos = jnp.take(params["pos_embed"]["W_pos"], ctx.positions, axis=0)
-        if ctx.mask is not None:
-            pos = jnp.where(ctx.mask[..., None] == 0, 0, pos).astype(pos.dtype)
-        x = x + ctx("hook_pos_embed", pos)
+        x = x + ctx("hook_pos_embed", position_embedding(params, ctx))
     return x
+
+
+def position_embedding(params: Params, ctx: Ctx) -> Resid:
+    """W_pos at each position [batch, pos, d_model], zero on left padding."""
+    pos = jnp.take(params["pos_embed"]["W_pos"], ctx.positions, axis=0)
+    if ctx.mask is not None:
+        pos = jnp.where(ctx.mask[..., None] == 0, 0, pos).astype(pos.dtype)
+    return pos
 
 
 def encoder_embed(params: Params, tokens: Int[Array, "batch pos"],
@@ -220,6 +226,9 @@ def block(p: dict, resid: Resid, ctx: Ctx) -> Resid:
     resid = ctx("hook_resid_pre", resid)
     q_in, k_in, v_in = attention_inputs(resid, ctx)
     q_in, k_in, v_in = (ln1(resid),) * 3 if q_in is resid else (ln1(q_in), ln1(k_in), ln1(v_in))
+    if ctx.shortformer_pos is not None:  # positions reach queries and keys only
+        q_in = q_in + (ctx.shortformer_pos if q_in.ndim == 3 else ctx.shortformer_pos[:, :, None])
+        k_in = k_in + (ctx.shortformer_pos if k_in.ndim == 3 else ctx.shortformer_pos[:, :, None])
     attn_out = attention(p["attn"], q_in, k_in, v_in, ctx)
     if cfg.use_normalization_before_and_after:
         attn_out = norm(p["ln1_post"], _post_norm_kind(p["ln1_post"]), attn_out, ctx, "ln1_post")
@@ -321,7 +330,7 @@ def check_tokens(tokens, cfg: Config):
     concrete) ids outside the vocabulary. Call it before jit, where the ids are known."""
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be [batch, pos]; got shape {tuple(tokens.shape)}")
-    if tokens.shape[1] > cfg.n_ctx and cfg.positional_embedding_type == "standard":
+    if tokens.shape[1] > cfg.n_ctx and cfg.learned_positions:
         raise ValueError(f"sequence of {tokens.shape[1]} tokens is longer than the model's context "
                          f"n_ctx={cfg.n_ctx}; truncate the input (to_tokens(..., truncate=True))")
     if not isinstance(tokens, jax.core.Tracer):
@@ -375,6 +384,10 @@ def _run(params: Params, tokens, cfg: Config, hk: HookRunner, return_type, loss_
     # BERT numbers positions 0..pos-1 whatever the padding; decoders shift past left padding.
     positions = C.positions_from_mask(None if cfg.post_ln else mask, n_pos, batch)
     ctx = Ctx(cfg, hk, rec, positions, mask)
+    if cfg.positional_embedding_type == "shortformer":
+        pos = position_embedding(params, ctx)
+        ctx = dataclasses.replace(ctx, shortformer_pos=pos if start_at_layer is not None
+                                  else ctx("hook_pos_embed", pos))
     if start_at_layer is not None:
         resid = tokens
     elif cfg.post_ln:

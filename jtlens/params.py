@@ -58,7 +58,7 @@ def param_shapes(cfg: Config) -> dict:
         if shapes:
             blocks[name] = shapes
     tree: dict[str, Any] = {"embed": {"W_E": (cfg.d_vocab, D)}}
-    if cfg.positional_embedding_type == "standard":
+    if cfg.learned_positions:
         tree["pos_embed"] = {"W_pos": (cfg.n_ctx, D)}
     if cfg.post_ln:
         tree["embed"]["ln"] = _norm_shapes("LN", D)

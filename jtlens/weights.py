@@ -6,7 +6,9 @@ read:
 
 - fold_ln: norm weights (and LayerNorm biases) move into the weights that read the normalised
   stream; norms become weightless (LN -> LNPre, RMS -> RMSPre). For LayerNorm, the reading
-  weights are also centred over d_model, since LNPre's input is already mean-free.
+  weights are also centred over d_model, since LNPre's input is already mean-free. solu_ln's
+  LayerNorm over d_mlp folds into W_out. Not for shortformers: their positions are added to
+  ln1's output, after its weights.
 - center_writing_weights: everything that writes to the residual stream is mean-free over
   d_model. Only valid when every reader of the residual removes its mean: LayerNorm blocks
   *and* a LayerNorm ln_final. With `final_rms` (RMS after LayerNorm blocks) the unembed sees
@@ -72,7 +74,8 @@ def processed_config(cfg: Config, **flags: bool) -> Config:
 
 
 def _foldable(cfg: Config) -> bool:
-    return cfg.normalization_type in ("LN", "RMS")
+    # A shortformer adds positions to ln1's output, so ln1's weights cannot move into W_Q/W_K.
+    return cfg.normalization_type in ("LN", "RMS") and cfg.positional_embedding_type != "shortformer"
 
 
 def _is_layer_norm(cfg: Config) -> bool:
@@ -156,7 +159,7 @@ def center_writing(params: dict, cfg: Config) -> dict:
     p = params
     if "embed" in p:
         p["embed"]["W_E"] = _center(p["embed"]["W_E"], -1)
-    if "pos_embed" in p:
+    if "pos_embed" in p and cfg.positional_embedding_type == "standard":  # shortformer: not written
         p["pos_embed"]["W_pos"] = _center(p["pos_embed"]["W_pos"], -1)
     if "blocks" not in p:
         return p

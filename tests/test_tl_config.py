@@ -44,3 +44,18 @@ def test_solu_ln_with_a_gated_mlp_is_rejected():
     with pytest.raises(ValueError, match="gated_mlp"):
         jtlens.Config(n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=5, act_fn="solu_ln",
                       gated_mlp=True)
+
+
+def test_shortformer_matches_transformer_lens():
+    tl = tl_model(dict(CONFIGS["gpt2"], positional_embedding_type="shortformer"))
+    cfg, params = to_jtlens(tl)
+    tokens = tokens_for(cfg)
+    ref_logits, ref = tl_cache(tl, tokens)
+    logits, cache = jtlens.forward_with_cache(params, tokens, cfg, jtlens.Hooks(capture=True))
+    assert max_diff(logits, ref_logits) <= 1e-4
+    assert_caches_match(cache, ref)
+    # Processing keeps the log-probs (centring W_pos is exact: LN removes the mean it writes).
+    after = np.asarray(jtlens.forward(weights.process(params, cfg), tokens, weights.processed_config(cfg)))
+    shift = lambda x: x - x.max(-1, keepdims=True)  # noqa: E731
+    lp = lambda x: shift(x) - np.log(np.exp(shift(x)).sum(-1, keepdims=True))  # noqa: E731
+    assert max_diff(lp(after), lp(np.asarray(logits))) <= 1e-4

@@ -26,6 +26,11 @@ for _norm, _final_rms in itertools.product(("LN", "LNPre", "RMS", "RMSPre", None
 
 pytestmark = pytest.mark.slow  # 20 families x 4 step sets: minutes on a shared 2-core machine
 
+FAMILIES["shortformer"] = jtlens.Config(**{**CONFIGS["gpt2"], "d_model": 32, "n_ctx": 16, "d_head": 8,
+                                          "d_vocab": 50, "positional_embedding_type": "shortformer"})
+FAMILIES["solu_ln"] = jtlens.Config(**{**CONFIGS["gpt2"], "d_model": 32, "n_ctx": 16, "d_head": 8,
+                                      "d_vocab": 50, "act_fn": "solu_ln"})
+
 STEPS = {"all": {}, "no_center_writing": dict(center_writing_weights=False),
          "no_fold_ln": dict(fold_ln=False), "refactor": dict(refactor_factored_attn_matrices=True)}
 

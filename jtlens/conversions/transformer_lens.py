@@ -41,7 +41,7 @@ def params_from_state_dict(state_dict: Mapping[str, Any], cfg: Config) -> dict:
                for k, v in state_dict.items()}
     r = TensorReader(tensors, "TransformerLens state dict")
     r.ignore("*.attn.IGNORE", "*.attn.mask", "*.attn.rotary_sin", "*.attn.rotary_cos")
-    if cfg.positional_embedding_type != "standard":
+    if not cfg.learned_positions:
         r.ignore("pos_embed.W_pos")  # TransformerLens keeps an unused table for rotary/ALiBi models
     shapes = param_shapes(cfg)
 
