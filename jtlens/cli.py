@@ -133,10 +133,14 @@ def _positive(value: str) -> int:
 
 def _tokens(model, text: str, truncate: bool):
     try:
-        return model.to_tokens(text, truncate=truncate)
+        tokens = model.to_tokens(text, truncate=truncate)
     except ValueError as err:
-        hint = " (or pass --truncate)" if "longer than the context" in str(err) else ""
-        raise UsageError(f"{_first_line(err)}{hint}") from None
+        raise UsageError(_first_line(err)) from None
+    if tokens.shape[1] > model.cfg.n_ctx:  # to_tokens keeps it all when not truncating
+        raise UsageError(f"the text is {tokens.shape[1]} tokens, longer than the context "
+                         f"n_ctx={model.cfg.n_ctx}; pass --truncate to analyse the first "
+                         f"{model.cfg.n_ctx}")
+    return tokens
 
 
 def _single_token(model, text: str, flag: str) -> int:

@@ -11,10 +11,18 @@ import dataclasses
 import math
 from typing import Any, Optional
 
-ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "silu", "relu2", "solu", "solu_ln")
+import numpy as np
+
+ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "silu", "relu2", "solu",
+               "solu_ln")
 NORMALIZATIONS = ("LN", "LNPre", "RMS", "RMSPre", None)
 POSITIONAL_EMBEDDINGS = ("standard", "rotary", "alibi", "shortformer")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+# Integer fields whose sentinel means "derive me", and those that may be zero.
+_SENTINEL_INTS = {"n_heads": -1, "d_vocab": -1, "d_vocab_out": -1}
+_MAY_BE_ZERO = ("n_token_types",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +97,12 @@ class Config:
         def put(name, value):
             object.__setattr__(self, name, value)
 
+        self._check_types()
+
         if self.n_heads == -1:
+            if self.d_model % self.d_head:
+                raise ValueError(f"Config: d_model={self.d_model} is not a multiple of "
+                                 f"d_head={self.d_head}; pass n_heads explicitly")
             put("n_heads", self.d_model // self.d_head)
         if self.d_mlp is None and not self.attn_only:
             put("d_mlp", 4 * self.d_model)
@@ -104,6 +117,30 @@ class Config:
         if self.attn_types is not None:
             put("attn_types", tuple(self.attn_types))
         self._validate()
+
+    def _check_types(self):
+        """Field types and signs, before anything is derived from them (d_head=0 would divide
+        by zero; n_layers="2" or gated_mlp="no" would run as something else)."""
+        def fail(msg):
+            raise ValueError(f"Config: {msg}")
+
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in _SENTINEL_INTS and v == _SENTINEL_INTS[f.name]:
+                continue
+            if f.type in ("int", "Optional[int]"):
+                if v is None and f.type == "Optional[int]":
+                    continue
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                    fail(f"{f.name}={v!r} must be an integer")
+                if v < (0 if f.name in _MAY_BE_ZERO else 1):
+                    fail(f"{f.name}={v} must be {'>= 0' if f.name in _MAY_BE_ZERO else 'positive'}")
+            elif f.type == "bool" and not isinstance(v, (bool, np.bool_)):
+                fail(f"{f.name}={v!r} must be True or False")
+            elif f.type == "float" and (isinstance(v, bool) or not isinstance(v, (int, float, np.number))):
+                fail(f"{f.name}={v!r} must be a number")
+        if self.eps <= 0:
+            fail(f"eps={self.eps} must be positive")
 
     def _validate(self):
         def check(ok, msg):

@@ -19,6 +19,7 @@ from jtlens import tokens as T
 from jtlens.config import Config
 from jtlens.hooked_transformer import HookedTransformer, _forward_jit, _forward_with_cache_jit
 from jtlens.hooks import Hooks
+from jtlens.checks import check_attention_mask
 from jtlens.loading import load_no_processing
 from jtlens.weights import DEFAULT_PROCESSING
 from jtlens.model import _check_encoder_inputs, check_tokens, forward, forward_with_cache
@@ -82,6 +83,8 @@ class HookedEncoder(HookedTransformer):
         stop = self.cfg.n_layers if embeddings else None
         _check_encoder_inputs(tokens, types, core_type, stop, self.cfg)
         mask = None if one_zero_attention_mask is None else jnp.asarray(one_zero_attention_mask)
+        if mask is not None:
+            check_attention_mask(mask, tokens.shape)
         if eager:
             run = functools.partial(forward_with_cache if capture else forward, scan=False)
         else:

@@ -19,6 +19,7 @@ import numpy as np
 
 from jtlens import cache_analysis as analysis
 from jtlens import tokens as T
+from jtlens.checks import check_attention_mask
 from jtlens.config import Config
 from jtlens.factored_matrix import FactoredMatrix, composition_scores
 from jtlens.generation import model_generate
@@ -102,6 +103,7 @@ class HookedTransformer(HookRegistry, TransformerLensCompat):
             tok, mask = jnp.asarray(input), attention_mask
         if mask is not None:
             mask = jnp.asarray(mask)
+            check_attention_mask(mask, tok.shape[:2])  # concrete here, traced inside the forward
         kwargs = dict(return_type=return_type, loss_per_token=loss_per_token, attention_mask=mask,
                       start_at_layer=start_at_layer, stop_at_layer=stop_at_layer,
                       loss_tokens=None if tokens is None else jnp.asarray(tokens))

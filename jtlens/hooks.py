@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 ALL_LAYERS = "*"
@@ -184,6 +185,9 @@ class HookNames:
             return [n for n in self.names(optional=True) if selection(n)]
         if isinstance(selection, str) or _is_act_key(selection):
             selection = [selection]
+        if not isinstance(selection, (list, tuple, set, frozenset)):
+            raise TypeError(f"names_filter / capture={selection!r}: give True, a hook name, a list "
+                            f"of names or a predicate on the name")
         wanted: set[str] = set()
         for item in selection:
             if isinstance(item, str) and any(c in item for c in "?[") or (
@@ -358,6 +362,9 @@ class HookRunner:
             value, mask = e.payload
             value = self._payload(e, "value", value, act, layer)
             mask = True if mask is None else self._payload(e, "mask", mask, act, layer)
+            if mask is not True and mask.dtype != jnp.bool_:
+                raise TypeError(f"hook {e.name!r}: patch mask holds {mask.dtype} values; it must be "
+                                f"boolean (a blend such as 0.5 is an `add` or a hook function)")
             new = jnp.where(mask, value.astype(act.dtype), act)
         else:
             new = act + self._payload(e, "delta", e.payload, act, layer).astype(act.dtype)
@@ -393,6 +400,10 @@ class HookRunner:
             for f in e.payload:
                 out = _call_hook_fn(f, a, hp)
                 if out is not None:
+                    if not isinstance(out, (jax.Array, np.ndarray)):
+                        raise TypeError(f"hook function at {hp.name!r} returned a "
+                                        f"{type(out).__name__}; return an array of the "
+                                        f"activation's shape {tuple(a.shape)}, or None")
                     if out.shape != a.shape:
                         raise ValueError(f"hook function at {hp.name!r} returned shape "
                                          f"{tuple(out.shape)}; the activation has shape "

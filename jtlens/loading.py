@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jtlens import checkpoint_io, gguf_models, weights
+from jtlens.checkpoint_io import read_json
 from jtlens.conversions import convert_folder
-from jtlens import gguf_models, weights
 from jtlens.config import Config
-from jtlens.params import check_and_cast
+from jtlens.params import check_and_cast, check_shapes, param_shapes
 
 ASSETS = Path(__file__).parent / "assets"
 ALIASES = {"jtlens-tiny": ASSETS / "jtlens-tiny"}
@@ -42,20 +43,27 @@ NATIVE_CONFIG, NATIVE_PARAMS = "jtlens_config.json", "params.msgpack"
 
 
 def save_converted(path, cfg: Config, params: dict, tokenizer: Any = None,
-                   processing: Optional[dict] = None) -> Path:
+                   processing: Optional[dict] = None, overwrite: bool = False) -> Path:
     """Write a model in jtlens's format: `jtlens_config.json` (the Config and which weight
-    processing was applied), `params.msgpack` (flax serialization), and the tokenizer's files."""
+    processing was applied), `params.msgpack` (flax serialization), the tokenizer's files and
+    `jtlens_manifest.json` (sizes and hashes, written last).
+
+    The folder is written beside `path` and renamed into place, so an interrupted save leaves
+    the previous contents intact. A non-empty `path` is refused unless `overwrite=True`.
+    """
     from flax import serialization
 
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint_io.check_destination(Path(path), overwrite)
     meta = {"config": cfg.to_dict(), "processing": dict(processing or {})}
-    (folder / NATIVE_CONFIG).write_text(json.dumps(meta, indent=1, default=list))
-    host = _to_numpy(params)
-    (folder / NATIVE_PARAMS).write_bytes(serialization.msgpack_serialize(host))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(folder))
-    return folder
+    blob = serialization.msgpack_serialize(_to_numpy(params))
+
+    def fill(folder: Path):
+        (folder / NATIVE_CONFIG).write_text(json.dumps(meta, indent=1, default=list))
+        (folder / NATIVE_PARAMS).write_bytes(blob)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(folder))
+
+    return checkpoint_io.write_folder(path, fill, overwrite=overwrite)
 
 
 def load(name_or_path, *, dtype: Optional[str] = None, tokenizer: Any = None,
@@ -101,7 +109,7 @@ def load(name_or_path, *, dtype: Optional[str] = None, tokenizer: Any = None,
         if streamed:
             blocks = params.pop("blocks")
     if cfg_overrides:
-        cfg = cfg.replace(**cfg_overrides)
+        cfg, params = _override(cfg, params, cfg_overrides)
     cfg, params = _process(cfg, params, flags, done)
     if dtype is not None:
         cfg = cfg.replace(dtype=dtype)
@@ -117,6 +125,22 @@ def load(name_or_path, *, dtype: Optional[str] = None, tokenizer: Any = None,
     if tokenizer is None:
         tokenizer = load_tokenizer(folder, trust_remote_code)
     return cfg, params, tokenizer
+
+
+def _override(cfg: Config, params: dict, overrides: dict) -> tuple[Config, dict]:
+    """(cfg with Config fields replaced, params), refusing changes the params cannot follow."""
+    new, params = cfg.replace(**overrides), dict(params)
+    if "pos_embed" in params:
+        rows = params["pos_embed"]["W_pos"].shape[0]
+        if new.n_ctx > rows:
+            raise ValueError(f"n_ctx={new.n_ctx} is beyond the {rows} positions this checkpoint "
+                             f"learned (W_pos has {rows} rows); pass n_ctx <= {rows}")
+        if new.n_ctx < rows:  # a shorter context uses the first n_ctx learned positions
+            params["pos_embed"] = {"W_pos": params["pos_embed"]["W_pos"][: new.n_ctx]}
+    # Other fields must leave the params' shapes alone (streamed blocks are checked as they come).
+    want = param_shapes(new)
+    check_shapes(params, want if "blocks" in params else {k: v for k, v in want.items() if k != "blocks"})
+    return new, params
 
 
 def model_name_for(name_or_path) -> str:
@@ -186,8 +210,10 @@ def _download(repo_id: str) -> Path:
             folder = Path(snapshot_download(repo_id, allow_patterns=common + ["*.bin"]))
         return folder
     except Exception as err:  # network, auth or unknown repo: say what was tried
-        raise OSError(f"could not fetch {repo_id!r} from the Hugging Face hub ({type(err).__name__}: "
-                      f"{err}); pass a local folder, or 'jtlens-tiny' for the embedded model") from err
+        detail = (str(err).strip().splitlines() or [""])[0]
+        raise OSError(f"could not fetch {repo_id!r} from the Hugging Face hub (offline, a typo, or "
+                      f"a gated repository?); pass a local folder, or 'jtlens-tiny' for the "
+                      f"embedded model. {type(err).__name__}: {detail}") from err
 
 
 def load_tokenizer(folder: Path, trust_remote_code: bool = False):
@@ -204,9 +230,21 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False):
 def _load_native(folder: Path) -> tuple[Config, dict, dict]:
     from flax import serialization
 
-    meta = json.loads((folder / NATIVE_CONFIG).read_text())
-    cfg = Config.from_dict(_tuples(meta["config"]))
-    raw = serialization.msgpack_restore((folder / NATIVE_PARAMS).read_bytes())
+    blob = (folder / NATIVE_PARAMS).read_bytes() if (folder / NATIVE_PARAMS).is_file() else None
+    checkpoint_io.check_manifest(folder, hashed={NATIVE_PARAMS: blob} if blob is not None else None)
+    meta = read_json(folder / NATIVE_CONFIG)
+    if not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{folder / NATIVE_CONFIG}: no \"config\" object; this is not a jtlens "
+                         f"model config")
+    try:
+        cfg = Config.from_dict(_tuples(meta["config"]))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{folder / NATIVE_CONFIG}: {err}") from None
+    try:
+        raw = serialization.msgpack_restore(blob)
+    except Exception as err:  # msgpack raises its own exception types
+        raise ValueError(f"{folder / NATIVE_PARAMS}: unreadable params ({type(err).__name__}: "
+                         f"{err})") from None
     return cfg, check_and_cast(raw, cfg, dtype="float32"), meta.get("processing", {})
 
 

@@ -55,8 +55,12 @@ def full_masks(params, cfg: Config, tokens, names: Sequence[str], **forward_kwar
     return {k: jnp.ones(_component_shape(deltas[k].shape), jnp.float32) for k in keys}
 
 
-def _mask_fn(mask, reference):
+def _mask_fn(mask, reference, n_layers: int):
     def apply(act, hook):
+        want = _component_shape((n_layers,) + act.shape)
+        if mask.shape != want:
+            raise ValueError(f"mask for {hook.name} has shape {tuple(mask.shape)}; it needs "
+                             f"[n_layers, *component] = {want}")
         m = mask[hook.layer()]
         m = m.reshape(m.shape + (1,) * (act.ndim - 2 - m.ndim))  # [head] -> [head, 1] for z
         ref = 0.0 if reference is None else jnp.asarray(reference)[hook.layer()]
@@ -76,7 +80,7 @@ def masked_metric(params, cfg: Config, tokens, metric: Metric, masks: Mapping[st
     for name, mask in masks.items():
         key = f"blocks.*.{_template(name, cfg)}"
         ref = reference.pop(name, reference.pop(key, None))
-        fns[key] = _mask_fn(jnp.asarray(mask), ref)
+        fns[key] = _mask_fn(jnp.asarray(mask), ref, cfg.n_layers)
     if reference:
         raise ValueError(f"reference given for unmasked hooks {sorted(reference)}; "
                          f"masks are at {sorted(fns)}")

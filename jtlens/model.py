@@ -12,11 +12,11 @@ from typing import Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from jtlens import components as C
 from jtlens.cache import ActivationCache
+from jtlens.checks import check_attention_mask, check_tokens, ids_in_range, layer_range, lookup
 from jtlens.config import Config
 from jtlens.hooks import HookNames, HookRunner, Hooks
 from jtlens.kv_cache import KeyValueCache, check_decoder, check_room
@@ -111,7 +111,7 @@ def embed(params: Params, tokens: Int[Array, "batch pos"], ctx: Ctx) -> Resid:
     cfg = ctx.cfg
     if cfg.use_hook_tokens:
         tokens = ctx("hook_tokens", tokens)
-    x = ctx("hook_embed", jnp.take(params["embed"]["W_E"], tokens, axis=0))
+    x = ctx("hook_embed", lookup(params["embed"]["W_E"], tokens))
     if cfg.positional_embedding_type == "standard":
         x = x + ctx("hook_pos_embed", position_embedding(params, ctx))
     return x
@@ -131,13 +131,13 @@ def encoder_embed(params: Params, tokens: Int[Array, "batch pos"],
 
     Positions are 0..pos-1 whatever the padding, as in Hugging Face and TransformerLens.
     """
-    x = ctx("embed.hook_embed", jnp.take(params["embed"]["W_E"], tokens, axis=0))
+    x = ctx("embed.hook_embed", lookup(params["embed"]["W_E"], tokens))
     pos = jnp.broadcast_to(params["pos_embed"]["W_pos"][: tokens.shape[1]], x.shape)
     x = x + ctx("embed.hook_pos_embed", pos)
     if ctx.cfg.n_token_types:
         types = jnp.zeros_like(tokens) if token_type_ids is None else token_type_ids
         x = x + ctx("embed.hook_token_type_embed",
-                    jnp.take(params["token_type_embed"]["W_token_type"], types, axis=0))
+                    lookup(params["token_type_embed"]["W_token_type"], types))
     return ctx("hook_full_embed", norm(params["embed"]["ln"], "LN", x, ctx, "embed.ln"))
 
 
@@ -370,22 +370,6 @@ def unembed(params: Params, resid: Float[Array, "batch pos d_model"],
 
 # ----------------------------------------------------------------------------- forward
 
-def check_tokens(tokens, cfg: Config):
-    """Raise a clear error for a bad token batch [batch, pos]: wrong rank, past n_ctx, or (when
-    concrete) ids outside the vocabulary. Call it before jit, where the ids are known."""
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must be [batch, pos]; got shape {tuple(tokens.shape)}")
-    if tokens.shape[1] > cfg.n_ctx and cfg.learned_positions:
-        raise ValueError(f"sequence of {tokens.shape[1]} tokens is longer than the model's context "
-                         f"n_ctx={cfg.n_ctx}; truncate the input (to_tokens(..., truncate=True))")
-    if not isinstance(tokens, jax.core.Tracer):
-        arr = np.asarray(tokens)
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi >= cfg.d_vocab:
-            raise ValueError(f"token id {hi if hi >= cfg.d_vocab else lo} is outside the vocabulary "
-                             f"[0, {cfg.d_vocab}); check the tokenizer matches the model")
-
-
 def _check_encoder_inputs(tokens, token_type_ids, return_type, stop_at_layer, cfg: Config):
     if token_type_ids is not None:
         if not cfg.n_token_types:
@@ -394,11 +378,8 @@ def _check_encoder_inputs(tokens, token_type_ids, return_type, stop_at_layer, cf
         if tuple(token_type_ids.shape) != tuple(tokens.shape[:2]):
             raise ValueError(f"token_type_ids has shape {tuple(token_type_ids.shape)}; it must "
                              f"match the tokens' [batch, pos] = {tuple(tokens.shape[:2])}")
-        if not isinstance(token_type_ids, jax.core.Tracer):
-            arr = np.asarray(token_type_ids)
-            if arr.size and (arr.min() < 0 or arr.max() >= cfg.n_token_types):
-                raise ValueError(f"token_type_ids must lie in [0, {cfg.n_token_types}); got "
-                                 f"values {int(arr.min())}..{int(arr.max())}")
+        ids_in_range(token_type_ids, cfg.n_token_types, "token_type_id", "segment ids count "
+                     "from 0 up to the model's n_token_types")
     if not cfg.post_ln or stop_at_layer is not None or return_type is None:
         return
     if return_type != "logits":
@@ -416,8 +397,7 @@ def _run(params: Params, tokens, cfg: Config, hk: HookRunner, return_type, loss_
     (out, outer records, stacked, start, the extended KeyValueCache or None)."""
     rec: dict = {}
     L = cfg.n_layers
-    start = 0 if start_at_layer is None else start_at_layer % L if start_at_layer < 0 else start_at_layer
-    stop = L if stop_at_layer is None else (stop_at_layer % L if stop_at_layer < 0 else stop_at_layer)
+    start, stop = layer_range(start_at_layer, stop_at_layer, L)
     if start_at_layer is None:
         check_tokens(tokens, cfg)
         batch, n_pos = tokens.shape
@@ -425,6 +405,8 @@ def _run(params: Params, tokens, cfg: Config, hk: HookRunner, return_type, loss_
         batch, n_pos = tokens.shape[:2]
     tokens = jnp.asarray(tokens)
     mask = None if attention_mask is None else jnp.asarray(attention_mask)
+    if mask is not None:
+        check_attention_mask(mask, (batch, n_pos))
     if cfg.post_ln or token_type_ids is not None:
         token_type_ids = None if token_type_ids is None else jnp.asarray(token_type_ids)
         _check_encoder_inputs(tokens, token_type_ids, return_type, stop_at_layer, cfg)
@@ -513,11 +495,15 @@ def forward(params: Params, tokens: TokensOrResid, cfg: Config, hooks: Optional[
       return_type: "logits" [batch, pos, d_vocab_out], "loss" (scalar, or [batch, pos-1] with
         loss_per_token), "both" ((logits, loss)) or None.
       attention_mask: optional [batch, pos] 1/0 padding mask (shifts positions, masks keys).
-      start_at_layer / stop_at_layer: run blocks [start, stop) only; with stop_at_layer the output
-        is the residual stream entering that layer.
+      start_at_layer / stop_at_layer: run blocks[start_at_layer:stop_at_layer] only (Python
+        slicing, as TransformerLens); with stop_at_layer the output is the residual stream
+        entering that layer.
       loss_tokens: tokens for the loss when starting from a residual.
       scan: run the blocks under `lax.scan` (default) or unrolled (see `run_blocks`).
       token_type_ids: int [batch, pos] segment ids for BERT-style encoders (default all 0).
+
+    Concrete tokens and masks are checked here; traced ones (under jit/vmap) only under
+    `jtlens.checked`, and an out-of-range id otherwise gives NaN logits (see jtlens/checks.py).
     """
     hk = HookRunner(hooks, hook_catalogue(cfg))
     if hk.capturing:

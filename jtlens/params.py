@@ -104,7 +104,8 @@ def check_and_cast(params: dict, cfg: Config, dtype=None) -> dict:
 
 def check_shapes(params: dict, want: dict, prefix: str = "") -> dict:
     """`params` (leaves as numpy; device arrays left where they are) when its tree and shapes
-    are exactly `want`'s (a tree of shape tuples); else a ConversionError naming the first misfit."""
+    are exactly `want`'s (a tree of shape tuples) and its leaves floating point; else a
+    ConversionError naming the first misfit."""
 
     def walk(got, exp, path):
         if isinstance(exp, dict):
@@ -119,10 +120,19 @@ def check_shapes(params: dict, want: dict, prefix: str = "") -> dict:
                 raise ConversionError(f"param {path + '.' if path else ''}{extra[0]} is not part of "
                                       f"this architecture (extra: {extra})")
             return {k: walk(got[k], exp[k], f"{path}.{k}" if path else k) for k in exp}
-        arr = got if isinstance(got, jax.Array) else np.asarray(got)
+        arr = floating(got if isinstance(got, jax.Array) else np.asarray(got), f"param {path}")
         if tuple(arr.shape) != tuple(exp):
             raise ConversionError(f"param {path}: converted tensor has shape {tuple(arr.shape)}, "
                                   f"the config expects {tuple(exp)}")
         return arr
 
     return walk(params, want, prefix)
+
+
+def floating(arr, what: str):
+    """`arr`, refusing integer or boolean data: a weight is never an integer, and casting one
+    would hide a checkpoint that does not hold what its names say."""
+    if np.dtype(arr.dtype).kind in "iub":
+        raise ConversionError(f"{what} holds {arr.dtype} values; a weight must be floating point "
+                              f"(the checkpoint is corrupted or mislabelled)")
+    return arr

@@ -26,6 +26,10 @@ Analysis = dict[str, Any]
 # The report calls a head an induction head only when its score reaches this: a head attending
 # uniformly over n earlier tokens scores about 1/n, so 0.3 is several times chance for n >= 20.
 INDUCTION_THRESHOLD = 0.3
+# Per-position views of a long text (the logit lens, answer views, the attention viewer) cover
+# this many positions: the lens costs layers x positions x vocabulary, and the viewer's data
+# grows with positions squared. The report says when it shows fewer than all.
+WINDOW = 64
 
 
 # ----------------------------------------------------------------------------- attribution
@@ -144,7 +148,9 @@ def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: b
     top_ids/top_probs [pos, top_k] (next-token predictions); loss [pos-1]; lens_ids/lens_probs
     [n_layers+1, pos] (logit lens: top token reading each layer's input residual, then the
     final residual, through ln_final+unembed); resid_norm [n_layers+1] (at the last position);
-    patterns [n_layers, n_heads, pos, pos]; dla (direct logit attribution of the top prediction
+    last_attn [n_layers, n_heads, pos] (the last position's attention); patterns
+    [n_layers, n_heads, w, w] for the first w = min(pos, WINDOW) positions; the lens covers the
+    last WINDOW positions, from lens_from; dla (direct logit attribution of the top prediction
     at the last position); neurons (per MLP layer the top (neuron, position, activation));
     induction (see `induction`); with `answer` (a token id) the answer's lens and attribution
     at every position (`answer_view`), and with `wrong` too those of answer - wrong; cache when
@@ -171,8 +177,10 @@ def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: b
     resid = jnp.concatenate([cache["blocks.*.hook_resid_pre"][:, 0],
                              cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"]])  # [L+1, P, D]
     target = int(top_ids[-1, 0])
-    lens = logit_lens(model, resid, target if answer is None else answer,
+    start = max(0, resid.shape[1] - WINDOW)              # the lens reads the last WINDOW positions
+    lens = logit_lens(model, resid[:, start:], target if answer is None else answer,
                       target if wrong is None else wrong)
+    pattern = cache["blocks.*.attn.hook_pattern"][:, 0]                # [L, H, P, P]
     ids = np.asarray(tokens[0])
     skip = int(not include_bos and len(ids) > 1 and int(ids[0]) == bos_id(model.tokenizer))
     a: Analysis = dict(
@@ -182,7 +190,8 @@ def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: b
         loss=np.asarray(model.loss_fn(logits, tokens, per_token=True)[0]),
         lens_ids=lens["top"], lens_probs=lens["top_p"],
         resid_norm=np.asarray(jnp.linalg.norm(resid[:, -1], axis=-1)),
-        patterns=np.asarray(cache["blocks.*.attn.hook_pattern"][:, 0]),
+        lens_from=start, last_attn=np.asarray(pattern[:, :, -1]),
+        patterns=np.asarray(pattern[:, :, :WINDOW, :WINDOW]),
         target=target, target_logit=float(logits[0, -1, target]),
         dla=direct_logit_attribution(model, cache, target), neurons=[], induction=induction(model))
     if not cfg.attn_only:
@@ -244,7 +253,10 @@ def summary(a: Analysis, max_rows: int = 12) -> str:
     """A plain-text account of `analyze`'s result (what `jtlens run` prints)."""
     toks, n = a["str_tokens"], len(a["str_tokens"])
     bos_note = " (BOS position left out)" if a["skip"] else ""
-    lines = [f"{a['model_name']} on {n} tokens: " + " ".join(repr(t) for t in toks),
+    shown = " ".join(repr(t) for t in toks) if n <= 40 else (
+        " ".join(repr(t) for t in toks[:20]) + f" ... ({n - 40} more) ... "
+        + " ".join(repr(t) for t in toks[-20:]))
+    lines = [f"{a['model_name']} on {n} tokens: " + shown,
              *_truncation_note(a), "",
              "Next token after the text: " + ", ".join(
                  f"{s!r} {p:.1%}" for s, p in zip(a["top_strs"][-1], a["top_probs"][-1])), "",
@@ -264,14 +276,14 @@ def summary(a: Analysis, max_rows: int = 12) -> str:
     if "answer_view" in a:
         lines += ["", *_answer_lines(a, layers)]
     skip = a["skip"]
-    last = a["patterns"][:, :, -1, skip:]                            # [L, H, P - skip]
+    last = a["last_attn"][:, :, skip:]                               # [L, H, P - skip]
     lines += ["", f"Most-attended token from the last position, per head{bos_note}:"]
     for layer, heads in enumerate(last):
         lines.append(f"  L{layer}: " + "  ".join(
             f"H{h} {toks[int(row.argmax()) + skip]!r}@{int(row.argmax()) + skip} {row.max():.2f}"
             for h, row in enumerate(heads)))
     if skip:
-        lines.append(f"  (BOS takes {a['patterns'][:, :, -1, 0].mean():.0%} of the last position's "
+        lines.append(f"  (BOS takes {a['last_attn'][:, :, 0].mean():.0%} of the last position's "
                      f"attention on average over heads; --include-bos counts it)")
     if a["neurons"]:
         lines += ["", f"Most active MLP neurons (neuron, where, activation){bos_note}:"]
@@ -316,6 +328,12 @@ def induction_text(ind: dict) -> str:
 
 # ----------------------------------------------------------------------------- HTML
 
+def _window_note(a: Analysis) -> str:
+    start = a["lens_from"]
+    return (f" Of the {len(a['str_tokens'])} positions, the last {len(a['str_tokens']) - start} "
+            f"(from {start}) are shown." if start else "")
+
+
 def _esc(s) -> str:
     return html.escape(repr(s))
 
@@ -341,9 +359,11 @@ def _tokens_html(a: Analysis, out: pathlib.Path) -> str:
 
 
 def _lens_html(a: Analysis, out: pathlib.Path) -> str:
+    start = a["lens_from"]
     parts = ["<h2>Logit lens</h2><p>Top token reading each layer's input residual (and the final "
              "residual) through ln_final and the unembedding; colour = its probability (white = 0, "
-             "red = 1).</p><table><tr><th></th>" + "".join(f"<th>{_esc(t)}</th>" for t in a["str_tokens"])
+             f"red = 1).{_window_note(a)}</p><table><tr><th></th>"
+             + "".join(f"<th>{_esc(t)} ({i})</th>" for i, t in enumerate(a["str_tokens"]) if i >= start)
              + "<th>resid norm (last)</th></tr>"]
     n_rows = len(a["lens_strs"])
     for r in range(n_rows):
@@ -392,7 +412,10 @@ def _induction_html(a: Analysis, out: pathlib.Path) -> str:
 
 
 def _attention_html(a: Analysis, out: pathlib.Path) -> str:
-    return "<h2>Attention</h2>" + attention_viewer(a["patterns"], a["str_tokens"])
+    shown = a["patterns"].shape[-1]
+    note = (f"<p>The viewer shows the first {shown} of {len(a['str_tokens'])} positions.</p>"
+            if shown < len(a["str_tokens"]) else "")
+    return "<h2>Attention</h2>" + note + attention_viewer(a["patterns"], a["str_tokens"][:shown])
 
 
 def _patching_html(a: Analysis, out: pathlib.Path) -> str:
@@ -433,17 +456,19 @@ def _answer_html(a: Analysis, out: pathlib.Path) -> str:
     wrong = html.escape(repr(v["wrong_str"])) if "wrong" in v else None
     parts = [f"<h2>The answer {name}</h2><p>Logit at the last position {v['logit'][-1]:.3f}"
              + (f"; {name} - {wrong} = {v['diff'][-1]:+.3f}" if wrong else "") + ".</p>"]
-    png = answer_lens_png(v, toks)
+    start = a["lens_from"]
+    png = answer_lens_png(v, toks[start:], start)
     (out / "answer_lens.png").write_bytes(png)
     parts.append("<h3>Logit lens of the answer</h3><p>Each layer's residual stream read through "
                  f"ln_final and the unembedding: the probability of {name} at every layer and "
                  "position" + (f", and the logit difference {name} - {wrong}" if wrong else "")
-                 + ".</p>" + img(png, "answer logit lens"))
+                 + f".{_window_note(a)}</p>" + img(png, "answer logit lens"))
     raw = {"dla": repr(v["answer_str"]), "dla_diff": f"{v['answer_str']!r} - {v.get('wrong_str')!r}"}
     for key, what in (("dla", name), ("dla_diff", f"{name} - {wrong}")):
         if key not in v:
             continue
-        png = dla_positions_png(v[key], toks, raw[key])
+        png = dla_positions_png({k: x[start:] for k, x in v[key].items()}, toks[start:], raw[key],
+                                start)
         (out / f"answer_{key}.png").write_bytes(png)
         last = ", ".join(f"{c} {x:+.2f}" for x, c in _top_components(v[key], -1))
         parts.append(f"<h3>Direct logit attribution of {what}</h3><p>What each head and MLP "

@@ -32,8 +32,8 @@ def cell(text: str, p: float) -> str:
             f"{html.escape(repr(text))}</td>")
 
 
-def _token_labels(toks) -> list[str]:
-    return [f"{i} {t!r}" for i, t in enumerate(toks)]
+def _token_labels(toks, start: int = 0) -> list[str]:
+    return [f"{i} {t!r}" for i, t in enumerate(toks, start)]
 
 
 def dla_png(dla: dict, what: str) -> bytes:
@@ -55,17 +55,17 @@ def dla_png(dla: dict, what: str) -> bytes:
     return png_bytes(fig)
 
 
-def dla_positions_png(dla: dict, toks, what: str) -> bytes:
+def dla_positions_png(dla: dict, toks, what: str, start: int = 0) -> bytes:
     """Attribution per layer and position: attention (heads summed) and MLP, on one scale."""
     panels = [("attention (sum over heads)", np.asarray(dla["heads"]).sum(-1).T)]
     if "mlp" in dla:
         panels.append(("MLP", np.asarray(dla["mlp"]).T))
     fig = panels_figure(panels, xlabel="position", ylabel="layer", label="logit",
-                        title=f"direct logit attribution of {what}", col_labels=_token_labels(toks))
+                        title=f"direct logit attribution of {what}", col_labels=_token_labels(toks, start))
     return png_bytes(fig)
 
 
-def answer_lens_png(view: dict, toks) -> bytes:
+def answer_lens_png(view: dict, toks, start: int = 0) -> bytes:
     """Logit lens of the answer: its probability [layer, pos], and answer - wrong when given."""
     n = 2 if "lens_diff" in view else 1
     rows = len(view["lens_p"])
@@ -76,12 +76,12 @@ def answer_lens_png(view: dict, toks) -> bytes:
     name = repr(view["answer_str"])
     im = draw(axes[0, 0], view["lens_p"], xlabel="position", ylabel="layer (input residual)",
               title=f"P({name})", signed=False, limit=1.0, row_labels=layer_labels,
-              col_labels=_token_labels(toks))
+              col_labels=_token_labels(toks, start))
     colorbar(fig, im, axes[0, 0], "probability", signed=False)
     if n == 2:
         im = draw(axes[0, 1], view["lens_diff"], xlabel="position", ylabel="",
                   title=f"logit {name} - {view['wrong_str']!r}", row_labels=layer_labels,
-                  col_labels=_token_labels(toks))
+                  col_labels=_token_labels(toks, start))
         colorbar(fig, im, axes[0, 1], "logit difference")
     return png_bytes(fig)
 

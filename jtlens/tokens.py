@@ -40,6 +40,10 @@ def to_tokens(tokenizer, cfg: Config, text: Union[str, Sequence[str]], prepend_b
     whole otherwise (as TransformerLens; the forward then rejects them). The mask is returned only when padding was added.
     """
     tok = _require(tokenizer)
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side={padding_side!r}; use 'left' or 'right'")
+    if not isinstance(text, str) and not all(isinstance(s, str) for s in text):
+        raise TypeError("text must be a string or a list of strings")
     strings = [text] if isinstance(text, str) else list(text)
     if not strings:
         raise ValueError("no text given: pass a non-empty string or list of strings")
@@ -85,7 +89,7 @@ def to_single_token(tokenizer, cfg: Config, string: str) -> int:
     tokens, _ = to_tokens(tokenizer, cfg, string, prepend_bos=False)
     if tokens.shape[1] != 1:
         raise ValueError(f"{string!r} is {tokens.shape[1]} tokens, not one: "
-                         f"{to_str_tokens(tokenizer, tokens[0])}")
+                         f"{to_str_tokens(tokenizer, tokens[0])!r}")
     return int(tokens[0, 0])
 
 

@@ -135,7 +135,7 @@ def main():
     from jtlens.loading import save_converted
 
     out = pathlib.Path(args.out)
-    save_converted(out, CFG, params, tokenizer)
+    save_converted(out, CFG, params, tokenizer, overwrite=True)  # refreshes the shipped model
     summary = dict(corpus="CPython stdlib docstrings + pydoc_data topics", documents=len(docs),
                    tokens=int(len(data)), steps=args.steps, batch=args.batch, lr=args.lr,
                    repeat=args.repeat,

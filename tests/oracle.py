@@ -135,6 +135,15 @@ def max_diff(a, b) -> float:
     return float(np.abs(a - b)[finite].max()) if finite.any() else 0.0
 
 
+def rel_diff(ours, theirs) -> float:
+    """max |ours - theirs| / max |theirs| over the finite entries (masked scores are -inf)."""
+    a, b = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    assert a.shape == b.shape and (np.isfinite(a) == np.isfinite(b)).all()
+    finite = np.isfinite(b)
+    diff, scale = np.abs(a[finite] - b[finite]).max(), np.abs(b[finite]).max()
+    return float(diff / scale) if scale else float(diff)
+
+
 def assert_caches_match(ours, theirs: dict, atol: float = 1e-4):
     """Every TransformerLens activation exists in ours under the same name and matches."""
     assert set(ours.keys()) == set(theirs), (

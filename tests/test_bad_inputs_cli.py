@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from jtlens import cli
+from jtlens.checkpoint_io import write_manifest
 from jtlens.loading import ALIASES
 
 TEXT = "The return value is a list."
@@ -131,6 +132,7 @@ def test_model_without_tokenizer(capsys, tmp_path):
     folder.mkdir()
     for name in ("jtlens_config.json", "params.msgpack"):
         shutil.copy(ALIASES["jtlens-tiny"] / name, folder / name)
+    write_manifest(folder)  # a complete checkpoint, only without a tokenizer
     err = _one_line(capsys, 2, ["run", TEXT, "--model", str(folder), "--out", str(tmp_path / "o")])
     assert f"model {str(folder)!r} has no tokenizer" in err and "--truncate" not in err
 

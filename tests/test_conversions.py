@@ -212,7 +212,8 @@ def test_command_line_conversion(built, tmp_path):
     half, params16, _ = load(tmp_path / "half", fold_ln=False, progress=False)
     assert (half.dtype, half.normalization_type) == ("bfloat16", "RMS")
     assert params16["embed"]["W_E"].dtype == jax.numpy.bfloat16
-    bad = subprocess.run([sys.executable, "-m", "conversions", str(tmp_path / "nope"), str(out)],
+    bad = subprocess.run([sys.executable, "-m", "conversions", str(tmp_path / "nope"),
+                          str(tmp_path / "unused")],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "no such folder" in bad.stderr
 

@@ -7,12 +7,14 @@ encoder hook and the sentence-transformers embedding.
 
 from __future__ import annotations
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.oracle import assert_caches_match, max_diff
+from tests.oracle import assert_caches_match, max_diff, rel_diff
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -192,7 +194,7 @@ def test_bad_input_errors(tiny):
         model(np.full((1, 4), 97))
     with pytest.raises(ValueError, match=r"token_type_ids has shape \(2, 8\); it must match"):
         model(tokens, token_type_ids=types[:, :8])
-    with pytest.raises(ValueError, match=r"token_type_ids must lie in \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"token_type_id 2 is outside \[0, 2\)"):
         model(tokens, token_type_ids=types + 1)
     with pytest.raises(ValueError, match="an encoder has no next-token loss"):
         jtlens.forward(model.params, tokens, model.cfg, return_type="loss")
@@ -274,17 +276,30 @@ def minilm():
 
 @pytest.mark.slow
 def test_minilm_hidden_states_match_hugging_face(minilm):
+    """Real tokens match Hugging Face to ATOL. Padding positions (which attend like the rest but
+    carry no token) amplify float32 rounding: there both libraries drift from a float64 run of
+    Hugging Face by up to ~1e-4 at activations of scale ~10, so there jtlens is held to the size
+    of Hugging Face's own float32 error: at most twice it (measured at layer 5: jtlens 7.1e-5,
+    Hugging Face float32 6.2e-5 from float64; real tokens: 2.7e-6 from Hugging Face)."""
     _, model, hf = minilm
     tokens, types, mask = model.to_tokens(SENTENCES)
     assert model.cfg.original_architecture == "BertModel" and not model.cfg.mlm_head
+    inputs = dict(input_ids=torch_(tokens), token_type_ids=torch_(types),
+                  attention_mask=torch_(mask), output_hidden_states=True)
     with torch.no_grad():
-        out = hf(input_ids=torch_(tokens), token_type_ids=torch_(types),
-                 attention_mask=torch_(mask), output_hidden_states=True)
+        out = hf(**inputs)
+        exact = copy.deepcopy(hf).double()(**inputs)
     emb, cache = model.run_with_cache(SENTENCES, return_type="embeddings")
-    assert max_diff(emb, out.last_hidden_state.numpy()) <= ATOL
-    assert max_diff(cache["hook_full_embed"], out.hidden_states[0].numpy()) <= ATOL
-    for l in range(model.cfg.n_layers):
-        assert max_diff(cache["normalized_resid_post", l], out.hidden_states[l + 1].numpy()) <= ATOL
+    real = np.asarray(mask).astype(bool)
+    ours = [cache["hook_full_embed"]] + [cache["normalized_resid_post", l]
+                                         for l in range(model.cfg.n_layers)]
+    assert max_diff(np.asarray(emb)[real], out.last_hidden_state.numpy()[real]) <= ATOL
+    assert max_diff(emb, ours[-1]) == 0
+    for l, act in enumerate(ours):
+        act, theirs, truth = (np.asarray(x, np.float64) for x in
+                              (act, out.hidden_states[l].numpy(), exact.hidden_states[l].numpy()))
+        assert max_diff(act[real], theirs[real]) <= ATOL, l
+        assert np.abs(act - truth).max() <= 2 * np.abs(theirs - truth).max(), l
 
 
 @pytest.mark.slow
@@ -299,7 +314,19 @@ def test_minilm_every_hook_matches_transformer_lens(minilm):
     # TransformerLens always runs an MLM head; a BertModel checkpoint has none (random in TL).
     theirs = {k: v.numpy() for k, v in tl_cache.items() if not k.startswith(("mlm_head", "unembed"))}
     assert list(cache.keys()) == list(theirs)
-    assert_caches_match(cache, theirs)
+    # Real tokens to 1e-4. Padding rows amplify float32 rounding (see the hidden-state test):
+    # there each activation is held to 1e-4 of its own scale, as the real SmolLM2 weights are.
+    real = np.asarray(mask).astype(bool)
+
+    def real_rows(name, x):
+        x = np.asarray(x)
+        if name.endswith(("hook_pattern", "hook_attn_scores")):  # [batch, head, query, key]
+            return np.swapaxes(x, 1, 2)[real]
+        return x[real] if x.shape[:2] == real.shape else x
+
+    bad = {k: max_diff(real_rows(k, cache[k]), real_rows(k, v)) for k, v in theirs.items()}
+    assert max(bad.values()) <= ATOL, {k: v for k, v in bad.items() if v > ATOL}
+    assert max(rel_diff(cache[k], v) for k, v in theirs.items()) <= 1e-4
 
 
 @pytest.mark.slow

@@ -104,3 +104,23 @@ def test_induction_text_claims_a_head_only_past_the_threshold():
     assert "no head scores 0.3 or more: no clear induction head" in induction_text(ind)
     ind["scores"] = np.array([[0.05, 0.1], [0.31, 0.02]])
     assert "1 head(s) score at least 0.3 (a clear induction head): L1H0." in induction_text(ind)
+
+
+def test_long_text_views_cover_a_window_and_say_so(tmp_path, monkeypatch):
+    from jtlens import report
+
+    monkeypatch.setattr(report, "WINDOW", 8)
+    model = jtlens.HookedTransformer.from_pretrained("jtlens-tiny")
+    text = "The return value is a list. The return value is a"                  # 13 tokens
+    a = report.analyze(model, text, answer=model.to_single_token(" list"))
+    n = len(a["str_tokens"])
+    assert (a["lens_from"], a["lens_ids"].shape, a["answer_view"]["lens_p"].shape) == (n - 8, (3, 8), (3, 8))
+    assert a["patterns"].shape == (2, 4, 8, 8) and a["last_attn"].shape == (2, 4, n)
+    _, cache = model.run_with_cache(text)
+    pattern = np.asarray(cache["blocks.*.attn.hook_pattern"][:, 0])             # [L, H, n, n]
+    np.testing.assert_allclose(a["last_attn"], pattern[:, :, -1], atol=1e-6)
+    np.testing.assert_allclose(a["patterns"], pattern[:, :, :8, :8], atol=1e-6)
+    assert a["lens_strs"][-1][-1] == a["target_str"]                       # the final row is the output
+    page = report.write_report(a, tmp_path).read_text()
+    assert f"Of the {n} positions, the last 8 (from {n - 8}) are shown." in page
+    assert f"The viewer shows the first 8 of {n} positions." in page

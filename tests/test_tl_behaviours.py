@@ -1,7 +1,6 @@
 """TransformerLens behaviours the facade keeps: out-of-range indices raise, a no-op hook leaves
 the numbers alone, caches slice like TransformerLens's, and traced metrics fail with a lesson."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -9,9 +9,9 @@ ignored, every param filled, every shape checked.
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 
+from jtlens.checkpoint_io import read_json
 from jtlens.conversions.common import ConversionError, TensorReader
 from jtlens.params import check_and_cast, check_shapes, param_shapes
 
@@ -59,14 +59,20 @@ def convert_folder(folder, progress: bool = True, hf_overrides: dict | None = No
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise ConversionError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
-    hf_config = json.loads((folder / "config.json").read_text())
+    hf_config = read_json(folder / "config.json")
     unknown = sorted(set(hf_overrides or {}) - set(hf_config))
     if unknown:
         raise TypeError(f"unknown option {unknown[0]!r}: neither a jtlens.Config field nor a key of "
                         f"{folder / 'config.json'}")
     hf_config.update(hf_overrides or {})
     module = family(hf_config)
-    cfg = module.config_from_hf(hf_config)
+    try:
+        cfg = module.config_from_hf(hf_config)
+    except KeyError as err:
+        raise ConversionError(f"{folder / 'config.json'}: missing key {err.args[0]!r}, which a "
+                              f"{hf_config['architectures'][0]} config needs") from None
+    except (TypeError, ValueError) as err:  # a wrong-typed value, or a Config that fails validation
+        raise ConversionError(f"{folder / 'config.json'}: {err}") from None
     tensors = LazyTensors(folder) if stream else read_tensors(folder, progress)
     reader = TensorReader(tensors, str(folder), stack=stream and stream(cfg),
                           tied_embeddings=hf_config.get("tie_word_embeddings", True))

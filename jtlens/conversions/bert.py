@@ -6,7 +6,7 @@ head are not part of HookedEncoder's forward, so their tensors are listed as ign
 
 from __future__ import annotations
 
-from jtlens.conversions.common import ConversionError, TensorReader, encoder_params
+from jtlens.conversions.common import ConversionError, TensorReader, encoder_params, head_dim
 from jtlens.config import ACTIVATIONS, Config
 
 MLM_ARCHITECTURES = ("BertForMaskedLM", "BertForPreTraining")
@@ -27,7 +27,7 @@ def config_from_hf(hf: dict) -> Config:
     d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
     return Config(
         n_layers=hf["num_hidden_layers"], d_model=d_model, n_heads=n_heads,
-        d_head=d_model // n_heads, d_mlp=hf["intermediate_size"],
+        d_head=head_dim(d_model, n_heads), d_mlp=hf["intermediate_size"],
         n_ctx=hf["max_position_embeddings"], d_vocab=hf["vocab_size"], act_fn=act,
         eps=hf.get("layer_norm_eps", 1e-12), attention_dir="bidirectional", post_ln=True,
         n_token_types=hf.get("type_vocab_size", 2), mlm_head=arch in MLM_ARCHITECTURES,

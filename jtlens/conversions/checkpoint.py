@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Iterator, Mapping
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from jtlens.checkpoint_io import read_json
 from jtlens.conversions.common import ConversionError
 
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -19,19 +20,35 @@ def checkpoint_files(folder: Path) -> list[Path]:
     """The weight files of a folder, single or sharded; safetensors preferred over `.bin`."""
     for single, index in ((SAFETENSORS, SAFETENSORS_INDEX), (TORCH_BIN, TORCH_BIN_INDEX)):
         if (folder / index).exists():
-            shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
-            missing = [s for s in shards if not (folder / s).exists()]
-            if missing:
-                raise ConversionError(f"{folder}: {index} names shard {missing[0]}, which is missing")
-            return [folder / s for s in shards]
+            return _shards(folder, index)
         if (folder / single).exists():
             return [folder / single]
     raise ConversionError(f"{folder}: no weights found (expected {SAFETENSORS}, {SAFETENSORS_INDEX}, "
                           f"{TORCH_BIN} or {TORCH_BIN_INDEX})")
 
 
+def _shards(folder: Path, index: str) -> list[Path]:
+    """The shard files a sharded checkpoint's index names, each inside `folder`."""
+    weight_map = read_json(folder / index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ConversionError(f"{folder / index}: no \"weight_map\" object naming the shards")
+    root = os.path.normpath(os.path.abspath(folder))
+    shards = []
+    for name in sorted(set(map(str, weight_map.values()))):
+        # An index is data: a name like ../../x.safetensors must not read files elsewhere. The
+        # check is on the path as written (the hub cache links shards to blobs outside it).
+        path = os.path.normpath(os.path.join(root, name))
+        if os.path.isabs(name) or os.path.dirname(path) != root:
+            raise ConversionError(f"{folder / index}: shard {name!r} is not a file in {folder}; "
+                                  f"refusing to read outside the checkpoint folder")
+        if not os.path.isfile(path):
+            raise ConversionError(f"{folder}: {index} names shard {name}, which is missing")
+        shards.append(folder / name)
+    return shards
+
+
 def read_tensors(folder: Path, progress: bool = True) -> dict[str, np.ndarray]:
-    """Every tensor of the checkpoint as float32 numpy arrays, by name."""
+    """Every tensor of the checkpoint, by name, in its stored dtype (bfloat16 via ml_dtypes)."""
     files = checkpoint_files(folder)
     tensors: dict[str, np.ndarray] = {}
     with tqdm(desc=f"reading {folder.name}", unit="tensor", disable=not progress) as bar:
@@ -46,24 +63,53 @@ def read_tensors(folder: Path, progress: bool = True) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
-    # The flax framework reads bfloat16 too (numpy has no bfloat16 of its own).
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="flax") as f:
-        for k in f.keys():
-            yield k, np.asarray(f.get_tensor(k), dtype=np.float32)
+    try:
+        # numpy keeps each stored dtype (int64 included, which jax would narrow); only bfloat16,
+        # which numpy lacks, is read through the flax framework.
+        with safe_open(str(path), framework="numpy") as f, \
+                safe_open(str(path), framework="flax") as bf16:
+            for k in f.keys():
+                yield k, (np.asarray(bf16.get_tensor(k)) if f.get_slice(k).get_dtype() == "BF16"
+                          else f.get_tensor(k))
+    except ConversionError:
+        raise
+    except Exception as err:  # safetensors raises its own SafetensorError (and OSError)
+        raise _unreadable(path, err) from None
+
+
+def _unreadable(path: Path, err: BaseException) -> ConversionError:
+    return ConversionError(f"{path}: not a readable safetensors file ({_first_line(err)}); "
+                           f"the file may be truncated: download it again")
 
 
 def _read_torch_bin(path: Path) -> Iterator[tuple[str, np.ndarray]]:
+    import pickle
+
     try:
         import torch
     except ImportError as err:
         raise ConversionError(f"{path.name} is a PyTorch pickle: install torch (pip install "
                               f"'jtlens[torch]') or convert the checkpoint to safetensors") from err
     # weights_only: a pickle may carry code; only tensors are accepted.
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise ConversionError(f"{path}: refused by torch.load(weights_only=True), which reads only "
+                              f"tensors ({_first_line(err)}); use a safetensors checkpoint") from None
+    if not isinstance(state, dict):
+        raise ConversionError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
     for k, v in state.items():
-        yield k, v.detach().float().numpy()
+        if not isinstance(v, torch.Tensor):
+            raise ConversionError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor")
+        v = v.detach()
+        yield k, (v.float() if v.is_floating_point() else v).numpy()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
 
 
 class LazyTensors(Mapping):
@@ -82,18 +128,27 @@ class LazyTensors(Mapping):
                                   f"whole; convert the checkpoint to safetensors to stream it")
         self._file: dict = {}
         for path in files:
-            with safe_open(str(path), framework="numpy") as handle:
-                for name in handle.keys():
-                    if name in self._file:
-                        raise ConversionError(f"{path.name}: tensor {name!r} also appears in "
-                                              f"another shard")
-                    self._file[name] = path
+            try:
+                with safe_open(str(path), framework="numpy") as handle:
+                    names = list(handle.keys())
+            except Exception as err:  # safetensors raises its own SafetensorError (and OSError)
+                raise _unreadable(path, err) from None
+            for name in names:
+                if name in self._file:
+                    raise ConversionError(f"{path.name}: tensor {name!r} also appears in "
+                                          f"another shard")
+                self._file[name] = path
 
     def __getitem__(self, name: str) -> np.ndarray:
+        """The tensor in its stored dtype (bfloat16 through ml_dtypes), as `read_tensors` gives."""
         from safetensors import safe_open
 
-        with safe_open(str(self._file[name]), framework="flax") as f:  # flax reads bfloat16 too
-            return np.array(f.get_tensor(name), dtype=np.float32)
+        path = self._file[name]
+        with safe_open(str(path), framework="numpy") as f:
+            if f.get_slice(name).get_dtype() != "BF16":
+                return f.get_tensor(name)
+        with safe_open(str(path), framework="flax") as f:  # numpy has no bfloat16 of its own
+            return np.asarray(f.get_tensor(name))
 
     def __contains__(self, name) -> bool:
         return name in self._file

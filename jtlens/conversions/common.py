@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from jtlens.config import Config
-from jtlens.params import ConversionError, check_and_cast  # noqa: F401  (re-exported for families)
+from jtlens.params import ConversionError, check_and_cast, floating  # noqa: F401  (re-exported for families)
 
 
 class TensorReader:
@@ -44,7 +44,8 @@ class TensorReader:
             raise ConversionError(f"{self.source}: missing tensor {name!r}"
                                   + (f" (similar: {near})" if near else ""))
         self.used.add(name)
-        return np.asarray(self.tensors[name])
+        arr = floating(np.asarray(self.tensors[name]), f"{self.source}: tensor {name!r}")
+        return arr if arr.dtype in (np.float32, np.float64) else arr.astype(np.float32)
 
     def take_optional(self, name: str):
         return self.take(name) if name in self.tensors else None
@@ -86,6 +87,14 @@ def stack_layers(n_layers: int, per_layer: Callable[[int], dict]) -> dict:
         return np.stack(items)
 
     return stack(layers, "")
+
+
+def head_dim(d_model: int, n_heads: int) -> int:
+    """d_model // n_heads, refusing a head count that does not divide the model width."""
+    if n_heads <= 0 or d_model % n_heads:
+        raise ConversionError(f"config.json: hidden size {d_model} is not divisible by "
+                              f"{n_heads} attention heads")
+    return d_model // n_heads
 
 
 def heads(w: np.ndarray, n_heads: int, d_head: int) -> np.ndarray:

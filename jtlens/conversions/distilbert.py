@@ -6,7 +6,7 @@ eps 1e-12 (fixed in Hugging Face's code, not in the config).
 
 from __future__ import annotations
 
-from jtlens.conversions.common import ConversionError, TensorReader, encoder_params
+from jtlens.conversions.common import ConversionError, TensorReader, encoder_params, head_dim
 from jtlens.config import ACTIVATIONS, Config
 
 ARCHITECTURES = ("DistilBertForMaskedLM", "DistilBertModel")
@@ -31,7 +31,7 @@ def config_from_hf(hf: dict) -> Config:
         raise ConversionError(f"DistilBERT activation={act!r} is not supported; one of {ACTIVATIONS}")
     return Config(
         n_layers=hf["n_layers"], d_model=hf["dim"], n_heads=hf["n_heads"],
-        d_head=hf["dim"] // hf["n_heads"], d_mlp=hf["hidden_dim"],
+        d_head=head_dim(hf["dim"], hf["n_heads"]), d_mlp=hf["hidden_dim"],
         n_ctx=hf["max_position_embeddings"], d_vocab=hf["vocab_size"], act_fn=act, eps=1e-12,
         attention_dir="bidirectional", post_ln=True, n_token_types=0,
         mlm_head=arch == "DistilBertForMaskedLM", original_architecture=arch,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jtlens.conversions.common import ConversionError, TensorReader, norm
+from jtlens.conversions.common import ConversionError, TensorReader, head_dim, norm
 from jtlens.config import Config
 
 
@@ -14,7 +14,7 @@ def config_from_hf(hf: dict) -> Config:
     if hf.get("reorder_and_upcast_attn"):
         raise ConversionError("GPT-2 with reorder_and_upcast_attn=True is not supported")
     return Config(
-        n_layers=hf["n_layer"], d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads,
+        n_layers=hf["n_layer"], d_model=d_model, n_heads=n_heads, d_head=head_dim(d_model, n_heads),
         d_mlp=hf.get("n_inner") or 4 * d_model, n_ctx=hf.get("n_positions", hf.get("n_ctx")),
         d_vocab=hf["vocab_size"], act_fn=hf.get("activation_function", "gelu_new"),
         eps=hf.get("layer_norm_epsilon", 1e-5), normalization_type="LN",

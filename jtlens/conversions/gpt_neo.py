@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jtlens.conversions.common import TensorReader, attention_linears, mlp_linears, norm
+from jtlens.conversions.common import TensorReader, attention_linears, head_dim, mlp_linears, norm
 from jtlens.config import Config
 
 
@@ -13,7 +13,7 @@ def config_from_hf(hf: dict) -> Config:
     d_model, n_heads = hf["hidden_size"], hf["num_heads"]
     types = tuple(hf["attention_layers"])
     return Config(
-        n_layers=hf["num_layers"], d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads,
+        n_layers=hf["num_layers"], d_model=d_model, n_heads=n_heads, d_head=head_dim(d_model, n_heads),
         d_mlp=hf.get("intermediate_size") or 4 * d_model, n_ctx=hf["max_position_embeddings"],
         d_vocab=hf["vocab_size"], act_fn=hf.get("activation_function", "gelu_new"),
         eps=hf.get("layer_norm_epsilon", 1e-5), normalization_type="LN", use_attn_scale=False,

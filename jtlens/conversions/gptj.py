@@ -3,7 +3,7 @@ interleaved (GPT-J style) partial rotary, an unembedding with a bias."""
 
 from __future__ import annotations
 
-from jtlens.conversions.common import TensorReader, attention_linears, mlp_linears, norm
+from jtlens.conversions.common import TensorReader, attention_linears, head_dim, mlp_linears, norm
 from jtlens.config import Config
 
 
@@ -11,7 +11,7 @@ def config_from_hf(hf: dict) -> Config:
     """A GPTJConfig dict -> Config."""
     d_model, n_heads = hf["n_embd"], hf["n_head"]
     return Config(
-        n_layers=hf["n_layer"], d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads,
+        n_layers=hf["n_layer"], d_model=d_model, n_heads=n_heads, d_head=head_dim(d_model, n_heads),
         d_mlp=hf.get("n_inner") or 4 * d_model, n_ctx=hf["n_positions"], d_vocab=hf["vocab_size"],
         act_fn=hf.get("activation_function", "gelu_new"), eps=hf.get("layer_norm_epsilon", 1e-5),
         normalization_type="LN", parallel_attn_mlp=True, positional_embedding_type="rotary",

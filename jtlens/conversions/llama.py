@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from jtlens.conversions.common import (ConversionError, TensorReader, heads, heads_out, rope,
-                                zeros_or)
+from jtlens.conversions.common import (ConversionError, TensorReader, head_dim, heads,
+                                       heads_out, rope, zeros_or)
 from jtlens.config import Config
 
 GEMMA = ("GemmaForCausalLM", "Gemma2ForCausalLM")
@@ -36,7 +36,7 @@ def config_from_hf(hf: dict) -> Config:
     """A Llama / Mistral / Qwen2 / Qwen3 / Gemma / Gemma 2 / Phi-3 config dict -> Config."""
     arch = hf["architectures"][0]
     n_heads, n_layers = hf["num_attention_heads"], hf["num_hidden_layers"]
-    d_head = hf.get("head_dim") or hf["hidden_size"] // n_heads
+    d_head = hf.get("head_dim") or head_dim(hf["hidden_size"], n_heads)
     n_kv = hf.get("num_key_value_heads") or n_heads
     partial = (hf.get("rope_parameters") or {}).get("partial_rotary_factor",
                                                      hf.get("partial_rotary_factor", 1.0))

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from jtlens.conversions.common import TensorReader, heads_out, mlp_linears, norm, rope
+from jtlens.conversions.common import TensorReader, head_dim, heads_out, mlp_linears, norm, rope
 from jtlens.config import Config
 
 
 def config_from_hf(hf: dict) -> Config:
     """A GPTNeoXConfig dict -> Config (parallel attention + MLP, partial NeoX rotary)."""
     d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
-    d_head = d_model // n_heads
+    d_head = head_dim(d_model, n_heads)
     pct = hf.get("rotary_pct", hf.get("partial_rotary_factor",
                  (hf.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0)))
     return Config(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from jtlens.conversions.common import (ConversionError, TensorReader, attention_linears, mlp_linears,
-                                norm)
+from jtlens.conversions.common import (ConversionError, TensorReader, attention_linears,
+                                       head_dim, mlp_linears, norm)
 from jtlens.config import Config
 
 POSITION_OFFSET = 2
@@ -22,7 +22,7 @@ def config_from_hf(hf: dict) -> Config:
     d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
     return Config(
         n_layers=hf["num_hidden_layers"], d_model=d_model, n_heads=n_heads,
-        d_head=d_model // n_heads, d_mlp=hf["ffn_dim"], n_ctx=hf["max_position_embeddings"],
+        d_head=head_dim(d_model, n_heads), d_mlp=hf["ffn_dim"], n_ctx=hf["max_position_embeddings"],
         d_vocab=hf["vocab_size"], act_fn=hf.get("activation_function", "relu"), eps=1e-5,
         normalization_type="LN", original_architecture="OPTForCausalLM",
         model_name=hf.get("_name_or_path") or "opt")

@@ -53,6 +53,25 @@ def clean_activation(clean_cache, template: str) -> jax.Array:
                          f"with run_with_cache() (or a names_filter that includes it)") from None
 
 
+def check_rows(rows: np.ndarray, setter: Callable, clean_shape: tuple):
+    """Every row `[layer, *index]` must address the activation: an index past an axis would
+    patch nothing (the setter compares positions) and silently report the unpatched metric.
+    Setters without an `axes` attribute are checked on the layer only."""
+    if rows.ndim != 2 or rows.shape[1] < 1 or np.dtype(rows.dtype).kind not in "iu":
+        raise ValueError(f"patch rows must be an [n, k] integer table ([layer, ...] per row); got "
+                         f"{rows.dtype} of shape {rows.shape}")
+    axes = getattr(setter, "axes", ())
+    if rows.shape[1] < 1 + len(axes):
+        raise ValueError(f"{getattr(setter, '__name__', 'the setter')} reads {1 + len(axes)} index "
+                         f"columns ([layer, ...]); the rows have {rows.shape[1]}")
+    limits = [("layer", 0, clean_shape[0])] + [(f"column {k + 1}", k + 1, clean_shape[1 + ax])
+                                                 for k, ax in enumerate(axes)]
+    for name, col, limit in limits:
+        if len(rows) and (rows[:, col].min() < 0 or rows[:, col].max() >= limit):
+            raise ValueError(f"patch index {name} has values {rows[:, col].min()}..{rows[:, col].max()}"
+                             f", outside [0, {limit}) for this activation")
+
+
 # ----------------------------------------------------------------------------- logit positions
 
 def metric_positions(metric: Metric, logits_shape: tuple) -> Optional[tuple]:
@@ -82,6 +101,10 @@ def read_positions(metric: Metric, logit_positions, cfg: Config, batch: int, n_p
     """(positions to unembed or None, full length to scatter them into or None): the caller's
     `logit_positions` as given, else the positions the metric provably reads."""
     if logit_positions is not None:
+        bad = [p for p in logit_positions if not -n_pos <= int(p) < n_pos]
+        if bad or not len(logit_positions):
+            raise ValueError(f"logit_positions={tuple(logit_positions)}: give positions in "
+                             f"[-{n_pos}, {n_pos}) of the {n_pos}-token input")
         return tuple(int(p) % n_pos for p in logit_positions), None
     auto = metric_positions(metric, (batch, n_pos, cfg.d_vocab_out))
     return auto, (None if auto is None else n_pos)

@@ -18,10 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jtlens.checks import check_tokens
 from jtlens.config import Config
 from jtlens.hooks import Hooks
 from jtlens.model import Ctx, forward_with_cache, run_blocks, unembed
-from jtlens.patching.planning import Metric, chunk_sharding, chunk_splits, plan
+from jtlens.patching.planning import Metric, check_rows, chunk_sharding, chunk_splits, plan
 from jtlens.sharding import place, to_host
 
 
@@ -141,6 +142,8 @@ def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
     """Run `fn(layer, idx_chunk) -> [chunk]` over `rows` ([n, k], column 0 = layer) in fixed-size
     chunks grouped by layer (the last chunk of a group is padded), returning [n] in row order."""
     rows = np.asarray(rows, np.int32).reshape(len(rows), -1)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer (patches per chunk)")
     sharding = chunk_sharding(sharding)
     n_dev = chunk_splits(sharding)
     if chunk_size % n_dev:
@@ -184,9 +187,11 @@ def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, me
     Returns: float32 [n_patches].
     """
     corrupted_tokens = jnp.asarray(corrupted_tokens)
+    check_tokens(corrupted_tokens, cfg)
     rows = np.asarray(rows)
     clean_activation = jnp.asarray(clean_activation)
     check_clean_shape(params, cfg, corrupted_tokens, template, clean_activation)
+    check_rows(rows, setter, clean_activation.shape)
     if resid_pre is None:
         resid_pre = corrupted_residuals(params, corrupted_tokens, cfg)["hook_resid_pre"]
     p = plan(cfg, metric, *corrupted_tokens.shape,

@@ -68,7 +68,11 @@ def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metr
         rows = np.array(list(itertools.product(*map(range, shape))), np.int32).reshape(-1, len(shape))
         columns = list(index_axis_names)
     else:
-        rows = np.asarray(index_df.to_numpy() if hasattr(index_df, "to_numpy") else index_df, np.int32)
+        raw = np.asarray(index_df.to_numpy() if hasattr(index_df, "to_numpy") else index_df)
+        if raw.ndim != 2 or not raw.size or raw.dtype.kind not in "iu":
+            raise ValueError(f"index_df must be a non-empty [n, k] table of integers ([layer, ...] "
+                             f"per row); got {raw.dtype} of shape {raw.shape}")
+        rows = raw.astype(np.int32)
         shape = [len(rows)]
         columns = list(getattr(index_df, "columns", [f"axis_{i}" for i in range(rows.shape[1])]))
     known = [c for c in columns if c in AXIS_NAMES]
