@@ -69,6 +69,23 @@ def tl39_model(folder: Path):
     return model.eval()
 
 
+def arguments(doc: str, repeats: int = 5):
+    """The options of a side-by-side benchmark: --repeats and --no-bridge."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--no-bridge", action="store_true", help="skip TransformerLens 4.3")
+    return ap.parse_args()
+
+
+def gpt2_small_models():
+    """(folder, TransformerLens 3.9 model, jtlens model) on the shared random GPT-2-small."""
+    folder = gpt2_small_dir()
+    tl = tl39_model(folder)
+    return folder, tl, jtlens_from_tl(tl)
+
+
 def jtlens_from_tl(tl_model):
     """A jtlens HookedTransformer holding exactly the TransformerLens model's (processed) weights."""
     import jtlens

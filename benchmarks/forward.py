@@ -7,25 +7,18 @@ Prints compile time, steady-state medians and the ratio against the faster Trans
 
 from __future__ import annotations
 
-import argparse
-
 import jax
 import numpy as np
 import torch
 
-from benchmarks.common import bridge, gpt2_small_dir, jtlens_from_tl, row, timed, tl39_model, tokens
+from benchmarks.common import arguments, bridge, gpt2_small_models, row, timed, tokens
 
 SHAPES = [(1, 32), (8, 128)]
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--no-bridge", action="store_true", help="skip TransformerLens 4.3")
-    args = ap.parse_args()
-    folder = gpt2_small_dir()
-    tl = tl39_model(folder)
-    model = jtlens_from_tl(tl)
+    args = arguments(__doc__)
+    _, tl, model = gpt2_small_models()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; torch threads: TL 3.9 1, bridge 2")
     print(f"{'':<44} {'TL (best)':>13} {'jtlens':>13} {'speed-up':>9}")
     for batch, pos in SHAPES:

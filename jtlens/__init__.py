@@ -15,14 +15,17 @@ from jtlens.components import lm_cross_entropy_loss as lm_cross_entropy_loss
 from jtlens.config import Config as Config
 from jtlens.config import HookedTransformerConfig as HookedTransformerConfig
 from jtlens.factored_matrix import FactoredMatrix as FactoredMatrix
+from jtlens.generation import generate as generate
 from jtlens.hooked_encoder import HookedEncoder as HookedEncoder
 from jtlens.hooked_transformer import HookedTransformer as HookedTransformer
 from jtlens.hooked_transformer import Output as Output
 from jtlens.hooks import HookPoint as HookPoint
 from jtlens.hooks import Hooks as Hooks
 from jtlens.hooks import get_act_name as get_act_name
+from jtlens.kv_cache import KeyValueCache as KeyValueCache
 from jtlens.model import forward as forward
 from jtlens.model import forward_with_cache as forward_with_cache
+from jtlens.model import forward_with_kv as forward_with_kv
 from jtlens.model import hook_names as hook_names
 from jtlens.params import init_params as init_params
 from jtlens.params import param_shapes as param_shapes

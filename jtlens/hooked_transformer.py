@@ -19,12 +19,15 @@ import numpy as np
 
 from jtlens import cache_analysis as analysis
 from jtlens import tokens as T
+from jtlens.checks import check_attention_mask
 from jtlens.config import Config
 from jtlens.factored_matrix import FactoredMatrix, composition_scores
-from jtlens.checks import check_attention_mask
+from jtlens.generation import model_generate
 from jtlens.hook_points import HookRegistry
 from jtlens.hooks import Hooks
-from jtlens.model import check_tokens, forward, forward_with_cache, hook_catalogue, hook_names
+from jtlens.kv_cache import KeyValueCache, check_room
+from jtlens.model import (check_tokens, forward, forward_with_cache, forward_with_kv,
+                          hook_catalogue, hook_names)
 from jtlens.module_views import LayerViews, expand_kv
 from jtlens.tl_compat import TransformerLensCompat, config_with_vocab
 from jtlens.params import init_params
@@ -33,6 +36,7 @@ from jtlens.weights import NO_PROCESSING
 _STATIC = ("cfg", "return_type", "loss_per_token", "start_at_layer", "stop_at_layer", "scan")
 _forward_jit = jax.jit(forward, static_argnames=_STATIC)
 _forward_with_cache_jit = jax.jit(forward_with_cache, static_argnames=_STATIC)
+_forward_kv_jit = jax.jit(forward_with_kv, static_argnames=("cfg", "return_type", "loss_per_token"))
 
 _DEFAULT = object()
 
@@ -56,6 +60,7 @@ class HookedTransformer(HookRegistry, TransformerLensCompat):
         self.params = params if params is not None else init_params(self.cfg, jax.random.PRNGKey(0))
         self.set_tokenizer(tokenizer, default_padding_side)
         self._init_hook_registry()
+        self._sample_key = jax.random.PRNGKey(0)  # advanced by every sampling generate()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -115,20 +120,77 @@ class HookedTransformer(HookRegistry, TransformerLensCompat):
     def __call__(self, input, return_type: Optional[str] = "logits", loss_per_token: bool = False,
                  prepend_bos=_DEFAULT, padding_side=_DEFAULT, attention_mask=None,
                  start_at_layer: Optional[int] = None, stop_at_layer: Optional[int] = None,
-                 tokens=None):
+                 tokens=None, past_kv_cache: Optional[KeyValueCache] = None):
         """Run the model on text, a list of texts, tokens [batch, pos] / [pos], or (with
         start_at_layer) a residual [batch, pos, d_model].
 
+        With `past_kv_cache` (a `KeyValueCache`) the input continues the tokens held there and
+        the cache is extended in place (unless frozen), as TransformerLens's cache workflow.
         Returns logits [batch, pos, d_vocab_out], the loss, `Output(logits, loss)` ("both"),
         None, or the residual when stop_at_layer is set.
         """
         hooks = self._persistent_hooks()
+        if past_kv_cache is not None:
+            return self._run_cached(input, past_kv_cache, hooks, return_type, loss_per_token,
+                                    prepend_bos, padding_side, attention_mask)
         return self._run(input, hooks, return_type=return_type, loss_per_token=loss_per_token,
                          prepend_bos=prepend_bos, padding_side=padding_side,
                          attention_mask=attention_mask, start_at_layer=start_at_layer,
                          stop_at_layer=stop_at_layer, tokens=tokens, eager=hooks is not None)
 
     forward = __call__
+
+    def _run_cached(self, input, cache: KeyValueCache, hooks, return_type, loss_per_token,
+                    prepend_bos, padding_side, attention_mask):
+        tok, mask = self._inputs(input, prepend_bos, padding_side, attention_mask)
+        check_tokens(tok, self.cfg)
+        check_room(cache, tok.shape[1])  # inside the jitted forward the cache's length is unknown
+        out, new = _forward_kv_jit(self.params, tok, self.cfg, cache, hooks,
+                                   return_type="logits" if return_type == "both" else return_type,
+                                   loss_per_token=loss_per_token,
+                                   attention_mask=None if mask is None else jnp.asarray(mask))
+        if return_type == "both":
+            out = Output(out, self.loss_fn(out, tok, mask, loss_per_token))
+        if not cache.frozen:
+            cache.k, cache.v, cache.mask, cache.length = new.k, new.v, new.mask, new.length
+        return out
+
+    def generate(self, input="", max_new_tokens: int = 10, stop_at_eos: bool = True,
+                 eos_token_id=None, do_sample: bool = True, top_k: Optional[int] = None,
+                 top_p: Optional[float] = None, temperature: float = 1.0,
+                 freq_penalty: float = 0.0, use_past_kv_cache: bool = True, prepend_bos=_DEFAULT,
+                 padding_side=_DEFAULT, return_type: Optional[str] = "input",
+                 verbose: bool = True, *, key: Optional[jax.Array] = None, attention_mask=None,
+                 hooks: Optional[Hooks] = None, return_cache: bool = False, names_filter=None):
+        """TransformerLens's `generate`, as one compiled decode loop (see `jtlens.generation`).
+
+        input: a string, a list of strings (padded on the left) or int tokens [batch, pos]
+        (with `attention_mask` if they are left-padded). Returns text ("str"; one string for one
+        prompt) or tokens [batch, pos + n_new] ("tokens"); "input" answers in the input's kind.
+        Hooks added with `add_hook` / `with model.hooks(...)` and `hooks` (a `Hooks`) act at
+        every decode step; hook functions are traced once (write them in jax.numpy).
+        `key` seeds the sampling (default: the model's own key, advanced on every call).
+        `return_cache=True` also returns the ActivationCache of the generated sequence
+        (`names_filter` as in run_with_cache).
+        """
+        if key is None and do_sample and temperature > 0:
+            self._sample_key, key = jax.random.split(self._sample_key)
+        persistent = self._persistent_hooks()
+        fns = (() if hooks is None else hooks.fns) + (persistent.fns if persistent else ())
+        capture = None if hooks is None else hooks.capture
+        if return_cache:
+            capture = tuple(hook_catalogue(self.cfg).select(
+                True if names_filter is None else names_filter))
+        if hooks is not None or fns or capture:
+            hooks = Hooks(capture=capture, patch={} if hooks is None else hooks.patch,
+                          add={} if hooks is None else hooks.add, fns=fns)
+        return model_generate(self, input, max_new_tokens, stop_at_eos=stop_at_eos,
+                              eos_token_id=eos_token_id, prepend_bos=prepend_bos,
+                              padding_side=padding_side, return_type=return_type, key=key,
+                              attention_mask=attention_mask, hooks=hooks, do_sample=do_sample,
+                              top_k=top_k, top_p=top_p, temperature=temperature,
+                              freq_penalty=freq_penalty, use_past_kv_cache=use_past_kv_cache,
+                              verbose=verbose)
 
     def run_with_cache(self, *args, names_filter=None, remove_batch_dim: bool = False,
                        return_cache_object: bool = True, pos_slice=None, **kwargs):

@@ -19,6 +19,7 @@ from jtlens.cache import ActivationCache
 from jtlens.checks import check_attention_mask, check_tokens, ids_in_range, layer_range, lookup
 from jtlens.config import Config
 from jtlens.hooks import HookNames, HookRunner, Hooks
+from jtlens.kv_cache import KeyValueCache, check_decoder, check_room
 from jtlens.params import Params, param_shapes
 
 Resid = Float[Array, "batch pos d_model"]
@@ -46,6 +47,7 @@ class Ctx:
     layer: Any = None
     local: Any = False            # this layer uses a sliding window
     shortformer_pos: Any = None   # [batch, pos, d_model] added to query/key inputs (shortformer)
+    kv: Optional["KVSlots"] = None  # past keys/values to attend to (a KeyValueCache run)
 
     def __call__(self, name: str, act: jax.Array) -> jax.Array:
         return self.hk(name, act, self.rec, self.layer)
@@ -61,8 +63,8 @@ class Ctx:
     def edited(self, name: str) -> bool:
         return self.hk.edited(name)
 
-    def at(self, layer, local, rec: dict) -> "Ctx":
-        return dataclasses.replace(self, layer=layer, local=local, rec=rec)
+    def at(self, layer, local, rec: dict, kv: Optional["KVSlots"] = None) -> "Ctx":
+        return dataclasses.replace(self, layer=layer, local=local, rec=rec, kv=kv)
 
     @classmethod
     def of(cls, cfg: Config, hooks: Optional[Hooks], batch: int, n_pos: int) -> "Ctx":
@@ -70,6 +72,26 @@ class Ctx:
         unpadded inputs of [batch, n_pos] tokens, with `hooks` applied."""
         return cls(cfg, HookRunner(hooks, hook_catalogue(cfg)), {},
                    C.positions_from_mask(None, n_pos, batch))
+
+
+@dataclasses.dataclass
+class KVSlots:
+    """A KeyValueCache as one forward sees it.
+
+    k, v: [n_layers, batch, n_kv_heads, max_len, d_head] for the run, one layer's
+    [batch, n_kv_heads, max_len, d_head] inside a block. at: the slot the chunk is written to.
+    mask: [batch, max_len] real tokens among the cached slots and the chunk. Attention leaves
+    the chunk's own keys and values ([batch, pos, n_kv_heads, d_head] each) in `new`.
+    """
+
+    k: Any
+    v: Any
+    at: Any
+    mask: Any
+    new: Any = None
+
+    def layer(self, k, v) -> "KVSlots":
+        return KVSlots(k, v, self.at, self.mask)
 
 
 def norm(p: Optional[dict], kind: Optional[str], x, ctx: Ctx, name: str):
@@ -138,6 +160,11 @@ def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx)
     if cfg.positional_embedding_type == "rotary":
         q = ctx("attn.hook_rot_q", C.apply_rotary(q, ctx.positions, cfg))
         k = ctx("attn.hook_rot_k", C.apply_rotary(k, ctx.positions, cfg))
+    q_idx = k_idx = jnp.arange(q.shape[1])  # slots of the queries and keys
+    mask = ctx.mask
+    if ctx.kv is not None:
+        k, v, k_idx, mask = _with_past(ctx.kv, k, v)
+        q_idx = ctx.kv.at + q_idx
     if q.dtype not in (jnp.float32, jnp.float64):
         q, k = q.astype(jnp.float32), k.astype(jnp.float32)
     group = cfg.n_heads // cfg.n_kv_heads
@@ -151,10 +178,9 @@ def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx)
         scale = scale * (ctx.layer + 1)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / scale
     scores = C.softcap(scores, cfg.attn_scores_soft_cap)
-    idx = jnp.arange(scores.shape[-1])
     if cfg.positional_embedding_type == "alibi":
-        scores = scores + C.alibi_bias(cfg.n_heads, idx, idx)
-    scores = jnp.where(C.attention_mask_matrix(cfg, idx, idx, ctx.mask, ctx.local), scores, -jnp.inf)
+        scores = scores + C.alibi_bias(cfg.n_heads, q_idx, k_idx)
+    scores = jnp.where(C.attention_mask_matrix(cfg, q_idx, k_idx, mask, ctx.local), scores, -jnp.inf)
     pattern = jax.nn.softmax(ctx("attn.hook_attn_scores", scores), axis=-1)
     pattern = jnp.where(jnp.isnan(pattern), 0.0, pattern)
     pattern = ctx("attn.hook_pattern", pattern).astype(v.dtype)
@@ -164,6 +190,19 @@ def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx)
         if ctx.edited("attn.hook_result"):
             return result.sum(2) + p["b_O"]
     return jnp.einsum("bqhd,hdm->bqm", z, p["W_O"]) + p["b_O"]
+
+
+def _with_past(kv: KVSlots, k, v):
+    """The chunk's keys/values [b, p, h_kv, d] written into the cached ones at slot `kv.at`.
+
+    Returns keys and values over every slot [b, max_len, h_kv, d], the key slot indices and the
+    key mask [b, max_len]; causal masking by slot hides the empty slots after the chunk.
+    """
+    kv.new = (k, v)
+    write = lambda past, x: jax.lax.dynamic_update_slice_in_dim(
+        past, jnp.swapaxes(x, 1, 2).astype(past.dtype), kv.at, axis=2)
+    k_all, v_all = (jnp.swapaxes(write(past, x), 1, 2) for past, x in ((kv.k, k), (kv.v, v)))
+    return k_all, v_all, jnp.arange(k_all.shape[1]), kv.mask
 
 
 def mlp(p: dict, x: Resid, ctx: Ctx) -> Resid:
@@ -269,29 +308,35 @@ def run_blocks(blocks: Params, resid: Resid, ctx: Ctx, first_layer: int = 0, sta
         sweep can start from a cached residual without recompiling per layer.
       scan: False unrolls the layers in Python, so hook functions see the layer as a Python int
         and an eager (un-jitted) run needs no compilation (TransformerLens-style hook loops).
-    Returns (resid, {template: [n_layers_run, ...]}).
+    Returns (resid, {template: [n_layers_run, ...]}). With a KeyValueCache run (`ctx.kv`, every
+    layer), the records also hold "kv": the chunk's (keys, values), each
+    [n_layers, batch, pos, n_kv_heads, d_head].
     """
     cfg = ctx.cfg
     n = jax.tree_util.tree_leaves(blocks)[0].shape[0]
     local = [t == "local" for t in (cfg.attn_types or ("global",) * cfg.n_layers)]
     block_fn = post_ln_block if cfg.post_ln else block
+    past = () if ctx.kv is None else (ctx.kv.k, ctx.kv.v)
 
-    def one(p, x, layer, is_local):
+    def one(p, x, layer, is_local, *layer_past):
         rec: dict = {}
-        return block_fn(p, x, ctx.at(layer, is_local, rec)), rec
+        kv = ctx.kv.layer(*layer_past) if layer_past else None
+        x = block_fn(p, x, ctx.at(layer, is_local, rec, kv))
+        return x, (rec if kv is None else dict(rec, kv=kv.new))
 
     if not scan:
         records = []
         for i in range(n):
             l = first_layer + i
-            resid, rec = one(jax.tree_util.tree_map(lambda a: a[i], blocks), resid, l, local[l])
+            resid, rec = one(jax.tree_util.tree_map(lambda a: a[i], blocks), resid, l, local[l],
+                             *(x[i] for x in past))
             records.append(rec)
-        return resid, {k: jnp.stack([r[k] for r in records]) for k in records[0]} if n else {}
+        return resid, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *records) if n else {}
     local = jnp.asarray(local)
 
     def body(x, inputs):
-        p, l = inputs
-        run = lambda x: one(p, x, l, local[l])
+        p, l, *layer_past = inputs
+        run = lambda x: one(p, x, l, local[l], *layer_past)
         if start_layer is None:
             return run(x)
         skipped = jax.eval_shape(run, x)[1]
@@ -299,7 +344,7 @@ def run_blocks(blocks: Params, resid: Resid, ctx: Ctx, first_layer: int = 0, sta
                             lambda x: (x, jax.tree_util.tree_map(
                                 lambda s: jnp.zeros(s.shape, s.dtype), skipped)), x)
 
-    return jax.lax.scan(body, resid, (blocks, jnp.arange(first_layer, first_layer + n)))
+    return jax.lax.scan(body, resid, (blocks, jnp.arange(first_layer, first_layer + n)) + past)
 
 
 def final_norm(params: Params, resid: Resid, ctx: Ctx) -> Resid:
@@ -346,8 +391,10 @@ def _check_encoder_inputs(tokens, token_type_ids, return_type, stop_at_layer, cf
 
 
 def _run(params: Params, tokens, cfg: Config, hk: HookRunner, return_type, loss_per_token,
-         attention_mask, start_at_layer, stop_at_layer, loss_tokens, scan, token_type_ids):
-    """The forward behind `forward` and `forward_with_cache`: (out, outer records, stacked, start)."""
+         attention_mask, start_at_layer, stop_at_layer, loss_tokens, scan, token_type_ids,
+         kv_cache: Optional[KeyValueCache] = None):
+    """The forward behind `forward`, `forward_with_cache` and `forward_with_kv`:
+    (out, outer records, stacked, start, the extended KeyValueCache or None)."""
     rec: dict = {}
     L = cfg.n_layers
     start, stop = layer_range(start_at_layer, stop_at_layer, L)
@@ -365,7 +412,14 @@ def _run(params: Params, tokens, cfg: Config, hk: HookRunner, return_type, loss_
         _check_encoder_inputs(tokens, token_type_ids, return_type, stop_at_layer, cfg)
     # BERT numbers positions 0..pos-1 whatever the padding; decoders shift past left padding.
     positions = C.positions_from_mask(None if cfg.post_ln else mask, n_pos, batch)
-    ctx = Ctx(cfg, hk, rec, positions, mask)
+    kv = None
+    if kv_cache is not None:
+        if (start, stop) != (0, L):
+            raise ValueError("a KeyValueCache holds every layer: run it without start_at_layer "
+                             "/ stop_at_layer")
+        mask = jnp.ones((batch, n_pos), jnp.int32) if mask is None else mask
+        positions, kv = _continue(kv_cache, mask)
+    ctx = Ctx(cfg, hk, rec, positions, mask, kv=kv)
     if cfg.positional_embedding_type == "shortformer":
         pos = position_embedding(params, ctx)
         ctx = dataclasses.replace(ctx, shortformer_pos=pos if start_at_layer is not None
@@ -382,6 +436,8 @@ def _run(params: Params, tokens, cfg: Config, hk: HookRunner, return_type, loss_
     stacked: dict = {}
     if stop > start:
         resid, stacked = run_blocks(blocks, resid, ctx, first_layer=start, scan=scan)
+    if kv is not None:
+        kv_cache = _extend(kv_cache, stacked.pop("kv"), kv.mask)
     out: Any
     if stop_at_layer is not None:
         out = resid
@@ -404,7 +460,24 @@ def _run(params: Params, tokens, cfg: Config, hk: HookRunner, return_type, loss_
                 out = (logits, loss)
             else:
                 raise ValueError(f"return_type={return_type!r}; use 'logits', 'loss', 'both' or None")
-    return out, rec, stacked, start
+    return out, rec, stacked, start, kv_cache
+
+
+def _continue(kv_cache: KeyValueCache, chunk_mask):
+    """Positions [batch, pos] of a chunk that continues the cached tokens, and the KVSlots it
+    attends to (the key mask covers the cached slots and the chunk's)."""
+    positions = kv_cache.mask.sum(1, keepdims=True) + jnp.cumsum(chunk_mask, axis=1) - 1
+    key_mask = jax.lax.dynamic_update_slice_in_dim(kv_cache.mask, chunk_mask.astype(jnp.int32),
+                                                   kv_cache.length, axis=1)
+    return jnp.maximum(positions, 0), KVSlots(kv_cache.k, kv_cache.v, kv_cache.length, key_mask)
+
+
+def _extend(kv_cache: KeyValueCache, new, key_mask) -> KeyValueCache:
+    """The cache with the chunk's keys and values (each [layers, batch, pos, h_kv, d]) written in."""
+    write = lambda past, x: jax.lax.dynamic_update_slice_in_dim(
+        past, jnp.swapaxes(x, 2, 3).astype(past.dtype), kv_cache.length, axis=3)
+    return KeyValueCache(write(kv_cache.k, new[0]), write(kv_cache.v, new[1]), key_mask,
+                         kv_cache.length + new[0].shape[2], kv_cache.frozen)
 
 
 def forward(params: Params, tokens: TokensOrResid, cfg: Config, hooks: Optional[Hooks] = None, *,
@@ -440,6 +513,28 @@ def forward(params: Params, tokens: TokensOrResid, cfg: Config, hooks: Optional[
                 start_at_layer, stop_at_layer, loss_tokens, scan, token_type_ids)[0]
 
 
+def forward_with_kv(params: Params, tokens: Int[ArrayLike, "batch pos"], cfg: Config,
+                    kv_cache: KeyValueCache, hooks: Optional[Hooks] = None, *,
+                    return_type: Optional[str] = "logits", loss_per_token: bool = False,
+                    attention_mask=None, scan: bool = True):
+    """Run a chunk of tokens [batch, pos] after the ones held in `kv_cache`.
+
+    The chunk attends to the cached keys and values and its positions continue from them, so a
+    sequence run chunk by chunk gives the outputs of one full forward (TransformerLens's
+    `past_kv_cache`). `attention_mask` [batch, pos] marks padding in the chunk (default none).
+    Returns (output as `forward` returns it, the extended KeyValueCache).
+    """
+    check_decoder(cfg)
+    check_room(kv_cache, tokens.shape[1])
+    hk = HookRunner(hooks, hook_catalogue(cfg))
+    if hk.capturing:
+        raise ValueError("forward_with_kv returns the output and the key/value cache only; "
+                         "capture activations with jtlens.forward_with_cache on the full sequence")
+    out, _, _, _, kv_cache = _run(params, tokens, cfg, hk, return_type, loss_per_token,
+                                  attention_mask, None, None, None, scan, None, kv_cache)
+    return out, kv_cache
+
+
 def forward_with_cache(params: Params, tokens: TokensOrResid, cfg: Config,
                        hooks: Optional[Hooks] = None, *,
                        return_type: Optional[str] = "logits", loss_per_token: bool = False,
@@ -451,9 +546,9 @@ def forward_with_cache(params: Params, tokens: TokensOrResid, cfg: Config,
     hooks = Hooks(capture=True) if hooks is None else hooks
     names = hook_catalogue(cfg)
     hk = HookRunner(hooks, names)
-    out, rec, stacked, start = _run(params, tokens, cfg, hk, return_type, loss_per_token,
-                                    attention_mask, start_at_layer, stop_at_layer, loss_tokens,
-                                    scan, token_type_ids)
+    out, rec, stacked, start, _ = _run(params, tokens, cfg, hk, return_type, loss_per_token,
+                                       attention_mask, start_at_layer, stop_at_layer,
+                                       loss_tokens, scan, token_type_ids)
     return out, ActivationCache.from_forward(cfg, names, hk.captured, rec, stacked,
                                              first_layer=start)
 

@@ -127,8 +127,9 @@ class TransformerLensCompat:
         """Text or tokens -> (residual [batch, pos, d_model], tokens, None, attention_mask): the
         stream entering block 0, as TransformerLens returns it (no shortformer embedding)."""
         if past_kv_cache is not None:
-            raise NotImplementedError("past_kv_cache: jtlens has no key/value cache; run the "
-                                      "whole sequence")
+            raise NotImplementedError("input_to_embed with past_kv_cache: call "
+                                      "model(tokens, past_kv_cache=cache), which continues the "
+                                      "cached positions itself")
         from jtlens.hooked_transformer import _DEFAULT
 
         tokens, mask = self._inputs(input, _DEFAULT if prepend_bos is None else prepend_bos,

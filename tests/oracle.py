@@ -227,6 +227,10 @@ MODELS = {"gpt2": "GPT2LMHeadModel", "gptj": "GPTJForCausalLM", "gpt_neo": "GPTN
           "gemma2": "Gemma2ForCausalLM", "phi3": "Phi3ForCausalLM"}
 
 
+# The families TransformerLens 3.9 loads from a Hugging Face folder offline.
+TL_CAN_LOAD = ("gpt2", "gptj", "gpt_neo", "opt", "neox", "llama", "mistral", "qwen2", "qwen3", "phi3")
+
+
 def build_hf(name, folder, **save_kw):
     torch.manual_seed(0)
     model = getattr(transformers, MODELS[name])(FAMILIES[name]()).eval()

@@ -14,8 +14,8 @@ transformers = pytest.importorskip("transformers")
 import jtlens  # noqa: E402
 from jtlens.conversions.common import ConversionError  # noqa: E402
 from jtlens.loading import load  # noqa: E402
-from tests.oracle import (FAMILIES, MODELS, assert_caches_match, build_hf, max_diff,  # noqa: E402
-                          tl_from_folder)
+from tests.oracle import (FAMILIES, MODELS, TL_CAN_LOAD, assert_caches_match,  # noqa: E402
+                          build_hf, max_diff, tl_from_folder)
 
 pytestmark = pytest.mark.slow  # builds and converts 13 Hugging Face families
 
@@ -27,7 +27,6 @@ SAME_AS_TL = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "a
 # TransformerLens caps these at 2048 for its n_ctx x n_ctx mask buffer; jtlens has none and keeps
 # the checkpoint's max_position_embeddings (n_ctx=2048 as an option gives TL's value).
 TL_CAPS_N_CTX = ("mistral", "qwen3")
-TL_CAN_LOAD = ("gpt2", "gptj", "gpt_neo", "opt", "neox", "llama", "mistral", "qwen2", "qwen3", "phi3")
 
 
 def hf_logits(model, tokens):

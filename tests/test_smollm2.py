@@ -99,6 +99,29 @@ def test_answers_paris_and_rome(converted):
         assert model.tokenizer.decode([int(np.asarray(model(tokens))[0, -1].argmax())]) == answer
 
 
+def test_greedy_generation_equals_transformers_and_transformer_lens(converted, hf, tl):
+    """32 greedy tokens from one prompt and from four prompts of different lengths (left-padded),
+    token for token; the processed model against TransformerLens 3.9's generate."""
+    raw, processed = converted
+    model, tokenizer = hf
+    batch = raw.to_tokens(PROMPTS[:4], padding_side="left")
+    mask = np.asarray(raw.to_tokens(PROMPTS[:4], padding_side="left", return_mask=True)[1])
+    for tokens, attention in ((raw.to_tokens(EIFFEL), None), (batch, mask)):
+        tokens = np.asarray(tokens)
+        attention = np.ones_like(tokens) if attention is None else attention
+        with torch.no_grad():
+            ref = model.generate(torch.tensor(tokens), attention_mask=torch.tensor(attention),
+                                 max_new_tokens=32, do_sample=False, eos_token_id=None,
+                                 pad_token_id=tokenizer.pad_token_id or 0).numpy()
+        ours = raw.generate(tokens, attention_mask=attention, max_new_tokens=32, do_sample=False,
+                            stop_at_eos=False, verbose=False)
+        np.testing.assert_array_equal(np.asarray(ours), ref)
+    kw = dict(max_new_tokens=32, do_sample=False, stop_at_eos=False, verbose=False)
+    with torch.no_grad():
+        expected = tl.generate(EIFFEL, **kw)
+    assert processed.generate(EIFFEL, **kw) == expected
+
+
 def _corpus() -> str:
     """Over 10k characters: this project's README and sources, several scripts, whitespace runs."""
     root = Path(jtlens.__file__).parent
