@@ -44,4 +44,8 @@ bench: $(VENV)/.bench
 	$(PY) -m benchmarks.forward
 	$(PY) -m benchmarks.patching
 	$(PY) -m benchmarks.grads
+	$(PY) -m benchmarks.generate
 	$(PY) -m benchmarks.encoder
+	$(PY) -m benchmarks.load
+	$(PY) -m benchmarks.sharding
+	$(PY) -m benchmarks.streaming_load
