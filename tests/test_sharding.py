@@ -1,4 +1,5 @@
-"""Sharded params (jtlens.sharding) on 8 forced host devices give one device's numbers.
+"""Sharded params (jtlens.sharding) on 8 forced host devices give one device's numbers
+(forward, cache, hooks, sweeps, attribution, gradients and greedy generation).
 
 Each check runs in a subprocess: the device count is fixed when JAX starts.
 """
@@ -85,6 +86,8 @@ def everything(model, mesh):
     out["grads"] = (value, to_host(grads))
     pgrads = jax.grad(lambda p: jtlens.forward(p, corrupted, cfg, return_type="loss"))(model.params)
     out["param_grads"] = to_host(pgrads)
+    out["generate"] = jtlens.generate(model.params, cfg, jnp.asarray(clean), 6, do_sample=False,
+                                      stop_at_eos=False)  # greedy tokens: equal, not close
     return out
 
 for cfg, meshes in CASES:
