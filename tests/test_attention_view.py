@@ -95,6 +95,7 @@ def test_hover_shows_attention_to_and_from_in_chromium(tmp_path):
     np.testing.assert_allclose(read("from"), shown[:, 3], atol=0.5 / 255 + 1e-3)
 
 
+@pytest.mark.slow
 def test_png_grid_and_model_convenience(tmp_path):
     path = attention_png(_pattern(5), tmp_path / "grid.png", TOKENS, layer=1)
     import matplotlib.image

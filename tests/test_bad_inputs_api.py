@@ -129,6 +129,7 @@ def test_traced_out_of_range_ids_give_nan_never_another_row(tiny, bad_id):
     assert not np.isnan(logits[1]).any()  # the other sequence is untouched
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["jit", "vmap", "grad"])
 @pytest.mark.parametrize("bad_id", [-1, 50], ids=["neg", "vocab"])
 def test_checked_mode_names_bad_ids_under_transformations(tiny, how, bad_id, one_line_error):  # error
@@ -208,6 +209,7 @@ def _resid(params, tokens, cfg, name):
     return cache[name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop, same_as", [(-5, "blocks.0.hook_resid_pre"), (-2, "blocks.0.hook_resid_pre"),
                                            (-1, "blocks.1.hook_resid_pre"), (0, "blocks.0.hook_resid_pre"),
                                            (2, "blocks.1.hook_resid_post"),
@@ -461,6 +463,7 @@ def test_logit_positions_in_range_match_the_default(patch_setup, positions):
     np.testing.assert_allclose(only, full, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", [1, 3, 100], ids=["correct-chunk1", "correct-chunk3", "correct-chunk100"])
 def test_chunk_sizes_agree(patch_setup, chunk):
     model, corrupted, cache = patch_setup

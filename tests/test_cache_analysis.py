@@ -67,12 +67,14 @@ CALLS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,kwargs", CALLS, ids=[f"{m}-{i}" for i, (m, _) in enumerate(CALLS)])
 def test_analysis_matches_transformer_lens(pair, method, kwargs):
     _, tl_cache, _, cache, _ = pair
     _same(getattr(tl_cache, method)(**kwargs), getattr(cache, method)(**kwargs))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vector", [False, True], ids=["basis", "direction"])
 def test_projected_neuron_decompositions(pair, vector):
     tl, tl_cache, _, cache, _ = pair
@@ -129,6 +131,7 @@ def test_compute_head_results_fills_hook_result(pair):
     _same(tl_cache["result", 1], fresh["result", 1])
 
 
+@pytest.mark.slow
 def test_analysis_needs_a_model():
     cfg, params = to_jtlens(tl_model(GPT2))
     _, cache = jtlens.forward_with_cache(params, tokens_for(cfg), cfg, hooks=jtlens.Hooks(capture=True))

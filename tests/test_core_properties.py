@@ -24,6 +24,7 @@ def setup(request):
     return cfg, params, tokens
 
 
+@pytest.mark.slow
 def test_all_false_mask_patch_is_no_patch(setup):
     cfg, params, tokens = setup
     base = fwd(params, tokens, cfg=cfg)
@@ -65,6 +66,7 @@ def test_patch_changes_only_downstream(setup):
     assert not jnp.allclose(cache["resid_post", -1], clean["resid_post", -1])
 
 
+@pytest.mark.slow
 def test_vmap_over_masks_equals_separate_runs(setup):
     cfg, params, tokens = setup
     _, clean = fwc(params, tokens, cfg=cfg, hooks=jtlens.Hooks(capture=["blocks.*.attn.hook_z"]))
@@ -80,6 +82,7 @@ def test_vmap_over_masks_equals_separate_runs(setup):
         np.testing.assert_allclose(batched[i], jax.jit(run)(masks[i]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_grad_through_add_delta_equals_finite_difference(setup):
     cfg, params, tokens = setup
 
@@ -96,6 +99,7 @@ def test_grad_through_add_delta_equals_finite_difference(setup):
     np.testing.assert_allclose(float(jnp.vdot(g, direction)), float(fd), rtol=2e-3)
 
 
+@pytest.mark.slow
 def test_hook_fns_match_patch(setup):
     cfg, params, tokens = setup
     zero = lambda act, hook: act.at[:, :, 1].set(0.0)
@@ -109,6 +113,7 @@ def test_hook_fns_match_patch(setup):
     np.testing.assert_allclose(unrolled, by_patch, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_start_and_stop_at_layer_compose(setup):
     cfg, params, tokens = setup
     last = cfg.n_layers - 1
@@ -160,6 +165,7 @@ def test_bad_tokens_are_clear_errors():
         jtlens.forward(params, jnp.zeros((1, 17), int), CFG)
 
 
+@pytest.mark.slow
 def test_compile_does_not_grow_with_depth():
     """The blocks are one scanned body: the jaxpr has the same size at 2 and 24 layers."""
     sizes = []
@@ -171,6 +177,7 @@ def test_compile_does_not_grow_with_depth():
     assert abs(sizes[0] - sizes[1]) < 200
 
 
+@pytest.mark.slow
 def test_params_round_trip_through_flax_serialization(setup):
     from flax import serialization
 
@@ -180,6 +187,7 @@ def test_params_round_trip_through_flax_serialization(setup):
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(jnp.array_equal, params, restored))
 
 
+@pytest.mark.slow
 def test_bfloat16_forward_tracks_float32(setup):
     cfg, params, tokens = setup
     ref = jax.nn.log_softmax(fwd(params, tokens, cfg=cfg))

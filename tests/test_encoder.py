@@ -103,6 +103,7 @@ def test_tiny_every_hook_matches_transformer_lens(tiny):
     assert cache["embed"] is cache["embed.hook_embed"]  # get_act_name("embed") on an encoder
 
 
+@pytest.mark.slow
 def test_optional_hooks_and_split_inputs_match_transformer_lens(tiny):
     """use_split_qkv_input / use_attn_result / use_hook_mlp_in: same extra hooks, same numbers."""
     hf, model, _, (tokens, types, mask) = tiny
@@ -131,6 +132,7 @@ def test_weight_properties_match_transformer_lens(tiny):
     assert model.all_head_labels() == tl.all_head_labels()
 
 
+@pytest.mark.slow
 def test_tiny_patch_hook_fn_and_grad_match_transformer_lens(tiny):
     """Patching and gradients go through the same Hooks pytree as on decoders."""
     _, model, tl, (tokens, types, mask) = tiny
@@ -168,6 +170,7 @@ def test_tiny_patch_hook_fn_and_grad_match_transformer_lens(tiny):
     assert max_diff(grad, delta.grad.numpy()) <= ATOL
 
 
+@pytest.mark.slow
 def test_activation_patching_sweep_matches_transformer_lens(tiny):
     """jtlens.patching's compiled sweeps run on an encoder (MLM head included) as on decoders."""
     from transformer_lens import patching as tl_patching
@@ -231,6 +234,7 @@ def test_from_pretrained_errors(tmp_path):
         HookedEncoder.from_pretrained(str(tmp_path), fold_ln=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["DistilBertForMaskedLM", "DistilBertModel"])
 def test_distilbert_matches_hugging_face(tmp_path, head):
     """DistilBERT: the same post-LN encoder under other names, without token types."""

@@ -21,6 +21,7 @@ def tt(x):
     return torch.as_tensor(np.asarray(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
 def test_return_types_match(name):
     tl, model = pair(name)
@@ -37,6 +38,7 @@ def test_return_types_match(name):
     assert model(tokens, return_type=None) is None
 
 
+@pytest.mark.slow
 def test_run_with_hooks_matches_transformerlens():
     tl, model = pair("gpt2")
     tokens = tokens_for(model.cfg)
@@ -58,6 +60,7 @@ def test_run_with_hooks_matches_transformerlens():
     assert max_diff(model(tokens), tl(tt(tokens)).detach().numpy()) < 1e-4
 
 
+@pytest.mark.slow
 def test_hooks_context_and_run_with_cache_filters():
     tl, model = pair("gpt2")
     tokens = tokens_for(model.cfg)

@@ -55,6 +55,7 @@ def test_algebra_and_indexing(pair):
         FactoredMatrix(np.ones((3, 4)), np.ones((5, 2)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["Q", "K", "V"])
 def test_all_composition_scores(pair, mode):
     tl, model = pair

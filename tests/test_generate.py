@@ -151,6 +151,7 @@ def test_text_batch_matches_transformer_lens(name):
     assert model.generate(texts[0], **kw) == tl.generate(texts[0], **kw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_cached_forward_equals_full_forward_at_every_step(name):
     _, _, model = family(name, sharp=False)
@@ -168,6 +169,7 @@ def test_cached_forward_equals_full_forward_at_every_step(name):
     assert int(cache.length) == 10
 
 
+@pytest.mark.slow
 def test_cache_matches_transformer_lens_cache_workflow():
     """TransformerLens's own cache on the same weights: prompt, then one token at a time."""
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
@@ -262,6 +264,7 @@ def _softmax(x):
     return e / e.sum()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [dict(temperature=1.0), dict(temperature=0.7, top_k=10),
                                      dict(temperature=1.3, top_p=0.8),
                                      dict(temperature=1.0, freq_penalty=2.0)])
@@ -355,6 +358,7 @@ def test_bad_input_is_a_one_line_error():
         model(np.ones((1, 5), np.int64), past_kv_cache=jtlens.KeyValueCache.init(cfg, 1, 4))
 
 
+@pytest.mark.slow
 def test_encoders_refuse_generation_and_the_cache():
     cfg = jtlens.Config(n_layers=1, d_model=16, n_heads=2, d_head=8, d_vocab=30, n_ctx=16,
                         post_ln=True, attention_dir="bidirectional", mlm_head=True)

@@ -39,6 +39,7 @@ def _tl_grads(tl, tokens, names, metric):
     return {n: kept[n].grad.numpy() for n in names}
 
 
+@pytest.mark.slow
 def test_seed_gradient_of_a_probability(pair):
     tl, model, tokens = pair
     name = "blocks.1.hook_mlp_out"
@@ -48,6 +49,7 @@ def test_seed_gradient_of_a_probability(pair):
     assert np.abs(ours - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
+@pytest.mark.slow
 def test_seed_gradient_of_a_cached_activation(pair):
     tl, model, tokens = pair
     ref = _tl_grads(tl, tokens, ["hook_embed", "blocks.1.hook_resid_post"],
@@ -57,6 +59,7 @@ def test_seed_gradient_of_a_cached_activation(pair):
     assert np.abs(ours - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
+@pytest.mark.slow
 def test_grad_cache_equals_transformer_lens_backward_hooks(pair):
     tl, model, tokens = pair
     ref = {}
@@ -75,6 +78,7 @@ def test_grad_cache_equals_transformer_lens_backward_hooks(pair):
         assert max_diff(gcache[name], g) <= 1e-5 * max(1.0, np.abs(g).max()), name
 
 
+@pytest.mark.slow
 def test_grad_cache_matches_finite_differences():
     cfg = jtlens.Config(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=20,
                         n_ctx=8, act_fn="gelu_new", normalization_type="LN")
@@ -96,6 +100,7 @@ def test_grad_cache_matches_finite_differences():
         assert abs(fd - float((g * v).sum())) <= 2e-2 * max(1.0, abs(fd)), name
 
 
+@pytest.mark.slow
 def test_grad_times_activation_is_first_order_attribution(pair):
     tl, model, tokens = pair
     name = "blocks.0.attn.hook_z"
@@ -108,6 +113,7 @@ def test_grad_times_activation_is_first_order_attribution(pair):
     assert max_diff(ours[name], (ref_grad * tl_cache[name].numpy()).sum(-1)) <= 1e-5
 
 
+@pytest.mark.slow
 def test_integrated_gradients_add_up_to_the_change(pair):
     tl, model, tokens = pair
     name = "blocks.1.hook_resid_pre"
@@ -128,6 +134,7 @@ def test_integrated_gradients_add_up_to_the_change(pair):
     assert abs(float(ig.sum()) - change) <= 0.02 * abs(change) + 1e-6
 
 
+@pytest.mark.slow
 def test_steering_vector_raises_the_target(pair):
     tl, model, tokens = pair
     name = "blocks.1.hook_resid_pre"
@@ -141,6 +148,7 @@ def test_steering_vector_raises_the_target(pair):
     assert steered > float(history[0]) + 2.0
 
 
+@pytest.mark.slow
 def test_probe_finds_a_planted_feature():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 400)
@@ -153,6 +161,7 @@ def test_probe_finds_a_planted_feature():
     assert accuracy > 0.95 and held_out > 0.95
 
 
+@pytest.mark.slow
 def test_param_gradients_and_jacobians_under_jit():
     cfg = jtlens.Config(n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16, d_vocab=11,
                         n_ctx=4, act_fn="relu", normalization_type="LN")

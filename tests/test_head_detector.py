@@ -94,6 +94,7 @@ def test_induction_probe_rejects_sizes_it_cannot_build():
             induction_scores(model, **bad)
 
 
+@pytest.mark.slow
 def test_report_shows_the_hand_built_induction_head():
     """The report's induction section names L1H0, and its picture is that head's stripe."""
     found = induction(hand_built_induction_model(), seq_len=12)

@@ -92,6 +92,7 @@ def test_mask_gradients_equal_retain_grad_attribution(pair):
         assert max_diff(ours[t], expected[t]) <= 1e-4, t
 
 
+@pytest.mark.slow
 def test_learn_mask_recovers_planted_heads():
     tl = tl_model(CONFIGS["gpt2"])
     planted = np.zeros((tl.cfg.n_layers, tl.cfg.n_heads), bool)

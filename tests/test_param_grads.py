@@ -11,6 +11,7 @@ from tests.oracle import CONFIGS, max_diff, tl_model, to_jtlens, tokens_for, tor
 import jtlens
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gpt2", "llama", "neox"])
 def test_loss_gradients_equal_transformer_lens_backward(name):
     tl = tl_model(CONFIGS[name])

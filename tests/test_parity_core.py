@@ -7,6 +7,7 @@ import pytest
 import jtlens
 from tests.oracle import CONFIGS, assert_caches_match, max_diff, tl_cache, tl_model, to_jtlens, tokens_for
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_every_hook_matches_transformerlens(name):
     model = tl_model(CONFIGS[name])
@@ -33,6 +34,7 @@ def test_left_padding_matches_transformerlens():
     assert_caches_match(ours, theirs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", [dict(use_attn_in=True, use_split_qkv_input=False),
                                    dict(use_split_qkv_input=True)])
 def test_split_input_hooks_patch_like_transformerlens(flags):

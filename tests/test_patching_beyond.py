@@ -25,6 +25,7 @@ def _pair(tl):
     return model, clean, corrupted, torch.tensor(np.asarray(clean)), torch.tensor(np.asarray(corrupted))
 
 
+@pytest.mark.slow
 def test_attribution_is_exact_where_the_model_is_linear():
     """Attention-only, no norms, W_Q = W_K = 0 (uniform attention): the logit difference is linear
     in every residual, head output and value, so attribution equals TransformerLens's exact sweeps."""
@@ -44,6 +45,7 @@ def test_attribution_is_exact_where_the_model_is_linear():
     assert max(np.ptp(r) for r in refs) > 1e-2
 
 
+@pytest.mark.slow
 def test_attribution_is_the_first_order_change_on_gpt2():
     """On a nonlinear model, attribution - baseline = d/d eps metric(corrupted + eps (clean - corrupted))
     at the patched slice, measured by central differences on TransformerLens in float64 (the
@@ -112,6 +114,7 @@ def _tl_path_patch(tl, corrupted_t, clean, corr, sender, receivers, freeze):
     ([("blocks.1.attn.hook_q", 0), ("blocks.1.attn.hook_v", 3)], ("attn.hook_z",)),
     ([("blocks.1.hook_resid_post", None)], ("attn.hook_z", "hook_mlp_out")),
 ])
+@pytest.mark.slow
 def test_path_patching_matches_a_two_run_reference(receivers, freeze):
     tl = tl_model(dict(SMALL, act_fn="gelu_new", normalization_type="LN"))
     model, clean, corrupted, clean_t, corrupted_t = _pair(tl)

@@ -31,6 +31,7 @@ def test_metric_positions_only_trusts_static_slices():
     assert metric_positions(lambda l: l[:, ::2].sum() + jnp.abs(l).max(), shape) is None
 
 
+@pytest.mark.slow
 def test_chunking_and_explicit_positions_do_not_change_results():
     params = jtlens.init_params(CFG, jax.random.PRNGKey(0))
     model = jtlens.HookedTransformer(CFG, params)

@@ -36,6 +36,7 @@ def setup(request):
     return tl, tl_cache, model, cache, corrupted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fn", FUNCTIONS)
 def test_sweep_matches_transformerlens(setup, fn):
     tl, tl_cache, model, cache, corrupted = setup

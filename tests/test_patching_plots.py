@@ -20,6 +20,7 @@ def _word_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="w0", eos_token="w0")
 
 
+@pytest.mark.slow
 def test_heatmaps_are_written_with_token_labels(tmp_path):
     model = jtlens.HookedTransformer(CFG, jtlens.init_params(CFG, jax.random.PRNGKey(0)), _word_tokenizer())
     rng = np.random.default_rng(0)

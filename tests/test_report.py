@@ -4,6 +4,7 @@ position, every position, answer minus wrong) and the logit lens."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jtlens
 from jtlens.report import (INDUCTION_THRESHOLD, direct_logit_attribution, dla_by_position,
@@ -14,6 +15,7 @@ CFG = dict(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=50, n_
            act_fn="gelu", normalization_type="LN")
 
 
+@pytest.mark.slow
 def test_direct_logit_attribution_matches_transformer_lens():
     tl = tl_model(CFG)
     # TransformerLens's logit_attrs leave out ln_final's weight, so they are exact only after
@@ -46,6 +48,7 @@ def _tl_and_ours(cfg_dict=CFG, fold=True):
     return tl, jtlens.HookedTransformer(cfg, params)
 
 
+@pytest.mark.slow
 def test_dla_at_every_position_and_for_a_difference_matches_transformer_lens():
     tl, model = _tl_and_ours()
     tokens = tokens_for(model.cfg, batch=1, pos=9)
@@ -65,6 +68,7 @@ def test_dla_at_every_position_and_for_a_difference_matches_transformer_lens():
     assert max_diff(total, logits[0, :, answer] - logits[0, :, wrong]) <= 1e-4
 
 
+@pytest.mark.slow
 def test_dla_adds_up_on_an_unprocessed_rms_model():
     """RMSNorm with its weight (no fold_ln), rotary, gated MLP: the parts still sum to the logit
     at every position."""
@@ -106,6 +110,7 @@ def test_induction_text_claims_a_head_only_past_the_threshold():
     assert "1 head(s) score at least 0.3 (a clear induction head): L1H0." in induction_text(ind)
 
 
+@pytest.mark.slow
 def test_long_text_views_cover_a_window_and_say_so(tmp_path, monkeypatch):
     from jtlens import report
 

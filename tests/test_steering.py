@@ -18,6 +18,7 @@ def pair(request):
     return (tl,) + to_jtlens(tl)
 
 
+@pytest.mark.slow
 def test_activation_addition_equals_transformer_lens_hooks(pair):
     tl, cfg, params = pair
     plus, minus = tokens_for(cfg, batch=2, pos=4, seed=3)

@@ -175,6 +175,7 @@ def test_process_weights_and_flat_steps_match_transformer_lens():
         assert max_diff(model(tokens), tl(_t(tokens)).numpy()) <= 1e-4
 
 
+@pytest.mark.slow
 def test_torch_module_methods():
     model = jtlens.HookedTransformer(jtlens.Config(n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=5))
     assert model.eval() is model and model.train() is model and model.cpu() is model
@@ -202,6 +203,7 @@ def test_tokenizer_padding_side_set_on_the_tokenizer_is_respected():
         model.tokenizer.padding_side, tl.tokenizer.padding_side = before
 
 
+@pytest.mark.slow
 def test_set_tokenizer_and_d_vocab_from_the_tokenizer():
     from tests.oracle import tokenizer
 

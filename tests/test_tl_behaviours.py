@@ -56,6 +56,7 @@ def pair():
     return tl, jtlens.HookedTransformer(cfg, params)
 
 
+@pytest.mark.slow
 def test_run_with_cache_pos_slice_matches_transformer_lens(pair):
     tl, model = pair
     tokens = tokens_for(model.cfg)

@@ -11,6 +11,7 @@ from tests.oracle import CONFIGS, assert_caches_match, max_diff, tl_cache, tl_mo
 SOLU_LN = dict(CONFIGS["gpt2"], act_fn="solu_ln")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("normalization_type", ["LN", "LNPre"])
 def test_solu_ln_matches_transformer_lens(normalization_type):
     tl = tl_model(dict(SOLU_LN, normalization_type=normalization_type))

@@ -69,6 +69,7 @@ PROMPT = "The cat sat on the mat."
 
 # --------------------------------------------------------------------------- hooks
 # mirrors tests/unit/test_hooks.py::test_hook_attaches_normally
+@pytest.mark.slow
 def test_hook_attaches_normally(lib):
     model = _model(lib)
     calls = []

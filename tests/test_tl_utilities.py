@@ -69,6 +69,7 @@ def test_induction_loss_matches_transformer_lens_on_the_same_tokens():
     assert np.isfinite(float(evals.induction_loss(model, batch_size=2, subseq_len=8)))
 
 
+@pytest.mark.slow
 def test_grads_take_a_model_and_text_or_params_and_cfg():
     _, model = pair("right")
     metric = lambda logits: logits[:, -1, 5].sum()  # noqa: E731

@@ -8,6 +8,7 @@ import jtlens
 from tests.oracle import pair
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("text", ["The cat sat", ["The cat sat on the mat", "Hello"]])
 def test_tokens_and_logits_match(side, text):

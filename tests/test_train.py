@@ -55,6 +55,7 @@ def test_two_layer_attention_model_learns_induction():
     assert score[1].max() > 3 * score[0].max(), score
 
 
+@pytest.mark.slow
 def test_train_takes_any_loss_and_checks_its_input():
     cfg = CFG.replace(n_layers=1)
     params = jtlens.init_params(cfg, jax.random.PRNGKey(0))

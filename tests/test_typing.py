@@ -17,6 +17,7 @@ def checked(fn):
     return jaxtyped(typechecker=beartype)(fn)
 
 
+@pytest.mark.slow
 def test_forward_and_pieces_satisfy_their_annotations():
     params = jtlens.init_params(CFG, jax.random.PRNGKey(0))
     tokens = jnp.arange(6)[None] % CFG.d_vocab

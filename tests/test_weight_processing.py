@@ -18,6 +18,7 @@ def _run(cfg, params, tokens):
     return jtlens.forward_with_cache(params, tokens, cfg, hooks=jtlens.Hooks(capture=True))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gpt2", "neox", "gptj", "llama", "gemma2_like", "qwen3_like", "alibi_relu_attn_only"])
 def test_default_processing_matches_transformer_lens(name):
     tl = tl_model(CONFIGS[name])
