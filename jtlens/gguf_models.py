@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 # alias -> (Python package shipping the file, file name, the pip command that installs it).
@@ -50,8 +48,8 @@ def cache_folder(path: Path) -> Path:
 
 
 def converted(path, progress: bool = True) -> Path:
-    """The cached jtlens folder for a GGUF file, converting it first if needed. The folder is
-    written under a temporary name and renamed, so an interrupted conversion leaves no cache."""
+    """The cached jtlens folder for a GGUF file, converting it first if needed. `save_converted`
+    writes it under a temporary name and renames it, so an interrupted conversion leaves no cache."""
     from jtlens.conversions.gguf import convert_gguf, gguf_tokenizer
     from jtlens.loading import NATIVE_CONFIG, save_converted
 
@@ -62,14 +60,9 @@ def converted(path, progress: bool = True) -> Path:
     cfg, params = convert_gguf(path, progress=progress)
     tokenizer = gguf_tokenizer(path)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        save_converted(tmp, cfg, params, tokenizer)
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process finished first: keep its copy
-            if not (folder / NATIVE_CONFIG).exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        save_converted(folder, cfg, params, tokenizer)
+    except OSError:  # another process finished first (refused or renamed over): keep its copy
+        if not (folder / NATIVE_CONFIG).exists():
+            raise
     return folder
