@@ -3,7 +3,8 @@
 `KeyValueCache` is a pytree of fixed shape, so a decode loop that extends it one token at a
 time is one compiled `lax.while_loop`:
 
-    k, v:    [n_layers, batch, n_key_value_heads, max_len, d_head]  (keys after rotary / qk-norm)
+    k, v:    [n_layers, batch, n_key_value_heads, max_len, d_head]  (keys after rotary / qk-norm),
+             or tuples of n_layers arrays [batch, n_key_value_heads, max_len, d_head] (`per_layer`)
     mask:    [batch, max_len]  1 where a slot holds a real token, 0 for padding or an empty slot
     length:  int32 scalar      slots filled so far (the next chunk is written at `length`)
 
@@ -56,11 +57,34 @@ class KeyValueCache:
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self._layer_shape[2]
 
     @property
     def batch(self) -> int:
-        return self.k.shape[1]
+        return self._layer_shape[0]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.k) if isinstance(self.k, tuple) else self.k.shape[0]
+
+    @property
+    def _layer_shape(self) -> tuple:  # [batch, n_kv_heads, max_len, d_head]
+        return self.k[0].shape if isinstance(self.k, tuple) else self.k.shape[1:]
+
+    def per_layer(self) -> "KeyValueCache":
+        """The same cache with k and v as tuples of per-layer arrays. A decode loop carrying it
+        updates each layer's buffer in place; a layer-stacked cache costs a copy of every
+        layer's keys and values per step on CPU (the forward runs such a cache unrolled)."""
+        if isinstance(self.k, tuple):
+            return self
+        return KeyValueCache(tuple(self.k), tuple(self.v), self.mask, self.length, self.frozen)
+
+    def stacked(self) -> "KeyValueCache":
+        """The same cache with k and v layer-stacked [n_layers, ...] (undoes `per_layer`)."""
+        if not isinstance(self.k, tuple):
+            return self
+        return KeyValueCache(jnp.stack(self.k), jnp.stack(self.v), self.mask, self.length,
+                             self.frozen)
 
     def freeze(self) -> "KeyValueCache":
         self.frozen = True
@@ -78,7 +102,7 @@ class KeyValueCache:
         return cls(*children, frozen=frozen)
 
     def __repr__(self):
-        return (f"KeyValueCache(layers={self.k.shape[0]}, batch={self.batch}, "
+        return (f"KeyValueCache(layers={self.n_layers}, batch={self.batch}, "
                 f"max_len={self.max_len}, length={self.length})")
 
 
