@@ -18,6 +18,7 @@ from jtlens import components as C
 from jtlens.cache import ActivationCache
 from jtlens.checks import check_attention_mask, check_tokens, ids_in_range, layer_range, lookup
 from jtlens.config import Config
+from jtlens.decode_layout import FlatMatrix
 from jtlens.hooks import HookNames, HookRunner, Hooks
 from jtlens.kv_cache import KeyValueCache, check_decoder, check_room
 from jtlens.params import Params, param_shapes
@@ -78,10 +79,11 @@ class Ctx:
 class KVSlots:
     """A KeyValueCache as one forward sees it.
 
-    k, v: [n_layers, batch, n_kv_heads, max_len, d_head] for the run, one layer's
-    [batch, n_kv_heads, max_len, d_head] inside a block. at: the slot the chunk is written to.
-    mask: [batch, max_len] real tokens among the cached slots and the chunk. Attention leaves
-    the chunk's own keys and values ([batch, pos, n_kv_heads, d_head] each) in `new`.
+    k, v: [n_layers, batch, n_kv_heads, max_len, d_head] for the run (or a tuple of per-layer
+    arrays, `KeyValueCache.per_layer`), one layer's [batch, n_kv_heads, max_len, d_head] inside a
+    block. at: the slot the chunk is written to. mask: [batch, max_len] real tokens among the
+    cached slots and the chunk. Attention leaves the layer's cache with the chunk's keys and
+    values written in (k, v: [batch, n_kv_heads, max_len, d_head]) in `new`.
     """
 
     k: Any
@@ -141,10 +143,31 @@ def encoder_embed(params: Params, tokens: Int[Array, "batch pos"],
     return ctx("hook_full_embed", norm(params["embed"]["ln"], "LN", x, ctx, "embed.ln"))
 
 
+def _mm(x, W):
+    """x [..., in] times W [in, out] (or a `FlatMatrix`) -> [..., out]."""
+    return W(x) if isinstance(W, FlatMatrix) else x @ W
+
+
 def _project(x, W, b):
     """[b, p, d] or per-head [b, p, h, d] inputs times W [h, d, e] -> [b, p, h, e]."""
-    spec = "bpd,hde->bphe" if x.ndim == 3 else "bphd,hde->bphe"
-    return jnp.einsum(spec, x, W) + b
+    if isinstance(W, FlatMatrix):
+        if x.ndim == 3:
+            return W(x) + b
+        W = W.unflattened()
+    return jnp.einsum("bpd,hde->bphe" if x.ndim == 3 else "bphd,hde->bphe", x, W) + b
+
+
+def _out_project(z, W_O, per_head: bool):
+    """z [b, q, h, d_head] times W_O [h, d_head, m] -> [b, q, m], or each head's share
+    [b, q, h, m]."""
+    if isinstance(W_O, FlatMatrix):
+        if not per_head:
+            return W_O(z)
+        W_O = W_O.unflattened()
+    if per_head:
+        return jnp.einsum("bqhd,hdm->bqhm", z, W_O)
+    # Heads and d_head are W_O's leading axes, so this product reads W_O as it is stored.
+    return z.reshape(z.shape[:2] + (-1,)) @ W_O.reshape(-1, W_O.shape[-1])
 
 
 def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx) -> Resid:
@@ -167,16 +190,15 @@ def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx)
         q_idx = ctx.kv.at + q_idx
     if q.dtype not in (jnp.float32, jnp.float64):
         q, k = q.astype(jnp.float32), k.astype(jnp.float32)
-    group = cfg.n_heads // cfg.n_kv_heads
-    if group > 1:
-        k = jnp.repeat(k, group, axis=2)
-        v_full = jnp.repeat(v, group, axis=2)
-    else:
-        v_full = v
+    # Query head h reads key/value head h // group: split the query heads into [kv head, group]
+    # rather than repeating the keys and values (a copy of the whole cache per step).
+    b, n_q, n_k, G = q.shape[0], q.shape[1], k.shape[1], cfg.n_kv_heads
+    by_group = lambda x: x.reshape(b, G, cfg.n_heads // G, n_q, n_k)  # noqa: E731
     scale = cfg.attn_scale if cfg.use_attn_scale else 1.0
     if cfg.scale_attn_by_inverse_layer_idx:
         scale = scale * (ctx.layer + 1)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / scale
+    q_grouped = q.reshape(b, n_q, G, cfg.n_heads // G, cfg.d_head)
+    scores = jnp.einsum("bqgrd,bkgd->bgrqk", q_grouped, k).reshape(b, cfg.n_heads, n_q, n_k) / scale
     scores = C.softcap(scores, cfg.attn_scores_soft_cap)
     if cfg.positional_embedding_type == "alibi":
         scores = scores + C.alibi_bias(cfg.n_heads, q_idx, k_idx)
@@ -184,24 +206,25 @@ def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx)
     pattern = jax.nn.softmax(ctx("attn.hook_attn_scores", scores), axis=-1)
     pattern = jnp.where(jnp.isnan(pattern), 0.0, pattern)
     pattern = ctx("attn.hook_pattern", pattern).astype(v.dtype)
-    z = ctx("attn.hook_z", jnp.einsum("bhqk,bkhd->bqhd", pattern, v_full))
+    z = ctx("attn.hook_z", jnp.einsum("bgrqk,bkgd->bqgrd", by_group(pattern), v).reshape(
+        b, n_q, cfg.n_heads, cfg.d_head))
     if cfg.use_attn_result or ctx.wants("attn.hook_result"):
-        result = ctx("attn.hook_result", jnp.einsum("bqhd,hdm->bqhm", z, p["W_O"]))
+        result = ctx("attn.hook_result", _out_project(z, p["W_O"], per_head=True))
         if ctx.edited("attn.hook_result"):
             return result.sum(2) + p["b_O"]
-    return jnp.einsum("bqhd,hdm->bqm", z, p["W_O"]) + p["b_O"]
+    return _out_project(z, p["W_O"], per_head=False) + p["b_O"]
 
 
 def _with_past(kv: KVSlots, k, v):
-    """The chunk's keys/values [b, p, h_kv, d] written into the cached ones at slot `kv.at`.
+    """The chunk's keys/values [b, p, h_kv, d] written into the layer's cache at slot `kv.at`.
 
     Returns keys and values over every slot [b, max_len, h_kv, d], the key slot indices and the
     key mask [b, max_len]; causal masking by slot hides the empty slots after the chunk.
     """
-    kv.new = (k, v)
-    write = lambda past, x: jax.lax.dynamic_update_slice_in_dim(
+    write = lambda past, x: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
         past, jnp.swapaxes(x, 1, 2).astype(past.dtype), kv.at, axis=2)
-    k_all, v_all = (jnp.swapaxes(write(past, x), 1, 2) for past, x in ((kv.k, k), (kv.v, v)))
+    kv.new = (write(kv.k, k), write(kv.v, v))
+    k_all, v_all = (jnp.swapaxes(x, 1, 2) for x in kv.new)
     return k_all, v_all, jnp.arange(k_all.shape[1]), kv.mask
 
 
@@ -209,18 +232,18 @@ def mlp(p: dict, x: Resid, ctx: Ctx) -> Resid:
     """Plain or gated MLP with hook_pre / hook_pre_linear / hook_post."""
     act = C.ACTIVATION_FNS[ctx.cfg.act_fn]
     if ctx.cfg.gated_mlp:
-        pre = ctx("mlp.hook_pre", x @ p["W_gate"])
-        pre_linear = ctx("mlp.hook_pre_linear", x @ p["W_in"])
+        pre = ctx("mlp.hook_pre", _mm(x, p["W_gate"]))
+        pre_linear = ctx("mlp.hook_pre_linear", _mm(x, p["W_in"]))
         post = ctx("mlp.hook_post", act(pre) * pre_linear + p["b_in"])
     elif ctx.cfg.is_layer_norm_activation():
         # solu_ln: a LayerNorm over d_mlp after the activation (LNPre once fold_ln moved its
         # weights into W_out), with hook_mid before it.
-        mid = ctx("mlp.hook_mid", act(ctx("mlp.hook_pre", x @ p["W_in"] + p["b_in"])))
+        mid = ctx("mlp.hook_mid", act(ctx("mlp.hook_pre", _mm(x, p["W_in"]) + p["b_in"])))
         post = ctx("mlp.hook_post", norm(p.get("ln"), "LN" if "ln" in p else "LNPre", mid, ctx,
                                          "mlp.ln"))
     else:
-        post = ctx("mlp.hook_post", act(ctx("mlp.hook_pre", x @ p["W_in"] + p["b_in"])))
-    return post @ p["W_out"] + p["b_out"]
+        post = ctx("mlp.hook_post", act(ctx("mlp.hook_pre", _mm(x, p["W_in"]) + p["b_in"])))
+    return _mm(post, p["W_out"]) + p["b_out"]
 
 
 _QKV_INPUTS = ("hook_q_input", "hook_k_input", "hook_v_input")
@@ -302,21 +325,25 @@ def run_blocks(blocks: Params, resid: Resid, ctx: Ctx, first_layer: int = 0, sta
     """Run stacked blocks, under `lax.scan` or unrolled.
 
     Args:
-      blocks: params["blocks"], possibly sliced to a layer range starting at `first_layer`.
+      blocks: params["blocks"], possibly sliced to a layer range starting at `first_layer`:
+        layer-stacked, or a tuple of per-layer dicts (`decode_layout`), which always runs unrolled.
       ctx: the run's context (its layer, local and rec are set per block).
       start_layer: optional traced layer index; layers before it are skipped (`lax.cond`), so a
         sweep can start from a cached residual without recompiling per layer.
       scan: False unrolls the layers in Python, so hook functions see the layer as a Python int
         and an eager (un-jitted) run needs no compilation (TransformerLens-style hook loops).
     Returns (resid, {template: [n_layers_run, ...]}). With a KeyValueCache run (`ctx.kv`, every
-    layer), the records also hold "kv": the chunk's (keys, values), each
-    [n_layers, batch, pos, n_kv_heads, d_head].
+    layer), the records also hold "kv": the extended cache's (keys, values), each
+    [n_layers, batch, n_kv_heads, max_len, d_head], or tuples of per-layer arrays when the
+    cache came per layer (which always runs unrolled).
     """
     cfg = ctx.cfg
-    n = jax.tree_util.tree_leaves(blocks)[0].shape[0]
+    layers = blocks if isinstance(blocks, (tuple, list)) else None
+    n = len(layers) if layers is not None else jax.tree_util.tree_leaves(blocks)[0].shape[0]
     local = [t == "local" for t in (cfg.attn_types or ("global",) * cfg.n_layers)]
     block_fn = post_ln_block if cfg.post_ln else block
     past = () if ctx.kv is None else (ctx.kv.k, ctx.kv.v)
+    per_layer_kv = bool(past) and isinstance(past[0], tuple)
 
     def one(p, x, layer, is_local, *layer_past):
         rec: dict = {}
@@ -324,14 +351,16 @@ def run_blocks(blocks: Params, resid: Resid, ctx: Ctx, first_layer: int = 0, sta
         x = block_fn(p, x, ctx.at(layer, is_local, rec, kv))
         return x, (rec if kv is None else dict(rec, kv=kv.new))
 
-    if not scan:
+    if not scan or layers is not None or per_layer_kv:
         records = []
         for i in range(n):
             l = first_layer + i
-            resid, rec = one(jax.tree_util.tree_map(lambda a: a[i], blocks), resid, l, local[l],
-                             *(x[i] for x in past))
+            p = layers[i] if layers is not None else jax.tree_util.tree_map(lambda a: a[i], blocks)
+            resid, rec = one(p, resid, l, local[l], *(x[i] for x in past))
             records.append(rec)
-        return resid, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *records) if n else {}
+        kv = [r.pop("kv") for r in records] if per_layer_kv else None
+        stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *records) if n else {}
+        return resid, stacked if kv is None else dict(stacked, kv=tuple(zip(*kv)))
     local = jnp.asarray(local)
 
     def body(x, inputs):
@@ -364,7 +393,7 @@ def unembed(params: Params, resid: Float[Array, "batch pos d_model"],
     """ln_final (BERT: the MLM head) + unembed (+ final logit soft-cap) -> logits [batch, pos, d_vocab_out]."""
     head = mlm_head if ctx.cfg.mlm_head else final_norm
     resid = ctx("unembed.hook_in", head(params, resid, ctx))
-    logits = ctx("unembed.hook_out", resid @ params["unembed"]["W_U"] + params["unembed"]["b_U"])
+    logits = ctx("unembed.hook_out", _mm(resid, params["unembed"]["W_U"]) + params["unembed"]["b_U"])
     return C.softcap(logits, ctx.cfg.output_logits_soft_cap)
 
 
@@ -432,12 +461,14 @@ def _run(params: Params, tokens, cfg: Config, hk: HookRunner, return_type, loss_
         resid = embed(params, tokens, ctx)
     blocks = params["blocks"]
     if (start, stop) != (0, L):
-        blocks = jax.tree_util.tree_map(lambda a: a[start:stop], blocks)
+        blocks = (blocks[start:stop] if isinstance(blocks, (tuple, list))
+                  else jax.tree_util.tree_map(lambda a: a[start:stop], blocks))
     stacked: dict = {}
     if stop > start:
         resid, stacked = run_blocks(blocks, resid, ctx, first_layer=start, scan=scan)
     if kv is not None:
-        kv_cache = _extend(kv_cache, stacked.pop("kv"), kv.mask)
+        k, v = stacked.pop("kv")
+        kv_cache = KeyValueCache(k, v, kv.mask, kv_cache.length + n_pos, kv_cache.frozen)
     out: Any
     if stop_at_layer is not None:
         out = resid
@@ -470,14 +501,6 @@ def _continue(kv_cache: KeyValueCache, chunk_mask):
     key_mask = jax.lax.dynamic_update_slice_in_dim(kv_cache.mask, chunk_mask.astype(jnp.int32),
                                                    kv_cache.length, axis=1)
     return jnp.maximum(positions, 0), KVSlots(kv_cache.k, kv_cache.v, kv_cache.length, key_mask)
-
-
-def _extend(kv_cache: KeyValueCache, new, key_mask) -> KeyValueCache:
-    """The cache with the chunk's keys and values (each [layers, batch, pos, h_kv, d]) written in."""
-    write = lambda past, x: jax.lax.dynamic_update_slice_in_dim(
-        past, jnp.swapaxes(x, 2, 3).astype(past.dtype), kv_cache.length, axis=3)
-    return KeyValueCache(write(kv_cache.k, new[0]), write(kv_cache.v, new[1]), key_mask,
-                         kv_cache.length + new[0].shape[2], kv_cache.frozen)
 
 
 def forward(params: Params, tokens: TokensOrResid, cfg: Config, hooks: Optional[Hooks] = None, *,
