@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from jtlens import sampling
 from jtlens import tokens as T
 from jtlens.config import Config
+from jtlens import decode_layout as layout
 from jtlens.hooks import Hooks
 from jtlens.kv_cache import KeyValueCache, check_decoder
 from jtlens.model import check_tokens, forward, forward_with_cache, forward_with_kv
@@ -41,6 +42,7 @@ class _Options:
     freq_penalty: float
     use_past_kv_cache: bool
     verbose: bool
+    decode_layout: bool
 
 
 _progress: dict = {"bar": None}  # the open progress bar; the compiled loop reports to it
@@ -78,7 +80,8 @@ def generate(params, cfg: Config, tokens, max_new_tokens: int, *, key: Optional[
              hooks: Optional[Hooks] = None, attention_mask=None, stop_at_eos: bool = True,
              eos_token_id: Union[int, Sequence[int], None] = None, do_sample: bool = True,
              top_k: Optional[int] = None, top_p: Optional[float] = None, temperature: float = 1.0,
-             freq_penalty: float = 0.0, use_past_kv_cache: bool = True, verbose: bool = False):
+             freq_penalty: float = 0.0, use_past_kv_cache: bool = True, verbose: bool = False,
+             decode_layout: Optional[bool] = None):
     """Extend each prompt by up to `max_new_tokens` tokens.
 
     Args:
@@ -97,6 +100,9 @@ def generate(params, cfg: Config, tokens, max_new_tokens: int, *, key: Optional[
         penalty counts the real tokens of each row (not its padding).
       use_past_kv_cache: False reruns the full sequence at every step (a reference; same tokens).
       verbose: show a progress bar (reported from inside the compiled loop).
+      decode_layout: run the decode steps on a copy of the weights laid out per layer
+        (`jtlens.decode_layout`): about 2x faster per token on CPU, for one extra copy of the
+        block weights while generating. None (default): on when the params live on CPU.
     Returns: tokens [batch, pos + n_new] (prompt then new tokens; n_new = max_new_tokens unless
       every row stopped early), or (tokens, ActivationCache) when `hooks.capture` is set.
     """
@@ -126,7 +132,8 @@ def generate(params, cfg: Config, tokens, max_new_tokens: int, *, key: Optional[
     mask = _left_padding_mask(attention_mask, tokens)
     options = _Options(int(max_new_tokens), stop_tokens, bool(do_sample), top_k,
                        None if top_p is None else float(top_p), float(temperature),
-                       float(freq_penalty), bool(use_past_kv_cache), bool(verbose))
+                       float(freq_penalty), bool(use_past_kv_cache), bool(verbose),
+                       _on_cpu(params) if decode_layout is None else bool(decode_layout))
     key = jax.random.PRNGKey(0) if key is None else key
     out, n_new = tokens, 0
     if max_new_tokens:
@@ -145,6 +152,12 @@ def generate(params, cfg: Config, tokens, max_new_tokens: int, *, key: Optional[
     full_mask = jnp.concatenate([jnp.asarray(mask), jnp.ones((out.shape[0], n_new), jnp.int32)], 1)
     _, cache = _capture(params, out, full_mask, hooks, cfg=cfg)
     return out, cache
+
+
+def _on_cpu(params) -> bool:
+    leaf = jax.tree_util.tree_leaves(params)[0]
+    devices = leaf.devices() if isinstance(leaf, jax.Array) else jax.devices()[:1]
+    return all(d.platform == "cpu" for d in devices)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -182,22 +195,25 @@ def _generate(params, prompt, prompt_mask, key, hooks, cfg: Config, options: _Op
     if o.use_past_kv_cache:
         kv = KeyValueCache.init(cfg, batch, total)
         logits, kv = forward_with_kv(params, prompt, cfg, kv, hooks, attention_mask=prompt_mask)
+        kv = kv.per_layer() if o.decode_layout else kv
     else:
         kv = None
         logits = forward(params, buffer, cfg, hooks, attention_mask=mask)[:, :n_prompt]
     key, sub = jax.random.split(key)
     tok, finished, counts = choose(logits[:, -1], sub, jnp.zeros(batch, bool), counts)
     buffer = buffer.at[:, n_prompt].set(tok)
+    # XLA's CPU kernels take one row per step fastest against [in, out], several against [out, in].
+    step_params = layout.decode_layout(params, input_last=batch > 1) if o.decode_layout else params
 
     def body(state):
         i, buffer, kv, finished, counts, key = state  # i: tokens produced so far
         prev = jax.lax.dynamic_index_in_dim(buffer, n_prompt + i - 1, axis=1)  # [batch, 1]
         if o.use_past_kv_cache:
-            logits, kv = forward_with_kv(params, prev, cfg, kv, hooks,
+            logits, kv = forward_with_kv(step_params, prev, cfg, kv, hooks,
                                          attention_mask=jnp.ones_like(prev))
             last = logits[:, -1]
         else:
-            logits = forward(params, buffer, cfg, hooks, attention_mask=mask)
+            logits = forward(step_params, buffer, cfg, hooks, attention_mask=mask)
             last = jax.lax.dynamic_index_in_dim(logits, n_prompt + i - 1, axis=1, keepdims=False)
         key, sub = jax.random.split(key)
         tok, finished, counts = choose(last, sub, finished, counts)
