@@ -56,3 +56,19 @@ def test_flat_matrix_round_trips_and_multiplies_like_the_stored_weight():
         np.testing.assert_array_equal(m.unflattened(), w)
         np.testing.assert_allclose(m(x), np.einsum("bhe,hem->bm", x, w), rtol=1e-5, atol=1e-6)
         assert jax.tree_util.tree_leaves(m)[0] is m.w  # a pytree whose one leaf is the matrix
+
+
+def test_a_per_layer_cache_extends_like_the_stacked_one():
+    cfg, params = to_jtlens(tl_model(CONFIGS["llama"]))
+    tokens = tokens_for(cfg)
+    stacked = jtlens.KeyValueCache.init(cfg, tokens.shape[0], tokens.shape[1])
+    per_layer = stacked.per_layer()
+    assert (per_layer.n_layers, per_layer.batch, per_layer.max_len) == (cfg.n_layers, *tokens.shape)
+    for chunk in (slice(0, 7), slice(7, 8), slice(8, None)):
+        ref, stacked = jtlens.forward_with_kv(params, tokens[:, chunk], cfg, stacked)
+        out, per_layer = jtlens.forward_with_kv(params, tokens[:, chunk], cfg, per_layer)
+        assert isinstance(per_layer.k, tuple) and max_diff(out, ref) <= 1e-5
+    back = per_layer.stacked()
+    # scan vs unrolled layers: the same sums in another order
+    assert max_diff(back.k, stacked.k) <= 1e-5 and max_diff(back.v, stacked.v) <= 1e-5
+    assert int(back.length) == tokens.shape[1]
