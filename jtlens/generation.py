@@ -100,9 +100,10 @@ def generate(params, cfg: Config, tokens, max_new_tokens: int, *, key: Optional[
         penalty counts the real tokens of each row (not its padding).
       use_past_kv_cache: False reruns the full sequence at every step (a reference; same tokens).
       verbose: show a progress bar (reported from inside the compiled loop).
-      decode_layout: run the decode steps on a copy of the weights laid out per layer
-        (`jtlens.decode_layout`): about 2x faster per token on CPU, for one extra copy of the
-        block weights while generating. None (default): on when the params live on CPU.
+      decode_layout: run the decode steps on a copy of the weights laid out for them
+        (`jtlens.decode_layout`) with a per-layer cache: 1.3-1.9x faster per step on CPU
+        (GPT-2-small shape, batch 8 to 1), for one extra copy of the matrices while generating.
+        None (default): on when the params live on CPU.
     Returns: tokens [batch, pos + n_new] (prompt then new tokens; n_new = max_new_tokens unless
       every row stopped early), or (tokens, ActivationCache) when `hooks.capture` is set.
     """
