@@ -22,14 +22,17 @@ METRICS = {
 
 
 def _sweep_both(model, corrupted, cache, fn, metric):
-    """(with reuse, without reuse) results of TransformerLens-named sweep `fn`, flat."""
+    """(with reuse, without reuse) results of the sweep behind TransformerLens-named `fn`, flat."""
     cfg = model.cfg
     template = P.per_layer_template(cfg, fn.activation_name)
     assert S.reuse_column(cfg, template, fn.setter) is not None  # the reuse path really runs
-    reused, rows = fn(model, corrupted, cache, metric, progress=False, return_index_df=True)
-    full = S.activation_sweep(model.params, cfg, corrupted, cache[f"blocks.*.{template}"], metric,
-                              template, fn.setter, rows.to_numpy(), progress=False, reuse_kv=False)
-    return np.asarray(reused).ravel(), full
+    heads = cfg.n_kv_heads if template in ("attn.hook_k", "attn.hook_v") else cfg.n_heads
+    sizes = {"layer": cfg.n_layers, "pos": corrupted.shape[1], "head": heads, "head_index": heads,
+             "dest_pos": corrupted.shape[1]}
+    rows = np.indices([sizes[a] for a in fn.index_axis_names]).reshape(len(fn.index_axis_names), -1).T
+    return [S.activation_sweep(model.params, cfg, corrupted, cache[f"blocks.*.{template}"], metric,
+                               template, fn.setter, rows, progress=False, reuse_kv=reuse)
+            for reuse in (True, False)]
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ position before p is the corrupted run's at every layer. Such a patch runs only 
 [start, n_pos) for a bucketed `start <= p`, attending to the corrupted run's cached keys and
 values for the slots before `start`; the logits the metric reads before `start` are the
 corrupted run's. Rows are grouped by (start, layer), so there is one compile per start.
+Opt-in (`activation_sweep(reuse_kv=True)`): see its docstring for why it is not the default.
 """
 
 from __future__ import annotations
@@ -261,7 +262,7 @@ def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
 def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, metric: Metric,
                      template: str, setter: Callable, rows, *, chunk_size: Optional[int] = None,
                      logit_positions: Optional[Sequence[int]] = None, sharding=None,
-                     progress: bool = True, resid_pre=None, reuse_kv: bool = True) -> np.ndarray:
+                     progress: bool = True, resid_pre=None, reuse_kv: bool = False) -> np.ndarray:
     """The metric after each patch of one activation, one compiled program for all of them.
 
     Args:
@@ -284,7 +285,9 @@ def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, me
       reuse_kv: where exact (`reuse_column`: a causal decoder, a setter patching one query
         position), run each patch from a bucketed start at or before its position on the
         corrupted run's keys and values instead of recomputing the positions before it. Same
-        results; False always runs every position.
+        results (to float rounding). Off by default: it splits each layer's rows into
+        KV_REUSE_STARTS smaller chunks, and on CPU with GPT-2-small and 16-token prompts the
+        extra calls cost more than the skipped positions save (benchmarks/patching.py).
     Returns: float32 [n_patches].
     """
     corrupted_tokens = jnp.asarray(corrupted_tokens)
