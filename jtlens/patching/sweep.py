@@ -151,8 +151,8 @@ def _patch_chunk(params, resid_pre, clean, layer, idx, past=None, corrupted_logi
     corrupted run's `corrupted_logits` ([batch, len(logit_positions or all), d_vocab]) before
     `start`.
     """
-    positions = logit_positions or tuple(range(resid_pre.shape[2]))
     if past is not None:
+        positions = logit_positions or tuple(range(resid_pre.shape[2]))
         resid_pre = resid_pre[:, :, start:]
         clean = jax.lax.slice_in_dim(clean, start, None, axis=1 + REUSE_POSITION_AXIS[template])
         idx = idx.at[:, pos_column].add(-start)
@@ -188,7 +188,7 @@ REUSE_POSITION_AXIS = {t: 1 for t in (
     "attn.hook_z", "attn.hook_result", "mlp.hook_pre", "mlp.hook_post")}
 REUSE_POSITION_AXIS.update({"attn.hook_attn_scores": 2, "attn.hook_pattern": 2})  # [b, h, q, k]
 
-KV_REUSE_STARTS = 4  # start buckets: one compile each; positions >= p // (n/4) * (n/4) run
+KV_REUSE_STARTS = 4  # evenly spaced run starts (`reuse_starts`), one compile each
 
 
 def reuse_column(cfg: Config, template: str, setter: Callable) -> Optional[int]:
@@ -286,8 +286,9 @@ def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, me
         position), run each patch from a bucketed start at or before its position on the
         corrupted run's keys and values instead of recomputing the positions before it. Same
         results (to float rounding). Off by default: it splits each layer's rows into
-        KV_REUSE_STARTS smaller chunks, and on CPU with GPT-2-small and 16-token prompts the
-        extra calls cost more than the skipped positions save (benchmarks/patching.py).
+        KV_REUSE_STARTS smaller chunks; on CPU with GPT-2-small and 16-token prompts the extra
+        calls cost more than the skipped positions save (resid_pre 0.4x), at 32 tokens it paid
+        (1.6x) (benchmarks/patching.py --only reuse).
     Returns: float32 [n_patches].
     """
     corrupted_tokens = jnp.asarray(corrupted_tokens)
