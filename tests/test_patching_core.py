@@ -68,6 +68,12 @@ SHARDED = textwrap.dedent("""
         one = fn(model, corrupted, cache, metric, progress=False, chunk_size=8, **kw)
         eight = fn(model, corrupted, cache, metric, progress=False, chunk_size=8, sharding=mesh, **kw)
         assert np.abs(np.asarray(one) - np.asarray(eight)).max() <= 1e-6, fn.__name__
+    # key/value reuse: the cached keys/values and corrupted logits are shared by every device
+    rows = np.indices([2, 6]).reshape(2, -1).T
+    reuse = [jp.activation_sweep(model.params, cfg, corrupted, cache["blocks.*.hook_resid_pre"], metric,
+                                 "hook_resid_pre", jp.layer_pos_patch_setter, rows, progress=False,
+                                 chunk_size=8, sharding=s, reuse_kv=True) for s in (None, mesh)]
+    assert np.abs(reuse[0] - reuse[1]).max() <= 1e-6
     # the chunk really runs on all eight devices
     idx = jax.device_put(np.zeros((8, 2), np.int32), sweep.chunk_sharding(mesh))
     resid = sweep.corrupted_residuals(model.params, jnp.asarray(corrupted), cfg)["hook_resid_pre"]

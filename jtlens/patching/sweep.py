@@ -6,10 +6,18 @@ one jitted function that starts from the corrupted residual at that layer (layer
 patch are skipped, `run_blocks(start_layer=...)`), patches with a setter, and reduces the
 logits to a scalar with the caller's metric. The layer is a traced argument, so the whole sweep
 compiles once.
+
+Key/value reuse (decoders, patches of a single query position p): attention is causal, so every
+position before p is the corrupted run's at every layer. Such a patch runs only positions
+[start, n_pos) for a bucketed `start <= p`, attending to the corrupted run's cached keys and
+values for the slots before `start`; the logits the metric reads before `start` are the
+corrupted run's. Rows are grouped by (start, layer), so there is one compile per start.
+Opt-in (`activation_sweep(reuse_kv=True)`): see its docstring for why it is not the default.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable, Optional, Sequence
 
@@ -21,7 +29,8 @@ from tqdm.auto import tqdm
 from jtlens.checks import check_tokens
 from jtlens.config import Config
 from jtlens.hooks import Hooks
-from jtlens.model import Ctx, forward_with_cache, run_blocks, unembed
+from jtlens.kv_cache import KeyValueCache
+from jtlens.model import Ctx, KVSlots, forward_with_cache, forward_with_kv, run_blocks, unembed
 from jtlens.patching.planning import Metric, check_rows, chunk_sharding, chunk_splits, plan
 from jtlens.sharding import place, to_host
 
@@ -87,11 +96,23 @@ def check_clean_shape(params, cfg: Config, tokens, template: str, clean) -> None
 
 
 def run_from_layer(params, resid_pre, layer, cfg: Config, hooks: Hooks,
-                   logit_positions: Optional[tuple] = None):
+                   logit_positions: Optional[tuple] = None, past: Optional[tuple] = None):
     """Logits of a run that starts from `resid_pre[layer]` ([n_layers, batch, pos, d_model]) at a
-    traced `layer`, with `hooks`; only `logit_positions` are unembedded when given."""
+    traced `layer`, with `hooks`; only `logit_positions` are unembedded when given.
+
+    With `past` = the corrupted run's (keys, values), each [n_layers, batch, n_kv_heads, n_pos,
+    d_head] (`corrupted_keys_values`), `resid_pre` holds only the last positions
+    [start, n_pos), start = n_pos - resid_pre.shape[2]: they attend to the cached slots before
+    `start`, and `logit_positions` count from `start`.
+    """
     resid = jax.lax.dynamic_index_in_dim(resid_pre, layer, keepdims=False)
     ctx = Ctx.of(cfg, hooks, *resid.shape[:2])
+    if past is not None:
+        k, v = past
+        batch, n_pos = k.shape[1], k.shape[3]
+        start = n_pos - resid.shape[1]
+        ctx = dataclasses.replace(ctx, positions=ctx.positions + start,
+                                  kv=KVSlots(k, v, start, jnp.ones((batch, n_pos), jnp.int32)))
     resid, _ = run_blocks(params["blocks"], resid, ctx, start_layer=layer)
     if logit_positions is not None:
         resid = resid[:, jnp.asarray(logit_positions)]
@@ -119,10 +140,23 @@ def scalar_metric(metric: Metric, logits, n_pos: Optional[int] = None, positions
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "template", "setter", "metric",
-                                             "logit_positions", "expand_to"))
-def _patch_chunk(params, resid_pre, clean, layer, idx, *, cfg, template, setter, metric,
-                 logit_positions, expand_to):
-    """Metric of each patch `idx[i]` ([chunk, k], all at `layer`) -> [chunk]."""
+                                             "logit_positions", "expand_to", "start", "pos_column"))
+def _patch_chunk(params, resid_pre, clean, layer, idx, past=None, corrupted_logits=None, *, cfg,
+                 template, setter, metric, logit_positions, expand_to, start=0, pos_column=None):
+    """Metric of each patch `idx[i]` ([chunk, k], all at `layer`) -> [chunk].
+
+    With `past` (key/value reuse, see `corrupted_keys_values`): every patch's position, column
+    `pos_column` of `idx`, is >= `start`, and only positions [start, n_pos) run. `clean` and
+    `resid_pre` are cut to those positions and the index shifted to match; the metric reads the
+    corrupted run's `corrupted_logits` ([batch, len(logit_positions or all), d_vocab]) before
+    `start`.
+    """
+    if past is not None:
+        positions = logit_positions or tuple(range(resid_pre.shape[2]))
+        resid_pre = resid_pre[:, :, start:]
+        clean = jax.lax.slice_in_dim(clean, start, None, axis=1 + REUSE_POSITION_AXIS[template])
+        idx = idx.at[:, pos_column].add(-start)
+        ran = [i for i, q in enumerate(positions) if q >= start]  # logits the chunk computes
 
     def one(index):
         def patch(act, hook):
@@ -131,16 +165,78 @@ def _patch_chunk(params, resid_pre, clean, layer, idx, *, cfg, template, setter,
             return jnp.where(l == layer, setter(act, index, clean_l), act)
 
         hooks = Hooks(fns={f"blocks.*.{template}": patch})
-        logits = run_from_layer(params, resid_pre, layer, cfg, hooks, logit_positions)
+        if past is None:
+            logits = run_from_layer(params, resid_pre, layer, cfg, hooks, logit_positions)
+        else:
+            logits = corrupted_logits
+            if ran:
+                new = run_from_layer(params, resid_pre, layer, cfg, hooks,
+                                     tuple(positions[i] - start for i in ran), past)
+                logits = logits.at[:, jnp.asarray(ran)].set(new.astype(logits.dtype))
         return scalar_metric(metric, logits, expand_to, logit_positions)
 
     return jax.vmap(one)(idx)
 
 
+# ----------------------------------------------------------------------------- key/value reuse
+
+# The activation axis that holds the query position, for the per-layer activations whose
+# slice at one query position p changes nothing before p. Others are never reused.
+REUSE_POSITION_AXIS = {t: 1 for t in (
+    "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
+    "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k",
+    "attn.hook_z", "attn.hook_result", "mlp.hook_pre", "mlp.hook_post")}
+REUSE_POSITION_AXIS.update({"attn.hook_attn_scores": 2, "attn.hook_pattern": 2})  # [b, h, q, k]
+
+KV_REUSE_STARTS = 4  # evenly spaced run starts (`reuse_starts`), one compile each
+
+
+def reuse_column(cfg: Config, template: str, setter: Callable) -> Optional[int]:
+    """The index column holding the patched query position when key/value reuse is exact for
+    this sweep, else None: a causal decoder (no shortformer positions, which the sweep's
+    recomputation leaves out of keys) and a setter that patches one slice of the query axis."""
+    axes = getattr(setter, "axes", ())
+    axis = REUSE_POSITION_AXIS.get(template)
+    if (cfg.post_ln or cfg.attention_dir != "causal" or cfg.positional_embedding_type == "shortformer"
+            or axis not in axes):
+        return None
+    return 1 + axes.index(axis)
+
+
+def reuse_starts(positions: np.ndarray, n_pos: int, n_starts: int = KV_REUSE_STARTS) -> np.ndarray:
+    """The start of the run of each patch at `positions` ([n]): the largest of `n_starts`
+    evenly spaced starts (0, n_pos/n_starts, ...) not past it."""
+    starts = np.unique(np.arange(n_starts) * n_pos // n_starts)
+    return starts[np.searchsorted(starts, positions, side="right") - 1]
+
+
+def corrupted_keys_values(params, tokens, cfg: Config, logit_positions: Optional[tuple]):
+    """The corrupted run's ((keys, values), logits): keys/values [n_layers, batch, n_kv_heads,
+    n_pos, d_head] (after rotary / qk-norm, as attention reads them), logits
+    [batch, len(logit_positions or all), d_vocab_out]."""
+    return _kv_jit(params, tokens, cfg=cfg, logit_positions=logit_positions)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "logit_positions"))
+def _kv_jit(params, tokens, *, cfg, logit_positions):
+    logits, cache = forward_with_kv(params, tokens, cfg, KeyValueCache.init(cfg, *tokens.shape))
+    if logit_positions is not None:
+        logits = logits[:, jnp.asarray(logit_positions)]
+    return (cache.k, cache.v), logits
+
+
+def _group_keys(rows: np.ndarray, starts) -> np.ndarray:
+    """[n, 1] layers, or [n, 2] (start, layer) with key/value reuse: rows sharing a key share
+    chunks (one traced layer, one static start)."""
+    return rows[:, :1] if starts is None else np.stack([np.asarray(starts), rows[:, 0]], axis=1)
+
+
 def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
-             progress: bool = True, desc: str = "patching") -> np.ndarray:
+             progress: bool = True, desc: str = "patching", starts=None) -> np.ndarray:
     """Run `fn(layer, idx_chunk) -> [chunk]` over `rows` ([n, k], column 0 = layer) in fixed-size
-    chunks grouped by layer (the last chunk of a group is padded), returning [n] in row order."""
+    chunks grouped by layer (the last chunk of a group is padded), returning [n] in row order.
+    With `starts` ([n] ints, key/value reuse), rows are grouped by (start, layer) and `fn` is
+    called as `fn(layer, idx_chunk, start=start)` with a Python int start."""
     rows = np.asarray(rows, np.int32).reshape(len(rows), -1)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer (patches per chunk)")
@@ -149,22 +245,24 @@ def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
     if chunk_size % n_dev:
         raise ValueError(f"chunk_size={chunk_size} must be a multiple of the {n_dev} devices it is "
                          f"split over")
+    keys = _group_keys(rows, starts)
     jobs = []
-    for layer in np.unique(rows[:, 0]):
-        where = np.nonzero(rows[:, 0] == layer)[0]
-        jobs += [(int(layer), where[i:i + chunk_size]) for i in range(0, len(where), chunk_size)]
+    for key in np.unique(keys, axis=0):
+        where = np.nonzero((keys == key).all(1))[0]
+        kw = {} if starts is None else {"start": int(key[0])}
+        jobs += [(int(key[-1]), kw, where[i:i + chunk_size]) for i in range(0, len(where), chunk_size)]
     out = np.zeros(len(rows), np.float32)
-    for layer, where in tqdm(jobs, desc=desc, disable=not progress or len(jobs) < 2):
+    for layer, kw, where in tqdm(jobs, desc=desc, disable=not progress or len(jobs) < 2):
         idx = rows[np.pad(where, (0, chunk_size - len(where)), mode="edge")]
         idx = jnp.asarray(idx) if sharding is None else place(idx, sharding)
-        out[where] = to_host(fn(jnp.int32(layer), idx))[:len(where)]  # blocks: honest progress
+        out[where] = to_host(fn(jnp.int32(layer), idx, **kw))[:len(where)]  # blocks: honest progress
     return out
 
 
 def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, metric: Metric,
                      template: str, setter: Callable, rows, *, chunk_size: Optional[int] = None,
                      logit_positions: Optional[Sequence[int]] = None, sharding=None,
-                     progress: bool = True, resid_pre=None) -> np.ndarray:
+                     progress: bool = True, resid_pre=None, reuse_kv: bool = False) -> np.ndarray:
     """The metric after each patch of one activation, one compiled program for all of them.
 
     Args:
@@ -184,6 +282,13 @@ def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, me
         (`planning.metric_positions`), and it sees full-shape logits.
       sharding: a Mesh or NamedSharding splitting each chunk over devices.
       resid_pre: the corrupted run's [n_layers, batch, pos, d_model] residuals, if at hand.
+      reuse_kv: where exact (`reuse_column`: a causal decoder, a setter patching one query
+        position), run each patch from a bucketed start at or before its position on the
+        corrupted run's keys and values instead of recomputing the positions before it. Same
+        results (to float rounding). Off by default: it splits each layer's rows into
+        KV_REUSE_STARTS smaller chunks; on CPU with GPT-2-small and 16-token prompts the extra
+        calls cost more than the skipped positions save (resid_pre 0.4x), at 32 tokens it paid
+        (1.6x) (benchmarks/patching.py --only reuse).
     Returns: float32 [n_patches].
     """
     corrupted_tokens = jnp.asarray(corrupted_tokens)
@@ -194,10 +299,18 @@ def activation_sweep(params, cfg: Config, corrupted_tokens, clean_activation, me
     check_rows(rows, setter, clean_activation.shape)
     if resid_pre is None:
         resid_pre = corrupted_residuals(params, corrupted_tokens, cfg)["hook_resid_pre"]
-    p = plan(cfg, metric, *corrupted_tokens.shape,
-             int(np.bincount(rows[:, 0]).max()) if len(rows) else 1,
-             logit_positions=logit_positions, chunk_size=chunk_size, sharding=sharding)
+    column = reuse_column(cfg, template, setter) if reuse_kv else None
+    starts = None if column is None else reuse_starts(rows[:, column], corrupted_tokens.shape[1])
+    per_group = (int(np.unique(_group_keys(rows, starts), axis=0, return_counts=True)[1].max())
+                 if len(rows) else 1)
+    p = plan(cfg, metric, *corrupted_tokens.shape, per_group, logit_positions=logit_positions,
+             chunk_size=chunk_size, sharding=sharding)
+    kw = {}
+    if starts is not None:
+        past, logits = corrupted_keys_values(params, corrupted_tokens, cfg, p.logit_positions)
+        kw = dict(past=past, corrupted_logits=logits, pos_column=column)
     fn = functools.partial(_patch_chunk, params, resid_pre, clean_activation, cfg=cfg,
                            template=template, setter=setter, metric=metric,
-                           logit_positions=p.logit_positions, expand_to=p.expand_to)
-    return map_rows(fn, rows, p.chunk_size, sharding, progress, desc=f"patching {template}")
+                           logit_positions=p.logit_positions, expand_to=p.expand_to, **kw)
+    return map_rows(fn, rows, p.chunk_size, sharding, progress, desc=f"patching {template}",
+                    starts=starts)
