@@ -109,7 +109,8 @@ def timed(fn, repeats: int = 5):
 
 
 def bridge(task: str, **args) -> dict | None:
-    """Run a task on TransformerLens 4.3's TransformerBridge in a subprocess; None if not installed."""
+    """Run a task on TransformerLens 4.3's TransformerBridge in a subprocess (on the random
+    GPT-2-small unless `folder=` names another checkpoint); None if not installed."""
     if not (TL43 / "transformer_lens").exists():
         print("  (TransformerLens 4.3 not in .tl43 — `make bench` installs it; skipping the bridge)")
         return None
@@ -117,7 +118,7 @@ def bridge(task: str, **args) -> dict | None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.npz"
         cmd = [sys.executable, str(ROOT / "benchmarks" / "bridge_worker.py"), task,
-               json.dumps(dict(args, folder=str(gpt2_small_dir()), out=str(out)))]
+               json.dumps(dict({"folder": str(gpt2_small_dir())}, **args, out=str(out)))]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"  bridge worker failed:\n{proc.stderr[-2000:]}")
