@@ -50,7 +50,8 @@ def cache_folder(path: Path) -> Path:
 def converted(path, progress: bool = True) -> Path:
     """The cached jtlens folder for a GGUF file, converting it first if needed. `save_converted`
     writes it under a temporary name and renames it, so an interrupted conversion leaves no cache."""
-    from jtlens.conversions.gguf import convert_gguf, gguf_tokenizer
+    from jtlens.conversions.gguf import convert_gguf
+    from jtlens.conversions.gguf_tokenizer import gguf_tokenizer
     from jtlens.loading import NATIVE_CONFIG, save_converted
 
     path = Path(path).expanduser()

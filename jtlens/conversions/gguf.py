@@ -264,18 +264,3 @@ def convert_gguf(path, progress: bool = True):
         if str(path) in str(err):
             raise
         raise ConversionError(f"{path}: {err}") from None
-
-
-def gguf_tokenizer(path):
-    """The fast tokenizer transformers builds from the GGUF metadata (no torch needed)."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    path = Path(path)
-    try:
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except ValueError as err:
-        if "not supported" not in str(err):
-            raise
-    # transformers picks the tokenizer class from a config it cannot build for every architecture
-    # (gemma, gptneox); the tokenizer itself comes from the same metadata either way.
-    return PreTrainedTokenizerFast.from_pretrained(str(path.parent), gguf_file=path.name)
