@@ -46,11 +46,12 @@ def tokenizer_metadata(reader) -> tuple[str, dict, dict]:
     return reader.fields["general.architecture"].contents(), tokenizer, config
 
 
-def gguf_tokenizer(path):
-    """The fast tokenizer a GGUF file describes (a `PreTrainedTokenizerFast`)."""
+def gguf_tokenizer(path, reader=None):
+    """The fast tokenizer a GGUF file describes (a `PreTrainedTokenizerFast`); `reader`: the
+    file's `read_gguf`, when the caller has it."""
     from transformers import PreTrainedTokenizerFast
 
-    reader = read_gguf(path)
+    reader = read_gguf(path) if reader is None else reader
     arch, tokenizer, config = tokenizer_metadata(reader)
     _, convert = _builders()
     try:
