@@ -48,7 +48,7 @@ bench: $(VENV)/.bench
 	$(PY) -m benchmarks.grads
 	$(PY) -m benchmarks.generate
 	$(PY) -m benchmarks.encoder
-	$(PY) -m benchmarks.load
+	$(PY) -m benchmarks.first_contact
 	$(PY) -m benchmarks.sharding
 	$(PY) -m benchmarks.streaming_load
 
