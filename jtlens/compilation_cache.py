@@ -40,8 +40,9 @@ def enable_compilation_cache(path: Optional[os.PathLike] = None) -> Path:
 
 
 def bucket(n: int, limit: Optional[int] = None) -> int:
-    """The padded length for `n` positions: the next multiple of 16 up to 64, then of 64 (at most
-    25% padding past 64), capped at `limit` (the context) when given."""
-    step = 16 if n <= 64 else 64
+    """The padded length for `n` positions: the next multiple of 16, and past 64 of the power of
+    two an eighth of the next power of two above n (so at most 25% padding, and a few buckets
+    per doubling), capped at `limit` (the context) when given."""
+    step = 16 if n <= 64 else 2 ** ((n - 1).bit_length() - 3)
     padded = -(-n // step) * step
     return padded if limit is None else max(n, min(padded, limit))
