@@ -186,7 +186,9 @@ def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: b
         names.append("ln_final.hook_scale")
     if not cfg.attn_only:
         names += ["blocks.*.hook_mlp_out", "blocks.*.mlp.hook_post"]
-    logits, cache = _run_bucketed(model, tokens, None if capture_all else names)
+    # Saved activations are exactly run_with_cache's: padding changes XLA's summation order.
+    logits, cache = (model.run_with_cache(tokens) if capture_all
+                     else _run_bucketed(model, tokens, names))
     probs = np.asarray(jax.nn.softmax(logits[0].astype(jnp.float32), -1))
     top_ids = np.argsort(-probs, -1)[:, :top_k]
     resid = jnp.concatenate([cache["blocks.*.hook_resid_pre"][:, 0],
