@@ -228,9 +228,24 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False):
     names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model")
     if not any((folder / n).exists() for n in names):
         return None
+    if _generic_fast_tokenizer(folder):
+        # What jtlens saves for GGUF models: no model-specific class to pick, and AutoTokenizer's
+        # imports (model configs, torch where installed) cost more than the load itself.
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(folder))
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+
+
+def _generic_fast_tokenizer(folder: Path) -> bool:
+    """Whether the folder holds a plain `tokenizer.json` saved by the generic fast class."""
+    try:
+        cls = json.loads((folder / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (folder / "tokenizer.json").is_file() and cls in ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
 # ----------------------------------------------------------------------------- native format
