@@ -22,7 +22,8 @@ DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 # Integer fields whose sentinel means "derive me", and those that may be zero.
 _SENTINEL_INTS = {"n_heads": -1, "d_vocab": -1, "d_vocab_out": -1}
-_MAY_BE_ZERO = ("n_token_types",)
+# n_layers=0 is TransformerLens's zero-layer model (embed -> unembed), used for bigram statistics.
+_MAY_BE_ZERO = ("n_token_types", "n_layers")
 
 
 @dataclasses.dataclass(frozen=True)

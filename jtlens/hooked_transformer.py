@@ -85,6 +85,11 @@ class HookedTransformer(HookRegistry, TransformerLensCompat):
         """Any accepted input -> (tokens [batch, pos], attention_mask or None)."""
         text = T.maybe_strings(input)
         if text is None:
+            if input is None or np.asarray(input).dtype.kind in "USO":
+                raise TypeError(f"the model takes text (a str or list of str) or integer token "
+                                f"ids [batch, pos], got {type(input).__name__}"
+                                f"{'' if input is None else ' of ' + str(np.asarray(input).dtype)};"
+                                f" turn text into ids with model.to_tokens(text)")
             tokens = jnp.asarray(input)
             if tokens.ndim == 1:
                 tokens = tokens[None]

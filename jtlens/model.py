@@ -16,7 +16,8 @@ from jaxtyping import Array, ArrayLike, Float, Int
 
 from jtlens import components as C
 from jtlens.cache import ActivationCache
-from jtlens.checks import check_attention_mask, check_tokens, ids_in_range, layer_range, lookup
+from jtlens.checks import (check_attention_mask, check_residual, check_tokens, ids_in_range,
+                           layer_range, lookup)
 from jtlens.config import Config
 from jtlens.decode_layout import FlatMatrix
 from jtlens.hooks import HookNames, HookRunner, Hooks
@@ -203,8 +204,12 @@ def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx)
     if cfg.positional_embedding_type == "alibi":
         scores = scores + C.alibi_bias(cfg.n_heads, q_idx, k_idx)
     scores = jnp.where(C.attention_mask_matrix(cfg, q_idx, k_idx, mask, ctx.local), scores, -jnp.inf)
-    pattern = jax.nn.softmax(ctx("attn.hook_attn_scores", scores), axis=-1)
-    pattern = jnp.where(jnp.isnan(pattern), 0.0, pattern)
+    scores = ctx("attn.hook_attn_scores", scores)
+    # A query with no key left (every score -inf: a left-padding row) attends to nothing, as in
+    # TransformerLens. Unlike TransformerLens's isnan-to-zero, a NaN score (a NaN weight or
+    # input) stays NaN, so it reaches the logits as it does in Hugging Face.
+    no_keys = jnp.all(scores == -jnp.inf, axis=-1, keepdims=True)
+    pattern = jnp.where(no_keys, 0.0, jax.nn.softmax(scores, axis=-1))
     pattern = ctx("attn.hook_pattern", pattern).astype(v.dtype)
     z = ctx("attn.hook_z", jnp.einsum("bgrqk,bkgd->bqgrd", by_group(pattern), v).reshape(
         b, n_q, cfg.n_heads, cfg.d_head))
@@ -431,6 +436,7 @@ def _run(params: Params, tokens, cfg: Config, hk: HookRunner, return_type, loss_
         check_tokens(tokens, cfg)
         batch, n_pos = tokens.shape
     else:
+        check_residual(tokens, cfg, start_at_layer)
         batch, n_pos = tokens.shape[:2]
     tokens = jnp.asarray(tokens)
     mask = None if attention_mask is None else jnp.asarray(attention_mask)
