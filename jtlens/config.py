@@ -33,6 +33,7 @@ class Config:
     Derived fields left at their sentinel (-1 / None) are filled in on construction:
     `n_heads = d_model // d_head`, `d_mlp = 4 * d_model`, `d_vocab_out = d_vocab`,
     `rotary_dim = d_head`, `attn_scale = sqrt(d_head)`, `initializer_range = 0.8 / sqrt(d_model)`.
+    `d_vocab` may stay unset (-1) until a model with a tokenizer infers it, as in TransformerLens.
     """
 
     n_layers: int
@@ -160,7 +161,6 @@ class Config:
         check(not (self.is_layer_norm_activation() and self.gated_mlp),
               f"act_fn={self.act_fn!r} (a LayerNorm after the activation) is not supported with "
               f"gated_mlp")
-        check(self.d_vocab > 0, "d_vocab must be set (a positive vocabulary size)")
         kv = self.n_kv_heads
         check(self.n_heads % kv == 0,
               f"n_heads={self.n_heads} is not a multiple of n_key_value_heads={kv}")

@@ -95,10 +95,14 @@ def to_single_token(tokenizer, cfg: Config, string: str) -> int:
     return int(tokens[0, 0])
 
 
+class TokenNotFoundError(ValueError, AssertionError):
+    """get_token_position's token is absent (TransformerLens asserts: an AssertionError too)."""
+
+
 def token_position(tokens_row, token_id: int, mode: str = "first") -> int:
     positions = np.nonzero(np.asarray(tokens_row) == token_id)[0]
     if len(positions) == 0:
-        raise ValueError(f"token {token_id} does not occur in the input")
+        raise TokenNotFoundError("The token does not occur in the prompt")
     if mode not in ("first", "last"):
         raise ValueError(f"mode={mode!r}; use 'first' or 'last'")
     return int(positions[0] if mode == "first" else positions[-1])

@@ -29,7 +29,6 @@ CONFIG_ERRORS = [
     (dict(n_layers=True), "n_layers=True must be an integer"),
     (dict(n_ctx=0), "n_ctx=0 must be positive"),
     (dict(d_vocab=0), "d_vocab=0 must be positive"),
-    (dict(d_vocab=-1), "d_vocab must be set"),
     (dict(d_mlp=0), "d_mlp=0 must be positive"),
     (dict(d_mlp=-8), "d_mlp=-8 must be positive"),
     (dict(n_heads=0), "n_heads=0 must be positive"),
