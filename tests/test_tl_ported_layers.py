@@ -130,7 +130,10 @@ def test_stop_run_with_hooks(setup):
     output = model.run_with_hooks(tokens, stop_at_layer=1, fwd_hooks=[
         ("hook_embed", count), ("blocks.0.attn.hook_k", count), ("blocks.1.mlp.hook_pre", count)])
     _, normal = model.run_with_cache(tokens, stop_at_layer=1)
-    assert np.allclose(np_(output), np_(normal["blocks.0.hook_resid_post"]))
+    # jtlens runs Python hook functions eagerly (layers unrolled) and run_with_cache compiled;
+    # XLA rounds the two programs' float32 sums differently (max 2.4e-7 measured), so this one
+    # comparison allows 1e-6 where torch.allclose's default atol is 1e-8.
+    assert np.allclose(np_(output), np_(normal["blocks.0.hook_resid_post"]), atol=1e-6)
     assert len(calls) == 2
 
 
