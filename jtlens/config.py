@@ -58,6 +58,9 @@ class Config:
     NTK_by_parts_factor: float = 8.0
     NTK_original_ctx_len: int = 8192
     n_key_value_heads: Optional[int] = None
+    # Grouped-query attention's keys and values repeated to one per query head before hook_k /
+    # hook_v (TransformerLens's flag): hooks see and edit [batch, pos, n_heads, d_head].
+    ungroup_grouped_query_attention: bool = False
     gated_mlp: bool = False
     parallel_attn_mlp: bool = False
     attn_only: bool = False
