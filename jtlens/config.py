@@ -23,7 +23,7 @@ DTYPES = ("float32", "bfloat16", "float16", "float64")
 # Integer fields whose sentinel means "derive me", and those that may be zero.
 _SENTINEL_INTS = {"n_heads": -1, "d_vocab": -1, "d_vocab_out": -1}
 # n_layers=0 is TransformerLens's zero-layer model (embed -> unembed), used for bigram statistics.
-_MAY_BE_ZERO = ("n_token_types", "n_layers")
+_MAY_BE_ZERO = ("n_token_types", "n_layers", "checkpoint_index", "checkpoint_value")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +97,10 @@ class Config:
     tokenizer_name: Optional[str] = None
     dtype: str = "float32"
     initializer_range: float = -1.0
+    # Which training checkpoint a model is (TransformerLens's fields; recorded, not used).
+    checkpoint_index: Optional[int] = None
+    checkpoint_label_type: Optional[str] = None
+    checkpoint_value: Optional[int] = None
 
     def __post_init__(self):
         def put(name, value):

@@ -13,7 +13,8 @@ import contextlib
 import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
-from jtlens.hooks import Hooks
+from jtlens.hooks import HookPoint, Hooks  # noqa: F401  (TransformerLens's import path for
+# the hook-function argument's type; see hooks.HookPoint)
 from jtlens.model import hook_catalogue
 
 BWD_HOOKS_ERROR = (

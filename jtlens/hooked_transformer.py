@@ -72,8 +72,11 @@ class HookedTransformer(HookRegistry, TransformerLensCompat):
         from jtlens.loading import load
 
         padding = kwargs.pop("default_padding_side", "right")
+        device = kwargs.pop("device", None)  # TransformerLens's: "cpu", "cuda", "cuda:1", a jax.Device
+        kwargs.pop("move_to_device", None)  # params land on JAX's default device (or `device`)
         cfg, params, tokenizer = load(model_name, **kwargs)
-        return cls(cfg, params, tokenizer, default_padding_side=padding)
+        model = cls(cfg, params, tokenizer, default_padding_side=padding)
+        return model if device is None else model.to(str(device) if hasattr(device, "type") else device)
 
     @classmethod
     def from_pretrained_no_processing(cls, model_name: str, **kwargs) -> "HookedTransformer":

@@ -13,7 +13,7 @@ from jtlens.hooks import get_act_name
 from jtlens.slice import Slice
 
 __all__ = ["test_prompt", "to_numpy", "get_act_name", "lm_cross_entropy_loss", "Slice",
-           "get_attention_mask", "get_corner", "remove_batch_dim", "transpose", "is_square",
+           "get_attention_mask", "get_corner", "remove_batch_dim", "transpose", "is_square", "get_device",
            "is_lower_triangular", "override_or_use_default_value"]
 
 
@@ -61,6 +61,13 @@ def remove_batch_dim(x):
 def transpose(x):
     """Swap the last two axes."""
     return jax.numpy.swapaxes(x, -1, -2)
+
+
+def get_device() -> str:
+    """JAX's default platform in TransformerLens's words: "cuda" for a GPU, else "tpu" / "cpu"
+    (what `from_pretrained(..., device=)` and `model.to` accept)."""
+    platform = jax.devices()[0].platform
+    return "cuda" if platform == "gpu" else platform
 
 
 def is_square(x) -> bool:
