@@ -53,6 +53,12 @@ def _params_from_flat(state_dict: dict, cfg) -> dict:
     return params_from_state_dict(state_dict, cfg)
 
 
+def _steps():
+    from jtlens.weight_processing import ProcessWeights  # it imports this module
+
+    return ProcessWeights
+
+
 def config_with_vocab(cfg, tokenizer):
     """A Config from a Config or a dict of its fields; one without d_vocab takes it from the
     tokenizer (its largest id + 1, and d_vocab_out too when unset), as TransformerLens does."""
@@ -228,33 +234,24 @@ class TransformerLensCompat:
         self.params = jax.tree_util.tree_map(jnp.asarray, params)
         self.cfg = W.processed_config(self.cfg, **flags)
 
-    def _on_flat(self, state_dict: dict, step, cfg=None) -> dict:
-        """Apply a `jtlens.weights` step to a flat TransformerLens state dict."""
-        cfg = self.cfg if cfg is None else cfg
-        params = jax.tree_util.tree_map(lambda a: np.array(a, np.float32),
-                                        _params_from_flat(state_dict, cfg))
-        return flat_state_dict(step(params, cfg), cfg)
-
+    # The model's own state-dict steps: `jtlens.weight_processing.ProcessWeights` with its cfg.
     def fold_layer_norm(self, state_dict: dict, fold_biases: bool = True,
                         center_weights: bool = True) -> dict:
         """Flat state dict -> the same with the norms folded into the weights that read them
         (norm weights dropped). jtlens always folds biases and centres LayerNorm readers."""
-        if not (fold_biases and center_weights):
-            raise ValueError("fold_layer_norm: jtlens folds biases and centres LayerNorm readers "
-                             "together (either alone changes the model's outputs)")
-        return self._on_flat(state_dict, W.fold_layer_norm)
+        return _steps().fold_layer_norm(state_dict, self.cfg, fold_biases, center_weights)
 
     def center_writing_weights(self, state_dict: dict) -> dict:
-        return self._on_flat(state_dict, W.center_writing)
+        return _steps().center_writing_weights(state_dict, self.cfg)
 
     def center_unembed(self, state_dict: dict) -> dict:
-        return self._on_flat(state_dict, lambda p, cfg: W.center_unembedding(p))
+        return _steps().center_unembed(state_dict)
 
     def fold_value_biases(self, state_dict: dict) -> dict:
-        return self._on_flat(state_dict, W.fold_value_bias)
+        return _steps().fold_value_biases(state_dict, self.cfg)
 
     def refactor_factored_attn_matrices(self, state_dict: dict) -> dict:
-        return self._on_flat(state_dict, W.refactor_attn)
+        return _steps().refactor_factored_attn_matrices(state_dict, self.cfg)
 
     # ------------------------------------------------------------------ torch module methods
     def to(self, device_or_dtype, print_details: bool = False):
