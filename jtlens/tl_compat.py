@@ -14,7 +14,6 @@ from typing import Any, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jtlens import weights as W
 from jtlens.config import Config

@@ -2,7 +2,6 @@
 naming the argument, or the right result (a NaN weight reaches the logits; a zero-layer model
 runs as TransformerLens builds it)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

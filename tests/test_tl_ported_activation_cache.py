@@ -4,7 +4,6 @@ forms, batch slices, stack_activation, compute_head_results). TL loads solu-2l a
 attn-only-2l from the hub; random models of those kinds stand in. The numeric analysis tests
 (logit_attrs, decompositions) are covered against TL 3.9 in tests/test_cache_analysis.py."""
 
-import numpy as np
 import pytest
 
 from tests.tl_port import lib, model as make_model, np_  # noqa: F401  (lib is the fixture)

@@ -76,9 +76,11 @@ ALL = {"hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre", "blocks.0.hook
 
 
 @pytest.mark.parametrize("return_type", ["logits", None])
-def test_no_start(setup, return_type):
+@pytest.mark.parametrize("which", ["start_at_layer", "stop_at_layer"])
+def test_no_start_or_stop(setup, which, return_type):
+    """test_no_start_logit_output / _none_output and test_no_stop_logit_output / _none_output."""
     model, tokens, _ = setup
-    output, cache = model.run_with_cache(tokens, start_at_layer=None, return_type=return_type)
+    output, cache = model.run_with_cache(tokens, return_type=return_type, **{which: None})
     if return_type is None:
         assert output is None
     else:
@@ -167,14 +169,3 @@ def test_stop_at_final(lib):
     assert np.allclose(np_(output), np_(normal["blocks.2.hook_resid_post"]))
     assert (ALL - {"ln_final.hook_normalized"}) <= keys(cache)
     assert not keys(cache) & {"blocks.3.hook_resid_pre", "ln_final.hook_normalized"}
-
-
-@pytest.mark.parametrize("return_type", ["logits", None])
-def test_no_stop(setup, return_type):
-    model, tokens, _ = setup
-    output, cache = model.run_with_cache(tokens, stop_at_layer=None, return_type=return_type)
-    if return_type is None:
-        assert output is None
-    else:
-        assert tuple(output.shape) == (2, 10, 50)
-    assert ALL <= keys(cache)
