@@ -98,6 +98,9 @@ class BoundConfig(Config):
 
     __hash__ = Config.__hash__
 
+    def __reduce__(self):  # pickled / copied as the plain Config (the model link is a weakref)
+        return Config.from_dict, (self.to_dict(),)
+
     def plain(self) -> Config:
         cfg = object.__new__(Config)
         cfg.__dict__.update({f: getattr(self, f) for f in Config.__dataclass_fields__})
