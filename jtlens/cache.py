@@ -22,6 +22,10 @@ from jtlens.hooks import ALL_LAYERS, HookNames, split_name
 from jtlens.slice import Slice, check_in_bounds
 
 
+class BatchDimError(ValueError, AssertionError):
+    """remove_batch_dim on a batch larger than 1 (TransformerLens asserts)."""
+
+
 @functools.partial(jax.tree_util.register_dataclass, data_fields=("stacked", "outer", "params"),
                    meta_fields=("cfg", "names", "layers", "has_batch_dim", "tokenizer"))
 @dataclasses.dataclass(eq=False)
@@ -128,11 +132,11 @@ class ActivationCache(CacheAnalysis):
             return self
         for k, v in self.stacked.items():
             if v.shape[1] != 1:
-                raise ValueError(f"remove_batch_dim needs batch size 1; {k} has batch {v.shape[1]}")
+                raise BatchDimError(f"remove_batch_dim needs batch size 1; {k} has batch {v.shape[1]}")
             self.stacked[k] = v[:, 0]
         for k, v in self.outer.items():
             if v.shape[0] != 1:
-                raise ValueError(f"remove_batch_dim needs batch size 1; {k} has batch {v.shape[0]}")
+                raise BatchDimError(f"remove_batch_dim needs batch size 1; {k} has batch {v.shape[0]}")
             self.outer[k] = v[0]
         self.has_batch_dim = False
         return self

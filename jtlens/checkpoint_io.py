@@ -103,6 +103,11 @@ def check_destination(dest: Path, overwrite: bool):
     """Refuse a destination that is a file, or a non-empty folder without overwrite=True."""
     if dest.exists() and not dest.is_dir():
         raise FileExistsError(f"{dest} is a file; give a folder path to write the model into")
+    if dest.is_dir() and not (os.access(dest, os.W_OK) and dest.stat().st_mode & 0o222):
+        # The swap renames a new folder over it, which its parent allows: the mode is the owner's
+        # word that it must not change (checked by bits too, as root passes os.access).
+        raise PermissionError(f"{dest} is read-only; make it writable (chmod u+w) or choose "
+                              f"another folder")
     if dest.is_dir() and any(dest.iterdir()) and not overwrite:
         raise FileExistsError(f"{dest} is not empty; choose a new folder or pass overwrite=True "
                               f"(--overwrite) to replace it")

@@ -92,6 +92,16 @@ def check_tokens(tokens, cfg: Config):
                  "the vocabulary ")
 
 
+def check_residual(resid, cfg: Config, start_at_layer: int):
+    """What `start_at_layer` starts from: the residual stream [batch, pos, d_model] in floats."""
+    floats = jnp.issubdtype(resid.dtype, jnp.floating)
+    if resid.ndim != 3 or resid.shape[-1] != cfg.d_model or not floats:
+        raise ValueError(f"start_at_layer={start_at_layer} takes the residual stream [batch, pos, "
+                         f"d_model={cfg.d_model}] (floats), not {resid.dtype} values of shape "
+                         f"{tuple(resid.shape)}; get it from the tokens with "
+                         f"stop_at_layer={start_at_layer} (or cache['resid_pre', {start_at_layer}])")
+
+
 def checked(fn: Callable) -> Callable:
     """`fn` run under checkify, raising a ValueError when a jtlens input check fails inside
     jit/vmap/scan (out-of-range token ids or mask values). Do not jit the result; jit `fn`."""

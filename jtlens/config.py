@@ -22,7 +22,8 @@ DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 # Integer fields whose sentinel means "derive me", and those that may be zero.
 _SENTINEL_INTS = {"n_heads": -1, "d_vocab": -1, "d_vocab_out": -1}
-_MAY_BE_ZERO = ("n_token_types",)
+# n_layers=0 is TransformerLens's zero-layer model (embed -> unembed), used for bigram statistics.
+_MAY_BE_ZERO = ("n_token_types", "n_layers", "checkpoint_index", "checkpoint_value")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Config:
     Derived fields left at their sentinel (-1 / None) are filled in on construction:
     `n_heads = d_model // d_head`, `d_mlp = 4 * d_model`, `d_vocab_out = d_vocab`,
     `rotary_dim = d_head`, `attn_scale = sqrt(d_head)`, `initializer_range = 0.8 / sqrt(d_model)`.
+    `d_vocab` may stay unset (-1) until a model with a tokenizer infers it, as in TransformerLens.
     """
 
     n_layers: int
@@ -56,6 +58,9 @@ class Config:
     NTK_by_parts_factor: float = 8.0
     NTK_original_ctx_len: int = 8192
     n_key_value_heads: Optional[int] = None
+    # Grouped-query attention's keys and values repeated to one per query head before hook_k /
+    # hook_v (TransformerLens's flag): hooks see and edit [batch, pos, n_heads, d_head].
+    ungroup_grouped_query_attention: bool = False
     gated_mlp: bool = False
     parallel_attn_mlp: bool = False
     attn_only: bool = False
@@ -92,6 +97,10 @@ class Config:
     tokenizer_name: Optional[str] = None
     dtype: str = "float32"
     initializer_range: float = -1.0
+    # Which training checkpoint a model is (TransformerLens's fields; recorded, not used).
+    checkpoint_index: Optional[int] = None
+    checkpoint_label_type: Optional[str] = None
+    checkpoint_value: Optional[int] = None
 
     def __post_init__(self):
         def put(name, value):
@@ -159,7 +168,6 @@ class Config:
         check(not (self.is_layer_norm_activation() and self.gated_mlp),
               f"act_fn={self.act_fn!r} (a LayerNorm after the activation) is not supported with "
               f"gated_mlp")
-        check(self.d_vocab > 0, "d_vocab must be set (a positive vocabulary size)")
         kv = self.n_kv_heads
         check(self.n_heads % kv == 0,
               f"n_heads={self.n_heads} is not a multiple of n_key_value_heads={kv}")

@@ -67,6 +67,10 @@ def head_scores(patterns, detection, *, exclude_bos: bool = False,
     raise ValueError(f"error_measure must be 'mul' or 'abs', got {error_measure!r}")
 
 
+class HeadDetectorError(ValueError, AssertionError):
+    """A prompt or detection pattern detect_head cannot score (TransformerLens asserts)."""
+
+
 def detect_head(model, seq: Union[str, Sequence[str]], detection_pattern, heads=None, cache=None,
                 *, exclude_bos: bool = False, exclude_current_token: bool = False,
                 error_measure: str = "mul"):
@@ -88,11 +92,13 @@ def detect_head(model, seq: Union[str, Sequence[str]], detection_pattern, heads=
         detection_pattern = _PATTERNS[detection_pattern](tokens)
     detection = np.asarray(detection_pattern, np.float32)
     if not 1 < len(tokens) < cfg.n_ctx:
-        raise ValueError(f"detect_head: the prompt has {len(tokens)} tokens; it needs 2 to "
-                         f"{cfg.n_ctx - 1}")
+        # TransformerLens's words (its tests compare them); the prompt had len(tokens) tokens
+        raise HeadDetectorError("The sequence must be non-empty and must fit within the model's "
+                                "context window.")
     if detection.shape != (len(tokens),) * 2 or np.triu(detection, 1).any():
-        raise ValueError(f"detection pattern must be lower triangular [{len(tokens)}, "
-                         f"{len(tokens)}] for this prompt; got shape {detection.shape}")
+        raise HeadDetectorError(f"The detection pattern must be a lower triangular matrix of shape "
+                                f"(sequence_length, sequence_length) = ({len(tokens)}, "
+                                f"{len(tokens)}) for this prompt; got shape {detection.shape}")
     if cache is None:
         _, cache = model.run_with_cache(tokens[None], names_filter="blocks.*.attn.hook_pattern")
         patterns = cache["blocks.*.attn.hook_pattern"][:, 0]

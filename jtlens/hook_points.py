@@ -13,7 +13,8 @@ import contextlib
 import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
-from jtlens.hooks import Hooks
+from jtlens.hooks import HookPoint, Hooks  # noqa: F401  (TransformerLens's import path for
+# the hook-function argument's type; see hooks.HookPoint)
 from jtlens.model import hook_catalogue
 
 BWD_HOOKS_ERROR = (
@@ -83,6 +84,26 @@ class HookPointHandle:
         return f"HookPointHandle({self.name!r})"
 
 
+# Hook points TransformerLens's add_hook refuses unless their flag is set (`check_hooks_to_add`).
+_FLAGGED_HOOKS = ((("attn.hook_result",), "use_attn_result"),
+                  (("hook_q_input", "hook_k_input", "hook_v_input"), "use_split_qkv_input"),
+                  (("mlp_in",), "use_hook_mlp_in"), (("attn_in",), "use_attn_in"))
+
+
+class HookNotEnabledError(ValueError, AssertionError):
+    """A hook function added at a hook point whose use_* flag is off (an AssertionError in
+    TransformerLens)."""
+
+
+def _check_enabled(cfg, name: str) -> None:
+    for suffixes, flag in _FLAGGED_HOOKS:
+        if name.endswith(suffixes) and not getattr(cfg, flag):
+            raise HookNotEnabledError(
+                f"Cannot add hook {name} if {flag} is False (as in TransformerLens): call "
+                f"model.set_{flag}({True}) first, or edit it through jtlens.Hooks, which "
+                f"computes it on demand")
+
+
 class HookRegistry:
     """Mixin for the facade: persistent hook functions and TransformerLens's hook-point API.
 
@@ -120,6 +141,8 @@ class HookRegistry:
             names = [n for n in self.hook_dict if name(n)]
         else:
             names = hook_catalogue(self.cfg).select(name)
+        for n in names:
+            _check_enabled(self.cfg, n)
         new = [_Registered(n, self._with_context(n, hook), is_permanent, level) for n in names]
         self._registered = new + self._registered if prepend else self._registered + new
 

@@ -72,8 +72,11 @@ class HookedTransformer(HookRegistry, TransformerLensCompat):
         from jtlens.loading import load
 
         padding = kwargs.pop("default_padding_side", "right")
+        device = kwargs.pop("device", None)  # TransformerLens's: "cpu", "cuda", "cuda:1", a jax.Device
+        kwargs.pop("move_to_device", None)  # params land on JAX's default device (or `device`)
         cfg, params, tokenizer = load(model_name, **kwargs)
-        return cls(cfg, params, tokenizer, default_padding_side=padding)
+        model = cls(cfg, params, tokenizer, default_padding_side=padding)
+        return model if device is None else model.to(str(device) if hasattr(device, "type") else device)
 
     @classmethod
     def from_pretrained_no_processing(cls, model_name: str, **kwargs) -> "HookedTransformer":
@@ -85,6 +88,11 @@ class HookedTransformer(HookRegistry, TransformerLensCompat):
         """Any accepted input -> (tokens [batch, pos], attention_mask or None)."""
         text = T.maybe_strings(input)
         if text is None:
+            if input is None or np.asarray(input).dtype.kind in "USO":
+                raise TypeError(f"the model takes text (a str or list of str) or integer token "
+                                f"ids [batch, pos], got {type(input).__name__}"
+                                f"{'' if input is None else ' of ' + str(np.asarray(input).dtype)};"
+                                f" turn text into ids with model.to_tokens(text)")
             tokens = jnp.asarray(input)
             if tokens.ndim == 1:
                 tokens = tokens[None]

@@ -26,6 +26,9 @@ import numpy as np
 
 ALL_LAYERS = "*"
 _BLOCK_NAME = re.compile(r"^blocks\.(-?\d+|\*)\.(.+)$")
+# A tuple key's negative layer, kept until a model says how many layers there are:
+# ("resid_pre", -1) -> "blocks.end-1.hook_resid_pre".
+_FROM_END = re.compile(r"^blocks\.end-(\d+)\.(.+)$")
 
 
 # ----------------------------------------------------------------------------- names
@@ -113,7 +116,8 @@ class HookNames:
 
         Accepts full names, `blocks.*.<template>`, `get_act_name` tuples (`("pattern", 3)`,
         `("scale", 2, "ln1")`) and short aliases; a short alias without a layer (`"resid_pre"`)
-        means every layer. Negative layers count from the end.
+        means every layer. Negative layers count from the end in tuples only: a string
+        `blocks.-1.<name>` is refused, as TransformerLens has no such hook point.
         """
         if isinstance(name, tuple):
             base, *rest = name
@@ -133,10 +137,22 @@ class HookNames:
         if not full.startswith(("blocks.", "hook_", "ln_final.", "unembed.", "embed.", "mlm_head.")):
             # e.g. "attn.hook_z" / "mlp.hook_post": a template without its layer
             full = f"blocks.*.{full}"
+        end = _FROM_END.match(full)
+        if end:
+            back = int(end.group(1))
+            if not 1 <= back <= self.n_layers:
+                raise ValueError(f"hook {full!r}: layer -{back} is out of range for a model with "
+                                 f"{self.n_layers} layers")
+            full = f"blocks.{self.n_layers - back}.{end.group(2)}"
         m = _BLOCK_NAME.match(full)
         if m and m.group(1) != ALL_LAYERS:
             layer = int(m.group(1))
-            if not -self.n_layers <= layer < self.n_layers:
+            if layer < 0:  # TransformerLens has no such hook point; only tuple keys count back
+                raise ValueError(f"hook {full!r}: a hook name's layer must be 0..{self.n_layers - 1}"
+                                 f" (TransformerLens has no blocks.{layer}); write "
+                                 f"blocks.{layer % self.n_layers}.{m.group(2)} or "
+                                 f"('{m.group(2).split('hook_')[-1]}', {layer})")
+            if layer >= self.n_layers:
                 raise ValueError(f"hook {full!r}: layer {layer} is out of range for a model with "
                                  f"{self.n_layers} layers")
             full = f"blocks.{layer % self.n_layers}.{m.group(2)}"
@@ -248,10 +264,13 @@ def _call_hook_fn(f: HookFn, act, hp: HookPoint):
 
 
 def _patch_key(key: Any) -> str:
-    """A patch/add key as a string: `("pattern", 3)` -> `blocks.3.attn.hook_pattern` (negative
-    layers stay negative and are resolved against the model). Strings keep the user's spelling."""
+    """A patch/add key as a string: `("pattern", 3)` -> `blocks.3.attn.hook_pattern`; a negative
+    layer counts from the end once the model is known (`("pattern", -1)` ->
+    `blocks.end-1.attn.hook_pattern`). Strings keep the user's spelling."""
     if _is_act_key(key):
         base, layer, *layer_type = key
+        if isinstance(layer, int) and layer < 0:
+            return get_act_name(base, 0, *layer_type).replace("blocks.0.", f"blocks.end{layer}.", 1)
         return get_act_name(base, layer, *layer_type)
     if not isinstance(key, str):
         raise TypeError(f"hook names are strings or (name, layer) tuples, got {key!r}")
@@ -379,6 +398,9 @@ class HookRunner:
 
     def _payload(self, e: _Edit, what, x, act, layer):
         x = jnp.asarray(x)
+        if jnp.iscomplexobj(x):  # astype would drop the imaginary part without a word
+            raise TypeError(f"hook {e.name!r}: the {what} holds complex values ({x.dtype}); "
+                            f"activations are real, so pass its real part (`.real`)")
         if e.layer == ALL_LAYERS:
             if x.ndim == 0 or x.shape[0] not in (1, self.names.n_layers):
                 raise ValueError(
@@ -408,6 +430,9 @@ class HookRunner:
                         raise ValueError(f"hook function at {hp.name!r} returned shape "
                                          f"{tuple(out.shape)}; the activation has shape "
                                          f"{tuple(a.shape)}")
+                    if jnp.iscomplexobj(out):
+                        raise TypeError(f"hook function at {hp.name!r} returned complex values "
+                                        f"({out.dtype}); activations are real, return `.real`")
                     a = out.astype(a.dtype)
             return a
 

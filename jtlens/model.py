@@ -16,7 +16,8 @@ from jaxtyping import Array, ArrayLike, Float, Int
 
 from jtlens import components as C
 from jtlens.cache import ActivationCache
-from jtlens.checks import check_attention_mask, check_tokens, ids_in_range, layer_range, lookup
+from jtlens.checks import (check_attention_mask, check_residual, check_tokens, ids_in_range,
+                           layer_range, lookup)
 from jtlens.config import Config
 from jtlens.decode_layout import FlatMatrix
 from jtlens.hooks import HookNames, HookRunner, Hooks
@@ -174,8 +175,16 @@ def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx)
     """Multi-/grouped-query attention with every TransformerLens hook; returns [b, p, d_model]."""
     cfg = ctx.cfg
     q = ctx("attn.hook_q", _project(q_in, p["W_Q"], p["b_Q"]))
-    k = ctx("attn.hook_k", _project(k_in, p["W_K"], p["b_K"]))
-    v = ctx("attn.hook_v", _project(v_in, p["W_V"], p["b_V"]))
+    k, v = _project(k_in, p["W_K"], p["b_K"]), _project(v_in, p["W_V"], p["b_V"])
+    G = cfg.n_kv_heads  # key/value heads the attention reads
+    if cfg.ungroup_grouped_query_attention and G != cfg.n_heads:
+        if ctx.kv is not None:
+            raise ValueError("ungroup_grouped_query_attention=True with a KV cache: the cache "
+                             "holds the grouped keys; run without the flag to use one")
+        # query head h reads kv head h // group: repeat each kv head over its group
+        k, v = (jnp.repeat(x, cfg.n_heads // G, axis=2) for x in (k, v))
+        G = cfg.n_heads
+    k, v = ctx("attn.hook_k", k), ctx("attn.hook_v", v)
     if cfg.use_qk_norm:
         # TransformerLens normalises q/k flattened to [batch*pos*heads, d_head]; its hooks see that shape.
         q = norm(p["q_norm"], "RMS", q.reshape(-1, cfg.d_head), ctx, "attn.q_norm").reshape(q.shape)
@@ -192,7 +201,7 @@ def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx)
         q, k = q.astype(jnp.float32), k.astype(jnp.float32)
     # Query head h reads key/value head h // group: split the query heads into [kv head, group]
     # rather than repeating the keys and values (a copy of the whole cache per step).
-    b, n_q, n_k, G = q.shape[0], q.shape[1], k.shape[1], cfg.n_kv_heads
+    b, n_q, n_k = q.shape[0], q.shape[1], k.shape[1]
     by_group = lambda x: x.reshape(b, G, cfg.n_heads // G, n_q, n_k)  # noqa: E731
     scale = cfg.attn_scale if cfg.use_attn_scale else 1.0
     if cfg.scale_attn_by_inverse_layer_idx:
@@ -203,8 +212,12 @@ def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx)
     if cfg.positional_embedding_type == "alibi":
         scores = scores + C.alibi_bias(cfg.n_heads, q_idx, k_idx)
     scores = jnp.where(C.attention_mask_matrix(cfg, q_idx, k_idx, mask, ctx.local), scores, -jnp.inf)
-    pattern = jax.nn.softmax(ctx("attn.hook_attn_scores", scores), axis=-1)
-    pattern = jnp.where(jnp.isnan(pattern), 0.0, pattern)
+    scores = ctx("attn.hook_attn_scores", scores)
+    # A query with no key left (every score -inf: a left-padding row) attends to nothing, as in
+    # TransformerLens. Unlike TransformerLens's isnan-to-zero, a NaN score (a NaN weight or
+    # input) stays NaN, so it reaches the logits as it does in Hugging Face.
+    no_keys = jnp.all(scores == -jnp.inf, axis=-1, keepdims=True)
+    pattern = jnp.where(no_keys, 0.0, jax.nn.softmax(scores, axis=-1))
     pattern = ctx("attn.hook_pattern", pattern).astype(v.dtype)
     z = ctx("attn.hook_z", jnp.einsum("bgrqk,bkgd->bqgrd", by_group(pattern), v).reshape(
         b, n_q, cfg.n_heads, cfg.d_head))
@@ -431,6 +444,7 @@ def _run(params: Params, tokens, cfg: Config, hk: HookRunner, return_type, loss_
         check_tokens(tokens, cfg)
         batch, n_pos = tokens.shape
     else:
+        check_residual(tokens, cfg, start_at_layer)
         batch, n_pos = tokens.shape[:2]
     tokens = jnp.asarray(tokens)
     mask = None if attention_mask is None else jnp.asarray(attention_mask)

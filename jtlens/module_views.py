@@ -142,12 +142,24 @@ def top_level_views(model: Any) -> dict[str, ModuleView]:
         return jnp.take(params["embed"]["W_E"], jnp.asarray(tokens), axis=0)
 
     def run_pos_embed(tokens, past_kv_pos_offset: int = 0, attention_mask=None):
-        """tokens [batch, pos] -> positional embeddings [batch, pos, d_model]."""
+        """tokens [batch, pos] -> positional embeddings [batch, pos, d_model], zero on padding.
+
+        As TransformerLens: `attention_mask` [batch, past_kv_pos_offset + pos] covers the cached
+        tokens too, and positions count only the unmasked tokens before each one."""
         tokens = jnp.asarray(tokens)
-        mask = None if attention_mask is None else jnp.asarray(attention_mask)
-        positions = C.positions_from_mask(mask, tokens.shape[1], tokens.shape[0]) + past_kv_pos_offset
+        batch, n = tokens.shape[0], tokens.shape[-1]
+        new = slice(past_kv_pos_offset, past_kv_pos_offset + n)
+        if attention_mask is None:
+            positions = jnp.broadcast_to(jnp.arange(n) + past_kv_pos_offset, (batch, n))
+            return jnp.take(params["pos_embed"]["W_pos"], positions, axis=0)
+        mask = jnp.asarray(attention_mask)
+        if mask.shape[-1] != past_kv_pos_offset + n:
+            raise ValueError(f"attention_mask has {mask.shape[-1]} positions; it must cover the "
+                             f"cached and new tokens, past_kv_pos_offset + pos = "
+                             f"{past_kv_pos_offset} + {n}")
+        positions = C.positions_from_mask(mask, mask.shape[-1], batch)[:, new]
         pos = jnp.take(params["pos_embed"]["W_pos"], positions, axis=0)
-        return pos if mask is None else jnp.where(mask[..., None] == 0, 0, pos).astype(pos.dtype)
+        return jnp.where(mask[:, new, None] == 0, 0, pos).astype(pos.dtype)
 
     def run_ln_final(x):
         """[batch, pos, d_model] -> ln_final(x) (with its hooks)."""

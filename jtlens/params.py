@@ -31,6 +31,9 @@ def _norm_shapes(kind: Optional[str], d: int, lead=()) -> Optional[dict]:
 
 def param_shapes(cfg: Config) -> dict:
     """The params pytree of `cfg` as shapes: TransformerLens's names and shapes, layer-stacked."""
+    if cfg.d_vocab < 1:
+        raise ValueError("Config: d_vocab must be set (a positive vocabulary size), or build the "
+                         "model with a tokenizer to infer it from")
     L, D, H, Hkv, Dh = cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head
     post_kind = "RMS" if (cfg.normalization_type or "").startswith("RMS") else "LN"
     attn = {"W_Q": (L, H, D, Dh), "b_Q": (L, H, Dh), "W_K": (L, Hkv, D, Dh), "b_K": (L, Hkv, Dh),

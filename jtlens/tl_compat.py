@@ -9,15 +9,16 @@ params or its frozen Config for new ones. Devices are JAX's (`jax.device_put`); 
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jtlens import weights as W
 from jtlens.config import Config
 from jtlens.module_views import ModuleView, top_level_views
+from jtlens.params import param_shapes
 
 _PROCESS_DEFAULTS = dict(fold_ln=True, center_writing_weights=True, center_unembed=True,
                          fold_value_biases=True, refactor_factored_attn_matrices=False)
@@ -51,18 +52,84 @@ def _params_from_flat(state_dict: dict, cfg) -> dict:
     return params_from_state_dict(state_dict, cfg)
 
 
+def _steps():
+    from jtlens.weight_processing import ProcessWeights  # it imports this module
+
+    return ProcessWeights
+
+
 def config_with_vocab(cfg, tokenizer):
-    """A Config from a Config or a dict of its fields; a dict without d_vocab takes it from the
-    tokenizer (its largest id + 1), as TransformerLens does."""
-    if isinstance(cfg, dict) and cfg.get("d_vocab", -1) == -1:
+    """A Config from a Config or a dict of its fields; one without d_vocab takes it from the
+    tokenizer (its largest id + 1, and d_vocab_out too when unset), as TransformerLens does."""
+    cfg = Config.unwrap(cfg)
+    if cfg.d_vocab == -1:
         if tokenizer is None:
-            raise ValueError("the config has no d_vocab and there is no tokenizer to infer it from")
-        cfg = dict(cfg, d_vocab=max(tokenizer.get_vocab().values()) + 1)
-    return Config.unwrap(cfg)
+            raise ValueError("the config has no d_vocab and there is no tokenizer to infer it "
+                             "from: set d_vocab or pass tokenizer=")
+        d_vocab = max(tokenizer.get_vocab().values()) + 1
+        cfg = cfg.replace(d_vocab=d_vocab, d_vocab_out=d_vocab if cfg.d_vocab_out == -1
+                          else cfg.d_vocab_out)
+    return cfg
+
+
+class BoundConfig(Config):
+    """What a model's `cfg` attribute holds: its frozen Config (equal to, and hashing as, the
+    plain one, so jit takes it as the same static argument), on which `model.cfg.x = value` swaps
+    `cfg.replace(x=value)` into the model, as TransformerLens code expects of its config.
+    Functional code keeps receiving a frozen, hashable Config; `plain()` is the Config itself."""
+
+    def __setattr__(self, name, value):
+        model = self.__dict__.get("_model", lambda: None)()
+        if model is None:
+            return Config.__setattr__(self, name, value)  # the frozen error, with its fix
+        if name not in Config.__dataclass_fields__:
+            raise AttributeError(f"Config has no field {name!r} (jtlens.Config's fields follow "
+                                 f"HookedTransformerConfig's)")
+        new = model.cfg.replace(**{name: value})
+        if param_shapes(model.cfg) != param_shapes(new):
+            raise ValueError(f"cfg.{name} = {value!r} changes the shapes of the model's weights; "
+                             f"build a new model with cfg.replace({name}=...) and its own params")
+        model.cfg = new
+
+    def __eq__(self, other):
+        if not isinstance(other, Config):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in Config.__dataclass_fields__)
+
+    __hash__ = Config.__hash__
+
+    def __reduce__(self):  # pickled / copied as the plain Config (the model link is a weakref)
+        return Config.from_dict, (self.to_dict(),)
+
+    def plain(self) -> Config:
+        cfg = object.__new__(Config)
+        cfg.__dict__.update({f: getattr(self, f) for f in Config.__dataclass_fields__})
+        return cfg
+
+    def replace(self, **changes) -> Config:
+        return self.plain().replace(**changes)
+
+
+def bind_config(cfg: Config, model) -> BoundConfig:
+    """`cfg` as the BoundConfig of `model` (no re-validation: it is the same Config)."""
+    bound = object.__new__(BoundConfig)
+    bound.__dict__.update({f: getattr(cfg, f) for f in Config.__dataclass_fields__})
+    bound.__dict__["_model"] = weakref.ref(model)
+    return bound
 
 
 class TransformerLensCompat:
     """Mixin for the facade (needs `self.cfg`, `self.params`, `self._inputs`)."""
+
+    @property
+    def cfg(self) -> BoundConfig:
+        """The model's Config; `model.cfg.x = value` replaces it with `cfg.replace(x=value)`."""
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, value) -> None:
+        plain = value.plain() if isinstance(value, BoundConfig) else Config.unwrap(value)
+        self._cfg = bind_config(plain, self)
 
     def set_tokenizer(self, tokenizer, default_padding_side: str = "right") -> None:
         """Use `tokenizer` for text. Padding goes on `default_padding_side` unless a call says
@@ -169,33 +236,24 @@ class TransformerLensCompat:
         self.params = jax.tree_util.tree_map(jnp.asarray, params)
         self.cfg = W.processed_config(self.cfg, **flags)
 
-    def _on_flat(self, state_dict: dict, step, cfg=None) -> dict:
-        """Apply a `jtlens.weights` step to a flat TransformerLens state dict."""
-        cfg = self.cfg if cfg is None else cfg
-        params = jax.tree_util.tree_map(lambda a: np.array(a, np.float32),
-                                        _params_from_flat(state_dict, cfg))
-        return flat_state_dict(step(params, cfg), cfg)
-
+    # The model's own state-dict steps: `jtlens.weight_processing.ProcessWeights` with its cfg.
     def fold_layer_norm(self, state_dict: dict, fold_biases: bool = True,
                         center_weights: bool = True) -> dict:
         """Flat state dict -> the same with the norms folded into the weights that read them
         (norm weights dropped). jtlens always folds biases and centres LayerNorm readers."""
-        if not (fold_biases and center_weights):
-            raise ValueError("fold_layer_norm: jtlens folds biases and centres LayerNorm readers "
-                             "together (either alone changes the model's outputs)")
-        return self._on_flat(state_dict, W.fold_layer_norm)
+        return _steps().fold_layer_norm(state_dict, self.cfg, fold_biases, center_weights)
 
     def center_writing_weights(self, state_dict: dict) -> dict:
-        return self._on_flat(state_dict, W.center_writing)
+        return _steps().center_writing_weights(state_dict, self.cfg)
 
     def center_unembed(self, state_dict: dict) -> dict:
-        return self._on_flat(state_dict, lambda p, cfg: W.center_unembedding(p))
+        return _steps().center_unembed(state_dict)
 
     def fold_value_biases(self, state_dict: dict) -> dict:
-        return self._on_flat(state_dict, W.fold_value_bias)
+        return _steps().fold_value_biases(state_dict, self.cfg)
 
     def refactor_factored_attn_matrices(self, state_dict: dict) -> dict:
-        return self._on_flat(state_dict, W.refactor_attn)
+        return _steps().refactor_factored_attn_matrices(state_dict, self.cfg)
 
     # ------------------------------------------------------------------ torch module methods
     def to(self, device_or_dtype, print_details: bool = False):

@@ -42,8 +42,10 @@ def to_tokens(tokenizer, cfg: Config, text: Union[str, Sequence[str]], prepend_b
     tok = _require(tokenizer)
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side={padding_side!r}; use 'left' or 'right'")
-    if not isinstance(text, str) and not all(isinstance(s, str) for s in text):
-        raise TypeError("text must be a string or a list of strings")
+    if not isinstance(text, str) and not (isinstance(text, (list, tuple))
+                                          and all(isinstance(s, str) for s in text)):
+        raise TypeError(f"to_tokens: text must be a string or a list of strings, got "
+                        f"{type(text).__name__}{'' if text is None else ': ' + repr(text)[:60]}")
     strings = [text] if isinstance(text, str) else list(text)
     if not strings:
         raise ValueError("no text given: pass a non-empty string or list of strings")
@@ -93,10 +95,14 @@ def to_single_token(tokenizer, cfg: Config, string: str) -> int:
     return int(tokens[0, 0])
 
 
+class TokenNotFoundError(ValueError, AssertionError):
+    """get_token_position's token is absent (TransformerLens asserts: an AssertionError too)."""
+
+
 def token_position(tokens_row, token_id: int, mode: str = "first") -> int:
     positions = np.nonzero(np.asarray(tokens_row) == token_id)[0]
     if len(positions) == 0:
-        raise ValueError(f"token {token_id} does not occur in the input")
+        raise TokenNotFoundError("The token does not occur in the prompt")
     if mode not in ("first", "last"):
         raise ValueError(f"mode={mode!r}; use 'first' or 'last'")
     return int(positions[0] if mode == "first" else positions[-1])

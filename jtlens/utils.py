@@ -13,7 +13,8 @@ from jtlens.hooks import get_act_name
 from jtlens.slice import Slice
 
 __all__ = ["test_prompt", "to_numpy", "get_act_name", "lm_cross_entropy_loss", "Slice",
-           "get_attention_mask", "get_corner", "remove_batch_dim", "transpose"]
+           "get_attention_mask", "get_corner", "remove_batch_dim", "transpose", "is_square", "get_device",
+           "is_lower_triangular", "override_or_use_default_value"]
 
 
 def to_numpy(x) -> np.ndarray:
@@ -60,6 +61,31 @@ def remove_batch_dim(x):
 def transpose(x):
     """Swap the last two axes."""
     return jax.numpy.swapaxes(x, -1, -2)
+
+
+def get_device() -> str:
+    """JAX's default platform in TransformerLens's words: "cuda" for a GPU, else "tpu" / "cpu"
+    (what `from_pretrained(..., device=)` and `model.to` accept)."""
+    platform = jax.devices()[0].platform
+    return "cuda" if platform == "gpu" else platform
+
+
+def is_square(x) -> bool:
+    """Whether x is a 2-D square matrix."""
+    return np.ndim(x) == 2 and np.shape(x)[0] == np.shape(x)[1]
+
+
+def is_lower_triangular(x) -> bool:
+    """Whether x is a square matrix with nothing above its diagonal."""
+    if not is_square(x):
+        return False
+    x = to_numpy(x)
+    return bool((x == np.tril(x)).all())
+
+
+def override_or_use_default_value(default_flag, override=None):
+    """`override` unless it is None, else `default_flag`."""
+    return default_flag if override is None else override
 
 
 def test_prompt(prompt: str, answer: Union[str, Sequence[str]], model,

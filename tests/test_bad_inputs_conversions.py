@@ -136,7 +136,7 @@ BAD = [
     (_config(n_embd=30, n_head=4), "config.json: hidden size 30 is not divisible by 4 attention heads"),
     (_config(n_head=0), "hidden size 16 is not divisible by 0 attention heads"),
     (_config(n_layer="2"), "config.json: Config: n_layers='2' must be an integer"),
-    (_config(n_layer=-1), "config.json: Config: n_layers=-1 must be positive"),
+    (_config(n_layer=-1), "config.json: Config: n_layers=-1 must be >= 0"),
     (_config(activation_function="swish2"), "config.json: Config: act_fn='swish2' is not one of"),
     (_config(vocab_size=41), "param embed.W_E|tensor .* shape|converted tensor has shape"),
     (_truncate("model.safetensors"), "model.safetensors: not a readable safetensors file .*truncated"),

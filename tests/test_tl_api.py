@@ -118,7 +118,7 @@ def test_set_use_attn_result_matches_transformer_lens():
 def test_frozen_config_error_names_the_supported_path(pair):
     _, model = pair
     with pytest.raises(AttributeError, match=r"model\.cfg = model\.cfg\.replace\(default_prepend_bos=False\)"):
-        model.cfg.default_prepend_bos = False
+        model.cfg.plain().default_prepend_bos = False  # a Config on its own stays frozen
     assert jtlens.HookedTransformerConfig.unwrap(model.cfg.to_dict()) == model.cfg
     assert jtlens.Config.unwrap(tl_model(GPT2).cfg) == model.cfg.replace(model_name=model.cfg.model_name)
     assert not model.cfg.is_layer_norm_activation()

@@ -8,60 +8,15 @@ Tests that cannot pass unchanged on jtlens (a JAX difference in the README's "Co
 TransformerLens" table) are marked xfail(strict=True) for jtlens, with the reason.
 """
 
-import types
-
 import numpy as np
 import pytest
 
-from tests.oracle import tokenizer, torch
-
-CFG = dict(n_layers=2, d_model=32, n_ctx=24, d_head=8, n_heads=4, d_vocab=300, act_fn="gelu_new",
-           normalization_type="LN")
-
-
-def _jtlens():
-    import jtlens
-    from jtlens import head_detector, utils
-
-    return types.SimpleNamespace(name="jtlens", HookedTransformer=jtlens.HookedTransformer,
-                                 Config=jtlens.HookedTransformerConfig,
-                                 FactoredMatrix=jtlens.FactoredMatrix, utils=utils,
-                                 head_detector=head_detector, tensor=np.asarray)
-
-
-def _transformer_lens():
-    import transformer_lens
-    from transformer_lens import head_detector, utils
-
-    return types.SimpleNamespace(name="transformer_lens",
-                                 HookedTransformer=transformer_lens.HookedTransformer,
-                                 Config=transformer_lens.HookedTransformerConfig,
-                                 FactoredMatrix=transformer_lens.FactoredMatrix, utils=utils,
-                                 head_detector=head_detector, tensor=torch.as_tensor)
-
-
-@pytest.fixture(params=["transformer_lens", "jtlens"])
-def lib(request):
-    return _jtlens() if request.param == "jtlens" else _transformer_lens()
-
-
-def _model(lib, **changes):
-    model = lib.HookedTransformer(lib.Config(**dict(CFG, **changes)))
-    model.set_tokenizer(tokenizer())
-    return model
-
-
-def _np(x):
-    return np.asarray(x.detach().numpy() if hasattr(x, "detach") else x)
+from tests.oracle import torch
+from tests.tl_port import CFG, jtlens_xfail, lib, model as _model, np_ as _np  # noqa: F401
 
 
 def _no_grad():
     return torch.no_grad()
-
-
-def jtlens_xfail(request, reason):
-    if request.node.callspec.params["lib"] == "jtlens":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
 
 
 PROMPT = "The cat sat on the mat."

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+import jax
 import numpy as np
 
 from jtlens.conversions.common import TensorReader, check_and_cast
@@ -59,6 +60,10 @@ def params_from_state_dict(state_dict: Mapping[str, Any], cfg: Config) -> dict:
 
     block_shapes = shapes.pop("blocks")
     params = {k: sub(f"{k}.", v) for k, v in shapes.items()}
-    params["blocks"] = r.stack_layers(cfg.n_layers, lambda l: sub(f"blocks.{l}.", block_shapes))
+    if cfg.n_layers:
+        params["blocks"] = r.stack_layers(cfg.n_layers, lambda l: sub(f"blocks.{l}.", block_shapes))
+    else:  # a zero-layer model (embed -> unembed): empty stacks of the block params
+        params["blocks"] = jax.tree_util.tree_map(np.zeros, block_shapes,
+                                                  is_leaf=lambda x: isinstance(x, tuple))
     r.finish()
     return check_and_cast(params, cfg)

@@ -94,7 +94,7 @@ def metric_positions(metric: Metric, logits_shape: tuple) -> Optional[tuple]:
             return None
         start, limit = eqn.params["start_indices"][1], eqn.params["limit_indices"][1]
         read.update(range(start, limit, (eqn.params["strides"] or (1, 1))[1]))
-    return tuple(sorted(read)) if len(read) < logits_shape[1] else None
+    return tuple(sorted(read)) if 0 < len(read) < logits_shape[1] else None  # 0: a constant
 
 
 def read_positions(metric: Metric, logit_positions, cfg: Config, batch: int, n_pos: int):

@@ -127,13 +127,19 @@ def scalar_metric(metric: Metric, logits, n_pos: Optional[int] = None, positions
         full = jnp.zeros((logits.shape[0], n_pos) + logits.shape[2:], logits.dtype)
         logits = full.at[:, jnp.asarray(positions)].set(logits)
     try:
-        out = jnp.asarray(metric(logits))
+        raw = metric(logits)
     except jax.errors.ConcretizationTypeError as err:
         raise TypeError(
             "patching_metric is traced (the sweep runs it under jit and vmap), so it cannot call "
             "float() / .item() or branch with Python `if` on values of the logits: return a JAX "
             "scalar computed with jnp (e.g. `(logits[:, -1, a] - logits[:, -1, b]).mean()`, and "
             "jnp.where instead of if)") from err
+    if isinstance(logits, jax.core.Tracer) and not isinstance(raw, jax.core.Tracer):
+        # Traced logits in, untraced value out: every patch would get this same number.
+        raise TypeError(f"patching_metric returned {repr(raw)[:60]}, a constant that does not depend on "
+                        f"the logits; compute it from them with jnp (e.g. "
+                        f"`(logits[:, -1, a] - logits[:, -1, b]).mean()`)")
+    out = jnp.asarray(raw)
     if out.shape != ():
         raise ValueError(f"patching_metric must return a scalar; it returned shape {out.shape} "
                          f"for logits of shape {logits.shape} (reduce over batch, e.g. .mean())")
