@@ -1,0 +1,13 @@
+"""Sparse dictionaries (SAEs) as data: the SAE pytree, SAELens / sparsify files, splicing SAEs
+into a forward through the hooks pytree, and their metrics.
+
+Imports only the low-level modules (config, params, hooks, model, cache, checkpoint_io, ...);
+never the TransformerLens facade (`jtlens.hooked_sae_transformer` sits on top of this).
+"""
+
+from jtlens.sparse.config import Metadata as Metadata
+from jtlens.sparse.config import SAEConfig as SAEConfig
+from jtlens.sparse.sae import SAE as SAE
+from jtlens.sparse.sae import NormStats as NormStats
+from jtlens.sparse.sae import batchtopk_to_jumprelu as batchtopk_to_jumprelu
+from jtlens.sparse.sae import topk_relu as topk_relu
