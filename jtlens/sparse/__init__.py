@@ -11,3 +11,7 @@ from jtlens.sparse.sae import SAE as SAE
 from jtlens.sparse.sae import NormStats as NormStats
 from jtlens.sparse.sae import batchtopk_to_jumprelu as batchtopk_to_jumprelu
 from jtlens.sparse.sae import topk_relu as topk_relu
+from jtlens.sparse.splice import Attached as Attached
+from jtlens.sparse.splice import SAEActivationCache as SAEActivationCache
+from jtlens.sparse.splice import run_with_cache_with_saes as run_with_cache_with_saes
+from jtlens.sparse.splice import run_with_saes as run_with_saes
