@@ -15,3 +15,5 @@ from jtlens.sparse.splice import Attached as Attached
 from jtlens.sparse.splice import SAEActivationCache as SAEActivationCache
 from jtlens.sparse.splice import run_with_cache_with_saes as run_with_cache_with_saes
 from jtlens.sparse.splice import run_with_saes as run_with_saes
+from jtlens.sparse.metrics import downstream_metrics as downstream_metrics
+from jtlens.sparse.metrics import reconstruction_metrics as reconstruction_metrics
