@@ -17,3 +17,8 @@ from jtlens.sparse.splice import run_with_cache_with_saes as run_with_cache_with
 from jtlens.sparse.splice import run_with_saes as run_with_saes
 from jtlens.sparse.metrics import downstream_metrics as downstream_metrics
 from jtlens.sparse.metrics import reconstruction_metrics as reconstruction_metrics
+from jtlens.sparse.features import feature_ablation_sweep as feature_ablation_sweep
+from jtlens.sparse.features import feature_dla as feature_dla
+from jtlens.sparse.features import feature_gradients as feature_gradients
+from jtlens.sparse.features import feature_patching_sweep as feature_patching_sweep
+from jtlens.sparse.features import steering_hooks as steering_hooks
