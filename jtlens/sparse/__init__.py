@@ -22,3 +22,5 @@ from jtlens.sparse.features import feature_dla as feature_dla
 from jtlens.sparse.features import feature_gradients as feature_gradients
 from jtlens.sparse.features import feature_patching_sweep as feature_patching_sweep
 from jtlens.sparse.features import steering_hooks as steering_hooks
+from jtlens.sparse.activations import ActivationStore as ActivationStore
+from jtlens.sparse.corpus import corpus_tokens as corpus_tokens

@@ -304,3 +304,50 @@ def to_saes(state: TrainState, hyper: Hyper, tc: TrainConfig, **metadata) -> lis
     pick = lambda t, i: jax.tree_util.tree_map(lambda a: a[i], t)  # noqa: E731
     return [to_sae(pick(state.params, i), pick(hyper, i), tc, state.topk_threshold[i], **metadata)
             for i in range(n)]
+
+
+def fit(batches, tc: TrainConfig, hyper: Hyper, key=None, state: Optional[TrainState] = None,
+        steps: Optional[int] = None, log_every: int = 50, progress: bool = True):
+    """Train for `steps` (default tc.total_steps - state.step) batches from the iterable
+    `batches` (e.g. `ActivationStore.batches()`), from `state` or a fresh one from `key`.
+    Returns (state, history: a list of {metric: float or per-SAE list}, every log_every steps)."""
+    from tqdm.auto import tqdm
+
+    if state is None:
+        state = init_state(tc, hyper, jax.random.PRNGKey(0) if key is None else key)
+    start = int(jnp.ravel(state.step)[0])
+    steps = tc.total_steps - start if steps is None else steps
+    history = []
+    it = iter(batches)
+    for i in tqdm(range(steps), disable=not progress, desc="SAE training"):
+        state, metrics = train_step(state, hyper, next(it), tc)
+        if (i + 1) % log_every == 0 or i + 1 == steps:
+            history.append({"step": start + i + 1,
+                            **{k: jnp.asarray(v).tolist() for k, v in metrics.items()}})
+    return state, history
+
+
+def save_state(state: TrainState, path, overwrite: bool = False):
+    """Write a TrainState (params, optimiser state, counters) atomically, to resume with
+    `load_state`."""
+    from flax import serialization
+
+    from jtlens.checkpoint_io import write_folder
+
+    # the leaves in tree order: optax's state classes are not flax-serialisable themselves
+    data = serialization.to_bytes(jax.device_get(jax.tree_util.tree_leaves(state)))
+    return write_folder(path, lambda tmp: (tmp / "train_state.msgpack").write_bytes(data), overwrite)
+
+
+def load_state(path, like: TrainState) -> TrainState:
+    """The TrainState saved at `path`; `like` is a state of the same shapes (`init_state`)."""
+    import pathlib
+
+    from flax import serialization
+
+    from jtlens.checkpoint_io import check_manifest
+
+    check_manifest(pathlib.Path(path))
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    data = (pathlib.Path(path) / "train_state.msgpack").read_bytes()
+    return jax.tree_util.tree_unflatten(treedef, serialization.from_bytes(leaves, data))
