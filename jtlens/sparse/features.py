@@ -34,12 +34,17 @@ def _hook(cfg: Config, sae: SAE, hook_name: Optional[str]) -> str:
 
 
 def feature_acts(params, tokens, cfg: Config, sae: SAE, hook_name: Optional[str] = None,
-                 **kwargs) -> jax.Array:
+                 attention_mask=None) -> jax.Array:
     """The SAE's feature activations [batch, pos, d_sae] on `tokens` (hook_sae_acts_post)."""
-    hook = _hook(cfg, sae, hook_name)
+    return _feature_acts(params, jnp.asarray(tokens), cfg, sae, _hook(cfg, sae, hook_name),
+                         attention_mask)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "hook"))
+def _feature_acts(params, tokens, cfg, sae, hook, attention_mask):
     name = f"{hook}.hook_sae_acts_post"
     _, cache = run_with_cache_with_saes(params, tokens, cfg, [Attached(sae, True, hook)],
-                                        Hooks(capture=[name]), **kwargs)
+                                        Hooks(capture=[name]), attention_mask=attention_mask)
     return cache[name]
 
 
@@ -118,7 +123,7 @@ def feature_gradients(params, tokens, cfg: Config, sae: SAE, metric: Metric,
 @functools.partial(jax.jit, static_argnames=("cfg", "hook", "metric", "use_error_term"))
 def _gradients(params, tokens, cfg, sae, hook, metric, use_error_term):
     name = f"{hook}.hook_sae_acts_post"
-    acts = feature_acts(params, tokens, cfg, sae, hook)
+    acts = _feature_acts(params, tokens, cfg, sae, hook, None)
 
     def f(delta):
         return metric(run_with_saes(params, tokens, cfg, [Attached(sae, use_error_term, hook)],
