@@ -15,7 +15,7 @@ SAEs are pytree leaves of `Attached`, so jit, vmap and grad go through them.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp

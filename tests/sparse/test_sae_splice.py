@@ -14,9 +14,9 @@ sae_lens = pytest.importorskip("sae_lens")
 
 from oracle import CONFIGS, tl_model, to_jtlens, tokens_for  # noqa: E402
 
-import jtlens  # noqa: E402
 from jtlens import HookedSAETransformer, Hooks  # noqa: E402
 from jtlens.sparse import SAE, Attached, SAEConfig, run_with_cache_with_saes, run_with_saes  # noqa: E402
+from jtlens.sparse.sae import param_shapes  # noqa: E402
 
 FAMILIES = ["gpt2", "llama"]
 SITES = {  # hook -> (architecture, extra config)
@@ -32,7 +32,7 @@ def _sae(hook: str, d_in: int, seed: int) -> SAE:
     cfg = SAEConfig(d_in, 4 * d_in, arch, metadata={"hook_name": hook}, **extra)
     rng = np.random.default_rng(seed)
     params = {n: jnp.asarray(rng.standard_normal(s).astype(np.float32) * (0.15 if n.startswith("W") else 0.05))
-              for n, s in __import__("jtlens.sparse.sae", fromlist=["x"]).param_shapes(cfg).items()}
+              for n, s in param_shapes(cfg).items()}
     if "threshold" in params:
         params["threshold"] = jnp.abs(params["threshold"])
     return SAE(params, cfg)
