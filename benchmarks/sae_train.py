@@ -137,7 +137,7 @@ def main():
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--context", type=int, default=65)
     args = ap.parse_args()
-    from jtlens.sparse.train import Hyper, TrainConfig, to_saes
+    from jtlens.sparse.train import Hyper, TrainConfig, to_sae
 
     tl, model = models()
     name, stream = corpus(model.tokenizer)
@@ -151,18 +151,19 @@ def main():
     for arch, hyper, kw in [("topk", Hyper(lr=3e-4, k=64), dict(k_max=64)),
                             ("standard", Hyper(lr=3e-4, l1_coefficient=5.0), {})]:
         tc = TrainConfig(arch, D_IN, d_sae, total_steps=args.steps + 1, **kw)
-        stacked = Hyper.stack([hyper])
-        state, compile_s, ours = jtlens_run(model, stream, tc, stacked, args.steps, args)
+        hyper = jax.tree_util.tree_map(jnp.float32, hyper)  # one SAE: no vmap
+        state, compile_s, ours = jtlens_run(model, stream, tc, hyper, args.steps, args)
         theirs = saelens_run(tl, stream, arch, args.saelens_steps, args)
         rows.append((arch, ours, theirs, compile_s))
         print(f"{arch:9s} jtlens {ours:8.0f} tok/s (compile {compile_s:.1f} s) | SAELens "
               f"{theirs:8.0f} tok/s | {ours / theirs:.1f}x | after {args.steps} steps: "
-              f"{quality(model, to_saes(state, stacked, tc, hook_name=HOOK)[0], held_out)}")
+              f"{quality(model, to_sae(state.params, hyper, tc, state.topk_threshold, hook_name=HOOK), held_out)}")
     ks = [16, 32, 64, 128]
     tc = TrainConfig("topk", D_IN, d_sae, total_steps=args.steps + 1, k_max=max(ks))
     many = Hyper.stack([Hyper(lr=3e-4, k=k) for k in ks])
     _, _, vmapped = jtlens_run(model, stream, tc, many, args.steps, args)
-    singles = [jtlens_run(model, stream, tc, Hyper.stack([Hyper(lr=3e-4, k=k)]), args.steps, args)[2]
+    singles = [jtlens_run(model, stream, tc, jax.tree_util.tree_map(jnp.float32, Hyper(lr=3e-4, k=k)),
+                          args.steps, args)[2]
                for k in ks]
     one_after_another = 1 / sum(1 / s for s in singles)
     one = singles[ks.index(64)]

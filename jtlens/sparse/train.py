@@ -225,17 +225,21 @@ def losses(params: dict, hyper: Hyper, x, tc: TrainConfig, dead_mask=None, step=
 
 def auxk_loss(params, pre, residual, dead_mask):
     """AuxK: the top d_in/2 dead latents (by pre-activation) reconstruct the residual (no
-    bias), scaled by min(n_dead / (d_in/2), 1); 0 without dead latents."""
+    bias), scaled by min(n_dead / (d_in/2), 1); 0 without dead latents (and then not computed,
+    as SAELens skips it: the top-k over every latent is a large share of a step)."""
     d_in = residual.shape[-1]
     k_aux = d_in // 2
     n_dead = dead_mask.sum()
-    latents = jnp.where(dead_mask, pre, -jnp.inf)
-    values, idx = jax.lax.top_k(latents, k_aux)
-    keep = jnp.arange(k_aux) < jnp.minimum(n_dead, k_aux)   # only dead ones, at most n_dead
-    values = jnp.where(keep & jnp.isfinite(values), values, 0.0)
-    recon = jnp.einsum("bk,bkd->bd", values, params["W_dec"][idx])
-    loss = ((recon - residual) ** 2).sum(-1).mean()
-    return jnp.where(n_dead > 0, jnp.minimum(n_dead / k_aux, 1.0) * loss, 0.0)
+
+    def loss():
+        latents = jnp.where(dead_mask, pre, -jnp.inf)
+        values, idx = jax.lax.top_k(latents, k_aux)
+        keep = jnp.arange(k_aux) < jnp.minimum(n_dead, k_aux)   # only dead ones, at most n_dead
+        values = jnp.where(keep & jnp.isfinite(values), values, 0.0)
+        recon = jnp.einsum("bk,bkd->bd", values, params["W_dec"][idx])
+        return jnp.minimum(n_dead / k_aux, 1.0) * ((recon - residual) ** 2).sum(-1).mean()
+
+    return jax.lax.cond(n_dead > 0, loss, lambda: jnp.zeros((), residual.dtype))
 
 
 # ----------------------------------------------------------------------------- the step
