@@ -11,6 +11,7 @@ from jtlens import probes as probes
 from jtlens import sharding as sharding
 from jtlens.cache import ActivationCache as ActivationCache
 from jtlens.checks import checked as checked
+from jtlens.compilation_cache import enable_compilation_cache as enable_compilation_cache
 from jtlens.components import lm_cross_entropy_loss as lm_cross_entropy_loss
 from jtlens.config import Config as Config
 from jtlens.config import HookedTransformerConfig as HookedTransformerConfig

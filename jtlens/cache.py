@@ -137,6 +137,14 @@ class ActivationCache(CacheAnalysis):
         self.has_batch_dim = False
         return self
 
+    def first_positions(self, n: int) -> "ActivationCache":
+        """A new cache of the first `n` positions (query and key positions of attention scores and
+        patterns): undoes padding a causal run on the right. Needs the batch axis."""
+        if not self.has_batch_dim:
+            raise ValueError("first_positions needs the batch axis (call it before remove_batch_dim)")
+        stacked, outer = _first_positions(self.stacked, self.outer, n)
+        return dataclasses.replace(self, stacked=stacked, outer=outer)
+
     def apply_slice_to_batch_dim(self, batch_slice) -> "ActivationCache":
         """A new cache with the batch axis indexed by `batch_slice` (an int, slice, index array or
         `utils.Slice`); an int drops the axis."""
@@ -191,3 +199,15 @@ class ActivationCache(CacheAnalysis):
         read weights or take tokens as strings); `None` detaches them."""
         return dataclasses.replace(self, params=getattr(model, "params", None),
                                    tokenizer=getattr(model, "tokenizer", None))
+
+
+@functools.partial(jax.jit, static_argnames=("n",))
+def _first_positions(stacked: dict, outer: dict, n: int):
+    """One program for every entry (not one per array): position axes cut to n."""
+    def cut(name: str, x, batch_axis: int):
+        if name.endswith(("hook_attn_scores", "hook_pattern")):  # [batch, head, q, k]
+            return x[..., :n, :n]
+        return jax.lax.slice_in_dim(x, 0, n, axis=batch_axis + 1)  # [batch, pos, ...]
+
+    return ({k: cut(k, v, 1) for k, v in stacked.items()},
+            {k: cut(k, v, 0) for k, v in outer.items()})

@@ -3,7 +3,7 @@
     cfg, params, tokenizer = load("jtlens-tiny")               # the embedded default model
     cfg, params, tokenizer = load("/path/to/hf_folder")        # any supported HF checkpoint
     cfg, params, tokenizer = load("smollm2-135m")              # a GGUF file, or a packaged one
-    save_converted("out/", cfg, params, tokenizer)             # -> jtlens_config.json + params.msgpack
+    save_converted("out/", cfg, params, tokenizer)             # -> jtlens_config.json + params.safetensors
 
 Weights are read from safetensors first; `.bin` files only through
 `torch.load(weights_only=True)`. No remote code runs unless `trust_remote_code=True`.
@@ -39,23 +39,30 @@ HUB_ALIASES = {
     "bert-base-cased": "google-bert/bert-base-cased",
     "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
 }
-NATIVE_CONFIG, NATIVE_PARAMS = "jtlens_config.json", "params.msgpack"
+NATIVE_CONFIG, NATIVE_PARAMS = "jtlens_config.json", "params.safetensors"
+# Folders saved before the params moved to safetensors (flax msgpack): still read, never written.
+LEGACY_PARAMS = "params.msgpack"
 
 
 def save_converted(path, cfg: Config, params: dict, tokenizer: Any = None,
                    processing: Optional[dict] = None, overwrite: bool = False) -> Path:
     """Write a model in jtlens's format: `jtlens_config.json` (the Config and which weight
-    processing was applied), `params.msgpack` (flax serialization), the tokenizer's files and
-    `jtlens_manifest.json` (sizes and hashes, written last).
+    processing was applied), `params.safetensors` (keys are the params' dotted paths,
+    "blocks.attn.W_Q"), the tokenizer's files and `jtlens_manifest.json` (sizes and hashes,
+    written last).
 
     The folder is written beside `path` and renamed into place, so an interrupted save leaves
     the previous contents intact. A non-empty `path` is refused unless `overwrite=True`.
     """
-    from flax import serialization
+    from safetensors.numpy import save
 
     checkpoint_io.check_destination(Path(path), overwrite)
     meta = {"config": cfg.to_dict(), "processing": dict(processing or {})}
-    blob = serialization.msgpack_serialize(_to_numpy(params))
+    flat = _flatten(params)
+    # safetensors' numpy API has no bfloat16: such arrays travel as their uint16 bits, named here.
+    bf16 = sorted(k for k, v in flat.items() if v.dtype == jnp.bfloat16)
+    blob = save({k: v.view(np.uint16) if k in bf16 else v for k, v in flat.items()},
+                metadata={"bfloat16": ",".join(bf16)} if bf16 else None)
 
     def fill(folder: Path):
         (folder / NATIVE_CONFIG).write_text(json.dumps(meta, indent=1, default=list))
@@ -221,17 +228,31 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False):
     names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model")
     if not any((folder / n).exists() for n in names):
         return None
+    if _generic_fast_tokenizer(folder):
+        # What jtlens saves for GGUF models: no model-specific class to pick, and AutoTokenizer's
+        # imports (model configs, torch where installed) cost more than the load itself.
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(folder))
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
 
 
+def _generic_fast_tokenizer(folder: Path) -> bool:
+    """Whether the folder holds a plain `tokenizer.json` saved by the generic fast class."""
+    try:
+        cls = json.loads((folder / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (folder / "tokenizer.json").is_file() and cls in ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
 # ----------------------------------------------------------------------------- native format
 def _load_native(folder: Path) -> tuple[Config, dict, dict]:
-    from flax import serialization
-
-    blob = (folder / NATIVE_PARAMS).read_bytes() if (folder / NATIVE_PARAMS).is_file() else None
-    checkpoint_io.check_manifest(folder, hashed={NATIVE_PARAMS: blob} if blob is not None else None)
+    name = LEGACY_PARAMS if (folder / LEGACY_PARAMS).is_file() else NATIVE_PARAMS
+    blob = (folder / name).read_bytes() if (folder / name).is_file() else None
+    checkpoint_io.check_manifest(folder, hashed={name: blob} if blob is not None else None)
     meta = read_json(folder / NATIVE_CONFIG)
     if not isinstance(meta.get("config"), dict):
         raise ValueError(f"{folder / NATIVE_CONFIG}: no \"config\" object; this is not a jtlens "
@@ -241,22 +262,49 @@ def _load_native(folder: Path) -> tuple[Config, dict, dict]:
     except (TypeError, ValueError) as err:
         raise ValueError(f"{folder / NATIVE_CONFIG}: {err}") from None
     try:
-        raw = serialization.msgpack_restore(blob)
-    except Exception as err:  # msgpack raises its own exception types
-        raise ValueError(f"{folder / NATIVE_PARAMS}: unreadable params ({type(err).__name__}: "
-                         f"{err})") from None
+        raw = _read_params(blob, legacy=name == LEGACY_PARAMS)
+    except Exception as err:  # msgpack and safetensors raise their own exception types
+        raise ValueError(f"{folder / name}: unreadable params ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
     return cfg, check_and_cast(raw, cfg, dtype="float32"), meta.get("processing", {})
+
+
+def _read_params(blob: bytes, legacy: bool) -> dict:
+    if legacy:
+        from flax import serialization
+
+        return serialization.msgpack_restore(blob)
+    from safetensors.numpy import load
+
+    (size,) = np.frombuffer(blob[:8], "<u8")
+    bf16 = (json.loads(blob[8:8 + int(size)]).get("__metadata__") or {}).get("bfloat16", "")
+    flat = load(blob)
+    for k in filter(None, bf16.split(",")):
+        flat[k] = flat[k].view(jnp.bfloat16)
+    return _unflatten(flat)
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    """Nested params -> {"blocks.attn.W_Q": array} (numpy, contiguous), as safetensors stores."""
+    if isinstance(tree, dict):
+        return {k: v for name, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{name}.").items()}
+    return {prefix[:-1]: np.ascontiguousarray(np.asarray(tree))}
+
+
+def _unflatten(flat: dict) -> dict:
+    tree: dict = {}
+    for key, value in flat.items():
+        *path, leaf = key.split(".")
+        node = tree
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
 
 
 def _tuples(d: dict) -> dict:
     """JSON turns tuples into lists; Config needs hashable fields."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
-
-def _to_numpy(tree):
-    if isinstance(tree, dict):
-        return {k: _to_numpy(v) for k, v in tree.items()}
-    return np.asarray(tree)
 
 
 def _cast(params: dict, dtype: str):

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtlens.attention_view import attention_viewer
+from jtlens.compilation_cache import bucket
 from jtlens.head_detector import induction_pattern_scores, induction_patterns
 from jtlens.model import Ctx, unembed
 from jtlens.report_figures import (answer_lens_png, cell, dla_png, dla_positions_png, html_page,
@@ -45,10 +46,10 @@ def _readout(model, direction, bias):
     kind, p = model.cfg.final_norm_type, model.params.get("ln_final") or {}
     if kind is None:
         return direction, bias
-    d = direction * p.get("w", 1.0)
+    d = direction * np.asarray(p.get("w", 1.0))
     if kind.startswith("LN"):
         d = d - d.mean()
-    return d, bias + (p["b"] @ direction if "b" in p else 0.0)
+    return d, bias + (np.asarray(p["b"]) @ direction if "b" in p else 0.0)
 
 
 def dla_by_position(model, cache, direction, bias=0.0) -> dict:
@@ -59,31 +60,34 @@ def dla_by_position(model, cache, direction, bias=0.0) -> dict:
     mlp [pos, n_layers] (not for attention-only models) and constant [pos]; they sum to the
     logit (difference) at each position, before any final soft-cap.
     """
-    cfg, params = model.cfg, model.params
-    d, const = _readout(model, jnp.asarray(direction), bias)
-    inv = (1.0 / cache["ln_final.hook_scale"][0, :, 0] if cfg.final_norm_type is not None
-           else jnp.ones(cache["hook_embed"].shape[1]))                       # [pos]
-    out_dir = jnp.einsum("lhem,m->lhe", params["blocks"]["attn"]["W_O"], d)   # [L, H, d_head]
-    embed = cache["hook_embed"][0]
+    # On the host, in numpy: a handful of small products, where each eager jax op would be one
+    # more program to compile (or look up in the compilation cache) per process.
+    cfg, attn = model.cfg, model.params["blocks"]["attn"]
+    get = lambda name: np.asarray(cache[name], np.float32)                    # noqa: E731
+    d, const = _readout(model, np.asarray(direction, np.float32), np.asarray(bias, np.float32))
+    inv = (1.0 / get("ln_final.hook_scale")[0, :, 0] if cfg.final_norm_type is not None
+           else np.ones(cache["hook_embed"].shape[1], np.float32))           # [pos]
+    out_dir = np.einsum("lhem,m->lhe", np.asarray(attn["W_O"], np.float32), d)  # [L, H, d_head]
+    embed = get("hook_embed")[0]
     if "hook_pos_embed" in cache:
-        embed = embed + cache["hook_pos_embed"][0]
+        embed = embed + get("hook_pos_embed")[0]
     parts = dict(
         embed=embed @ d * inv,
-        heads=jnp.einsum("lphe,lhe->plh", cache["blocks.*.attn.hook_z"][:, 0], out_dir)
+        heads=np.einsum("lphe,lhe->plh", get("blocks.*.attn.hook_z")[:, 0], out_dir)
         * inv[:, None, None],
-        attn_bias=(params["blocks"]["attn"]["b_O"] @ d)[None, :] * inv[:, None],
-        constant=jnp.broadcast_to(const, inv.shape))
+        attn_bias=(np.asarray(attn["b_O"], np.float32) @ d)[None, :] * inv[:, None],
+        constant=np.broadcast_to(const, inv.shape))
     if not cfg.attn_only:
-        parts["mlp"] = jnp.einsum("lpm,m->pl", cache["blocks.*.hook_mlp_out"][:, 0], d) * inv[:, None]
-    return {k: np.asarray(v) for k, v in parts.items()}
+        parts["mlp"] = np.einsum("lpm,m->pl", get("blocks.*.hook_mlp_out")[:, 0], d) * inv[:, None]
+    return parts
 
 
 def logit_direction(model, answer: int, wrong: Optional[int] = None):
     """(W_U column [d_model], b_U entry) of `answer`, or of answer minus `wrong`."""
     w_u, b_u = model.params["unembed"]["W_U"], model.params["unembed"]["b_U"]
-    if wrong is None:
-        return w_u[:, answer], b_u[answer]
-    return w_u[:, answer] - w_u[:, wrong], b_u[answer] - b_u[wrong]
+    cols = [answer] if wrong is None else [answer, wrong]
+    w, b = np.asarray(w_u[:, jnp.asarray(cols)]), np.asarray(b_u[jnp.asarray(cols)])
+    return (w[:, 0], b[0]) if wrong is None else (w[:, 0] - w[:, 1], b[0] - b[1])
 
 
 def direct_logit_attribution(model, cache, target: int) -> dict:
@@ -139,6 +143,21 @@ def induction(model, seq_len: int = 20, n_prompts: int = 4) -> dict:
                             else [str(int(t)) for t in rep[0]]))
 
 
+def _run_bucketed(model, tokens, names):
+    """`model.run_with_cache(tokens)` [1, n] with the tokens padded on the right to
+    `bucket(n)` positions and the results cut back to n: a causal model's first n positions do
+    not see the padding, and texts of similar length then share one compiled program (also
+    across processes, through the compilation cache)."""
+    n = tokens.shape[1]
+    padded = bucket(n, model.cfg.n_ctx)
+    if model.cfg.attention_dir != "causal" or padded == n:
+        return model.run_with_cache(tokens, names_filter=names)
+    tokens = np.asarray(tokens)
+    filler = np.full((tokens.shape[0], padded - n), tokens[0, -1], tokens.dtype)
+    logits, cache = model.run_with_cache(np.concatenate([tokens, filler], 1), names_filter=names)
+    return np.asarray(logits)[:, :n], cache.first_positions(n)
+
+
 def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: bool = False,
             capture_all: bool = False, answer: Optional[int] = None, wrong: Optional[int] = None,
             include_bos: bool = False) -> Analysis:
@@ -171,38 +190,42 @@ def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: b
         names.append("ln_final.hook_scale")
     if not cfg.attn_only:
         names += ["blocks.*.hook_mlp_out", "blocks.*.mlp.hook_post"]
-    logits, cache = model.run_with_cache(tokens, names_filter=None if capture_all else names)
-    probs = np.asarray(jax.nn.softmax(logits[0].astype(jnp.float32), -1))
+    # Saved activations are exactly run_with_cache's: padding changes XLA's summation order.
+    logits, cache = (model.run_with_cache(tokens) if capture_all
+                     else _run_bucketed(model, tokens, names))
+    last = np.asarray(logits, np.float32)[0]                               # [pos, d_vocab]
+    probs = np.exp(last - last.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
     top_ids = np.argsort(-probs, -1)[:, :top_k]
-    resid = jnp.concatenate([cache["blocks.*.hook_resid_pre"][:, 0],
-                             cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"]])  # [L+1, P, D]
+    resid = np.concatenate([np.asarray(cache["blocks.*.hook_resid_pre"])[:, 0],
+                            np.asarray(cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"])])  # [L+1, P, D]
     target = int(top_ids[-1, 0])
     start = max(0, resid.shape[1] - WINDOW)              # the lens reads the last WINDOW positions
     lens = logit_lens(model, resid[:, start:], target if answer is None else answer,
                       target if wrong is None else wrong)
-    pattern = cache["blocks.*.attn.hook_pattern"][:, 0]                # [L, H, P, P]
-    ids = np.asarray(tokens[0])
+    pattern = np.asarray(cache["blocks.*.attn.hook_pattern"])[:, 0]    # [L, H, P, P]
+    ids = np.asarray(tokens)[0]
     skip = int(not include_bos and len(ids) > 1 and int(ids[0]) == bos_id(model.tokenizer))
     a: Analysis = dict(
         text=text, model_name=cfg.model_name, str_tokens=model.to_str_tokens(tokens[0]),
         tokens=ids, n_text_tokens=max(n_text_tokens, len(ids)), skip=skip, top_ids=top_ids,
         top_probs=np.take_along_axis(probs, top_ids, -1),
-        loss=np.asarray(model.loss_fn(logits, tokens, per_token=True)[0]),
+        loss=_next_token_loss(last, ids),
         lens_ids=lens["top"], lens_probs=lens["top_p"],
-        resid_norm=np.asarray(jnp.linalg.norm(resid[:, -1], axis=-1)),
+        resid_norm=np.linalg.norm(resid[:, -1], axis=-1),
         lens_from=start, last_attn=np.asarray(pattern[:, :, -1]),
         patterns=np.asarray(pattern[:, :, :WINDOW, :WINDOW]),
-        target=target, target_logit=float(logits[0, -1, target]),
+        target=target, target_logit=float(last[-1, target]),
         dla=direct_logit_attribution(model, cache, target), neurons=[], induction=induction(model))
     if not cfg.attn_only:
-        post = np.asarray(cache["blocks.*.mlp.hook_post"][:, 0, skip:])      # [L, P - skip, M]
+        post = np.asarray(cache["blocks.*.mlp.hook_post"])[:, 0, skip:]      # [L, P - skip, M]
         for layer in post:
             peak = layer.max(0)
             best = np.argsort(-peak)[:n_neurons]
             a["neurons"].append([(int(n), int(layer[:, n].argmax()) + skip, float(peak[n]))
                                  for n in best])
     if answer is not None:
-        a["answer_view"] = _answer_view(model, cache, logits, lens, answer, wrong)
+        a["answer_view"] = _answer_view(model, cache, last, lens, answer, wrong)
     a["top_strs"] = to_str_tokens(model.tokenizer, top_ids)
     a["lens_strs"] = to_str_tokens(model.tokenizer, lens["top"])
     a["target_str"] = a["top_strs"][-1][0]
@@ -211,16 +234,24 @@ def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: b
     return a
 
 
+def _next_token_loss(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """logits [pos, d_vocab], ids [pos] -> the loss of each next token [pos - 1]."""
+    top = logits.max(-1, keepdims=True)
+    logsumexp = (top + np.log(np.exp(logits - top).sum(-1, keepdims=True)))[:-1, 0]
+    return logsumexp - logits[np.arange(len(ids) - 1), ids[1:]]
+
+
 def _answer_view(model, cache, logits, lens, answer: int, wrong: Optional[int]) -> dict:
-    """The answer (and answer - wrong) through the layers and components, at every position."""
+    """The answer (and answer - wrong) through the layers and components, at every position
+    (`logits` [pos, d_vocab], the first prompt's)."""
     tok = model.tokenizer
     view = dict(answer=answer, answer_str=to_str_tokens(tok, [answer])[0],
                 lens_p=lens["answer_p"], lens_rank=lens["answer_rank"],
-                logit=np.asarray(logits[0, :, answer]),
+                logit=logits[:, answer],
                 dla=dla_by_position(model, cache, *logit_direction(model, answer)))
     if wrong is not None:
         view.update(wrong=wrong, wrong_str=to_str_tokens(tok, [wrong])[0], lens_diff=lens["diff"],
-                    diff=np.asarray(logits[0, :, answer] - logits[0, :, wrong]),
+                    diff=logits[:, answer] - logits[:, wrong],
                     dla_diff=dla_by_position(model, cache, *logit_direction(model, answer, wrong)))
     return view
 
