@@ -217,7 +217,9 @@ def losses(params: dict, hyper: Hyper, x, tc: TrainConfig, dead_mask=None, step=
         coeff = hyper.l0_coefficient * _warm(step, tc.l0_warm_up_steps)
         l0 = step_fn(pre, params["threshold"], tc.jumprelu_bandwidth).sum(-1)
         parts["l0_loss"] = coeff * l0.mean()
-    elif dead_mask is not None:
+    elif dead_mask is None:  # no dead latents: SAELens's AuxK is 0 then
+        parts["auxiliary_reconstruction_loss"] = jnp.zeros((), out.dtype)
+    else:
         parts["auxiliary_reconstruction_loss"] = hyper.aux_loss_coefficient * auxk_loss(
             params, pre, jax.lax.stop_gradient(x - out), dead_mask)
     return sum(parts.values()), (acts, out, parts)
@@ -225,21 +227,18 @@ def losses(params: dict, hyper: Hyper, x, tc: TrainConfig, dead_mask=None, step=
 
 def auxk_loss(params, pre, residual, dead_mask):
     """AuxK: the top d_in/2 dead latents (by pre-activation) reconstruct the residual (no
-    bias), scaled by min(n_dead / (d_in/2), 1); 0 without dead latents (and then not computed,
-    as SAELens skips it: the top-k over every latent is a large share of a step)."""
+    bias), scaled by min(n_dead / (d_in/2), 1); 0 without dead latents. (`train_step` skips it
+    while no latent is dead, as SAELens does: its top-k over every latent is costly.)"""
     d_in = residual.shape[-1]
     k_aux = d_in // 2
     n_dead = dead_mask.sum()
-
-    def loss():
-        latents = jnp.where(dead_mask, pre, -jnp.inf)
-        values, idx = jax.lax.top_k(latents, k_aux)
-        keep = jnp.arange(k_aux) < jnp.minimum(n_dead, k_aux)   # only dead ones, at most n_dead
-        values = jnp.where(keep & jnp.isfinite(values), values, 0.0)
-        recon = jnp.einsum("bk,bkd->bd", values, params["W_dec"][idx])
-        return jnp.minimum(n_dead / k_aux, 1.0) * ((recon - residual) ** 2).sum(-1).mean()
-
-    return jax.lax.cond(n_dead > 0, loss, lambda: jnp.zeros((), residual.dtype))
+    latents = jnp.where(dead_mask, pre, -jnp.inf)
+    values, idx = jax.lax.top_k(latents, k_aux)
+    keep = jnp.arange(k_aux) < jnp.minimum(n_dead, k_aux)   # only dead ones, at most n_dead
+    values = jnp.where(keep & jnp.isfinite(values), values, 0.0)
+    recon = jnp.einsum("bk,bkd->bd", values, params["W_dec"][idx])
+    loss = ((recon - residual) ** 2).sum(-1).mean()
+    return jnp.where(n_dead > 0, jnp.minimum(n_dead / k_aux, 1.0) * loss, 0.0)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -253,9 +252,9 @@ def lr_at(step, lr, tc: TrainConfig):
     return lr * warm * jnp.where(step >= decay_start, decay, 1.0)
 
 
-def _one_step(state: TrainState, hyper: Hyper, x, tc: TrainConfig):
+def _one_step(state: TrainState, hyper: Hyper, x, tc: TrainConfig, aux: bool):
     dead = state.since_fired > tc.dead_feature_window  # SAELens: strictly more steps
-    use_dead = dead if tc.architecture in ("topk", "batchtopk") else None
+    use_dead = dead if aux else None
     (loss, (acts, out, parts)), grads = jax.value_and_grad(losses, has_aux=True)(
         state.params, hyper, x, tc, use_dead, state.step)
     updates, opt_state = _optimizer(tc).update(grads, state.opt_state, state.params)
@@ -284,10 +283,18 @@ def train_step(state: TrainState, hyper: Hyper, batch, tc: TrainConfig):
     """One optimiser step on activations `batch` [B, d_in] -> (state, metrics). With a stacked
     state/hyper (leading axis n) all n SAEs step on the same batch, or on `batch` [n, B, d_in]
     (one hook point each)."""
-    if jnp.ndim(hyper.lr) == 0:
-        return _one_step(state, hyper, batch, tc)
-    batch_axis = 0 if batch.ndim == 3 else None
-    return jax.vmap(_one_step, in_axes=(0, 0, batch_axis, None))(state, hyper, batch, tc)
+    def run(aux: bool):
+        one = functools.partial(_one_step, tc=tc, aux=aux)
+        if jnp.ndim(hyper.lr) == 0:
+            return one
+        return jax.vmap(one, in_axes=(0, 0, 0 if batch.ndim == 3 else None))
+
+    if tc.architecture not in ("topk", "batchtopk"):
+        return run(False)(state, hyper, batch)
+    # AuxK only once some latent (of any SAE) is dead: a cond outside the vmap, so the SAEs
+    # without dead latents do not pay for the top-k either way
+    any_dead = (state.since_fired > tc.dead_feature_window).any()
+    return jax.lax.cond(any_dead, run(True), run(False), state, hyper, batch)
 
 
 def to_sae(params: dict, hyper: Hyper, tc: TrainConfig, topk_threshold=None, **metadata) -> SAE:
