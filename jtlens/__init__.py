@@ -18,6 +18,7 @@ from jtlens.config import HookedTransformerConfig as HookedTransformerConfig
 from jtlens.factored_matrix import FactoredMatrix as FactoredMatrix
 from jtlens.generation import generate as generate
 from jtlens.hooked_encoder import HookedEncoder as HookedEncoder
+from jtlens.hooked_sae_transformer import HookedSAETransformer as HookedSAETransformer
 from jtlens.hooked_transformer import HookedTransformer as HookedTransformer
 from jtlens.hooked_transformer import Output as Output
 from jtlens.hooks import HookPoint as HookPoint
@@ -31,3 +32,4 @@ from jtlens.model import hook_names as hook_names
 from jtlens.params import init_params as init_params
 from jtlens.params import param_shapes as param_shapes
 from jtlens.sharding import shard_params as shard_params
+from jtlens.sparse import SAE as SAE

@@ -15,48 +15,24 @@ with the training curve and the induction scores in `training.json`.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import pathlib
-import sysconfig
 import time
 
 import jax
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
 import jtlens
 from jtlens.head_detector import induction_scores
+from jtlens.sparse.corpus import stdlib_docstrings
 from jtlens.train import train
 
 EOT = "<|endoftext|>"
-SKIP_DIRS = {"test", "tests", "site-packages", "idlelib", "lib2to3", "turtledemo"}
 CFG = jtlens.Config(n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512, d_vocab=1024,
                     n_ctx=64, act_fn="gelu_new", normalization_type="LN",
                     model_name="jtlens-tiny", original_architecture="GPT2LMHeadModel")
-
-
-def stdlib_docstrings() -> list[str]:
-    """The English prose that ships with CPython: stdlib docstrings and pydoc topic texts."""
-    root = pathlib.Path(sysconfig.get_paths()["stdlib"])
-    docs = []
-    for path in tqdm(sorted(root.rglob("*.py")), desc="corpus"):
-        if SKIP_DIRS & set(path.relative_to(root).parts):
-            continue
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue  # a few stdlib files are deliberately invalid or not UTF-8
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc and len(doc) > 40:
-                    docs.append(doc)
-    from pydoc_data.topics import topics
-
-    return docs + [topics[k] for k in sorted(topics)]
 
 
 def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
