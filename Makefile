@@ -32,6 +32,7 @@ run: $(VENV)/.core
 # The attention-view tests render HTML in headless Chromium (Debian's package).
 test: $(VENV)/.test
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser tests will skip"; }
+	$(VENV)/bin/lint-imports --no-logo
 	$(PY) -m pytest -q
 
 # Benchmarks compare against TransformerLens 4.3 (TransformerBridge), which cannot share an

@@ -52,7 +52,7 @@ def hf_folder(root: Path) -> Path:
     folder = root / "smol-hf"  # no "llama" in the path: TransformerLens guesses by name
     if not (folder / "model.safetensors").exists():
         sys.path.insert(0, str(ROOT))
-        from jtlens.gguf_models import packaged
+        from jtlens.io.gguf_models import packaged
         from tests.oracle import hf_from_gguf, save_plain_hf
 
         model, tokenizer = hf_from_gguf(packaged("smollm2-135m"))

@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
 import jtlens
-from jtlens.head_detector import induction_scores
-from jtlens.train import train
+from jtlens.experiments.head_detector import induction_scores
+from jtlens.experiments.train import train
 
 EOT = "<|endoftext|>"
 SKIP_DIRS = {"test", "tests", "site-packages", "idlelib", "lib2to3", "turtledemo"}
@@ -132,7 +132,7 @@ def main():
     val = [float(jtlens.forward(params, b, CFG, return_type="loss"))
            for b, _ in zip(batches(val_data, bos, args.batch, CFG.n_ctx, args.seed + 1), range(8))]
 
-    from jtlens.loading import save_converted
+    from jtlens.io.loading import save_converted
 
     out = pathlib.Path(args.out)
     save_converted(out, CFG, params, tokenizer, overwrite=True)  # refreshes the shipped model

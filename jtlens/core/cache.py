@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtlens.cache_analysis import CacheAnalysis
-from jtlens.config import Config
-from jtlens.hooks import ALL_LAYERS, HookNames, split_name
-from jtlens.slice import Slice, check_in_bounds
+from jtlens.core.cache_analysis import CacheAnalysis
+from jtlens.core.config import Config
+from jtlens.core.hooks import ALL_LAYERS, HookNames, split_name
+from jtlens.core.slice import Slice, check_in_bounds
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=("stacked", "outer", "params"),

@@ -13,9 +13,9 @@ from typing import Optional
 import jax.numpy as jnp
 import numpy as np
 
-from jtlens import components as C
-from jtlens import tokens as T
-from jtlens.slice import Slice
+from jtlens.core import components as C
+from jtlens.core import tokens as T
+from jtlens.core.slice import Slice
 
 _NORMS = ("LN", "LNPre", "RMS", "RMSPre")
 

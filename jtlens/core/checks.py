@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from jtlens.config import Config
+from jtlens.core.config import Config
 
 
 def is_traced(x) -> bool:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtlens.config import Config
+from jtlens.core.config import Config
 
 _HIGH_PRECISION = (jnp.float32, jnp.float64)
 

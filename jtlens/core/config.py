@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -224,8 +224,6 @@ class Config:
         if isinstance(config, dict):
             return cls.from_dict(config)
         if hasattr(config, "to_dict"):
-            from jtlens.conversions.transformer_lens import config_from_tl  # conversions import jtlens
-
             return config_from_tl(config)
         raise TypeError(f"Config.unwrap: expected a Config, a dict or a TransformerLens config, "
                         f"got {type(config).__name__}")
@@ -256,3 +254,20 @@ def _frozen_setattr(self, name, value):
 
 Config.__setattr__ = _frozen_setattr
 HookedTransformerConfig = Config  # TransformerLens's name
+
+
+def config_from_tl(tl_cfg: Any) -> Config:
+    """A jtlens Config from a HookedTransformerConfig (or its dict), field by field."""
+    src = tl_cfg if isinstance(tl_cfg, Mapping) else vars(tl_cfg)
+    kwargs = {}
+    for f in dataclasses.fields(Config):
+        if f.name in src and src[f.name] is not None or f.name in ("d_mlp", "rotary_dim", "normalization_type"):
+            value = src.get(f.name)
+            if f.name == "dtype":
+                value = str(value).replace("torch.", "")
+            if f.name == "attn_types" and value is not None:
+                value = tuple(value)
+            kwargs[f.name] = value
+    if src.get("positional_embedding_type") != "rotary":
+        kwargs["rotary_dim"] = None
+    return Config(**kwargs)

@@ -14,7 +14,7 @@ import functools
 
 import jax.numpy as jnp
 
-from jtlens.slice import check_in_bounds
+from jtlens.core.slice import check_in_bounds
 
 
 def _as_array(x):

@@ -20,7 +20,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from jtlens.config import Config
+from jtlens.core.config import Config
 
 
 @jax.tree_util.register_pytree_node_class

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtlens.config import Config
+from jtlens.core.config import Config
 
 Params = dict
 

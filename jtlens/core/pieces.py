@@ -14,14 +14,14 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from jtlens import components as C
-from jtlens.cache import ActivationCache
-from jtlens.checks import check_attention_mask, check_tokens, ids_in_range, layer_range, lookup
-from jtlens.config import Config
-from jtlens.decode_layout import FlatMatrix
-from jtlens.hooks import HookNames, HookRunner, Hooks
-from jtlens.kv_cache import KeyValueCache, check_decoder, check_room
-from jtlens.params import Params, param_shapes
+from jtlens.core import components as C
+from jtlens.core.cache import ActivationCache
+from jtlens.core.checks import check_attention_mask, check_tokens, ids_in_range, layer_range, lookup
+from jtlens.core.config import Config
+from jtlens.core.decode_layout import FlatMatrix
+from jtlens.core.hooks import HookNames, HookRunner, Hooks
+from jtlens.core.kv_cache import KeyValueCache, check_decoder, check_room
+from jtlens.core.params import Params, param_shapes
 
 Resid = Float[Array, "batch pos d_model"]
 QKVInput = Float[Array, "batch pos *head_d_model"]   # the residual, or per-head copies of it

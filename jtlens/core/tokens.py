@@ -6,7 +6,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from jtlens.config import Config
+from jtlens.core.config import Config
 
 
 def _require(tokenizer):

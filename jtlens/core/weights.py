@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jtlens.config import Config
+from jtlens.core.config import Config
 
 # The steps and TransformerLens's from_pretrained defaults: the one list every loader reads.
 DEFAULT_PROCESSING = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True,

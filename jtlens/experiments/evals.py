@@ -7,8 +7,8 @@ from typing import Optional
 import jax.numpy as jnp
 import numpy as np
 
-from jtlens.components import lm_cross_entropy_loss
-from jtlens.tokens import bos_id
+from jtlens.core.components import lm_cross_entropy_loss
+from jtlens.core.tokens import bos_id
 
 
 def induction_loss(model, tokenizer=None, batch_size: int = 4, subseq_len: int = 384,

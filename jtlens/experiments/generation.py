@@ -20,13 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jtlens import sampling
-from jtlens import tokens as T
-from jtlens.config import Config
-from jtlens import decode_layout as layout
-from jtlens.hooks import Hooks
-from jtlens.kv_cache import KeyValueCache, check_decoder
-from jtlens.model import check_tokens, forward, forward_with_cache, forward_with_kv
+from jtlens.experiments import sampling
+from jtlens.core import tokens as T
+from jtlens.core.config import Config
+from jtlens.core import decode_layout as layout
+from jtlens.core.hooks import Hooks
+from jtlens.core.kv_cache import KeyValueCache, check_decoder
+from jtlens.core.pieces import check_tokens, forward, forward_with_cache, forward_with_kv
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,10 +20,10 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jtlens.cache import ActivationCache
-from jtlens.config import Config
-from jtlens.hooks import Hooks
-from jtlens.model import forward, forward_with_cache, hook_catalogue
+from jtlens.core.cache import ActivationCache
+from jtlens.core.config import Config
+from jtlens.core.hooks import Hooks
+from jtlens.core.pieces import forward, forward_with_cache, hook_catalogue
 
 Metric = Callable[[Any], jax.Array]
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtlens.tokens import bos_id
+from jtlens.core.tokens import bos_id
 
 HEAD_NAMES = ("previous_token_head", "duplicate_token_head", "induction_head")
 

@@ -13,10 +13,10 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from jtlens.config import Config
-from jtlens.grads import zero_deltas
-from jtlens.hooks import Hooks
-from jtlens.model import forward, forward_with_cache, hook_catalogue
+from jtlens.core.config import Config
+from jtlens.experiments.grads import zero_deltas
+from jtlens.core.hooks import Hooks
+from jtlens.core.pieces import forward, forward_with_cache, hook_catalogue
 
 
 def prompt_difference(params, cfg: Config, plus_tokens, minus_tokens, name: str,

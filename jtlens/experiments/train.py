@@ -16,8 +16,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jtlens.config import Config
-from jtlens.model import forward
+from jtlens.core.config import Config
+from jtlens.core.pieces import forward
 
 LossFn = Callable[[dict, jax.Array], jax.Array]
 

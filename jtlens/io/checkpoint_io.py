@@ -24,7 +24,7 @@ MANIFEST = "jtlens_manifest.json"
 
 def read_json(path) -> dict:
     """A JSON object from `path`; errors name the file."""
-    from jtlens.params import ConversionError
+    from jtlens.core.params import ConversionError
 
     try:
         data = json.loads(Path(path).read_text())

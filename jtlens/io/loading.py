@@ -11,7 +11,6 @@ Weights are read from safetensors first; `.bin` files only through
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -20,13 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtlens import checkpoint_io, gguf_models, weights
-from jtlens.checkpoint_io import read_json
-from jtlens.conversions import convert_folder
-from jtlens.config import Config
-from jtlens.params import check_and_cast, check_shapes, param_shapes
+from jtlens.core import weights
+from jtlens.io import gguf_models
+from jtlens.io.conversions import convert_folder
+from jtlens.io.native import NATIVE_CONFIG, NATIVE_PARAMS, load_native, save_converted  # noqa: F401
+from jtlens.core.config import Config
+from jtlens.core.params import check_shapes, param_shapes
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 ALIASES = {"jtlens-tiny": ASSETS / "jtlens-tiny"}
 # TransformerLens's short names for common checkpoints -> hub repositories.
 HUB_ALIASES = {
@@ -39,31 +39,6 @@ HUB_ALIASES = {
     "bert-base-cased": "google-bert/bert-base-cased",
     "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
 }
-NATIVE_CONFIG, NATIVE_PARAMS = "jtlens_config.json", "params.msgpack"
-
-
-def save_converted(path, cfg: Config, params: dict, tokenizer: Any = None,
-                   processing: Optional[dict] = None, overwrite: bool = False) -> Path:
-    """Write a model in jtlens's format: `jtlens_config.json` (the Config and which weight
-    processing was applied), `params.msgpack` (flax serialization), the tokenizer's files and
-    `jtlens_manifest.json` (sizes and hashes, written last).
-
-    The folder is written beside `path` and renamed into place, so an interrupted save leaves
-    the previous contents intact. A non-empty `path` is refused unless `overwrite=True`.
-    """
-    from flax import serialization
-
-    checkpoint_io.check_destination(Path(path), overwrite)
-    meta = {"config": cfg.to_dict(), "processing": dict(processing or {})}
-    blob = serialization.msgpack_serialize(_to_numpy(params))
-
-    def fill(folder: Path):
-        (folder / NATIVE_CONFIG).write_text(json.dumps(meta, indent=1, default=list))
-        (folder / NATIVE_PARAMS).write_bytes(blob)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(folder))
-
-    return checkpoint_io.write_folder(path, fill, overwrite=overwrite)
 
 
 def load(name_or_path, *, dtype: Optional[str] = None, tokenizer: Any = None,
@@ -88,14 +63,14 @@ def load(name_or_path, *, dtype: Optional[str] = None, tokenizer: Any = None,
         if hf_overrides:
             raise TypeError(f"unknown option(s) {sorted(hf_overrides)} for a converted jtlens model: "
                             f"overrides must be jtlens.Config fields")
-        cfg, params, done = _load_native(folder)
+        cfg, params, done = load_native(folder)
         if _is_gguf(name_or_path):  # the cache folder's name is not the model's
             cfg = cfg.replace(model_name=model_name_for(name_or_path))
     else:
         named = lambda c: c.replace(model_name=model_name_for(name_or_path))  # noqa: E731
 
         def stream(converted: Config):
-            from jtlens.streaming import LayerStreamer
+            from jtlens.io.streaming import LayerStreamer
 
             c = named(converted).replace(**cfg_overrides)
             return LayerStreamer(c, _steps(c, flags, {}), mesh, sharding_rules, layer_axis,
@@ -116,7 +91,7 @@ def load(name_or_path, *, dtype: Optional[str] = None, tokenizer: Any = None,
     if mesh is None:
         params = _cast(params, cfg.dtype)
     else:
-        from jtlens.sharding import shard_params
+        from jtlens.io.sharding import shard_params
 
         host = {k: jax.tree_util.tree_map(lambda a: np.asarray(a, jnp.dtype(cfg.dtype)), v)
                 for k, v in params.items()}  # straight from host into the shards, not via one device
@@ -226,39 +201,6 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False):
     return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
 
 
-# ----------------------------------------------------------------------------- native format
-def _load_native(folder: Path) -> tuple[Config, dict, dict]:
-    from flax import serialization
-
-    blob = (folder / NATIVE_PARAMS).read_bytes() if (folder / NATIVE_PARAMS).is_file() else None
-    checkpoint_io.check_manifest(folder, hashed={NATIVE_PARAMS: blob} if blob is not None else None)
-    meta = read_json(folder / NATIVE_CONFIG)
-    if not isinstance(meta.get("config"), dict):
-        raise ValueError(f"{folder / NATIVE_CONFIG}: no \"config\" object; this is not a jtlens "
-                         f"model config")
-    try:
-        cfg = Config.from_dict(_tuples(meta["config"]))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{folder / NATIVE_CONFIG}: {err}") from None
-    try:
-        raw = serialization.msgpack_restore(blob)
-    except Exception as err:  # msgpack raises its own exception types
-        raise ValueError(f"{folder / NATIVE_PARAMS}: unreadable params ({type(err).__name__}: "
-                         f"{err})") from None
-    return cfg, check_and_cast(raw, cfg, dtype="float32"), meta.get("processing", {})
-
-
-def _tuples(d: dict) -> dict:
-    """JSON turns tuples into lists; Config needs hashable fields."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
-
-def _to_numpy(tree):
-    if isinstance(tree, dict):
-        return {k: _to_numpy(v) for k, v in tree.items()}
-    return np.asarray(tree)
-
-
 def _cast(params: dict, dtype: str):
     return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=dtype), params)
 
@@ -289,7 +231,7 @@ def _steps(cfg: Config, flags: dict, done: dict) -> dict:
 def _streamable(folder: Path) -> bool:
     """Whether the checkpoint can be read a tensor at a time (safetensors); a PyTorch pickle
     loads whole, and is then sharded (with a warning: host memory holds the whole model)."""
-    from jtlens.conversions.checkpoint import checkpoint_files
+    from jtlens.io.conversions.checkpoint import checkpoint_files
 
     if all(f.suffix == ".safetensors" for f in checkpoint_files(folder)):
         return True

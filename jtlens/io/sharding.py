@@ -29,8 +29,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from jtlens.config import Config
-from jtlens.params import param_shapes
+from jtlens.core.config import Config
+from jtlens.core.params import param_shapes
 
 LAYERS = "layers"
 

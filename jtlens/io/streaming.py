@@ -20,10 +20,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from jtlens import weights
-from jtlens.config import Config
-from jtlens.params import check_shapes, param_shapes
-from jtlens.sharding import param_shardings, place
+from jtlens.core import weights
+from jtlens.core.config import Config
+from jtlens.core.params import check_shapes, param_shapes
+from jtlens.io.sharding import param_shardings, place
 
 
 class LayerStreamer:

@@ -13,13 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtlens.attention_view import attention_viewer
-from jtlens.head_detector import induction_pattern_scores, induction_patterns
-from jtlens.model import Ctx, unembed
-from jtlens.report_figures import (answer_lens_png, cell, dla_png, dla_positions_png, html_page,
+from jtlens.report.attention_view import attention_viewer
+from jtlens.experiments.head_detector import induction_pattern_scores, induction_patterns
+from jtlens.core.pieces import Ctx, unembed
+from jtlens.report.figures import (answer_lens_png, cell, dla_png, dla_positions_png, html_page,
                                    img, induction_png)
-from jtlens.report_patching import patching_html
-from jtlens.tokens import bos_id, to_str_tokens
+from jtlens.report.patching_section import patching_html
+from jtlens.core.tokens import bos_id, to_str_tokens
 
 Analysis = dict[str, Any]
 

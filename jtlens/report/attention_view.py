@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from jtlens.heatmap import RED, colorbar, draw, pyplot, save_png
+from jtlens.report.heatmap import RED, colorbar, draw, pyplot, save_png
 
 _VIEWER = """<div class="jtl-attn" id="__ID__">
 <style>

@@ -51,7 +51,7 @@ def _say(message: str) -> None:
 def load_model(name: str):
     """`HookedTransformer.from_pretrained(name)` as a causal LM with a tokenizer, any failure a
     UsageError."""
-    from jtlens.hooked_transformer import HookedTransformer
+    from jtlens.tl.hooked_transformer import HookedTransformer
 
     _say(f"loading {name} ...")
     try:
@@ -161,8 +161,8 @@ def _answers(model, args):
 
 
 def cmd_run(args) -> int:
-    from jtlens import report
-    from jtlens.report_patching import patching_summary
+    from jtlens.report import analysis as report
+    from jtlens.report.patching_section import patching_summary
 
     text = read_text(args)
     corrupted = None if args.corrupted is None else _check_text(args.corrupted, "corrupted text")
@@ -204,7 +204,7 @@ def _pair(model, clean_text: str, corrupted_text: str):
 
 
 def _patching(model, clean_text, corrupted_text, args, out):
-    from jtlens.report_patching import patching_analysis
+    from jtlens.report.patching_section import patching_analysis
 
     clean, corrupted = _pair(model, clean_text, corrupted_text)
     answer, wrong = _answers(model, args)
@@ -217,7 +217,7 @@ def _patching(model, clean_text, corrupted_text, args, out):
 
 
 def cmd_patch(args) -> int:
-    from jtlens.report_patching import patching_summary, write_patching_page
+    from jtlens.report.patching_section import patching_summary, write_patching_page
 
     clean_text = _check_text(args.clean, "clean prompt")
     corrupted_text = _check_text(args.corrupted, "corrupted prompt")

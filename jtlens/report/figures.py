@@ -7,7 +7,7 @@ import html
 
 import numpy as np
 
-from jtlens.heatmap import BLUE, RED, colorbar, css_colour, draw, panels_figure, png_bytes, pyplot
+from jtlens.report.heatmap import BLUE, RED, colorbar, css_colour, draw, panels_figure, png_bytes, pyplot
 
 _STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
           "margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;"

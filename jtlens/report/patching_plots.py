@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from jtlens.heatmap import css_colour, legend, panels_figure, save_png
+from jtlens.report.heatmap import css_colour, legend, panels_figure, save_png
 
 EVERY_TITLES = ("output", "query", "key", "value", "pattern")
 _PREFIX = {"layer": "L", "head": "H", "head_index": "H"}

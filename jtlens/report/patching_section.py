@@ -13,7 +13,9 @@ import pathlib
 
 import numpy as np
 
-from jtlens.heatmap import heatmap_figure, png_bytes
+from jtlens.report.figures import html_page, img
+from jtlens.report.heatmap import heatmap_figure, png_bytes
+from jtlens.tl import patching
 
 METRIC = "(logit_diff - corrupted) / (clean - corrupted)"
 
@@ -23,7 +25,6 @@ def patching_analysis(model, clean, corrupted, answer: int, wrong: int, out,
     """Patch clean activations into the corrupted run, one (layer, position) of resid_pre and one
     (layer, head) output at a time. Writes patch_resid_pre.png, patch_heads.png and
     patching.json into `out`; returns the record (sweeps [layer, pos] and [layer, head])."""
-    from jtlens import patching
 
     def logit_diff(logits):
         return logits[0, -1, answer] - logits[0, -1, wrong]
@@ -90,8 +91,6 @@ def patching_html(r: dict, img) -> str:
 
 def write_patching_page(r: dict, out) -> pathlib.Path:
     """A self-contained patching.html beside patching.json."""
-    from jtlens.report import html_page, img
-
     path = pathlib.Path(out) / "patching.html"
     path.write_text(html_page("jtlens patching", patching_html(r, img)), encoding="utf-8")
     return path

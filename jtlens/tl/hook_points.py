@@ -13,8 +13,8 @@ import contextlib
 import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
-from jtlens.hooks import Hooks
-from jtlens.model import hook_catalogue
+from jtlens.core.hooks import Hooks
+from jtlens.core.pieces import hook_catalogue
 
 BWD_HOOKS_ERROR = (
     "backward hooks do not exist in jtlens: gradients come from jax.grad. For the gradient of a "

@@ -15,14 +15,14 @@ from typing import Any, Optional
 import jax.numpy as jnp
 import numpy as np
 
-from jtlens import tokens as T
-from jtlens.config import Config
-from jtlens.hooked_transformer import HookedTransformer, _forward_jit, _forward_with_cache_jit
-from jtlens.hooks import Hooks
-from jtlens.checks import check_attention_mask
-from jtlens.loading import load_no_processing
-from jtlens.weights import DEFAULT_PROCESSING
-from jtlens.model import _check_encoder_inputs, check_tokens, forward, forward_with_cache
+from jtlens.core import tokens as T
+from jtlens.core.config import Config
+from jtlens.tl.hooked_transformer import HookedTransformer, _forward_jit, _forward_with_cache_jit
+from jtlens.core.hooks import Hooks
+from jtlens.core.checks import check_attention_mask
+from jtlens.io.loading import load_no_processing
+from jtlens.core.weights import DEFAULT_PROCESSING
+from jtlens.core.pieces import _check_encoder_inputs, check_tokens, forward, forward_with_cache
 
 RETURN_TYPES = ("logits", "embeddings", "predictions", None)
 

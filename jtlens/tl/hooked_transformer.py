@@ -17,28 +17,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtlens import cache_analysis as analysis
-from jtlens import tokens as T
-from jtlens.checks import check_attention_mask
-from jtlens.config import Config
-from jtlens.factored_matrix import FactoredMatrix, composition_scores
-from jtlens.generation import model_generate
-from jtlens.hook_points import HookRegistry
-from jtlens.hooks import Hooks
-from jtlens.kv_cache import KeyValueCache, check_room
-from jtlens.model import (check_tokens, forward, forward_with_cache, forward_with_kv,
+from jtlens.core import cache_analysis as analysis
+from jtlens.core import tokens as T
+from jtlens.core.checks import check_attention_mask
+from jtlens.core.config import Config
+from jtlens.core.factored_matrix import FactoredMatrix, composition_scores
+from jtlens.experiments.generation import model_generate
+from jtlens.tl.hook_points import HookRegistry
+from jtlens.core.hooks import Hooks
+from jtlens.core.kv_cache import KeyValueCache, check_room
+from jtlens.core.pieces import (check_tokens, forward, forward_with_cache, forward_with_kv,
                           hook_catalogue, hook_names)
-from jtlens.module_views import LayerViews, expand_kv
-from jtlens.tl_compat import TransformerLensCompat, config_with_vocab
-from jtlens.params import init_params
-from jtlens.weights import NO_PROCESSING
+from jtlens.tl.module_views import LayerViews, expand_kv
+from jtlens.tl.tl_compat import _DEFAULT, TransformerLensCompat, config_with_vocab
+from jtlens.core.params import init_params
+from jtlens.core.weights import NO_PROCESSING
 
 _STATIC = ("cfg", "return_type", "loss_per_token", "start_at_layer", "stop_at_layer", "scan")
 _forward_jit = jax.jit(forward, static_argnames=_STATIC)
 _forward_with_cache_jit = jax.jit(forward_with_cache, static_argnames=_STATIC)
 _forward_kv_jit = jax.jit(forward_with_kv, static_argnames=("cfg", "return_type", "loss_per_token"))
-
-_DEFAULT = object()
 
 
 class Output(NamedTuple):
@@ -69,7 +67,7 @@ class HookedTransformer(HookRegistry, TransformerLensCompat):
         TransformerLens's default processing (fold_ln, center_writing_weights, center_unembed,
         fold_value_biases). See `jtlens.loading.load` for the options; `mesh=` places the params
         on a device mesh (`jtlens.sharding`)."""
-        from jtlens.loading import load
+        from jtlens.io.loading import load
 
         padding = kwargs.pop("default_padding_side", "right")
         cfg, params, tokenizer = load(model_name, **kwargs)
@@ -266,7 +264,7 @@ class HookedTransformer(HookRegistry, TransformerLensCompat):
         return T.token_position(tokens, tok_id, mode)
 
     def loss_fn(self, logits, tokens, attention_mask=None, per_token: bool = False):
-        from jtlens.components import lm_cross_entropy_loss
+        from jtlens.core.components import lm_cross_entropy_loss
 
         return lm_cross_entropy_loss(logits, jnp.asarray(tokens), attention_mask, per_token)
 

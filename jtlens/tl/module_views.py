@@ -15,9 +15,9 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from jtlens import components as C
-from jtlens import model as M
-from jtlens.config import Config
+from jtlens.core import components as C
+from jtlens.core import pieces as M
+from jtlens.core.config import Config
 
 
 def expand_kv(name: str, x, cfg: Config):

@@ -15,12 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtlens import weights as W
-from jtlens.config import Config
-from jtlens.module_views import ModuleView, top_level_views
+from jtlens.core import weights as W
+from jtlens.core.config import Config
+from jtlens.tl.module_views import ModuleView, top_level_views
 
 _PROCESS_DEFAULTS = dict(fold_ln=True, center_writing_weights=True, center_unembed=True,
                          fold_value_biases=True, refactor_factored_attn_matrices=False)
+_DEFAULT = object()  # "the model's own setting" (prepend_bos, padding_side); None means it too
 
 
 def flat_state_dict(params: dict, cfg) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def flat_state_dict(params: dict, cfg) -> dict[str, Any]:
 
 
 def _params_from_flat(state_dict: dict, cfg) -> dict:
-    from jtlens.conversions.transformer_lens import params_from_state_dict  # conversions import jtlens
+    from jtlens.io.conversions.transformer_lens import params_from_state_dict
 
     return params_from_state_dict(state_dict, cfg)
 
@@ -130,8 +131,6 @@ class TransformerLensCompat:
             raise NotImplementedError("input_to_embed with past_kv_cache: call "
                                       "model(tokens, past_kv_cache=cache), which continues the "
                                       "cached positions itself")
-        from jtlens.hooked_transformer import _DEFAULT
-
         tokens, mask = self._inputs(input, _DEFAULT if prepend_bos is None else prepend_bos,
                                     _DEFAULT if padding_side is None else padding_side,
                                     attention_mask)

@@ -8,9 +8,9 @@ from typing import Optional, Sequence, Union
 import jax
 import numpy as np
 
-from jtlens.components import lm_cross_entropy_loss
-from jtlens.hooks import get_act_name
-from jtlens.slice import Slice
+from jtlens.core.components import lm_cross_entropy_loss
+from jtlens.core.hooks import get_act_name
+from jtlens.core.slice import Slice
 
 __all__ = ["test_prompt", "to_numpy", "get_act_name", "lm_cross_entropy_loss", "Slice",
            "get_attention_mask", "get_corner", "remove_batch_dim", "transpose"]

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from oracle import CONFIGS, max_diff, tl_model, to_jtlens, tokens_for
+from tests.oracle import CONFIGS, max_diff, tl_model, to_jtlens, tokens_for
 
 import jtlens
 from jtlens.decode_layout import FlatMatrix, decode_layout

@@ -94,5 +94,5 @@ SHARDED = textwrap.dedent("""
 def test_sweeps_shard_over_eight_devices_with_the_same_numbers():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parent.parent, timeout=300)
+                          cwd=Path(__file__).resolve().parents[2], timeout=300)
     assert "SHARDED OK" in proc.stdout, proc.stderr[-3000:]

@@ -112,7 +112,7 @@ def test_induction_text_claims_a_head_only_past_the_threshold():
 
 @pytest.mark.slow
 def test_long_text_views_cover_a_window_and_say_so(tmp_path, monkeypatch):
-    from jtlens import report
+    from jtlens.report import analysis as report
 
     monkeypatch.setattr(report, "WINDOW", 8)
     model = jtlens.HookedTransformer.from_pretrained("jtlens-tiny")

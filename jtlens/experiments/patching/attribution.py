@@ -19,10 +19,10 @@ from typing import Callable, Sequence, Union
 import jax
 import jax.numpy as jnp
 
-from jtlens.config import Config
-from jtlens.grads import activations_and_grads
-from jtlens.patching import planning as P
-from jtlens.patching.sweep import Metric, scalar_metric, check_clean_shape
+from jtlens.core.config import Config
+from jtlens.experiments.grads import activations_and_grads
+from jtlens.experiments.patching import planning as P
+from jtlens.experiments.patching.sweep import Metric, scalar_metric, check_clean_shape
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "metric", "templates"))

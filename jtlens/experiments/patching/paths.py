@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtlens.config import Config
-from jtlens.hooks import Hooks
-from jtlens.model import Ctx, hook_catalogue, run_blocks
-from jtlens.patching import planning as P
-from jtlens.patching import sweep as S
+from jtlens.core.config import Config
+from jtlens.core.hooks import Hooks
+from jtlens.core.pieces import Ctx, hook_catalogue, run_blocks
+from jtlens.experiments.patching import planning as P
+from jtlens.experiments.patching import sweep as S
 
 _HEAD_AXIS = {"attn.hook_q": 2, "attn.hook_k": 2, "attn.hook_v": 2, "attn.hook_z": 2,
               "attn.hook_result": 2, "hook_q_input": 2, "hook_k_input": 2, "hook_v_input": 2,

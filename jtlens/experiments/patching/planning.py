@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jtlens.config import Config
-from jtlens.model import hook_catalogue
+from jtlens.core.config import Config
+from jtlens.core.pieces import hook_catalogue
 
 Metric = Callable[[jax.Array], jax.Array]
 

@@ -26,13 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jtlens.checks import check_tokens
-from jtlens.config import Config
-from jtlens.hooks import Hooks
-from jtlens.kv_cache import KeyValueCache
-from jtlens.model import Ctx, KVSlots, forward_with_cache, forward_with_kv, run_blocks, unembed
-from jtlens.patching.planning import Metric, check_rows, chunk_sharding, chunk_splits, plan
-from jtlens.sharding import place, to_host
+from jtlens.core.checks import check_tokens
+from jtlens.core.config import Config
+from jtlens.core.hooks import Hooks
+from jtlens.core.kv_cache import KeyValueCache
+from jtlens.core.pieces import Ctx, KVSlots, forward_with_cache, forward_with_kv, run_blocks, unembed
+from jtlens.experiments.patching.planning import Metric, check_rows, chunk_sharding, chunk_splits, plan
+from jtlens.io.sharding import place, to_host
 
 
 # ----------------------------------------------------------------------------- setters

@@ -11,9 +11,9 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from jtlens.checkpoint_io import read_json
-from jtlens.conversions.common import ConversionError, TensorReader
-from jtlens.params import check_and_cast, check_shapes, param_shapes
+from jtlens.io.checkpoint_io import read_json
+from jtlens.io.conversions.common import ConversionError, TensorReader
+from jtlens.core.params import check_and_cast, check_shapes, param_shapes
 
 ARCHITECTURES = {
     "GPT2LMHeadModel": "gpt2",
@@ -54,7 +54,7 @@ def convert_folder(folder, progress: bool = True, hf_overrides: dict | None = No
     (`stack(n_layers, per_layer)`, see `TensorReader`) and gives params["blocks"]; tensors are
     then read one at a time (safetensors only) and the other params come back as checked numpy.
     """
-    from jtlens.conversions.checkpoint import LazyTensors, read_tensors
+    from jtlens.io.conversions.checkpoint import LazyTensors, read_tensors
 
     folder = Path(folder)
     if not (folder / "config.json").exists():

@@ -9,8 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from jtlens import loading, weights
-from jtlens.checkpoint_io import check_destination
+from jtlens.core import weights
+from jtlens.io import loading
+from jtlens.io.checkpoint_io import check_destination
 
 
 def main(argv=None) -> int:

@@ -6,8 +6,8 @@ head are not part of HookedEncoder's forward, so their tensors are listed as ign
 
 from __future__ import annotations
 
-from jtlens.conversions.common import ConversionError, TensorReader, encoder_params, head_dim
-from jtlens.config import ACTIVATIONS, Config
+from jtlens.io.conversions.common import ConversionError, TensorReader, encoder_params, head_dim
+from jtlens.core.config import ACTIVATIONS, Config
 
 MLM_ARCHITECTURES = ("BertForMaskedLM", "BertForPreTraining")
 ARCHITECTURES = MLM_ARCHITECTURES + ("BertModel",)

@@ -9,8 +9,8 @@ from typing import Iterator, Mapping
 import numpy as np
 from tqdm.auto import tqdm
 
-from jtlens.checkpoint_io import read_json
-from jtlens.conversions.common import ConversionError
+from jtlens.io.checkpoint_io import read_json
+from jtlens.io.conversions.common import ConversionError
 
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 TORCH_BIN, TORCH_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"

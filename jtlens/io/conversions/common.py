@@ -13,8 +13,8 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from jtlens.config import Config
-from jtlens.params import ConversionError, check_and_cast, floating  # noqa: F401  (re-exported for families)
+from jtlens.core.config import Config
+from jtlens.core.params import ConversionError, check_and_cast, floating  # noqa: F401  (re-exported for families)
 
 
 class TensorReader:

@@ -6,8 +6,8 @@ eps 1e-12 (fixed in Hugging Face's code, not in the config).
 
 from __future__ import annotations
 
-from jtlens.conversions.common import ConversionError, TensorReader, encoder_params, head_dim
-from jtlens.config import ACTIVATIONS, Config
+from jtlens.io.conversions.common import ConversionError, TensorReader, encoder_params, head_dim
+from jtlens.core.config import ACTIVATIONS, Config
 
 ARCHITECTURES = ("DistilBertForMaskedLM", "DistilBertModel")
 

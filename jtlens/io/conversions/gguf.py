@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from jtlens.conversions.common import ConversionError, TensorReader, check_and_cast
+from jtlens.io.conversions.common import ConversionError, TensorReader, check_and_cast
 
 # GGUF `general.architecture` -> the Hugging Face class whose converter it reuses.
 ARCHITECTURES = {
@@ -248,7 +248,7 @@ def hf_tensors(reader, hf: dict, progress: bool = True) -> dict[str, np.ndarray]
 
 def convert_gguf(path, progress: bool = True):
     """(cfg, params) from a GGUF file, through the family converter of its architecture."""
-    from jtlens.conversions import family
+    from jtlens.io.conversions import family
 
     reader = read_gguf(path)
     hf = hf_config(reader)

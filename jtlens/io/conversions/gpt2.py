@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from jtlens.conversions.common import ConversionError, TensorReader, head_dim, norm
-from jtlens.config import Config
+from jtlens.io.conversions.common import ConversionError, TensorReader, head_dim, norm
+from jtlens.core.config import Config
 
 
 def config_from_hf(hf: dict) -> Config:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from jtlens.conversions.common import TensorReader, attention_linears, head_dim, mlp_linears, norm
-from jtlens.config import Config
+from jtlens.io.conversions.common import TensorReader, attention_linears, head_dim, mlp_linears, norm
+from jtlens.core.config import Config
 
 
 def config_from_hf(hf: dict) -> Config:

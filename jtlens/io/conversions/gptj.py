@@ -3,8 +3,8 @@ interleaved (GPT-J style) partial rotary, an unembedding with a bias."""
 
 from __future__ import annotations
 
-from jtlens.conversions.common import TensorReader, attention_linears, head_dim, mlp_linears, norm
-from jtlens.config import Config
+from jtlens.io.conversions.common import TensorReader, attention_linears, head_dim, mlp_linears, norm
+from jtlens.core.config import Config
 
 
 def config_from_hf(hf: dict) -> Config:

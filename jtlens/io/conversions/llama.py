@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from jtlens.conversions.common import (ConversionError, TensorReader, head_dim, heads,
+from jtlens.io.conversions.common import (ConversionError, TensorReader, head_dim, heads,
                                        heads_out, rope, zeros_or)
-from jtlens.config import Config
+from jtlens.core.config import Config
 
 GEMMA = ("GemmaForCausalLM", "Gemma2ForCausalLM")
 

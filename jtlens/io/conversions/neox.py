@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from jtlens.conversions.common import TensorReader, head_dim, heads_out, mlp_linears, norm, rope
-from jtlens.config import Config
+from jtlens.io.conversions.common import TensorReader, head_dim, heads_out, mlp_linears, norm, rope
+from jtlens.core.config import Config
 
 
 def config_from_hf(hf: dict) -> Config:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from jtlens.conversions.common import (ConversionError, TensorReader, attention_linears,
+from jtlens.io.conversions.common import (ConversionError, TensorReader, attention_linears,
                                        head_dim, mlp_linears, norm)
-from jtlens.config import Config
+from jtlens.core.config import Config
 
 POSITION_OFFSET = 2
 

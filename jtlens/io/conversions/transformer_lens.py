@@ -6,31 +6,13 @@ state dict; `config_from_tl(model.cfg)` its HookedTransformerConfig.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping
 
 import numpy as np
 
-from jtlens.conversions.common import TensorReader, check_and_cast
-from jtlens.config import Config
-from jtlens.params import param_shapes
-
-
-def config_from_tl(tl_cfg: Any) -> Config:
-    """A jtlens Config from a HookedTransformerConfig (or its dict), field by field."""
-    src = tl_cfg if isinstance(tl_cfg, Mapping) else vars(tl_cfg)
-    kwargs = {}
-    for f in dataclasses.fields(Config):
-        if f.name in src and src[f.name] is not None or f.name in ("d_mlp", "rotary_dim", "normalization_type"):
-            value = src.get(f.name)
-            if f.name == "dtype":
-                value = str(value).replace("torch.", "")
-            if f.name == "attn_types" and value is not None:
-                value = tuple(value)
-            kwargs[f.name] = value
-    if src.get("positional_embedding_type") != "rotary":
-        kwargs["rotary_dim"] = None
-    return Config(**kwargs)
+from jtlens.io.conversions.common import TensorReader, check_and_cast
+from jtlens.core.config import Config, config_from_tl  # noqa: F401  (its public path)
+from jtlens.core.params import param_shapes
 
 
 def params_from_state_dict(state_dict: Mapping[str, Any], cfg: Config) -> dict:

@@ -18,8 +18,8 @@ from typing import Callable, Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from jtlens.patching import planning as P
-from jtlens.patching import sweep as S
+from jtlens.experiments.patching import planning as P
+from jtlens.experiments.patching import sweep as S
 
 AXIS_NAMES = ("layer", "pos", "head_index", "head", "src_pos", "dest_pos")
 
