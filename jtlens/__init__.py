@@ -25,10 +25,10 @@ from jtlens.core.hooks import HookPoint as HookPoint  # noqa: E402
 from jtlens.core.hooks import Hooks as Hooks  # noqa: E402
 from jtlens.core.hooks import get_act_name as get_act_name  # noqa: E402
 from jtlens.core.kv_cache import KeyValueCache as KeyValueCache  # noqa: E402
-from jtlens.core.pieces import forward as forward  # noqa: E402
-from jtlens.core.pieces import forward_with_cache as forward_with_cache  # noqa: E402
-from jtlens.core.pieces import forward_with_kv as forward_with_kv  # noqa: E402
-from jtlens.core.pieces import hook_names as hook_names  # noqa: E402
+from jtlens.core.forward import forward as forward  # noqa: E402
+from jtlens.core.forward import forward_with_cache as forward_with_cache  # noqa: E402
+from jtlens.core.forward import forward_with_kv as forward_with_kv  # noqa: E402
+from jtlens.core.hook_catalogue import hook_names as hook_names  # noqa: E402
 from jtlens.core.params import init_params as init_params  # noqa: E402
 from jtlens.core.params import param_shapes as param_shapes  # noqa: E402
 from jtlens.experiments import grads as grads  # noqa: E402

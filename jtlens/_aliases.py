@@ -17,7 +17,7 @@ import importlib.util
 import sys
 
 _CORE = ("config", "params", "hooks", "components", "cache", "cache_analysis", "slice", "kv_cache",
-         "checks", "tokens", "weights", "decode_layout", "factored_matrix", "pieces")
+         "checks", "tokens", "weights", "decode_layout", "factored_matrix", "model")
 _IO = ("conversions", "gguf_models", "loading", "checkpoint_io", "streaming", "sharding")
 _EXPERIMENTS = ("grads", "masks", "probes", "steering", "train", "generation", "sampling",
                 "head_detector", "evals")
@@ -27,7 +27,6 @@ _TL = ("hooked_transformer", "hooked_encoder", "hook_points", "module_views", "u
 # short name (under jtlens.) -> real module; a dotted short name covers its submodules too.
 ALIASES = {
     **{m: f"jtlens.core.{m}" for m in _CORE},
-    "model": "jtlens.core.pieces",
     **{m: f"jtlens.io.{m}" for m in _IO},
     **{m: f"jtlens.experiments.{m}" for m in _EXPERIMENTS},
     **{m: f"jtlens.tl.{m}" for m in _TL},

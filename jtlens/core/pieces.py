@@ -1,13 +1,13 @@
-"""The forward: embed -> lax.scan over layer-stacked blocks -> unembed, one function for all families.
+"""The pieces of the forward: the context every piece gets (`Ctx`), the embeddings, attention,
+the MLP, norms, one block, the scan over layer-stacked blocks, and the unembedding.
 
-`forward(params, tokens, cfg, hooks)` is pure: jit it with `cfg` static, vmap it over patch
-values or masks, differentiate it with respect to `add` deltas or params.
+Each piece is a pure function of (params, input, ctx); `engine.run_model` strings them together
+and `forward` is the public entry point.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Optional, Union
 
 import jax
@@ -15,13 +15,12 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from jtlens.core import components as C
-from jtlens.core.cache import ActivationCache
-from jtlens.core.checks import check_attention_mask, check_tokens, ids_in_range, layer_range, lookup
+from jtlens.core.checks import lookup
 from jtlens.core.config import Config
 from jtlens.core.decode_layout import FlatMatrix
-from jtlens.core.hooks import HookNames, HookRunner, Hooks
-from jtlens.core.kv_cache import KeyValueCache, check_decoder, check_room
-from jtlens.core.params import Params, param_shapes
+from jtlens.core.hooks import HookRunner
+from jtlens.core.params import Params
+
 
 Resid = Float[Array, "batch pos d_model"]
 QKVInput = Float[Array, "batch pos *head_d_model"]   # the residual, or per-head copies of it
@@ -67,12 +66,6 @@ class Ctx:
     def at(self, layer, local, rec: dict, kv: Optional["KVSlots"] = None) -> "Ctx":
         return dataclasses.replace(self, layer=layer, local=local, rec=rec, kv=kv)
 
-    @classmethod
-    def of(cls, cfg: Config, hooks: Optional[Hooks], batch: int, n_pos: int) -> "Ctx":
-        """A context for running pieces of the model (blocks, unembed) outside `forward`, on
-        unpadded inputs of [batch, n_pos] tokens, with `hooks` applied."""
-        return cls(cfg, HookRunner(hooks, hook_catalogue(cfg)), {},
-                   C.positions_from_mask(None, n_pos, batch))
 
 
 @dataclasses.dataclass
@@ -395,235 +388,3 @@ def unembed(params: Params, resid: Float[Array, "batch pos d_model"],
     resid = ctx("unembed.hook_in", head(params, resid, ctx))
     logits = ctx("unembed.hook_out", _mm(resid, params["unembed"]["W_U"]) + params["unembed"]["b_U"])
     return C.softcap(logits, ctx.cfg.output_logits_soft_cap)
-
-
-# ----------------------------------------------------------------------------- forward
-
-def _check_encoder_inputs(tokens, token_type_ids, return_type, stop_at_layer, cfg: Config):
-    if token_type_ids is not None:
-        if not cfg.n_token_types:
-            raise ValueError("token_type_ids given, but this model has no token-type embedding "
-                             "(n_token_types=0); leave them out")
-        if tuple(token_type_ids.shape) != tuple(tokens.shape[:2]):
-            raise ValueError(f"token_type_ids has shape {tuple(token_type_ids.shape)}; it must "
-                             f"match the tokens' [batch, pos] = {tuple(tokens.shape[:2])}")
-        ids_in_range(token_type_ids, cfg.n_token_types, "token_type_id", "segment ids count "
-                     "from 0 up to the model's n_token_types")
-    if not cfg.post_ln or stop_at_layer is not None or return_type is None:
-        return
-    if return_type != "logits":
-        raise ValueError(f"return_type={return_type!r}: an encoder has no next-token loss; use "
-                         f"'logits' (MLM head), None, or stop_at_layer=n_layers for the embeddings")
-    if not cfg.mlm_head:
-        raise ValueError("this encoder has no MLM head (e.g. a BertModel checkpoint), so no "
-                         "logits: use return_type=None or stop_at_layer=n_layers for the embeddings")
-
-
-def _run(params: Params, tokens, cfg: Config, hk: HookRunner, return_type, loss_per_token,
-         attention_mask, start_at_layer, stop_at_layer, loss_tokens, scan, token_type_ids,
-         kv_cache: Optional[KeyValueCache] = None):
-    """The forward behind `forward`, `forward_with_cache` and `forward_with_kv`:
-    (out, outer records, stacked, start, the extended KeyValueCache or None)."""
-    rec: dict = {}
-    L = cfg.n_layers
-    start, stop = layer_range(start_at_layer, stop_at_layer, L)
-    if start_at_layer is None:
-        check_tokens(tokens, cfg)
-        batch, n_pos = tokens.shape
-    else:
-        batch, n_pos = tokens.shape[:2]
-    tokens = jnp.asarray(tokens)
-    mask = None if attention_mask is None else jnp.asarray(attention_mask)
-    if mask is not None:
-        check_attention_mask(mask, (batch, n_pos))
-    if cfg.post_ln or token_type_ids is not None:
-        token_type_ids = None if token_type_ids is None else jnp.asarray(token_type_ids)
-        _check_encoder_inputs(tokens, token_type_ids, return_type, stop_at_layer, cfg)
-    # BERT numbers positions 0..pos-1 whatever the padding; decoders shift past left padding.
-    positions = C.positions_from_mask(None if cfg.post_ln else mask, n_pos, batch)
-    kv = None
-    if kv_cache is not None:
-        if (start, stop) != (0, L):
-            raise ValueError("a KeyValueCache holds every layer: run it without start_at_layer "
-                             "/ stop_at_layer")
-        mask = jnp.ones((batch, n_pos), jnp.int32) if mask is None else mask
-        positions, kv = _continue(kv_cache, mask)
-    ctx = Ctx(cfg, hk, rec, positions, mask, kv=kv)
-    if cfg.positional_embedding_type == "shortformer":
-        pos = position_embedding(params, ctx)
-        ctx = dataclasses.replace(ctx, shortformer_pos=pos if start_at_layer is not None
-                                  else ctx("hook_pos_embed", pos))
-    if start_at_layer is not None:
-        resid = tokens
-    elif cfg.post_ln:
-        resid = encoder_embed(params, tokens, token_type_ids, ctx)
-    else:
-        resid = embed(params, tokens, ctx)
-    blocks = params["blocks"]
-    if (start, stop) != (0, L):
-        blocks = (blocks[start:stop] if isinstance(blocks, (tuple, list))
-                  else jax.tree_util.tree_map(lambda a: a[start:stop], blocks))
-    stacked: dict = {}
-    if stop > start:
-        resid, stacked = run_blocks(blocks, resid, ctx, first_layer=start, scan=scan)
-    if kv is not None:
-        k, v = stacked.pop("kv")
-        kv_cache = KeyValueCache(k, v, kv.mask, kv_cache.length + n_pos, kv_cache.frozen)
-    out: Any
-    if stop_at_layer is not None:
-        out = resid
-    elif return_type is None:
-        # TransformerLens runs the final norm (an encoder: its MLM head) and their hooks regardless.
-        (unembed if cfg.mlm_head else final_norm)(params, resid, ctx)
-        out = None
-    else:
-        logits = unembed(params, resid, ctx)
-        if return_type == "logits":
-            out = logits
-        else:
-            loss_on = tokens if start_at_layer is None else loss_tokens
-            if loss_on is None:
-                raise ValueError("return_type='loss' with start_at_layer needs loss_tokens=")
-            loss = C.lm_cross_entropy_loss(logits, loss_on, mask, loss_per_token)
-            if return_type == "loss":
-                out = loss
-            elif return_type == "both":
-                out = (logits, loss)
-            else:
-                raise ValueError(f"return_type={return_type!r}; use 'logits', 'loss', 'both' or None")
-    return out, rec, stacked, start, kv_cache
-
-
-def _continue(kv_cache: KeyValueCache, chunk_mask):
-    """Positions [batch, pos] of a chunk that continues the cached tokens, and the KVSlots it
-    attends to (the key mask covers the cached slots and the chunk's)."""
-    positions = kv_cache.mask.sum(1, keepdims=True) + jnp.cumsum(chunk_mask, axis=1) - 1
-    key_mask = jax.lax.dynamic_update_slice_in_dim(kv_cache.mask, chunk_mask.astype(jnp.int32),
-                                                   kv_cache.length, axis=1)
-    return jnp.maximum(positions, 0), KVSlots(kv_cache.k, kv_cache.v, kv_cache.length, key_mask)
-
-
-def forward(params: Params, tokens: TokensOrResid, cfg: Config, hooks: Optional[Hooks] = None, *,
-            return_type: Optional[str] = "logits", loss_per_token: bool = False,
-            attention_mask=None, start_at_layer: Optional[int] = None,
-            stop_at_layer: Optional[int] = None, loss_tokens=None, scan: bool = True,
-            token_type_ids=None):
-    """Run the model; returns the output only (`forward_with_cache` also returns activations).
-
-    Args:
-      params: layer-stacked params (see `param_shapes`).
-      tokens: int [batch, pos]; or, with `start_at_layer`, the residual [batch, pos, d_model].
-      cfg: the model's Config (static under jit).
-      hooks: a `Hooks` of interventions (patch, add, fns); captures need `forward_with_cache`.
-      return_type: "logits" [batch, pos, d_vocab_out], "loss" (scalar, or [batch, pos-1] with
-        loss_per_token), "both" ((logits, loss)) or None.
-      attention_mask: optional [batch, pos] 1/0 padding mask (shifts positions, masks keys).
-      start_at_layer / stop_at_layer: run blocks[start_at_layer:stop_at_layer] only (Python
-        slicing, as TransformerLens); with stop_at_layer the output is the residual stream
-        entering that layer.
-      loss_tokens: tokens for the loss when starting from a residual.
-      scan: run the blocks under `lax.scan` (default) or unrolled (see `run_blocks`).
-      token_type_ids: int [batch, pos] segment ids for BERT-style encoders (default all 0).
-
-    Concrete tokens and masks are checked here; traced ones (under jit/vmap) only under
-    `jtlens.checked`, and an out-of-range id otherwise gives NaN logits (see jtlens/checks.py).
-    """
-    hk = HookRunner(hooks, hook_catalogue(cfg))
-    if hk.capturing:
-        raise ValueError("forward returns only the output, so it would drop the activations that "
-                         "hooks.capture selects: call jtlens.forward_with_cache(...) -> (out, cache)")
-    return _run(params, tokens, cfg, hk, return_type, loss_per_token, attention_mask,
-                start_at_layer, stop_at_layer, loss_tokens, scan, token_type_ids)[0]
-
-
-def forward_with_kv(params: Params, tokens: Int[ArrayLike, "batch pos"], cfg: Config,
-                    kv_cache: KeyValueCache, hooks: Optional[Hooks] = None, *,
-                    return_type: Optional[str] = "logits", loss_per_token: bool = False,
-                    attention_mask=None, scan: bool = True):
-    """Run a chunk of tokens [batch, pos] after the ones held in `kv_cache`.
-
-    The chunk attends to the cached keys and values and its positions continue from them, so a
-    sequence run chunk by chunk gives the outputs of one full forward (TransformerLens's
-    `past_kv_cache`). `attention_mask` [batch, pos] marks padding in the chunk (default none).
-    Returns (output as `forward` returns it, the extended KeyValueCache).
-    """
-    check_decoder(cfg)
-    check_room(kv_cache, tokens.shape[1])
-    hk = HookRunner(hooks, hook_catalogue(cfg))
-    if hk.capturing:
-        raise ValueError("forward_with_kv returns the output and the key/value cache only; "
-                         "capture activations with jtlens.forward_with_cache on the full sequence")
-    out, _, _, _, kv_cache = _run(params, tokens, cfg, hk, return_type, loss_per_token,
-                                  attention_mask, None, None, None, scan, None, kv_cache)
-    return out, kv_cache
-
-
-def forward_with_cache(params: Params, tokens: TokensOrResid, cfg: Config,
-                       hooks: Optional[Hooks] = None, *,
-                       return_type: Optional[str] = "logits", loss_per_token: bool = False,
-                       attention_mask=None, start_at_layer: Optional[int] = None,
-                       stop_at_layer: Optional[int] = None, loss_tokens=None, scan: bool = True,
-                       token_type_ids=None):
-    """`forward`, also returning the activations `hooks.capture` selects (all of them when
-    `hooks` is None): `(output, ActivationCache)`. Arguments as in `forward`."""
-    hooks = Hooks(capture=True) if hooks is None else hooks
-    names = hook_catalogue(cfg)
-    hk = HookRunner(hooks, names)
-    out, rec, stacked, start, _ = _run(params, tokens, cfg, hk, return_type, loss_per_token,
-                                       attention_mask, start_at_layer, stop_at_layer,
-                                       loss_tokens, scan, token_type_ids)
-    return out, ActivationCache.from_forward(cfg, names, hk.captured, rec, stacked,
-                                             first_layer=start)
-
-
-# ----------------------------------------------------------------------------- hook names
-
-class _NameRecorder(HookRunner):
-    """A runner that edits nothing and notes every hook point the forward fires, in order.
-
-    `optional=True` also asks for the hook points TransformerLens only has behind `use_*` flags.
-    """
-
-    def __init__(self, optional: bool):
-        super().__init__(None, None)
-        self.optional = optional
-        self.fired: dict[str, bool] = {}   # template -> fired inside a block
-
-    def wants(self, template: str) -> bool:
-        return self.optional
-
-    def edited(self, template: str) -> bool:
-        return False
-
-    def __call__(self, template, act, record, layer=None):
-        self.fired.setdefault(template, layer is not None)
-        return act
-
-
-@functools.lru_cache(maxsize=None)
-def hook_catalogue(cfg: Config) -> HookNames:
-    """The hook points of `cfg`, read off the forward itself (traced once with shapes only)."""
-    shapes = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s, jnp.float32),
-                                    param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple))
-    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
-    return_type = "logits" if cfg.mlm_head or not cfg.post_ln else None
-
-    def fired(optional: bool) -> dict:
-        recorder = _NameRecorder(optional)
-        jax.eval_shape(lambda p, t: _run(p, t, cfg, recorder, return_type, False, None, None,
-                                         None, None, True, None)[0], shapes, tokens)
-        return recorder.fired
-
-    default, everything = fired(False), fired(True)
-    outer = [t for t, in_block in default.items() if not in_block]
-    first_block = next((i for i, in_block in enumerate(default.values()) if in_block), len(default))
-    pre = tuple(outer[:first_block])
-    return HookNames(pre=pre, templates=tuple(t for t, b in default.items() if b),
-                     optional=tuple(t for t, b in everything.items() if b),
-                     post=tuple(outer[first_block:]), n_layers=cfg.n_layers)
-
-
-def hook_names(cfg: Config, optional: bool = False) -> list[str]:
-    """Every concrete hook name of `cfg`, in execution order (what a full cache holds).
-    `optional=True` adds the hooks TransformerLens keeps behind `use_*` flags."""
-    return hook_catalogue(cfg).names(optional)

@@ -26,7 +26,8 @@ from jtlens.core.config import Config
 from jtlens.core import decode_layout as layout
 from jtlens.core.hooks import Hooks
 from jtlens.core.kv_cache import KeyValueCache, check_decoder
-from jtlens.core.pieces import check_tokens, forward, forward_with_cache, forward_with_kv
+from jtlens.core.checks import check_tokens
+from jtlens.core.forward import forward, forward_with_cache, forward_with_kv
 
 
 @dataclasses.dataclass(frozen=True)

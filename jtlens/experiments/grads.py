@@ -23,7 +23,8 @@ import jax.numpy as jnp
 from jtlens.core.cache import ActivationCache
 from jtlens.core.config import Config
 from jtlens.core.hooks import Hooks
-from jtlens.core.pieces import forward, forward_with_cache, hook_catalogue
+from jtlens.core.forward import forward, forward_with_cache
+from jtlens.core.hook_catalogue import hook_catalogue
 
 Metric = Callable[[Any], jax.Array]
 

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from jtlens.core.config import Config
 from jtlens.experiments.grads import Metric, zero_deltas
 from jtlens.core.hooks import ALL_LAYERS, Hooks
-from jtlens.core.pieces import forward, hook_catalogue
+from jtlens.core.forward import forward
+from jtlens.core.hook_catalogue import hook_catalogue
 
 # Hooks laid out [batch, head, query, key]: a per-head mask there needs another broadcast rule.
 _NOT_POSITION_MAJOR = ("attn.hook_pattern", "attn.hook_attn_scores")

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from jtlens.core.config import Config
 from jtlens.experiments.grads import zero_deltas
 from jtlens.core.hooks import Hooks
-from jtlens.core.pieces import forward, forward_with_cache, hook_catalogue
+from jtlens.core.forward import forward, forward_with_cache
+from jtlens.core.hook_catalogue import hook_catalogue
 
 
 def prompt_difference(params, cfg: Config, plus_tokens, minus_tokens, name: str,

@@ -17,7 +17,7 @@ import optax
 from tqdm.auto import tqdm
 
 from jtlens.core.config import Config
-from jtlens.core.pieces import forward
+from jtlens.core.forward import forward
 
 LossFn = Callable[[dict, jax.Array], jax.Array]
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from jtlens.report.attention_view import attention_viewer
 from jtlens.experiments.head_detector import induction_pattern_scores, induction_patterns
-from jtlens.core.pieces import Ctx, unembed
+from jtlens.core.forward import context
+from jtlens.core.pieces import unembed
 from jtlens.report.figures import (answer_lens_png, cell, dla_png, dla_positions_png, html_page,
                                    img, induction_png)
 from jtlens.report.patching_section import patching_html
@@ -102,7 +103,7 @@ def _lens_fn(cfg):
     """One compiled logit lens per Config: the residual of every layer [L+1, pos, d_model] through
     ln_final and the unembedding, a layer at a time (lax.map keeps one [pos, vocab] alive)."""
     def one(params, resid, answer, wrong):
-        logits = unembed(params, resid[None], Ctx.of(cfg, None, 1, resid.shape[0]))[0].astype(jnp.float32)
+        logits = unembed(params, resid[None], context(cfg, None, 1, resid.shape[0]))[0].astype(jnp.float32)
         logp = jax.nn.log_softmax(logits, -1)
         top = logp.argmax(-1)
         a = logits[:, answer]

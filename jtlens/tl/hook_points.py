@@ -14,7 +14,7 @@ import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
 from jtlens.core.hooks import Hooks
-from jtlens.core.pieces import hook_catalogue
+from jtlens.core.hook_catalogue import hook_catalogue
 
 BWD_HOOKS_ERROR = (
     "backward hooks do not exist in jtlens: gradients come from jax.grad. For the gradient of a "

@@ -22,7 +22,9 @@ from jtlens.core.hooks import Hooks
 from jtlens.core.checks import check_attention_mask
 from jtlens.io.loading import load_no_processing
 from jtlens.core.weights import DEFAULT_PROCESSING
-from jtlens.core.pieces import _check_encoder_inputs, check_tokens, forward, forward_with_cache
+from jtlens.core.checks import check_tokens
+from jtlens.core.engine import _check_encoder_inputs
+from jtlens.core.forward import forward, forward_with_cache
 
 RETURN_TYPES = ("logits", "embeddings", "predictions", None)
 

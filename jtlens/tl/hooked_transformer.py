@@ -19,15 +19,15 @@ import numpy as np
 
 from jtlens.core import cache_analysis as analysis
 from jtlens.core import tokens as T
-from jtlens.core.checks import check_attention_mask
+from jtlens.core.checks import check_attention_mask, check_tokens
 from jtlens.core.config import Config
 from jtlens.core.factored_matrix import FactoredMatrix, composition_scores
 from jtlens.experiments.generation import model_generate
 from jtlens.tl.hook_points import HookRegistry
 from jtlens.core.hooks import Hooks
 from jtlens.core.kv_cache import KeyValueCache, check_room
-from jtlens.core.pieces import (check_tokens, forward, forward_with_cache, forward_with_kv,
-                          hook_catalogue, hook_names)
+from jtlens.core.forward import forward, forward_with_cache, forward_with_kv
+from jtlens.core.hook_catalogue import hook_catalogue, hook_names
 from jtlens.tl.module_views import LayerViews, expand_kv
 from jtlens.tl.tl_compat import _DEFAULT, TransformerLensCompat, config_with_vocab
 from jtlens.core.params import init_params

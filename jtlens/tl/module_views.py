@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jtlens.core import components as C
-from jtlens.core import pieces as M
+from jtlens.core import model as M
 from jtlens.core.config import Config
 
 
@@ -68,7 +68,7 @@ class ModuleView:
 
 def _ctx(model, x, layer=None, local=False, mask=None) -> M.Ctx:
     """A forward context for running one piece on x [batch, pos, ...] with the model's hooks."""
-    ctx = M.Ctx.of(model.cfg, model._persistent_hooks(), x.shape[0], x.shape[1])
+    ctx = M.context(model.cfg, model._persistent_hooks(), x.shape[0], x.shape[1])
     positions = C.positions_from_mask(mask, x.shape[1], x.shape[0])
     return dataclasses.replace(ctx, layer=layer, local=local, mask=mask, positions=positions)
 

@@ -23,7 +23,7 @@ def test_forward_and_pieces_satisfy_their_annotations():
     tokens = jnp.arange(6)[None] % CFG.d_vocab
     logits = checked(jtlens.forward)(params, tokens, CFG)
     _, cache = checked(jtlens.forward_with_cache)(params, tokens, CFG)
-    ctx = M.Ctx.of(CFG, None, 1, 6)
+    ctx = M.context(CFG, None, 1, 6)
     layer0 = jax.tree_util.tree_map(lambda a: a[0], params["blocks"])
     resid = checked(M.embed)(params, tokens, ctx)
     resid = checked(M.block)(layer0, resid, ctx.at(0, False, {}))
@@ -36,7 +36,7 @@ def test_forward_and_pieces_satisfy_their_annotations():
 
 def test_annotations_reject_wrong_shapes():
     params = jtlens.init_params(CFG, jax.random.PRNGKey(0))
-    ctx = M.Ctx.of(CFG, None, 1, 6)
+    ctx = M.context(CFG, None, 1, 6)
     layer0 = jax.tree_util.tree_map(lambda a: a[0], params["blocks"])
     with pytest.raises(TypeCheckError):
         checked(jtlens.forward)(params, jnp.arange(6), CFG)            # [pos], not [batch, pos]

@@ -22,7 +22,9 @@ import numpy as np
 
 from jtlens.core.config import Config
 from jtlens.core.hooks import Hooks
-from jtlens.core.pieces import Ctx, hook_catalogue, run_blocks
+from jtlens.core.forward import context
+from jtlens.core.hook_catalogue import hook_catalogue
+from jtlens.core.pieces import run_blocks
 from jtlens.experiments.patching import planning as P
 from jtlens.experiments.patching import sweep as S
 
@@ -75,7 +77,7 @@ def _path_chunk(params, corrupted, clean_z, masks, layer, idx, *, cfg, metric, t
                   & (jnp.arange(H) == index[1])[None, None, None, :, None])
         patch = {f"blocks.*.{t}": (corrupted[t], None) for t in freeze}
         patch["blocks.*.attn.hook_z"] = (jnp.where(sender, clean_z, corrupted["attn.hook_z"]), None)
-        ctx = Ctx.of(cfg, Hooks(patch=patch, capture=names), batch, n_pos)
+        ctx = context(cfg, Hooks(patch=patch, capture=names), batch, n_pos)
         resid = jax.lax.dynamic_index_in_dim(corrupted["hook_resid_pre"], layer, keepdims=False)
         _, seen = run_blocks(params["blocks"], resid, ctx, start_layer=layer)
         ran = lambda x: (jnp.arange(L) >= layer).reshape((L,) + (1,) * (x.ndim - 1))

@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jtlens.core.config import Config
-from jtlens.core.pieces import hook_catalogue
+from jtlens.core.hook_catalogue import hook_catalogue
 
 Metric = Callable[[jax.Array], jax.Array]
 

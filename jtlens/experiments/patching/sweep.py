@@ -30,7 +30,8 @@ from jtlens.core.checks import check_tokens
 from jtlens.core.config import Config
 from jtlens.core.hooks import Hooks
 from jtlens.core.kv_cache import KeyValueCache
-from jtlens.core.pieces import Ctx, KVSlots, forward_with_cache, forward_with_kv, run_blocks, unembed
+from jtlens.core.forward import context, forward_with_cache, forward_with_kv
+from jtlens.core.pieces import KVSlots, run_blocks, unembed
 from jtlens.experiments.patching.planning import Metric, check_rows, chunk_sharding, chunk_splits, plan
 from jtlens.io.sharding import place, to_host
 
@@ -106,7 +107,7 @@ def run_from_layer(params, resid_pre, layer, cfg: Config, hooks: Hooks,
     `start`, and `logit_positions` count from `start`.
     """
     resid = jax.lax.dynamic_index_in_dim(resid_pre, layer, keepdims=False)
-    ctx = Ctx.of(cfg, hooks, *resid.shape[:2])
+    ctx = context(cfg, hooks, *resid.shape[:2])
     if past is not None:
         k, v = past
         batch, n_pos = k.shape[1], k.shape[3]
