@@ -44,7 +44,7 @@ def forward(params: Params, tokens: TokensOrResid, cfg: Config, hooks: Optional[
       token_type_ids: int [batch, pos] segment ids for BERT-style encoders (default all 0).
 
     Concrete tokens and masks are checked here; traced ones (under jit/vmap) only under
-    `jtlens.checked`, and an out-of-range id otherwise gives NaN logits (see jtlens/checks.py).
+    `jtlens.checked`, and an out-of-range id otherwise gives NaN logits (see jtlens/core/checks.py).
     """
     hk = HookRunner(hooks, hook_catalogue(cfg))
     if hk.capturing:

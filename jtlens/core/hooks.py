@@ -85,7 +85,7 @@ def split_name(full: str) -> tuple[str, Union[int, str, None]]:
 class HookNames:
     """The hook points of one model, in execution order: what names resolve against.
 
-    Built by `jtlens.model.hook_catalogue(cfg)`, which reads them off the forward itself, so a
+    Built by `hook_catalogue(cfg)` (core/hook_catalogue.py), which reads them off the forward, so a
     hook point exists exactly where the forward fires one.
 
     Attributes:

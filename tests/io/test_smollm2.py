@@ -125,7 +125,7 @@ def test_greedy_generation_equals_transformers_and_transformer_lens(converted, h
 def _corpus() -> str:
     """Over 10k characters: this project's README and sources, several scripts, whitespace runs."""
     root = Path(jtlens.__file__).parent
-    text = (root.parent / "README.md").read_text() + (root / "loading.py").read_text()
+    text = (root.parent / "README.md").read_text() + (root / "io" / "loading.py").read_text()
     text += ("Grüße aus Köln — naïve café, Ελληνικά, русский текст, 日本語のテキスト, 中文, 한국어, "
              "עברית, العربية, हिन्दी, emoji 🙂🚀👩‍💻, math ∑∫√∞ ≤ ≥, ｆｕｌｌｗｉｄｔｈ\n")
     text += "tabs\t\tand\t spaces    runs\n\n\n   \n\r\n" + " " * 17 + "end\u00a0nbsp\u2009thin"
