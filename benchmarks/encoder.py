@@ -16,7 +16,7 @@ import torch
 
 from benchmarks.common import row, timed
 from jtlens.tl.hooked_encoder import HookedEncoder
-from tests.test_encoder import tl_encoder
+from tests.tl.test_encoder import tl_encoder
 
 SHAPES = [(1, 32), (8, 128)]
 
