@@ -16,7 +16,7 @@ fwd = jax.jit(jtlens.forward, static_argnames="cfg")
 fwc = jax.jit(jtlens.forward_with_cache, static_argnames="cfg")
 
 
-@pytest.fixture(params=[CFG, GQA], ids=["gpt2", "gqa"])
+@pytest.fixture(scope="module", params=[CFG, GQA], ids=["gpt2", "gqa"])
 def setup(request):
     cfg = request.param
     params = jtlens.init_params(cfg, jax.random.PRNGKey(0))
