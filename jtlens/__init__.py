@@ -17,6 +17,7 @@ _aliases.install()
 
 from jtlens.core.cache import ActivationCache as ActivationCache  # noqa: E402
 from jtlens.core.checks import checked as checked  # noqa: E402
+from jtlens.core.compilation_cache import enable_compilation_cache as enable_compilation_cache  # noqa: E402
 from jtlens.core.components import lm_cross_entropy_loss as lm_cross_entropy_loss  # noqa: E402
 from jtlens.core.config import Config as Config  # noqa: E402
 from jtlens.core.config import HookedTransformerConfig as HookedTransformerConfig  # noqa: E402

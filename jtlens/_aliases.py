@@ -17,7 +17,8 @@ import importlib.util
 import sys
 
 _CORE = ("config", "params", "hooks", "components", "cache", "cache_analysis", "slice", "kv_cache",
-         "checks", "tokens", "weights", "decode_layout", "factored_matrix", "model")
+         "checks", "tokens", "weights", "decode_layout", "factored_matrix", "model", "progress",
+         "compilation_cache")
 _IO = ("conversions", "gguf_models", "loading", "checkpoint_io", "streaming", "sharding")
 _EXPERIMENTS = ("grads", "masks", "probes", "steering", "train", "generation", "sampling",
                 "head_detector", "evals")

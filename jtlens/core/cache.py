@@ -137,6 +137,20 @@ class ActivationCache(CacheAnalysis):
         self.has_batch_dim = False
         return self
 
+    def first_positions(self, n: int) -> "ActivationCache":
+        """A new cache of the first `n` positions (query and key positions of attention scores and
+        patterns): undoes padding a causal run on the right. Needs the batch axis."""
+        if not self.has_batch_dim:
+            raise ValueError("first_positions needs the batch axis (call it before remove_batch_dim)")
+
+        def cut(name: str, x, batch_axis: int):
+            if name.endswith(("hook_attn_scores", "hook_pattern")):  # [batch, head, q, k]
+                return x[..., :n, :n]
+            return jax.lax.slice_in_dim(x, 0, n, axis=batch_axis + 1)  # [batch, pos, ...]
+
+        return dataclasses.replace(self, stacked={k: cut(k, v, 1) for k, v in self.stacked.items()},
+                                   outer={k: cut(k, v, 0) for k, v in self.outer.items()})
+
     def apply_slice_to_batch_dim(self, batch_slice) -> "ActivationCache":
         """A new cache with the batch axis indexed by `batch_slice` (an int, slice, index array or
         `utils.Slice`); an int drops the axis."""

@@ -7,7 +7,6 @@ from typing import Optional
 import jax.numpy as jnp
 import numpy as np
 
-from jtlens.core.components import lm_cross_entropy_loss
 from jtlens.core.tokens import bos_id
 
 
@@ -31,6 +30,6 @@ def induction_loss(model, tokenizer=None, batch_size: int = 4, subseq_len: int =
     if bos:
         tok = model.tokenizer if tokenizer is None else tokenizer
         tokens[:, 0] = bos_id(tok) if tok is not None else 0
-    tokens = jnp.asarray(tokens)
-    per_token = lm_cross_entropy_loss(model(tokens), tokens, per_token=True)
+    # The loss inside the compiled forward: the [batch, pos, d_vocab] logits never leave it.
+    per_token = model(jnp.asarray(tokens), return_type="loss", loss_per_token=True)
     return per_token[:, subseq_len + 1:].mean()

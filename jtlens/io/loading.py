@@ -3,7 +3,7 @@
     cfg, params, tokenizer = load("jtlens-tiny")               # the embedded default model
     cfg, params, tokenizer = load("/path/to/hf_folder")        # any supported HF checkpoint
     cfg, params, tokenizer = load("smollm2-135m")              # a GGUF file, or a packaged one
-    save_converted("out/", cfg, params, tokenizer)             # -> jtlens_config.json + params.msgpack
+    save_converted("out/", cfg, params, tokenizer)             # -> jtlens_config.json + params.safetensors
 
 Weights are read from safetensors first; `.bin` files only through
 `torch.load(weights_only=True)`. No remote code runs unless `trust_remote_code=True`.

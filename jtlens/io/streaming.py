@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from jtlens.core import weights
 from jtlens.core.config import Config
 from jtlens.core.params import check_shapes, param_shapes
+from jtlens.core.progress import shown
 from jtlens.io.sharding import param_shardings, place
 
 
@@ -48,7 +49,7 @@ class LayerStreamer:
         one_layer = jax.tree_util.tree_map(lambda s: s[1:], self.raw,
                                            is_leaf=lambda x: isinstance(x, tuple))
         stacked = None
-        for l in tqdm(range(n_layers), desc="placing layers", disable=not self.progress):
+        for l in tqdm(range(n_layers), desc="placing layers", disable=not shown(self.progress)):
             layer = check_shapes(per_layer(l), one_layer, prefix=f"blocks[{l}]")
             layer = weights.process({"blocks": jax.tree_util.tree_map(lambda a: a[None], layer)},
                                     self.cfg, **self.steps)["blocks"]

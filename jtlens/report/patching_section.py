@@ -21,10 +21,11 @@ METRIC = "(logit_diff - corrupted) / (clean - corrupted)"
 
 
 def patching_analysis(model, clean, corrupted, answer: int, wrong: int, out,
-                      texts=("", ""), names=("", "")) -> dict:
+                      texts=("", ""), names=("", ""), progress: bool = False) -> dict:
     """Patch clean activations into the corrupted run, one (layer, position) of resid_pre and one
     (layer, head) output at a time. Writes patch_resid_pre.png, patch_heads.png and
-    patching.json into `out`; returns the record (sweeps [layer, pos] and [layer, head])."""
+    patching.json into `out`; returns the record (sweeps [layer, pos] and [layer, head]).
+    progress: a progress line per sweep (on a terminal)."""
 
     def logit_diff(logits):
         return logits[0, -1, answer] - logits[0, -1, wrong]
@@ -40,9 +41,9 @@ def patching_analysis(model, clean, corrupted, answer: int, wrong: int, out,
         return (logit_diff(logits) - corrupted_diff) / span
 
     resid = np.asarray(patching.get_act_patch_resid_pre(model, corrupted, clean_cache, metric,
-                                                        progress=False))
+                                                        progress=progress))
     heads = np.asarray(patching.get_act_patch_attn_head_out_all_pos(
-        model, corrupted, clean_cache, metric, progress=False))
+        model, corrupted, clean_cache, metric, progress=progress))
     toks = model.to_str_tokens(clean[0])
     r = dict(clean=texts[0], corrupted=texts[1], answer=names[0], wrong=names[1],
              clean_logit_diff=clean_diff, corrupted_logit_diff=corrupted_diff, metric=METRIC,

@@ -84,12 +84,11 @@ def _config_edit(**changes):
 
 
 def _int_params(f):
-    from flax import serialization
+    from safetensors.numpy import load, save
 
-    tree = serialization.msgpack_restore((f / NATIVE_PARAMS).read_bytes())
-    tree["embed"]["W_E"] = np.arange(tree["embed"]["W_E"].size, dtype=np.int32).reshape(
-        tree["embed"]["W_E"].shape)
-    _rewrite(f, NATIVE_PARAMS, serialization.msgpack_serialize(tree))
+    flat = load((f / NATIVE_PARAMS).read_bytes())
+    flat["embed.W_E"] = np.arange(flat["embed.W_E"].size, dtype=np.int32).reshape(flat["embed.W_E"].shape)
+    _rewrite(f, NATIVE_PARAMS, save(flat))
 
 
 def _garbage_params(f):
@@ -98,10 +97,10 @@ def _garbage_params(f):
 
 DAMAGE = [
     (_drop_manifest, IncompleteCheckpoint, "incomplete checkpoint, jtlens_manifest.json is missing"),
-    (_truncate_params, IncompleteCheckpoint, "params.msgpack: \\d+ bytes, the manifest says \\d+; "
+    (_truncate_params, IncompleteCheckpoint, "params.safetensors: \\d+ bytes, the manifest says \\d+; "
                                              "the file is truncated"),
-    (_flip_params_byte, IncompleteCheckpoint, "params.msgpack: contents do not match the manifest"),
-    (_drop_params, IncompleteCheckpoint, "incomplete checkpoint, params.msgpack is missing"),
+    (_flip_params_byte, IncompleteCheckpoint, "params.safetensors: contents do not match the manifest"),
+    (_drop_params, IncompleteCheckpoint, "incomplete checkpoint, params.safetensors is missing"),
     (_bad_manifest, IncompleteCheckpoint, "jtlens_manifest.json: unreadable manifest"),
     (_config_text("{\"config\": "), ValueError, "jtlens_config.json: invalid JSON"),
     (_config_text("[1, 2]"), ValueError, "jtlens_config.json: expected a JSON object, found a list"),
@@ -114,7 +113,7 @@ DAMAGE = [
     (_config_edit(d_model=24, d_head=8, n_heads=3), ValueError,
      "param .*: converted tensor has shape .* the config expects"),
     (_int_params, ValueError, "param embed.W_E holds int32 values; a weight must be floating point"),
-    (_garbage_params, ValueError, "params.msgpack: unreadable params"),
+    (_garbage_params, ValueError, "params.safetensors: unreadable params"),
 ]
 
 
@@ -307,3 +306,24 @@ def test_hub_failure_is_one_line_with_a_hint(monkeypatch, one_line_error):  # er
 
 def test_the_shipped_model_has_a_valid_manifest():  # correct
     checkpoint_io.check_manifest(jtlens.loading.ALIASES["jtlens-tiny"])
+
+
+def test_folders_saved_with_msgpack_params_still_load(saved, tmp_path):
+    """Folders written before params moved to safetensors hold params.msgpack (flax
+    serialization): they load to the same arrays."""
+    from flax import serialization
+    from safetensors.numpy import load as load_safetensors
+
+    from jtlens.io.native import LEGACY_PARAMS, _unflatten
+
+    legacy = _copy(saved, tmp_path)
+    tree = _unflatten(load_safetensors((legacy / NATIVE_PARAMS).read_bytes()))
+    (legacy / NATIVE_PARAMS).unlink()
+    _rewrite(legacy, LEGACY_PARAMS, serialization.msgpack_serialize(tree))
+    _, new_params, _ = load(saved, progress=False, fold_ln=False, center_writing_weights=False,
+                            center_unembed=False, fold_value_biases=False)
+    _, old_params, _ = load(legacy, progress=False, fold_ln=False, center_writing_weights=False,
+                            center_unembed=False, fold_value_biases=False)
+    flat_new, flat_old = (jax.tree_util.tree_leaves_with_path(p) for p in (new_params, old_params))
+    assert [k for k, _ in flat_new] == [k for k, _ in flat_old]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(flat_new, flat_old))

@@ -307,3 +307,52 @@ def test_missing_metadata_key(tmp_path):
     path = tmp_path / "nometa.gguf"
     write_gguf(path, "llama", random_model("llama"), metadata=False)
     assert "metadata key 'llama.embedding_length' is missing" in _error(path)
+
+
+def _sentencepiece_gguf(path, arch):
+    """A GGUF holding only a sentencepiece-style (`llama`) vocabulary: byte fallbacks, scored
+    pieces, control and unknown tokens, as llama.cpp writes them for Llama, Gemma and Phi-3."""
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyzTE.,") | {"\u2581"})
+    pieces = ["\u2581t", "he", "\u2581the", "\u2581a", "re", "\u2581re", "in", "\u2581in", "\u2581\u2581"]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + chars + pieces
+    types = [2, 3, 3] + [6] * 256 + [1] * (len(chars) + len(pieces))
+    scores = [0.0] * 259 + [-1000.0 - i for i in range(len(chars))] + [-float(i) for i in range(len(pieces))]
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+TEXTS = ["The return value is a list.\n\n  Tabs\tand ünïcode: naïve café — 東京 🙂",
+         "the theatre in rain", "  leading spaces", "<s>marked</s> text", ""]
+
+
+@pytest.mark.parametrize("arch", sorted(gguf_conversion.ARCHITECTURES))
+def test_tokenizer_is_transformers_own_without_torch(files, arch, tmp_path):
+    """Every GGUF architecture jtlens loads, byte-level BPE and (where llama.cpp writes one)
+    sentencepiece vocabularies: the tokenizer built from the metadata without torch is
+    transformers' GGUF tokenizer, token for token, special tokens and BOS flag included."""
+    from jtlens.conversions.gguf_tokenizer import gguf_tokenizer
+
+    paths = [files(arch, Q.F32)[0]]
+    if arch in ("llama", "gemma", "gemma2", "phi3"):
+        paths.append(tmp_path / "spm.gguf")
+        _sentencepiece_gguf(paths[-1], arch)
+    for path in paths:
+        ours = gguf_tokenizer(path)
+        theirs = transformers.PreTrainedTokenizerFast.from_pretrained(str(path.parent), gguf_file=path.name)
+        for text in TEXTS:
+            assert ours(text)["input_ids"] == theirs(text)["input_ids"], (path.name, text)
+            ids = theirs(text)["input_ids"]
+            assert ours.decode(ids) == theirs.decode(ids)
+        assert (ours.bos_token, ours.eos_token, ours.unk_token, ours.pad_token) == \
+               (theirs.bos_token, theirs.eos_token, theirs.unk_token, theirs.pad_token)
+        assert ours.all_special_tokens == theirs.all_special_tokens

@@ -130,7 +130,7 @@ def test_unknown_option_is_one_line(capsys):
 def test_model_without_tokenizer(capsys, tmp_path):
     folder = tmp_path / "no-tokenizer"
     folder.mkdir()
-    for name in ("jtlens_config.json", "params.msgpack"):
+    for name in ("jtlens_config.json", "params.safetensors"):
         shutil.copy(ALIASES["jtlens-tiny"] / name, folder / name)
     write_manifest(folder)  # a complete checkpoint, only without a tokenizer
     err = _one_line(capsys, 2, ["run", TEXT, "--model", str(folder), "--out", str(tmp_path / "o")])

@@ -33,6 +33,7 @@ from jtlens.core.kv_cache import KeyValueCache
 from jtlens.core.forward import context, forward_with_cache, forward_with_kv
 from jtlens.core.pieces import KVSlots, run_blocks, unembed
 from jtlens.experiments.patching.planning import Metric, check_rows, chunk_sharding, chunk_splits, plan
+from jtlens.core.progress import shown
 from jtlens.io.sharding import place, to_host
 
 
@@ -253,7 +254,7 @@ def map_rows(fn: Callable, rows: np.ndarray, chunk_size: int, sharding=None,
         kw = {} if starts is None else {"start": int(key[0])}
         jobs += [(int(key[-1]), kw, where[i:i + chunk_size]) for i in range(0, len(where), chunk_size)]
     out = np.zeros(len(rows), np.float32)
-    for layer, kw, where in tqdm(jobs, desc=desc, disable=not progress or len(jobs) < 2):
+    for layer, kw, where in tqdm(jobs, desc=desc, disable=not shown(progress) or len(jobs) < 2):
         idx = rows[np.pad(where, (0, chunk_size - len(where)), mode="edge")]
         idx = jnp.asarray(idx) if sharding is None else place(idx, sharding)
         out[where] = to_host(fn(jnp.int32(layer), idx, **kw))[:len(where)]  # blocks: honest progress

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from jtlens.io.checkpoint_io import read_json
 from jtlens.io.conversions.common import ConversionError
+from jtlens.core.progress import shown
 
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 TORCH_BIN, TORCH_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -51,7 +52,7 @@ def read_tensors(folder: Path, progress: bool = True) -> dict[str, np.ndarray]:
     """Every tensor of the checkpoint, by name, in its stored dtype (bfloat16 via ml_dtypes)."""
     files = checkpoint_files(folder)
     tensors: dict[str, np.ndarray] = {}
-    with tqdm(desc=f"reading {folder.name}", unit="tensor", disable=not progress) as bar:
+    with tqdm(desc=f"reading {folder.name}", unit="tensor", disable=not shown(progress)) as bar:
         for f in files:
             read = _read_safetensors if f.suffix == ".safetensors" else _read_torch_bin
             for name, array in read(f):

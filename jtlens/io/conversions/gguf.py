@@ -17,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jtlens.io.conversions.common import ConversionError, TensorReader, check_and_cast
+from jtlens.core.progress import shown
 
 # GGUF `general.architecture` -> the Hugging Face class whose converter it reuses.
 ARCHITECTURES = {
@@ -233,7 +234,7 @@ def hf_tensors(reader, hf: dict, progress: bool = True) -> dict[str, np.ndarray]
     path, arch, dims = reader.data.filename, architecture(reader), _dims(hf)
     fix, out = _fixer(arch, hf), {}
     for t in tqdm(reader.tensors, desc=f"dequantising {Path(path).name}", unit="tensor",
-                  disable=not progress):
+                  disable=not shown(progress)):
         try:
             name, want = hf_name(arch, t.name, dims)
         except ConversionError as err:
@@ -246,11 +247,13 @@ def hf_tensors(reader, hf: dict, progress: bool = True) -> dict[str, np.ndarray]
     return out
 
 
-def convert_gguf(path, progress: bool = True):
-    """(cfg, params) from a GGUF file, through the family converter of its architecture."""
+def convert_gguf(path, progress: bool = True, reader=None):
+    """(cfg, params) from a GGUF file, through the family converter of its architecture.
+    `reader`: the file's `read_gguf` when the caller has it (parsing the metadata of a large
+    vocabulary takes seconds)."""
     from jtlens.io.conversions import family
 
-    reader = read_gguf(path)
+    reader = read_gguf(path) if reader is None else reader
     hf = hf_config(reader)
     module = family(hf)
     cfg = module.config_from_hf(hf)
@@ -264,18 +267,3 @@ def convert_gguf(path, progress: bool = True):
         if str(path) in str(err):
             raise
         raise ConversionError(f"{path}: {err}") from None
-
-
-def gguf_tokenizer(path):
-    """The fast tokenizer transformers builds from the GGUF metadata (no torch needed)."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    path = Path(path)
-    try:
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except ValueError as err:
-        if "not supported" not in str(err):
-            raise
-    # transformers picks the tokenizer class from a config it cannot build for every architecture
-    # (gemma, gptneox); the tokenizer itself comes from the same metadata either way.
-    return PreTrainedTokenizerFast.from_pretrained(str(path.parent), gguf_file=path.name)
