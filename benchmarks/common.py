@@ -89,7 +89,7 @@ def gpt2_small_models():
 def jtlens_from_tl(tl_model):
     """A jtlens HookedTransformer holding exactly the TransformerLens model's (processed) weights."""
     import jtlens
-    from jtlens.conversions.transformer_lens import config_from_tl, params_from_state_dict
+    from jtlens.io.conversions.transformer_lens import config_from_tl, params_from_state_dict
 
     cfg = config_from_tl(tl_model.cfg)
     return jtlens.HookedTransformer(cfg, params_from_state_dict(tl_model.state_dict(), cfg))

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from benchmarks.common import row, timed
-from jtlens.hooked_encoder import HookedEncoder
-from tests.test_encoder import tl_encoder
+from jtlens.tl.hooked_encoder import HookedEncoder
+from tests.tl.test_encoder import tl_encoder
 
 SHAPES = [(1, 32), (8, 128)]
 

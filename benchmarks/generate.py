@@ -55,7 +55,7 @@ def torch_best(run, repeats):
 
 def matrices(model, batch):
     """The 2D matrices of one decode step, as the generation loop lays them out."""
-    from jtlens.decode_layout import FlatMatrix, decode_layout
+    from jtlens.core.decode_layout import FlatMatrix, decode_layout
 
     flat = decode_layout(model.params, input_last=batch > 1)
     return [m for m in jax.tree_util.tree_leaves(flat, is_leaf=lambda x: isinstance(x, FlatMatrix))

@@ -26,7 +26,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import jtlens.patching as jp  # noqa: E402
+import jtlens.tl.patching as jp  # noqa: E402
 from benchmarks.common import bridge, gpt2_small_dir, jtlens_from_tl, row, timed, tl39_model, tokens  # noqa: E402
 
 SWEEPS = ["get_act_patch_resid_pre", "get_act_patch_attn_head_all_pos_every"]

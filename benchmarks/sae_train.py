@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
 HOOK, LAYER, D_IN, EXPANSION = "blocks.15.hook_resid_post", 15, 576, 16
 
@@ -36,7 +36,7 @@ HOOK, LAYER, D_IN, EXPANSION = "blocks.15.hook_resid_post", 15, 576, 16
 def models():
     """(TransformerLens 3.9 model, jtlens model) with the same processed SmolLM2 weights."""
     import torch
-    from oracle import hf_from_gguf, save_plain_hf, tl_from_folder
+    from tests.oracle import hf_from_gguf, save_plain_hf, tl_from_folder
 
     from benchmarks.common import jtlens_from_tl
     from jtlens.gguf_models import packaged

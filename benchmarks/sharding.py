@@ -29,9 +29,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import jtlens  # noqa: E402
-import jtlens.patching as jp  # noqa: E402
+import jtlens.tl.patching as jp  # noqa: E402
 from benchmarks.common import gpt2_small_dir, jtlens_from_tl, timed, tl39_model, tokens  # noqa: E402
-from jtlens.sharding import bytes_per_device, make_mesh  # noqa: E402
+from jtlens.io.sharding import bytes_per_device, make_mesh  # noqa: E402
 
 ANSWERS = (262, 1110)
 MESHES = [(8, 1), (2, 4), (1, 8)]

@@ -69,8 +69,8 @@ def write_random_llama(folder: Path, hf: dict = LLAMA_300M, n_files: int = 4, se
 CHILD = """
 import resource, sys, time
 import jax
-from jtlens.loading import load
-from jtlens.sharding import bytes_per_device, make_mesh, shard_params
+from jtlens.io.loading import load
+from jtlens.io.sharding import bytes_per_device, make_mesh, shard_params
 mode, folder = sys.argv[1], sys.argv[2]
 t = time.perf_counter()
 if mode == "whole":

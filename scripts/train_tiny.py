@@ -25,9 +25,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 import jtlens
-from jtlens.head_detector import induction_scores
-from jtlens.sparse.corpus import stdlib_docstrings
-from jtlens.train import train
+from jtlens.experiments.head_detector import induction_scores
+from jtlens.experiments.sparse.corpus import stdlib_docstrings
+from jtlens.experiments.train import train
 
 EOT = "<|endoftext|>"
 CFG = jtlens.Config(n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512, d_vocab=1024,
@@ -108,7 +108,7 @@ def main():
     val = [float(jtlens.forward(params, b, CFG, return_type="loss"))
            for b, _ in zip(batches(val_data, bos, args.batch, CFG.n_ctx, args.seed + 1), range(8))]
 
-    from jtlens.loading import save_converted
+    from jtlens.io.loading import save_converted
 
     out = pathlib.Path(args.out)
     save_converted(out, CFG, params, tokenizer, overwrite=True)  # refreshes the shipped model

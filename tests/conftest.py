@@ -51,7 +51,7 @@ def _bounded_compiled_code():
 
 
 # ----------------------------------------------------------------------------- bad-input suite
-# Shared by tests/test_bad_inputs_*.py: tiny models built once per session.
+# Shared by tests/*/test_bad_inputs_*.py: tiny models built once per session.
 import re  # noqa: E402
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jtlens
-from jtlens import report
+from jtlens.report import analysis as report
 from jtlens.compilation_cache import bucket, enable_compilation_cache
 
 FAMILY_KNOBS = [

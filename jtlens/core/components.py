@@ -1,0 +1,158 @@
+"""Numerical building blocks of the forward: norms, activations, positions, attention masks.
+
+Each function is pure and follows TransformerLens's arithmetic order, because the point of
+jtlens is to reproduce its numbers (see ../shared/reference, "Numerics details").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jtlens.core.config import Config
+
+_HIGH_PRECISION = (jnp.float32, jnp.float64)
+
+
+def gelu_new(x):
+    """GPT-2's tanh approximation of GELU."""
+    return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * jnp.power(x, 3.0))))
+
+
+def gelu_fast(x):
+    return 0.5 * x * (1.0 + jnp.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+ACTIVATION_FNS: dict[str, Callable] = {
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": gelu_new,
+    "gelu_fast": gelu_fast,
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "silu": jax.nn.silu,
+    "relu2": lambda x: jnp.square(jax.nn.relu(x)),
+    "solu": lambda x: x * jax.nn.softmax(x, axis=-1),
+    "solu_ln": lambda x: x * jax.nn.softmax(x, axis=-1),  # the model adds the LayerNorm (mlp.ln)
+}
+
+
+def softcap(x, cap: float):
+    """`cap * tanh(x / cap)`, or x unchanged when the cap is off (<= 0)."""
+    return cap * jnp.tanh(x / cap) if cap > 0 else x
+
+
+def normalize(x, p: Optional[dict], kind: Optional[str], eps: float, hook: Callable):
+    """LayerNorm / RMSNorm (and their weightless *Pre forms) with hook_scale / hook_normalized.
+
+    Args:
+      x: [..., length]. p: {"w": [length], "b": [length]} (LN) or {"w"} (RMS); None for *Pre.
+      hook: `hook(name, act) -> act`, called with "hook_scale" ([..., 1]) and "hook_normalized".
+    Norms run in float32 when the model is in lower precision, as TransformerLens does.
+    """
+    if kind is None:
+        return x
+    dtype = x.dtype
+    if dtype not in _HIGH_PRECISION:
+        x = x.astype(jnp.float32)
+    if kind.startswith("LN"):
+        x = x - x.mean(-1, keepdims=True)
+    scale = jnp.sqrt(jnp.mean(jnp.square(x), -1, keepdims=True) + eps)
+    # The barrier stops XLA rewriting x / sqrt(v) as x * rsqrt(v) only when the scale is not
+    # captured, which would make capturing a hook change the logits.
+    scale = hook("hook_scale", jax.lax.optimization_barrier(scale))
+    x = hook("hook_normalized", x / scale).astype(dtype)
+    if kind == "LN":
+        return x * p["w"] + p["b"]
+    if kind == "RMS":
+        return x * p["w"]
+    return x
+
+
+# ----------------------------------------------------------------------------- positions
+
+def positions_from_mask(attention_mask, n_pos: int, batch: int):
+    """Position ids [batch, pos]: 0..pos-1, or shifted past left padding as TransformerLens does."""
+    if attention_mask is None:
+        return jnp.broadcast_to(jnp.arange(n_pos), (batch, n_pos))
+    pos = jnp.cumsum(attention_mask, axis=1) - 1
+    return jnp.where(pos < 0, 0, pos)
+
+
+def rotary_inverse_periods(cfg: Config) -> np.ndarray:
+    """The per-pair period `freq` of TransformerLens's rotary table, repeated to rotary_dim.
+
+    angle[pos, i] = pos / freq[i]; NeoX pairs i and i + d/2, GPT-J pairs adjacent entries.
+    """
+    rd = cfg.rotary_dim
+    base = np.float32(cfg.rotary_base)
+    if cfg.use_NTK_by_parts_rope:
+        inv = (1.0 / (base ** (np.arange(0, rd, 2).astype(np.float32) / np.float32(rd)))).astype(np.float32)
+        factor = np.float32(cfg.NTK_by_parts_factor)
+        lo, hi = cfg.NTK_by_parts_low_freq_factor, cfg.NTK_by_parts_high_freq_factor
+        old = cfg.NTK_original_ctx_len
+        wavelen = (2 * math.pi / inv).astype(np.float32)
+        inv_l = np.where(wavelen > old / lo, inv / factor, inv).astype(np.float32)
+        smooth = ((old / wavelen - lo) / (hi - lo)).astype(np.float32)
+        smoothed = ((1 - smooth) * inv_l / factor + smooth * inv_l).astype(np.float32)
+        medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
+        freq = (1.0 / np.where(medium, smoothed, inv_l)).astype(np.float32)
+    else:
+        dim = np.arange(rd // 2, dtype=np.float32)
+        freq = (base ** (dim / np.float32(rd / 2))).astype(np.float32)
+    return np.repeat(freq, 2) if cfg.rotary_adjacent_pairs else np.tile(freq, 2)
+
+
+def apply_rotary(x, positions, cfg: Config):
+    """Rotate the first rotary_dim features of x [batch, pos, heads, d_head] by positions [batch, pos]."""
+    rd = cfg.rotary_dim
+    freq = jnp.asarray(rotary_inverse_periods(cfg))
+    angles = positions.astype(jnp.float32)[..., None] / freq  # [batch, pos, rd]
+    sin = jnp.sin(angles).astype(x.dtype)[:, :, None, :]
+    cos = jnp.cos(angles).astype(x.dtype)[:, :, None, :]
+    x_rot, x_pass = x[..., :rd], x[..., rd:]
+    if cfg.rotary_adjacent_pairs:
+        flip = jnp.stack([-x_rot[..., 1::2], x_rot[..., ::2]], axis=-1).reshape(x_rot.shape)
+    else:
+        half = rd // 2
+        flip = jnp.concatenate([-x_rot[..., half:], x_rot[..., :half]], axis=-1)
+    return jnp.concatenate([x_rot * cos + flip * sin, x_pass], axis=-1)
+
+
+def alibi_bias(n_heads: int, q_pos, k_pos):
+    """ALiBi bias [heads, q, k] = m_h * min(k - q, 0), m_h = 2^(-8(h+1)/n_heads)."""
+    start = 2.0 ** (-8.0 / n_heads)
+    slopes = start * start ** jnp.arange(n_heads, dtype=jnp.float32)
+    rel = jnp.minimum(k_pos[None, :] - q_pos[:, None], 0).astype(jnp.float32)
+    return slopes[:, None, None] * rel[None]
+
+
+def attention_mask_matrix(cfg: Config, q_pos, k_pos, key_mask, is_local):
+    """Boolean [batch|1, 1, q, k] of allowed attention (causal, sliding window, padding)."""
+    allowed = jnp.ones((q_pos.shape[0], k_pos.shape[0]), bool)
+    if cfg.attention_dir == "causal":
+        allowed = k_pos[None, :] <= q_pos[:, None]
+        if cfg.use_local_attn:
+            in_window = k_pos[None, :] > q_pos[:, None] - cfg.window_size
+            allowed = allowed & (in_window | ~is_local)
+    allowed = allowed[None, None]
+    if key_mask is not None:
+        allowed = allowed & key_mask.astype(bool)[:, None, None, :]
+    return allowed
+
+
+def lm_cross_entropy_loss(logits, tokens, attention_mask=None, per_token: bool = False):
+    """Next-token cross-entropy: mean over positions, or [batch, pos-1] with per_token.
+
+    With a mask, a position counts only when it and the next one are unmasked.
+    """
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(log_probs[:, :-1], tokens[:, 1:, None], axis=-1)[..., 0]
+    if attention_mask is None:
+        return nll if per_token else nll.mean()
+    valid = (attention_mask[:, 1:] * attention_mask[:, :-1]).astype(nll.dtype)
+    nll = nll * valid
+    return nll if per_token else nll.sum() / valid.sum()

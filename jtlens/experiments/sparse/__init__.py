@@ -1,0 +1,26 @@
+"""Sparse dictionaries (SAEs) as data: the SAE pytree, SAELens / sparsify files, splicing SAEs
+into a forward through the hooks pytree, and their metrics.
+
+Imports only the low-level modules (config, params, hooks, model, cache, checkpoint_io, ...);
+never the TransformerLens facade (`jtlens.hooked_sae_transformer` sits on top of this).
+"""
+
+from jtlens.experiments.sparse.config import Metadata as Metadata
+from jtlens.experiments.sparse.config import SAEConfig as SAEConfig
+from jtlens.experiments.sparse.sae import SAE as SAE
+from jtlens.experiments.sparse.sae import NormStats as NormStats
+from jtlens.experiments.sparse.sae import batchtopk_to_jumprelu as batchtopk_to_jumprelu
+from jtlens.experiments.sparse.sae import topk_relu as topk_relu
+from jtlens.experiments.sparse.splice import Attached as Attached
+from jtlens.experiments.sparse.splice import SAEActivationCache as SAEActivationCache
+from jtlens.experiments.sparse.splice import run_with_cache_with_saes as run_with_cache_with_saes
+from jtlens.experiments.sparse.splice import run_with_saes as run_with_saes
+from jtlens.experiments.sparse.metrics import downstream_metrics as downstream_metrics
+from jtlens.experiments.sparse.metrics import reconstruction_metrics as reconstruction_metrics
+from jtlens.experiments.sparse.features import feature_ablation_sweep as feature_ablation_sweep
+from jtlens.experiments.sparse.features import feature_dla as feature_dla
+from jtlens.experiments.sparse.features import feature_gradients as feature_gradients
+from jtlens.experiments.sparse.features import feature_patching_sweep as feature_patching_sweep
+from jtlens.experiments.sparse.features import steering_hooks as steering_hooks
+from jtlens.experiments.sparse.activations import ActivationStore as ActivationStore
+from jtlens.experiments.sparse.corpus import corpus_tokens as corpus_tokens

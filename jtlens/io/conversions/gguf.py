@@ -1,0 +1,269 @@
+"""GGUF checkpoints (llama.cpp's format) -> jtlens, without torch.
+
+The file is read with the `gguf` package (llama.cpp's own reader; numpy only). Its metadata
+becomes a Hugging Face config dict and its tensors get their Hugging Face names, dequantised to
+float32 with llama.cpp's layout changes undone (the Q/K row permutation of Llama, NeoX's fused
+q/k/v order, GPT-2's transposed Conv1D weights, Gemma's norm offset). The family converters of
+this package then build the params, as strictly as from a Hugging Face folder: every tensor of
+the file is consumed, every shape checked before use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from jtlens.io.conversions.common import ConversionError, TensorReader, check_and_cast
+from jtlens.core.progress import shown
+
+# GGUF `general.architecture` -> the Hugging Face class whose converter it reuses.
+ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",  # Llama, Mistral-style, SmolLM ...: llama.cpp calls them all llama
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+    "gptneox": "GPTNeoXForCausalLM",
+}
+TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.tokens")
+
+
+def read_gguf(path):
+    """The `gguf.GGUFReader` of a file; an unreadable or truncated file is a ConversionError."""
+    try:
+        from gguf import GGUFReader
+    except ImportError as err:
+        raise ConversionError("reading GGUF files needs the gguf package: pip install gguf") from err
+    path = Path(path)
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, OSError, IndexError, KeyError) as err:
+        raise ConversionError(f"{path}: not a readable GGUF file ({err}); is it complete?") from None
+    last = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
+    if last > path.stat().st_size:
+        raise ConversionError(f"{path}: truncated GGUF file ({path.stat().st_size} bytes, its "
+                              f"tensors need {last}); download it again")
+    return reader
+
+
+def metadata(reader, key: str, default=KeyError):
+    """One metadata value (a str, number, bool or list), or `default` when absent."""
+    field = reader.fields.get(key)
+    if field is None:
+        if default is KeyError:
+            raise ConversionError(f"{reader.data.filename}: metadata key {key!r} is missing")
+        return default
+    return field.contents()
+
+
+def architecture(reader) -> str:
+    """The file's `general.architecture`, checked against the supported list."""
+    arch = metadata(reader, "general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ConversionError(f"{reader.data.filename}: GGUF architecture {arch!r} is not supported; "
+                              f"supported: {sorted(ARCHITECTURES)}")
+    return arch
+
+
+def hf_config(reader) -> dict:
+    """GGUF metadata -> a Hugging Face config dict for the family converter."""
+    path, arch = reader.data.filename, architecture(reader)
+    names = {t.name for t in reader.tensors}
+
+    def get(key, default=KeyError):
+        return metadata(reader, f"{arch}.{key}", default)
+
+    if not all(k in reader.fields for k in TOKENIZER_KEYS):
+        raise ConversionError(f"{path}: no tokenizer in the GGUF metadata (keys {TOKENIZER_KEYS} "
+                              f"missing); jtlens needs the tokenizer the file was made with")
+    if "rope_freqs.weight" in names:
+        raise ConversionError(f"{path}: per-frequency rotary factors (rope_freqs.weight, Llama-3.1 "
+                              f"style scaling) are not supported for GGUF files")
+    scaling = get("rope.scaling.type", "none")
+    if scaling != "none":
+        raise ConversionError(f"{path}: rotary scaling {scaling!r} is not supported for GGUF files")
+    D, H = get("embedding_length"), get("attention.head_count")
+    n_kv = get("attention.head_count_kv", H)
+    if isinstance(n_kv, list):  # per-layer counts: only a constant one has a place in Config
+        if len(set(n_kv)) != 1:
+            raise ConversionError(f"{path}: key/value head counts differ across layers ({n_kv})")
+        n_kv = n_kv[0]
+    d_head = get("attention.key_length", D // H)
+    vocab = get("vocab_size", len(reader.fields["tokenizer.ggml.tokens"].data))
+    common = dict(architectures=[ARCHITECTURES[arch]], vocab_size=vocab,
+                  _name_or_path=metadata(reader, "general.name", Path(path).stem),
+                  tie_word_embeddings="output.weight" not in names)
+    if arch == "gpt2":
+        return dict(common, n_embd=D, n_layer=get("block_count"), n_head=H,
+                    n_positions=get("context_length"), n_inner=get("feed_forward_length"),
+                    layer_norm_epsilon=get("attention.layer_norm_epsilon"))
+    rotary = dict(rope_theta=float(get("rope.freq_base", 10000.0)),
+                  partial_rotary_factor=get("rope.dimension_count", d_head) / d_head)
+    sizes = dict(hidden_size=D, num_hidden_layers=get("block_count"), num_attention_heads=H,
+                 intermediate_size=get("feed_forward_length"),
+                 max_position_embeddings=get("context_length"))
+    if arch == "gptneox":
+        return dict(common, **sizes, **rotary, hidden_act="gelu",
+                    layer_norm_eps=get("attention.layer_norm_epsilon"),
+                    use_parallel_residual=bool(get("use_parallel_residual", True)))
+    hf = dict(common, **sizes, **rotary, num_key_value_heads=n_kv, head_dim=d_head,
+              rms_norm_eps=get("attention.layer_norm_rms_epsilon"))
+    if arch.startswith("gemma"):
+        hf["hidden_activation"] = "gelu_pytorch_tanh"
+    if arch == "gemma2":
+        # llama.cpp scales queries by 1/sqrt(head_dim), except Gemma 2 27B (46 layers), which
+        # uses 1/sqrt(d_model / n_heads); the file has no query_pre_attn_scalar of its own.
+        scalar = D // H if hf["num_hidden_layers"] == 46 else d_head
+        hf.update(query_pre_attn_scalar=scalar, sliding_window=get("attention.sliding_window"),
+                  attn_logit_softcapping=get("attn_logit_softcapping", None),
+                  final_logit_softcapping=get("final_logit_softcapping", None))
+    if arch == "phi3":
+        hf["sliding_window"] = get("attention.sliding_window", None)
+    return hf
+
+
+# ----------------------------------------------------------------------------- tensor names
+# Per family: GGUF name -> (Hugging Face name, expected shape as stored in the file, numpy order).
+# Shapes use the config: D model width, V vocabulary, M MLP width, C context, L layers, and for
+# attention Q = n_heads * d_head, K = n_kv_heads * d_head.
+LLAMA_BLOCK = {
+    "attn_norm": ("input_layernorm", "D"), "ffn_norm": ("post_attention_layernorm", "D"),
+    "attn_q": ("self_attn.q_proj", "Q,D"), "attn_k": ("self_attn.k_proj", "K,D"),
+    "attn_v": ("self_attn.v_proj", "K,D"), "attn_output": ("self_attn.o_proj", "D,Q"),
+    "attn_q_norm": ("self_attn.q_norm", "d"), "attn_k_norm": ("self_attn.k_norm", "d"),
+    "ffn_gate": ("mlp.gate_proj", "M,D"), "ffn_up": ("mlp.up_proj", "M,D"),
+    "ffn_down": ("mlp.down_proj", "D,M"),
+}
+LLAMA_TOP = {"token_embd": ("model.embed_tokens", "V,D"), "output_norm": ("model.norm", "D"),
+             "output": ("lm_head", "V,D")}
+BLOCKS = {
+    "llama": ("model.layers", LLAMA_BLOCK), "qwen2": ("model.layers", LLAMA_BLOCK),
+    "qwen3": ("model.layers", LLAMA_BLOCK), "gemma": ("model.layers", LLAMA_BLOCK),
+    "gemma2": ("model.layers", dict(
+        LLAMA_BLOCK, ffn_norm=("pre_feedforward_layernorm", "D"),
+        post_attention_norm=("post_attention_layernorm", "D"),
+        post_ffw_norm=("post_feedforward_layernorm", "D"))),
+    "phi3": ("model.layers", dict(LLAMA_BLOCK, attn_qkv=("self_attn.qkv_proj", "Q+2K,D"),
+                                  ffn_up=("mlp.gate_up_proj", "2M,D"))),
+    "gpt2": ("transformer.h", {
+        "attn_norm": ("ln_1", "D"), "ffn_norm": ("ln_2", "D"),
+        "attn_qkv": ("attn.c_attn", "3D,D"), "attn_output": ("attn.c_proj", "D,D"),
+        "ffn_up": ("mlp.c_fc", "M,D"), "ffn_down": ("mlp.c_proj", "D,M")}),
+    "gptneox": ("gpt_neox.layers", {
+        "attn_norm": ("input_layernorm", "D"), "ffn_norm": ("post_attention_layernorm", "D"),
+        "attn_qkv": ("attention.query_key_value", "3D,D"), "attn_output": ("attention.dense", "D,D"),
+        "ffn_up": ("mlp.dense_h_to_4h", "M,D"), "ffn_down": ("mlp.dense_4h_to_h", "D,M")}),
+}
+TOPS = {**{a: LLAMA_TOP for a in ("llama", "qwen2", "qwen3", "gemma", "gemma2", "phi3")},
+        "gpt2": {"token_embd": ("transformer.wte", "V,D"), "position_embd": ("transformer.wpe", "C,D"),
+                 "output_norm": ("transformer.ln_f", "D"), "output": ("lm_head", "V,D")},
+        "gptneox": {"token_embd": ("gpt_neox.embed_in", "V,D"),
+                    "output_norm": ("gpt_neox.final_layer_norm", "D"),
+                    "output": ("embed_out", "V,D")}}
+
+
+def _dims(hf: dict) -> dict:
+    get = lambda *keys: next(hf[k] for k in keys if k in hf)  # noqa: E731
+    D, H = get("hidden_size", "n_embd"), get("num_attention_heads", "n_head")
+    d = hf.get("head_dim") or D // H
+    return dict(D=D, V=hf["vocab_size"], M=get("intermediate_size", "n_inner"),
+                C=get("max_position_embeddings", "n_positions"), d=d, Q=H * d,
+                K=hf.get("num_key_value_heads", H) * d)
+
+
+def _shape(spec: str, dims: dict) -> tuple:
+    def size(term):
+        factor = int(term[:-1]) if term[:-1] else 1
+        return factor * dims[term[-1]]
+    return tuple(sum(size(t) for t in axis.split("+")) for axis in spec.split(","))
+
+
+def hf_name(arch: str, name: str, dims: dict) -> tuple[str, tuple]:
+    """A GGUF tensor name -> (Hugging Face name, expected shape in the file)."""
+    stem, _, kind = name.rpartition(".")
+    parts = stem.split(".")
+    if kind in ("weight", "bias"):
+        if parts[0] == "blk" and len(parts) == 3 and parts[1].isdigit():
+            prefix, table = BLOCKS[arch]
+            if parts[2] in table:
+                hf, spec = table[parts[2]]
+                shape = _shape(spec, dims)
+                return f"{prefix}.{parts[1]}.{hf}.{kind}", shape if kind == "weight" else shape[:1]
+        elif stem in TOPS[arch]:
+            hf, spec = TOPS[arch][stem]
+            shape = _shape(spec, dims)
+            return f"{hf}.{kind}", shape if kind == "weight" else shape[:1]
+    raise ConversionError(f"tensor {name!r} has no place in a {arch} model")
+
+
+def _undo_rotary_permutation(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp interleaves each head's rotary halves in Q and K rows; restore HF's order."""
+    return w.reshape(n_heads, w.shape[0] // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _fixer(arch: str, hf: dict) -> Callable[[str, np.ndarray], np.ndarray]:
+    """The per-tensor inverse of llama.cpp's converter for `arch` (GGUF name, array) -> array."""
+    H, n_kv = hf.get("num_attention_heads"), hf.get("num_key_value_heads")
+
+    def fix(name, w):
+        if arch == "llama" and ".attn_q." in name:
+            return _undo_rotary_permutation(w, H)
+        if arch == "llama" and ".attn_k." in name:
+            return _undo_rotary_permutation(w, n_kv)
+        if arch.startswith("gemma") and name.endswith("norm.weight"):
+            return w - np.float32(1.0)  # llama.cpp stores Gemma's (1 + w) norm scale
+        if arch == "gptneox" and ".attn_qkv." in name:
+            # llama.cpp reorders NeoX's (head, qkv, d_head) rows to (qkv, head, d_head)
+            n = hf["num_attention_heads"]
+            return w.reshape(3, n, -1, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
+        if arch == "gpt2" and w.ndim == 2 and name.startswith("blk."):
+            return w.T  # llama.cpp stores GPT-2's Conv1D weights as [out, in]
+        return w
+    return fix
+
+
+def hf_tensors(reader, hf: dict, progress: bool = True) -> dict[str, np.ndarray]:
+    """Every tensor of the file, dequantised to float32, under its Hugging Face name."""
+    from gguf.quants import dequantize
+
+    path, arch, dims = reader.data.filename, architecture(reader), _dims(hf)
+    fix, out = _fixer(arch, hf), {}
+    for t in tqdm(reader.tensors, desc=f"dequantising {Path(path).name}", unit="tensor",
+                  disable=not shown(progress)):
+        try:
+            name, want = hf_name(arch, t.name, dims)
+        except ConversionError as err:
+            raise ConversionError(f"{path}: {err}") from None
+        got = tuple(int(n) for n in reversed(t.shape))  # GGUF lists the fastest axis first
+        if got != want:
+            raise ConversionError(f"{path}: tensor {t.name!r} has shape {got}, the metadata implies "
+                                  f"{want}")
+        out[name] = fix(t.name, np.asarray(dequantize(t.data, t.tensor_type), np.float32).reshape(got))
+    return out
+
+
+def convert_gguf(path, progress: bool = True, reader=None):
+    """(cfg, params) from a GGUF file, through the family converter of its architecture.
+    `reader`: the file's `read_gguf` when the caller has it (parsing the metadata of a large
+    vocabulary takes seconds)."""
+    from jtlens.io.conversions import family
+
+    reader = read_gguf(path) if reader is None else reader
+    hf = hf_config(reader)
+    module = family(hf)
+    cfg = module.config_from_hf(hf)
+    tensors = TensorReader(hf_tensors(reader, hf, progress), str(path),
+                           tied_embeddings=hf["tie_word_embeddings"])
+    try:
+        params = module.params_from_hf(tensors, cfg)
+        tensors.finish()
+        return cfg, check_and_cast(params, cfg, dtype="float32")
+    except ConversionError as err:
+        if str(path) in str(err):
+            raise
+        raise ConversionError(f"{path}: {err}") from None

@@ -1,0 +1,120 @@
+"""Llama-style decoders (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Phi-3) -> jtlens.
+
+They share one layout (RMSNorm, rotary, grouped-query attention, gated MLP); the differences are
+config knobs and tensor names: q/k/v biases (Qwen2), per-head q/k RMSNorm (Qwen3), sliding
+windows (Mistral, Phi-3, Gemma 2), Llama-3 rotary scaling, Gemma's sqrt(d_model) embedding scale
+and (1 + w) norms, Gemma 2's extra norms and soft-capping, Phi-3's fused projections.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jtlens.io.conversions.common import (ConversionError, TensorReader, head_dim, heads,
+                                       heads_out, rope, zeros_or)
+from jtlens.core.config import Config
+
+GEMMA = ("GemmaForCausalLM", "Gemma2ForCausalLM")
+
+
+def _local_attention(hf: dict, arch: str, n_layers: int) -> dict:
+    window = hf.get("sliding_window")
+    if arch.startswith("Qwen") and not hf.get("use_sliding_window", False):
+        window = None  # Qwen configs carry a window size they do not use
+    if not window or window >= hf["max_position_embeddings"]:
+        return {}
+    if arch.startswith("Qwen") and hf.get("max_window_layers", n_layers) < n_layers:
+        raise ConversionError("Qwen sliding windows on only some layers are not supported")
+    kinds = hf.get("layer_types") or (["sliding_attention", "full_attention"] * n_layers
+                                      if arch == "Gemma2ForCausalLM" else
+                                      ["sliding_attention"] * n_layers)
+    types = tuple("local" if k == "sliding_attention" else "global" for k in kinds[:n_layers])
+    return dict(use_local_attn=True, window_size=window, attn_types=types)
+
+
+def config_from_hf(hf: dict) -> Config:
+    """A Llama / Mistral / Qwen2 / Qwen3 / Gemma / Gemma 2 / Phi-3 config dict -> Config."""
+    arch = hf["architectures"][0]
+    n_heads, n_layers = hf["num_attention_heads"], hf["num_hidden_layers"]
+    d_head = hf.get("head_dim") or head_dim(hf["hidden_size"], n_heads)
+    n_kv = hf.get("num_key_value_heads") or n_heads
+    partial = (hf.get("rope_parameters") or {}).get("partial_rotary_factor",
+                                                     hf.get("partial_rotary_factor", 1.0))
+    extra = {}
+    if arch == "Gemma2ForCausalLM":
+        extra = dict(attn_scale=float(hf["query_pre_attn_scalar"]) ** 0.5,
+                     attn_scores_soft_cap=float(hf.get("attn_logit_softcapping") or -1.0),
+                     output_logits_soft_cap=float(hf.get("final_logit_softcapping") or -1.0),
+                     use_normalization_before_and_after=True)
+    return Config(
+        n_layers=n_layers, d_model=hf["hidden_size"], n_heads=n_heads, d_head=d_head,
+        d_mlp=hf["intermediate_size"], n_ctx=hf["max_position_embeddings"],
+        d_vocab=hf["vocab_size"], eps=hf.get("rms_norm_eps", 1e-6),
+        act_fn=hf.get("hidden_activation") or hf.get("hidden_act", "silu"),
+        normalization_type="RMS", final_rms=True, gated_mlp=True,
+        positional_embedding_type="rotary", rotary_dim=round(partial * d_head),
+        rotary_adjacent_pairs=False, n_key_value_heads=n_kv if n_kv != n_heads else None,
+        use_qk_norm=arch == "Qwen3ForCausalLM",
+        default_prepend_bos=not arch.startswith("Qwen"),
+        original_architecture=arch, model_name=hf.get("_name_or_path") or arch,
+        **_local_attention(hf, arch, n_layers), **rope(hf), **extra)
+
+
+def params_from_hf(r: TensorReader, cfg: Config) -> dict:
+    """Llama-layout checkpoint tensors -> jtlens params."""
+    H, Hkv, Dh, D, M = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model, cfg.d_mlp
+    gemma = cfg.original_architecture in GEMMA
+    r.ignore("*.rotary_emb.inv_freq")
+
+    def norm(name):
+        w = r.take(f"{name}.weight")
+        return {"w": w + 1.0 if gemma else w}  # Gemma's RMSNorm scales by (1 + w)
+
+    def bias(name, n):
+        return zeros_or(r.take_optional(f"{name}.bias"), (n * Dh,)).reshape(n, Dh)
+
+    def projections(a):
+        if f"{a}.qkv_proj.weight" in r:  # Phi-3 fuses q, k, v
+            q, k, v = np.split(r.take(f"{a}.qkv_proj.weight"), [H * Dh, (H + Hkv) * Dh])
+            zero = lambda n: np.zeros((n, Dh), np.float32)  # noqa: E731
+            return q, k, v, zero(H), zero(Hkv), zero(Hkv)
+        return (r.take(f"{a}.q_proj.weight"), r.take(f"{a}.k_proj.weight"),
+                r.take(f"{a}.v_proj.weight"), bias(f"{a}.q_proj", H), bias(f"{a}.k_proj", Hkv),
+                bias(f"{a}.v_proj", Hkv))
+
+    def gate_up(m):
+        if f"{m}.gate_up_proj.weight" in r:  # Phi-3 fuses gate and up
+            return np.split(r.take(f"{m}.gate_up_proj.weight"), 2)
+        if f"{m}.gate_proj.bias" in r:
+            raise ConversionError(f"{m}.gate_proj.bias: a bias on the gate projection has no "
+                                  f"place in TransformerLens's gated MLP")
+        return r.take(f"{m}.gate_proj.weight"), r.take(f"{m}.up_proj.weight")
+
+    def layer(l):
+        b, a, m = f"model.layers.{l}", f"model.layers.{l}.self_attn", f"model.layers.{l}.mlp"
+        q, k, v, b_q, b_k, b_v = projections(a)
+        attn = {"W_Q": heads(q, H, Dh), "W_K": heads(k, Hkv, Dh), "W_V": heads(v, Hkv, Dh),
+                "b_Q": b_q, "b_K": b_k, "b_V": b_v, "W_O": heads_out(r.take(f"{a}.o_proj.weight"), H, Dh),
+                "b_O": zeros_or(r.take_optional(f"{a}.o_proj.bias"), (D,))}
+        if cfg.use_qk_norm:
+            attn["q_norm"], attn["k_norm"] = norm(f"{a}.q_norm"), norm(f"{a}.k_norm")
+        gate, up = gate_up(m)
+        mlp = {"W_gate": gate.T, "W_in": up.T, "W_out": r.take(f"{m}.down_proj.weight").T,
+               "b_in": zeros_or(r.take_optional(f"{m}.up_proj.bias"), (M,)),
+               "b_out": zeros_or(r.take_optional(f"{m}.down_proj.bias"), (D,))}
+        out = {"attn": attn, "mlp": mlp, "ln1": norm(f"{b}.input_layernorm")}
+        if cfg.use_normalization_before_and_after:  # Gemma 2: norms before and after each sublayer
+            out.update(ln1_post=norm(f"{b}.post_attention_layernorm"),
+                       ln2=norm(f"{b}.pre_feedforward_layernorm"),
+                       ln2_post=norm(f"{b}.post_feedforward_layernorm"))
+        else:
+            out["ln2"] = norm(f"{b}.post_attention_layernorm")
+        return out
+
+    embed = r.take("model.embed_tokens.weight")
+    # Gemma multiplies embeddings by sqrt(d_model); the tied unembedding is not scaled.
+    W_E = embed * np.float32(D ** 0.5) if gemma else embed
+    return {"embed": {"W_E": W_E}, "blocks": r.stack_layers(cfg.n_layers, layer),
+            "ln_final": norm("model.norm"),
+            "unembed": {"W_U": r.unembedding("lm_head.weight", embed).T,
+                        "b_U": np.zeros(cfg.d_vocab, np.float32)}}

@@ -1,0 +1,73 @@
+"""TransformerLens state dicts and configs -> jtlens, for users moving a trained model over.
+
+`params_from_state_dict(model.state_dict(), cfg)` takes a HookedTransformer's (numpy-converted)
+state dict; `config_from_tl(model.cfg)` its HookedTransformerConfig.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import jax
+import numpy as np
+
+from jtlens.io.conversions.common import TensorReader, check_and_cast
+from jtlens.core.config import Config, config_from_tl  # noqa: F401  (its public path)
+from jtlens.core.params import param_shapes
+
+
+def params_from_state_dict(state_dict: Mapping[str, Any], cfg: Config) -> dict:
+    """Layer-stacked jtlens params from a TransformerLens state dict (strict)."""
+    # Copies: jax may alias a numpy buffer, and torch's .numpy() shares the tensor's memory, so
+    # without one an in-place edit of the torch model would change the "immutable" jax params.
+    tensors = {k: np.array(v.detach().float().numpy() if hasattr(v, "detach") else v, copy=True)
+               for k, v in state_dict.items()}
+    r = TensorReader(tensors, "TransformerLens state dict")
+    r.ignore("*.attn.IGNORE", "*.attn.mask", "*.attn.rotary_sin", "*.attn.rotary_cos")
+    if not cfg.learned_positions:
+        r.ignore("pos_embed.W_pos")  # TransformerLens keeps an unused table for rotary/ALiBi models
+    shapes = param_shapes(cfg)
+
+    def sub(prefix, tree):
+        out = {}
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                out[k] = sub(f"{prefix}{k}.", v)
+            else:
+                name = f"{prefix}{k}"
+                if name not in r and f"{prefix}_{k}" in r:  # GQA keeps unexpanded _W_K/_W_V
+                    name = f"{prefix}_{k}"
+                out[k] = r.take(name)
+        return out
+
+    block_shapes = shapes.pop("blocks")
+    params = {k: sub(f"{k}.", v) for k, v in shapes.items()}
+    if cfg.n_layers:
+        params["blocks"] = r.stack_layers(cfg.n_layers, lambda l: sub(f"blocks.{l}.", block_shapes))
+    else:  # a zero-layer model (embed -> unembed): empty stacks of the block params
+        params["blocks"] = jax.tree_util.tree_map(np.zeros, block_shapes,
+                                                  is_leaf=lambda x: isinstance(x, tuple))
+    r.finish()
+    return check_and_cast(params, cfg)
+
+
+def flat_state_dict(params: dict, cfg) -> dict[str, Any]:
+    """Layer-stacked params -> {TransformerLens name: array}: `blocks.0.attn.W_Q` [n_heads,
+    d_model, d_head], GQA keys/values as TransformerLens stores them (`_W_K`, `_b_V`)."""
+    gqa = cfg.n_kv_heads != cfg.n_heads
+    out: dict[str, Any] = {}
+
+    def put(prefix: str, tree: dict, layer: Optional[int]):
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                put(f"{prefix}{k}.", v, layer)
+                continue
+            key = f"_{k}" if gqa and k in ("W_K", "W_V", "b_K", "b_V") else k
+            out[f"{prefix}{key}"] = v if layer is None else v[layer]
+
+    for k, v in params.items():
+        if k != "blocks":
+            put(f"{k}.", v, None)
+    for l in range(cfg.n_layers):
+        put(f"blocks.{l}.", params["blocks"], l)
+    return out

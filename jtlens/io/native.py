@@ -1,0 +1,115 @@
+"""jtlens's own saved format: `jtlens_config.json` (the Config and the weight processing applied),
+`params.safetensors` (keys are the params' dotted paths; older folders' `params.msgpack`, flax
+serialization, still load), the tokenizer's files and `jtlens_manifest.json`.
+
+    save_converted("out/", cfg, params, tokenizer)
+    cfg, params, processing = load_native(Path("out/"))
+
+`loading` reads this format beside Hugging Face and GGUF checkpoints; `gguf_models` caches its
+conversions in it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+from jtlens.core.config import Config
+from jtlens.core.params import check_and_cast
+from jtlens.io import checkpoint_io
+from jtlens.io.checkpoint_io import read_json
+
+NATIVE_CONFIG, NATIVE_PARAMS = "jtlens_config.json", "params.safetensors"
+# Folders saved before the params moved to safetensors (flax msgpack): still read, never written.
+LEGACY_PARAMS = "params.msgpack"
+
+
+def save_converted(path, cfg: Config, params: dict, tokenizer: Any = None,
+                   processing: Optional[dict] = None, overwrite: bool = False) -> Path:
+    """Write a model in jtlens's format: `jtlens_config.json` (the Config and which weight
+    processing was applied), `params.safetensors` (keys are the params' dotted paths,
+    "blocks.attn.W_Q"), the tokenizer's files and `jtlens_manifest.json` (sizes and hashes,
+    written last).
+
+    The folder is written beside `path` and renamed into place, so an interrupted save leaves
+    the previous contents intact. A non-empty `path` is refused unless `overwrite=True`.
+    """
+    from safetensors.numpy import save
+
+    checkpoint_io.check_destination(Path(path), overwrite)
+    meta = {"config": cfg.to_dict(), "processing": dict(processing or {})}
+    flat = _flatten(params)
+    # safetensors' numpy API has no bfloat16: such arrays travel as their uint16 bits, named here.
+    bf16 = sorted(k for k, v in flat.items() if v.dtype == jnp.bfloat16)
+    blob = save({k: v.view(np.uint16) if k in bf16 else v for k, v in flat.items()},
+                metadata={"bfloat16": ",".join(bf16)} if bf16 else None)
+
+    def fill(folder: Path):
+        (folder / NATIVE_CONFIG).write_text(json.dumps(meta, indent=1, default=list))
+        (folder / NATIVE_PARAMS).write_bytes(blob)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(folder))
+
+    return checkpoint_io.write_folder(path, fill, overwrite=overwrite)
+
+
+def load_native(folder: Path) -> tuple[Config, dict, dict]:
+    name = LEGACY_PARAMS if (folder / LEGACY_PARAMS).is_file() else NATIVE_PARAMS
+    blob = (folder / name).read_bytes() if (folder / name).is_file() else None
+    checkpoint_io.check_manifest(folder, hashed={name: blob} if blob is not None else None)
+    meta = read_json(folder / NATIVE_CONFIG)
+    if not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{folder / NATIVE_CONFIG}: no \"config\" object; this is not a jtlens "
+                         f"model config")
+    try:
+        cfg = Config.from_dict(_tuples(meta["config"]))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{folder / NATIVE_CONFIG}: {err}") from None
+    try:
+        raw = _read_params(blob, legacy=name == LEGACY_PARAMS)
+    except Exception as err:  # msgpack and safetensors raise their own exception types
+        raise ValueError(f"{folder / name}: unreadable params ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    return cfg, check_and_cast(raw, cfg, dtype="float32"), meta.get("processing", {})
+
+
+def _read_params(blob: bytes, legacy: bool) -> dict:
+    if legacy:
+        from flax import serialization
+
+        return serialization.msgpack_restore(blob)
+    from safetensors.numpy import load
+
+    (size,) = np.frombuffer(blob[:8], "<u8")
+    bf16 = (json.loads(blob[8:8 + int(size)]).get("__metadata__") or {}).get("bfloat16", "")
+    flat = load(blob)
+    for k in filter(None, bf16.split(",")):
+        flat[k] = flat[k].view(jnp.bfloat16)
+    return _unflatten(flat)
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    """Nested params -> {"blocks.attn.W_Q": array} (numpy, contiguous), as safetensors stores."""
+    if isinstance(tree, dict):
+        return {k: v for name, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{name}.").items()}
+    return {prefix[:-1]: np.ascontiguousarray(np.asarray(tree))}
+
+
+def _unflatten(flat: dict) -> dict:
+    tree: dict = {}
+    for key, value in flat.items():
+        *path, leaf = key.split(".")
+        node = tree
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def _tuples(d: dict) -> dict:
+    """JSON turns tuples into lists; Config needs hashable fields."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
