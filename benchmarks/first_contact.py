@@ -135,7 +135,7 @@ def _cells_tl(folder: Path):
     yield "first get_act_patch_resid_pre", lambda: patching.get_act_patch_resid_pre(
         model, corrupted, cache, lambda logits: logits[0, -1, paris] - logits[0, -1, rome])
     yield "OV.norm()", lambda: float(model.OV.norm().sum())
-    yield "evals.induction_loss", lambda: float(evals.induction_loss(model))
+    yield "evals.induction_loss", lambda: float(evals.induction_loss(model, device="cpu"))
     yield "first generate (20 tokens)", lambda: model.generate(
         EIFFEL, max_new_tokens=20, do_sample=False, verbose=False)
 
@@ -160,9 +160,75 @@ def worker(library: str, folder: Path):
 
 # ----------------------------------------------------------------------------- the table
 
+class Table:
+    """Prints rows of jtlens seconds beside TransformerLens's, with their ratio."""
+
+    def __init__(self, repeats: int, env: dict):
+        self.repeats, self.env = repeats, env
+
+    def median(self, argv, before=None) -> float:
+        times = []
+        for _ in range(self.repeats):
+            if before:
+                before()
+            times.append(timed_process(argv, self.env))
+        return statistics.median(times)
+
+    @staticmethod
+    def row(label, ours, theirs=None):
+        ratio = f"{ours / theirs:6.2f}" if theirs else "      "
+        tl = f"{theirs:9.1f}" if theirs else "        -"
+        print(f"{label:<46} {ours:8.1f} {tl} {ratio}", flush=True)
+
+
+def commands(table: Table, py: str, folder: Path, cache: Path) -> float:
+    """The command rows (fresh processes timed from outside); returns second run / first."""
+    def drop(name=""):
+        return lambda: shutil.rmtree(cache / name, ignore_errors=True)
+
+    def jtlens_run(*argv):
+        return [py, "-m", "jtlens.cli", "run", *argv, "--out", str(cache / "report")]
+
+    tl_prologue = TL_PROLOGUE.format(root=str(ROOT), folder=str(folder))
+    first_load = table.median([py, "-c", "import jtlens; jtlens.HookedTransformer.from_pretrained("
+                                         "'smollm2-135m', progress=False)"], before=drop())
+    table.row("first load: dequantise, convert, cache", first_load,
+              table.median([py, "-c", tl_prologue]))
+    tl_run = table.median([py, "-c", TL_RUN.format(root=str(ROOT), folder=str(folder), clean=EIFFEL)])
+    first = table.median(jtlens_run(EIFFEL), before=drop("xla"))
+    table.row("jtlens run (cached model, no compiled code)", first, tl_run)
+    second = table.median(jtlens_run(SECOND))
+    table.row("second jtlens run, another text", second, tl_run)
+    report = table.median(jtlens_run(EIFFEL, "--answer", " Paris", "--wrong", " Rome",
+                                     "--corrupted", COLOSSEUM), before=drop("xla"))
+    tl_report = table.median([py, "-c", TL_REPORT.format(root=str(ROOT), folder=str(folder),
+                                                         clean=EIFFEL, corrupted=COLOSSEUM)])
+    table.row("full report with --corrupted (2 sweeps)", report, tl_report)
+    return second / first
+
+
+def notebook(table: Table, py: str, folder: Path):
+    """The notebook rows: one worker process per library, cell by cell (jtlens's conversion
+    cached beforehand, as TransformerLens's folder is)."""
+    timed_process([py, "-c", "import jtlens; jtlens.HookedTransformer.from_pretrained("
+                             "'smollm2-135m', progress=False)"], table.env)
+    cells = {}
+    for library in ("jtlens", "tl"):
+        proc = subprocess.run([py, "-m", "benchmarks.first_contact", "--worker", library,
+                               "--folder", str(folder)], env=table.env, capture_output=True,
+                              text=True, cwd=ROOT)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{library} notebook failed:\n{proc.stderr[-3000:]}")
+        cells[library] = json.loads(proc.stdout.strip().splitlines()[-1])
+    print("notebook session, one process per library, cell by cell:")
+    for label, ours in cells["jtlens"].items():
+        table.row("  " + label, ours, cells["tl"][label])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=1, help="fresh processes per figure (median)")
+    ap.add_argument("--notebook-only", action="store_true", help="skip the command rows")
     ap.add_argument("--worker", choices=["jtlens", "tl"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -173,64 +239,15 @@ def main():
     folder = hf_folder(work)
     cache = Path(tempfile.mkdtemp(prefix="jtlens-cache-"))
     py = sys.executable
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               JTLENS_CACHE=str(cache))
-    rows = []
-
-    def median(argv, before=None) -> float:
-        times = []
-        for _ in range(args.repeats):
-            if before:
-                before()
-            times.append(timed_process(argv, env))
-        return statistics.median(times)
-
-    def row(label, ours, theirs=None):
-        rows.append((label, ours, theirs))
-        ratio = f"{ours / theirs:6.2f}" if theirs else "      "
-        tl = f"{theirs:9.1f}" if theirs else "        -"
-        print(f"{label:<46} {ours:8.1f} {tl} {ratio}", flush=True)
-
-    def drop(name):
-        return lambda: shutil.rmtree(cache / name, ignore_errors=True)
-
-    def jtlens_run(*argv):
-        return [py, "-m", "jtlens.cli", "run", *argv, "--out", str(cache / "report")]
-
+    table = Table(args.repeats, dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1",
+                                     TRANSFORMERS_OFFLINE="1", JTLENS_CACHE=str(cache)))
     print(f"SmolLM2-135M-Instruct (Q4_1 GGUF), {os.cpu_count()} CPUs, fresh processes, "
           f"median of {args.repeats}; seconds unless marked")
     print(f"{'':<46} {'jtlens':>8} {'TL 3.9':>9} {'ratio':>6}")
-
-    def drop_all():
-        shutil.rmtree(cache, ignore_errors=True)
-
-    first_load = median([py, "-c", "import jtlens; jtlens.HookedTransformer.from_pretrained("
-                                   "'smollm2-135m', progress=False)"], before=drop_all)
-    tl_load = median([py, "-c", TL_PROLOGUE.format(root=str(ROOT), folder=str(folder))])
-    row("first load: dequantise, convert, cache", first_load, tl_load)
-    tl_run = median([py, "-c", TL_RUN.format(root=str(ROOT), folder=str(folder), clean=EIFFEL)])
-    first = median(jtlens_run(EIFFEL), before=drop("xla"))
-    row("jtlens run (cached model, no compiled code)", first, tl_run)
-    second = median(jtlens_run(SECOND))
-    row("second jtlens run, another text", second, tl_run)
-    report = median(jtlens_run(EIFFEL, "--answer", " Paris", "--wrong", " Rome", "--corrupted",
-                               COLOSSEUM), before=drop("xla"))
-    tl_report = median([py, "-c", TL_REPORT.format(root=str(ROOT), folder=str(folder), clean=EIFFEL,
-                                                   corrupted=COLOSSEUM)])
-    row("full report with --corrupted (2 sweeps)", report, tl_report)
-
-    cells = {}
-    for library in ("jtlens", "tl"):
-        proc = subprocess.run([py, "-m", "benchmarks.first_contact", "--worker", library,
-                               "--folder", str(folder)], env=env, capture_output=True, text=True,
-                              cwd=ROOT)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{library} notebook failed:\n{proc.stderr[-3000:]}")
-        cells[library] = json.loads(proc.stdout.strip().splitlines()[-1])
-    print("notebook session, one process per library, cell by cell:")
-    for label, ours in cells["jtlens"].items():
-        row("  " + label, ours, cells["tl"][label])
-    print(f"\nsecond jtlens run / first: {second / first:.2f} (target <= 0.5)")
+    second = None if args.notebook_only else commands(table, py, folder, cache)
+    notebook(table, py, folder)
+    if second is not None:
+        print(f"\nsecond jtlens run / first: {second:.2f} (target <= 0.5)")
     print("ratio = jtlens / TransformerLens 3.9: below 1 means jtlens is faster")
     shutil.rmtree(cache, ignore_errors=True)
 
