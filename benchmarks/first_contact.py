@@ -37,7 +37,7 @@ COLOSSEUM = "The Colosseum is located in the city of"
 SECOND = "The Brandenburg Gate is located in the city of"  # another text of similar length
 
 TL_PROLOGUE = """
-import sys, time, json, resource; sys.path.insert(0, {root!r})
+import sys; sys.path.insert(0, {root!r})
 import torch
 from transformers import AutoTokenizer
 from benchmarks.common import tl39_model

@@ -57,7 +57,7 @@ def converted(path, progress: bool = True) -> Path:
         return folder
     reader = read_gguf(path)
     cfg, params = convert_gguf(path, progress=progress, reader=reader)
-    tokenizer = gguf_tokenizer(path, reader)
+    tokenizer = gguf_tokenizer(reader)
     folder.parent.mkdir(parents=True, exist_ok=True)
     try:
         save_converted(folder, cfg, params, tokenizer)

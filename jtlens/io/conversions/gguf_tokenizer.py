@@ -9,7 +9,6 @@ ones `AutoTokenizer` itself uses), so the tokenizer is the same, token for token
 from __future__ import annotations
 
 from jtlens.io.conversions.common import ConversionError
-from jtlens.io.conversions.gguf import read_gguf
 
 
 def _builders():
@@ -46,12 +45,11 @@ def tokenizer_metadata(reader) -> tuple[str, dict, dict]:
     return reader.fields["general.architecture"].contents(), tokenizer, config
 
 
-def gguf_tokenizer(path, reader=None):
-    """The fast tokenizer a GGUF file describes (a `PreTrainedTokenizerFast`); `reader`: the
-    file's `read_gguf`, when the caller has it."""
+def gguf_tokenizer(reader):
+    """The fast tokenizer a GGUF file describes (a `PreTrainedTokenizerFast`), from the file's
+    `read_gguf` reader (the one its conversion used: parsing a large vocabulary takes seconds)."""
     from transformers import PreTrainedTokenizerFast
 
-    reader = read_gguf(path) if reader is None else reader
     arch, tokenizer, config = tokenizer_metadata(reader)
     _, convert = _builders()
     try:
