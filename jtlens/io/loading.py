@@ -25,7 +25,7 @@ from jtlens.io import gguf_models
 from jtlens.io.conversions import convert_folder
 from jtlens.io.native import NATIVE_CONFIG, NATIVE_PARAMS, load_native, save_converted  # noqa: F401
 from jtlens.core.config import Config
-from jtlens.core.params import check_shapes, param_shapes
+from jtlens.core.params import check_shapes, param_shapes, to_device
 
 ASSETS = Path(__file__).parents[1] / "assets"
 ALIASES = {"jtlens-tiny": ASSETS / "jtlens-tiny"}
@@ -90,7 +90,7 @@ def load(name_or_path, *, dtype: Optional[str] = None, tokenizer: Any = None,
     if dtype is not None:
         cfg = cfg.replace(dtype=dtype)
     if mesh is None:
-        params = _cast(params, cfg.dtype)
+        params = to_device(params, cfg.dtype)
     else:
         from jtlens.io.sharding import shard_params
 
@@ -217,8 +217,6 @@ def _generic_fast_tokenizer(folder: Path) -> bool:
     return (folder / "tokenizer.json").is_file() and cls in ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
-def _cast(params: dict, dtype: str):
-    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=dtype), params)
 
 
 # ----------------------------------------------------------------------------- processing

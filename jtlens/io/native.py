@@ -12,14 +12,16 @@ conversions in it.
 from __future__ import annotations
 
 import json
+import mmap
 from pathlib import Path
 from typing import Any, Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jtlens.core.config import Config
-from jtlens.core.params import check_and_cast
+from jtlens.core.params import check_shapes, param_shapes
 from jtlens.io import checkpoint_io
 from jtlens.io.checkpoint_io import read_json
 
@@ -59,7 +61,7 @@ def save_converted(path, cfg: Config, params: dict, tokenizer: Any = None,
 
 def load_native(folder: Path) -> tuple[Config, dict, dict]:
     name = LEGACY_PARAMS if (folder / LEGACY_PARAMS).is_file() else NATIVE_PARAMS
-    blob = (folder / name).read_bytes() if (folder / name).is_file() else None
+    blob = _map(folder / name) if (folder / name).is_file() else None
     checkpoint_io.check_manifest(folder, hashed={name: blob} if blob is not None else None)
     meta = read_json(folder / NATIVE_CONFIG)
     if not isinstance(meta.get("config"), dict):
@@ -74,7 +76,26 @@ def load_native(folder: Path) -> tuple[Config, dict, dict]:
     except Exception as err:  # msgpack and safetensors raise their own exception types
         raise ValueError(f"{folder / name}: unreadable params ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
-    return cfg, check_and_cast(raw, cfg, dtype="float32"), meta.get("processing", {})
+    # float32 numpy: weight processing runs on the host, and `load` puts the result on the device
+    # once (a device copy here would come straight back for processing).
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32),
+                                    check_shapes(raw, param_shapes(cfg)))
+    return cfg, params, meta.get("processing", {})
+
+
+def _map(path: Path):
+    """The file's bytes, memory-mapped: the params view the page cache instead of a private copy
+    of the whole file (which costs a page fault per 4 KiB before a single byte is used)."""
+    if path.stat().st_size == 0:
+        return b""
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16,
+                       "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
+                       "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8,
+                       "BOOL": np.bool_}
 
 
 def _read_params(blob: bytes, legacy: bool) -> dict:
@@ -82,14 +103,25 @@ def _read_params(blob: bytes, legacy: bool) -> dict:
         from flax import serialization
 
         return serialization.msgpack_restore(blob)
-    from safetensors.numpy import load
+    return _unflatten(_safetensors_views(blob))
 
+
+def _safetensors_views(blob: bytes) -> dict:
+    """{name: read-only array viewing `blob`}: safetensors' layout read without copying the
+    data (safetensors.numpy.load copies every tensor, a second copy of the whole model)."""
     (size,) = np.frombuffer(blob[:8], "<u8")
-    bf16 = (json.loads(blob[8:8 + int(size)]).get("__metadata__") or {}).get("bfloat16", "")
-    flat = load(blob)
-    for k in filter(None, bf16.split(",")):
-        flat[k] = flat[k].view(jnp.bfloat16)
-    return _unflatten(flat)
+    header = json.loads(blob[8:8 + int(size)])
+    bf16 = set(filter(None, (header.pop("__metadata__", None) or {}).get("bfloat16", "").split(",")))
+    data = memoryview(blob)[8 + int(size):]
+    out = {}
+    for name, entry in header.items():
+        begin, end = entry["data_offsets"]
+        if entry["dtype"] not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"tensor {name!r} has dtype {entry['dtype']}, which jtlens does not read")
+        dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])
+        arr = np.frombuffer(data[begin:end], dtype).reshape(entry["shape"])
+        out[name] = arr.view(jnp.bfloat16) if name in bf16 else arr
+    return out
 
 
 def _flatten(tree, prefix: str = "") -> dict:
