@@ -32,11 +32,12 @@ run: $(VENV)/.core
 	$(VENV)/bin/jtlens run -- "$$JTLENS_TEXT"
 
 # The attention-view tests render HTML in headless Chromium (Debian's package); the SAE corpus
-# tests read two offline text sdists (make corpora).
+# tests read two offline text sdists (make corpora). Two pytest-xdist workers, one per core: much
+# of a test is single-threaded tracing and compiling (peak memory measured at 13 GB of the 24).
 test: $(VENV)/.test corpora
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser tests will skip"; }
 	$(VENV)/bin/lint-imports --no-logo
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 # Benchmarks compare against TransformerLens 4.3 (TransformerBridge), which cannot share an
 # environment with the 3.9 oracle: it goes to .tl43 and runs in a subprocess.

@@ -68,16 +68,10 @@ def timed_process(argv, env) -> float:
 
 def hf_folder(root: Path) -> Path:
     """A float32 Hugging Face folder of the GGUF's dequantised weights (cached)."""
-    folder = root / "smol-hf"  # no "llama" in the path: TransformerLens guesses by name
-    if not (folder / "model.safetensors").exists():
-        sys.path.insert(0, str(ROOT))
-        from jtlens.gguf_models import packaged
-        from tests.oracle import hf_from_gguf, save_plain_hf
+    sys.path.insert(0, str(ROOT))
+    from tests.oracle import smollm2_hf
 
-        model, tokenizer = hf_from_gguf(packaged("smollm2-135m"))
-        save_plain_hf(model, folder)
-        tokenizer.save_pretrained(folder)
-    return folder
+    return smollm2_hf(root)[2]
 
 
 # ----------------------------------------------------------------------------- notebook cells

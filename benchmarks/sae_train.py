@@ -36,16 +36,12 @@ HOOK, LAYER, D_IN, EXPANSION = "blocks.15.hook_resid_post", 15, 576, 16
 def models():
     """(TransformerLens 3.9 model, jtlens model) with the same processed SmolLM2 weights."""
     import torch
-    from tests.oracle import hf_from_gguf, save_plain_hf, tl_from_folder
+    from tests.oracle import smollm2_hf, tl_from_folder
 
     from benchmarks.common import jtlens_from_tl
-    from jtlens.gguf_models import packaged
 
     torch.set_num_threads(1)  # as benchmarks.common: 2 threads thrash TL 3.9 on this machine
-    hf, tok = hf_from_gguf(packaged("smollm2-135m"))
-    folder = Path(tempfile.mkdtemp(prefix="smol_hf"))
-    plain = save_plain_hf(hf, folder)
-    tok.save_pretrained(folder)
+    plain, tok, folder = smollm2_hf(Path(tempfile.gettempdir()) / "jtlens-bench")
     tl = tl_from_folder(folder, hf_model=plain, tokenizer=tok)
     ours = jtlens_from_tl(tl)
     ours.set_tokenizer(tok)

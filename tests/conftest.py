@@ -95,3 +95,14 @@ def shipped():
     import jtlens
 
     return jtlens.HookedTransformer.from_pretrained("jtlens-tiny")
+
+
+# ----------------------------------------------------------------------------- the real model
+@pytest.fixture(scope="session")
+def smollm2_hf(tmp_path_factory):
+    """(transformers' float32 SmolLM2 from its GGUF, the GGUF tokenizer, its saved HF folder),
+    dequantised once for the whole run: the folder lives where every xdist worker sees it."""
+    from tests.oracle import smollm2_hf
+
+    base = tmp_path_factory.getbasetemp()
+    return smollm2_hf(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)

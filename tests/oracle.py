@@ -121,6 +121,33 @@ def save_plain_hf(model, folder):
     return plain
 
 
+def smollm2_hf(base):
+    """SmolLM2-135M as transformers loads its GGUF (dequantised to float32): (plain model,
+    the GGUF's tokenizer, a Hugging Face folder of both). Dequantising takes ~40 s, so it happens
+    once per `base` folder (under a file lock: xdist workers share it) and later calls read the
+    saved float32 folder back, the same weights."""
+    import os
+    from pathlib import Path
+
+    from filelock import FileLock
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from jtlens.io.gguf_models import packaged
+
+    gguf = Path(packaged("smollm2-135m"))
+    Path(base).mkdir(parents=True, exist_ok=True)
+    folder = Path(base) / "smol-hf"  # no "llama" in the path: TransformerLens guesses by name
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / "config.json").exists():
+            model, tokenizer = hf_from_gguf(gguf)
+            tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+            save_plain_hf(model, tmp)
+            tokenizer.save_pretrained(tmp)
+            tmp.rename(folder)  # whole or absent, should a run stop halfway
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name), folder
+
+
 def tl_cache(model, tokens, **kw):
     with torch.no_grad():
         logits, cache = model.run_with_cache(torch.as_tensor(np.asarray(tokens)), **kw)

@@ -28,6 +28,7 @@ def test_bucket_lengths():
 
 
 @pytest.mark.parametrize("knobs", FAMILY_KNOBS, ids=["ln-learned", "rms-rotary-gqa", "split-qkv"])
+@pytest.mark.slow
 def test_a_padded_run_cut_back_equals_the_plain_run(knobs):
     """Every hook (optional ones included) of a causal model, run on right-padded tokens and cut
     back with first_positions, equals the run on the tokens alone."""
@@ -45,6 +46,7 @@ def test_a_padded_run_cut_back_equals_the_plain_run(knobs):
         np.testing.assert_allclose(padded[name], cache[name], atol=1e-5, rtol=1e-5, err_msg=name)
 
 
+@pytest.mark.slow
 def test_first_positions_needs_the_batch_axis():
     cfg = jtlens.Config(n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16, d_vocab=20, n_ctx=8,
                         act_fn="relu")

@@ -31,6 +31,7 @@ def patch_cases(draw):
 
 @SETTINGS
 @given(case=patch_cases())
+@pytest.mark.slow
 def test_a_masked_patch_equals_a_loop_of_single_position_patches(tiny, case):
     cfg, params, tokens = tiny
     template, layer, mask, seed = case

@@ -34,6 +34,7 @@ def test_all_false_mask_patch_is_no_patch(setup):
     np.testing.assert_allclose(fwd(params, tokens, cfg=cfg, hooks=hooks), base, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_zero_delta_is_identity(setup):
     cfg, params, tokens = setup
     base = fwd(params, tokens, cfg=cfg)
@@ -124,6 +125,7 @@ def test_start_and_stop_at_layer_compose(setup):
     np.testing.assert_allclose(logits, fwd(params, tokens, cfg=cfg), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cache_indexing_forms(setup):
     cfg, params, tokens = setup
     _, cache = fwc(params, tokens, cfg=cfg, hooks=jtlens.Hooks(capture=True))

@@ -29,6 +29,7 @@ def test_every_activation_equals_the_stacked_layout(name, input_last):
 
 
 @pytest.mark.parametrize("input_last", [False, True])
+@pytest.mark.slow
 def test_hooks_and_the_kv_cache_work_on_the_decode_layout(input_last):
     """Edits that make attention take per-head inputs or return per-head results read the
     flattened weights back in the forward's layout; a cached step equals the stacked one."""
@@ -58,6 +59,7 @@ def test_flat_matrix_round_trips_and_multiplies_like_the_stored_weight():
         assert jax.tree_util.tree_leaves(m)[0] is m.w  # a pytree whose one leaf is the matrix
 
 
+@pytest.mark.slow
 def test_a_per_layer_cache_extends_like_the_stacked_one():
     cfg, params = to_jtlens(tl_model(CONFIGS["llama"]))
     tokens = tokens_for(cfg)

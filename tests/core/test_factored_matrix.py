@@ -73,6 +73,7 @@ def test_composition_scores_without_broadcasting(pair):
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.slow
 def test_circuits_after_fold_ln_match(name):
     """Folding norms into W_Q/W_K/W_V changes the circuits: jtlens.weights.process on the raw
     weights gives the same OV, QK and composition scores as TL's process_weights_."""

@@ -20,6 +20,7 @@ def test_every_hook_matches_transformerlens(name):
     assert_caches_match(ours, theirs)
 
 
+@pytest.mark.slow
 def test_left_padding_matches_transformerlens():
     model = tl_model(CONFIGS["gpt2"])
     cfg, params = to_jtlens(model)

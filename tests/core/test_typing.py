@@ -34,6 +34,7 @@ def test_forward_and_pieces_satisfy_their_annotations():
     jax.jit(checked(jtlens.forward), static_argnames="cfg")(params, tokens, cfg=CFG)
 
 
+@pytest.mark.slow
 def test_annotations_reject_wrong_shapes():
     params = jtlens.init_params(CFG, jax.random.PRNGKey(0))
     ctx = M.context(CFG, None, 1, 6)

@@ -25,6 +25,7 @@ def test_ungrouped_hooks_and_logits_match_transformer_lens():
     np.testing.assert_allclose(np.asarray(logits), ref_logits.numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_ungrouped_edit_of_one_head_reaches_only_that_head():
     # Heads 0 and 1 share kv head 0; ungrouped, an edit of head 1's values leaves head 0 alone.
     model = jtlens.HookedTransformer(jtlens.Config(**CFG))

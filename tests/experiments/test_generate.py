@@ -92,6 +92,7 @@ def test_greedy_matches_hugging_face(name):
         np.testing.assert_array_equal(greedy(model, tokens, mask, use_past_kv_cache=False), ref)
 
 
+@pytest.mark.slow
 def test_greedy_matches_hugging_face_fast():
     """The developer-loop subset of the family sweep: GPT-2 (learned positions) and Mistral
     (rotary, GQA, a sliding window) on a left-padded batch."""

@@ -74,6 +74,7 @@ def hand_built_induction_model():
     return jtlens.HookedTransformer(cfg, params)
 
 
+@pytest.mark.slow
 def test_induction_scores_find_a_hand_built_induction_head():
     model = hand_built_induction_model()
     scores = np.asarray(induction_scores(model, seq_len=12, n_prompts=2, prepend_bos=False))
@@ -106,6 +107,7 @@ def test_report_shows_the_hand_built_induction_head():
     assert induction_png({"induction": found})[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_detect_head_reuses_a_cache(pair):
     from transformer_lens.head_detector import detect_head as tl_detect
 

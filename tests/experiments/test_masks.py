@@ -55,6 +55,7 @@ def _mean_reference(tl, tokens):
                             for l in range(tl.cfg.n_layers)]) for t in (Z, POST)}
 
 
+@pytest.mark.slow
 def test_fractional_masks_equal_transformer_lens_scaled_hooks(pair):
     tl, cfg, params, tokens = pair
     rng = np.random.default_rng(0)
@@ -67,6 +68,7 @@ def test_fractional_masks_equal_transformer_lens_scaled_hooks(pair):
         assert max_diff(ours, _tl_scaled(tl, tokens, scales, ref)) <= 1e-4
 
 
+@pytest.mark.slow
 def test_mask_gradients_equal_retain_grad_attribution(pair):
     tl, cfg, params, tokens = pair
     reference = _mean_reference(tl, tokens)

@@ -131,6 +131,7 @@ def test_path_patching_matches_a_two_run_reference(receivers, freeze):
     assert np.ptp(ref) > 1e-3
 
 
+@pytest.mark.slow
 def test_path_patching_bad_receivers():
     tl = tl_model(dict(SMALL, act_fn="gelu_new", normalization_type="LN"))
     model, clean, corrupted, *_ = _pair(tl)

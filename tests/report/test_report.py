@@ -85,6 +85,7 @@ def test_dla_adds_up_on_an_unprocessed_rms_model():
     assert max_diff(total, logits[0, :, 5]) <= 1e-4
 
 
+@pytest.mark.slow
 def test_logit_lens_matches_transformer_lens_ln_final_and_unembed():
     tl, model = _tl_and_ours(fold=False)
     tokens = tokens_for(model.cfg, batch=1, pos=8)

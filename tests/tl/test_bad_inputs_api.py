@@ -443,6 +443,7 @@ def test_patching_metric_returning_a_vector(patch_setup, one_line_error):  # err
     one_line_error(e, "patching_metric must return a scalar")
 
 
+@pytest.mark.slow
 def test_index_df_rows_equal_the_full_sweep(patch_setup):  # correct
     model, corrupted, cache = patch_setup
     full = patching.get_act_patch_resid_pre(model, corrupted, cache, last_logit, progress=False)

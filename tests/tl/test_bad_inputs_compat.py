@@ -33,6 +33,7 @@ def _one_line(err) -> str:
     return msg
 
 
+@pytest.mark.slow
 def test_nan_weight_reaches_logits(model, toks):
     W_Q = model.params["blocks"]["attn"]["W_Q"].at[0, 1, 3, 2].set(jnp.nan)
     params = {**model.params, "blocks": {**model.params["blocks"],
@@ -104,6 +105,7 @@ def test_integer_tokens_with_start_at_layer(model, toks):
     assert "start_at_layer=1 takes the residual stream" in msg and "stop_at_layer=1" in msg
 
 
+@pytest.mark.slow
 def test_patching_metric_returning_a_constant(model, toks):
     _, cache = model.run_with_cache(toks)
     with pytest.raises(TypeError) as err:

@@ -91,6 +91,7 @@ def test_tiny_mlm_logits_match_hugging_face(tiny):
     assert max_diff(got, want) <= ATOL
 
 
+@pytest.mark.slow
 def test_tiny_every_hook_matches_transformer_lens(tiny):
     _, model, tl, (tokens, types, mask) = tiny
     with torch.no_grad():

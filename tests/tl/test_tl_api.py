@@ -29,6 +29,7 @@ def test_hook_dict_names_match_transformer_lens(pair):
     assert set(model.hook_dict) <= set(model.mod_dict)
 
 
+@pytest.mark.slow
 def test_permanent_hooks_survive_a_plain_reset(pair):
     _, model = pair
     tokens = tokens_for(model.cfg)
@@ -124,6 +125,7 @@ def test_frozen_config_error_names_the_supported_path(pair):
     assert not model.cfg.is_layer_norm_activation()
 
 
+@pytest.mark.slow
 def test_state_dict_matches_transformer_lens_names_and_values(pair):
     tl, model = pair
     ours = model.state_dict()

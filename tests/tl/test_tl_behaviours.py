@@ -69,6 +69,7 @@ def test_run_with_cache_pos_slice_matches_transformer_lens(pair):
             assert max_diff(cache[k], ref[k].numpy()) <= 1e-4, (pos_slice, k)
 
 
+@pytest.mark.slow
 def test_cache_batch_slices_dict_device_and_autodiff(pair):
     _, model = pair
     tokens = tokens_for(model.cfg, batch=3)
@@ -95,6 +96,7 @@ def test_a_no_op_hook_gives_the_eager_numbers_bit_for_bit(pair):
     assert max_diff(jitted, hooked) <= 1e-5 * float(jnp.abs(jitted).max())
 
 
+@pytest.mark.slow
 def test_a_traced_metric_that_calls_item_gets_a_lesson(pair):
     _, model = pair
     tokens = tokens_for(model.cfg, batch=1, pos=4)

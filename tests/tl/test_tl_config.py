@@ -25,6 +25,7 @@ def test_solu_ln_matches_transformer_lens(normalization_type):
     assert_caches_match(cache, ref)
 
 
+@pytest.mark.slow
 def test_solu_ln_weight_processing_matches_transformer_lens_and_keeps_log_probs():
     tl = tl_model(SOLU_LN)
     cfg, params = to_jtlens(tl)
@@ -47,6 +48,7 @@ def test_solu_ln_with_a_gated_mlp_is_rejected():
                       gated_mlp=True)
 
 
+@pytest.mark.slow
 def test_shortformer_matches_transformer_lens():
     tl = tl_model(dict(CONFIGS["gpt2"], positional_embedding_type="shortformer"))
     cfg, params = to_jtlens(tl)

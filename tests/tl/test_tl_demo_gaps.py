@@ -2,12 +2,14 @@
 
 import jax
 import numpy as np
+import pytest
 
 import jtlens
 from jtlens import utils
 from jtlens.hook_points import HookPoint
 
 
+@pytest.mark.slow
 def test_hook_point_import_path_and_type():
     seen = []
 
@@ -27,6 +29,7 @@ def test_get_device_and_from_pretrained_device():
     assert model.params["embed"]["W_E"].devices() == {jax.devices()[0]}
 
 
+@pytest.mark.slow
 def test_checkpoint_fields():
     import transformer_lens
 

@@ -34,6 +34,7 @@ def test_hook_attaches_normally(lib):
 
 
 # mirrors tests/unit/test_hooks.py::test_perma_hook_attaches_normally
+@pytest.mark.slow
 def test_perma_hook_attaches_normally(lib):
     model = _model(lib)
     calls = []
@@ -127,6 +128,7 @@ def test_in_place_head_ablation(lib, request):
 
 # --------------------------------------------------------------------------- cache
 # mirrors tests/unit/test_cache_*.py: the cache holds every hook, and slicing the batch works
+@pytest.mark.slow
 def test_run_with_cache_keys_and_batch_slice(lib):
     model = _model(lib)
     _, cache = model.run_with_cache([PROMPT, "A dog"])

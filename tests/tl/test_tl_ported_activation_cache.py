@@ -17,6 +17,7 @@ def model(lib):
     return make_model(lib, act_fn="solu_ln", n_ctx=64)
 
 
+@pytest.mark.slow
 def test_remove_batch_dim(model):
     _, cache = model.run_with_cache(model.to_tokens(PROMPTS)[:1])
     assert cache.has_batch_dim
@@ -52,6 +53,7 @@ def test_items_values_keys(model):
     assert all((np_(v) == np_(cache[k])).all() for k, v in zip(keys, cache.values()))
 
 
+@pytest.mark.slow
 def test_apply_slice_to_batch_dim(lib, model):
     _, cache = model.run_with_cache(model.to_tokens(PROMPTS * 2))
     new = cache.apply_slice_to_batch_dim(lib.utils.Slice((1, 3)))

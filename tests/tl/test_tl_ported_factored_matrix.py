@@ -286,6 +286,7 @@ def test_AB_BA_T_pair_ndim(matrices):
 
 
 @pytest.mark.parametrize("leading_ones", [False, True])
+@pytest.mark.slow
 def test_svd_property(lib, matrices, leading_ones):
     fms = ([lib.FactoredMatrix(lib.tensor(randn(1, 8, 9)), lib.tensor(randn(1, 9, 8)))]
            if leading_ones else matrices[1])

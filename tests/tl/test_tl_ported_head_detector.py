@@ -84,6 +84,7 @@ def test_detect_head_exclude(lib, exclude, error_measure):
 
 
 @pytest.mark.parametrize("error_measure", ["mul", "abs"])
+@pytest.mark.slow
 def test_detect_head_with_cache(lib, error_measure):
     model = lib[0]
     _, cache = model.run_with_cache(REGULAR, remove_batch_dim=True)

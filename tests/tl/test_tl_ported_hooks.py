@@ -37,6 +37,7 @@ def n_hooks(model, name="hook_embed"):
     return len(model.hook_dict[name].fwd_hooks)
 
 
+@pytest.mark.slow
 def test_hook_attaches_normally(model):
     c = Counter()
     model.run_with_hooks(PROMPT, fwd_hooks=[(embed, c.inc)])
@@ -82,6 +83,7 @@ def test_context_manager_run_with_cache(model):
 
 
 @pytest.mark.parametrize("returns", ["tuple", "bare", "none"])
+@pytest.mark.slow
 def test_backward_hook(lib, model, returns):
     """test_backward_hook_runs_successfully / _returning_bare_tensor / _returning_none."""
     name = "hook_embed" if returns == "tuple" else "blocks.0.hook_resid_post"
@@ -150,6 +152,7 @@ def test_remove_hook(model):
     assert c.count == 0
 
 
+@pytest.mark.slow
 def test_conditional_hooks(model):
     def identity_hook(z, hook):
         return z
@@ -179,6 +182,7 @@ def test_conditional_hooks(model):
 
 
 @pytest.mark.parametrize("zero_attach_pos, prepend", [(z, p) for z in range(2) for p in (True, False)])
+@pytest.mark.slow
 def test_prepending_hooks(lib, model, zero_attach_pos, prepend):
     # TL zeroes in place (`z[:] = 0.0`); jtlens hooks return the edited copy (arrays are
     # immutable), which TL accepts too, so one body runs on both.

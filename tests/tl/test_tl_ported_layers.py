@@ -34,6 +34,7 @@ def counter():
 
 
 # ------------------------------------------------------------------ test_start_at_layer.py
+@pytest.mark.slow
 def test_start_at_layer_1(setup):
     model, _, embed = setup
     output, cache = model.run_with_cache(embed, start_at_layer=1)
@@ -42,6 +43,7 @@ def test_start_at_layer_1(setup):
     assert {"blocks.1.hook_resid_pre", "ln_final.hook_normalized"} <= keys(cache)
 
 
+@pytest.mark.slow
 def test_start_run_with_hooks(setup):
     model, _, embed = setup
     calls, count = counter()
@@ -101,6 +103,7 @@ def test_start_and_stop(setup):
                               "ln_final.hook_normalized"}
 
 
+@pytest.mark.slow
 def test_start_at_layer_kwargs(lib, request):
     # TL builds the tokenizer from the hub (tokenizer_name="gpt2"); the offline one is set here.
     if lib.name == "jtlens":
@@ -163,6 +166,7 @@ def test_stop_at_layer_1(setup):
     assert all(k.startswith("blocks.0") or k in ("hook_embed", "hook_pos_embed") for k in keys(cache))
 
 
+@pytest.mark.slow
 def test_stop_at_final(lib):
     model = _model(lib, n_layers=4)
     tokens = lib.tensor(np.random.default_rng(0).integers(0, 20, (2, 10)))

@@ -29,6 +29,7 @@ def model(lib, request):
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("prepend_bos", [True, False])
+@pytest.mark.slow
 def test_pos_embed(lib, model, padding_side, prepend_bos):
     model.tokenizer.padding_side = padding_side
     tokens = model.to_tokens(PROMPTS, prepend_bos=prepend_bos)
@@ -69,6 +70,7 @@ def _identity(i, single, left, right, left_span, right_span):
     assert np.allclose(left, single, atol=1e-4) and np.allclose(right, single, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_left_padding_by_comparing_outputs(model):
     n_tokens = np.array([len(t) for t in model.to_str_tokens(PROMPTS)])
     model.tokenizer.padding_side = "left"
@@ -91,6 +93,7 @@ def test_left_padding_by_comparing_outputs(model):
 
 
 # ------------------------------------------------------------------ test_attention_mask.py
+@pytest.mark.slow
 def test_attention_mask(lib):
     # Scores the causal mask excludes are -inf, and low scores it keeps stay attended.
     model = lib.HookedTransformer(lib.Config(d_head=1, d_model=12, d_vocab=2, n_ctx=5, n_layers=1,
@@ -117,6 +120,7 @@ def test_attention_mask(lib):
     assert seen == {"scores": True, "pattern": True}
 
 
+@pytest.mark.slow
 def test_masked_tokens(lib):
     # TL uses solu-1l from the hub; a random model of its shape is used here.
     m = lib.HookedTransformer(lib.Config(**dict(CFG, n_layers=1, act_fn="solu_ln")))

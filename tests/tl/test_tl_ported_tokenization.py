@@ -22,6 +22,7 @@ def ids(text):
     return tokenizer()(text, add_special_tokens=False)["input_ids"]
 
 
+@pytest.mark.slow
 def test_set_tokenizer_lazy(lib):
     model = lib.HookedTransformer(lib.Config(n_layers=1, d_model=10, n_ctx=1024, d_head=1,
                                              act_fn="relu", d_vocab=300))

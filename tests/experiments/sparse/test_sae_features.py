@@ -58,6 +58,7 @@ def _run_saelens(theirs, t_sae, toks, hook_fn):
     return float(metric(logits.numpy()))
 
 
+@pytest.mark.slow
 def test_ablation_sweep_matches_saelens_loop(setup):
     theirs, cfg, params, sae, t_sae, toks, _ = setup
     feats = active_features(feature_acts(params, toks, cfg, sae))
@@ -105,6 +106,7 @@ def test_patching_sweep_matches_saelens_loop(setup):
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_feature_gradients_match_torch_autograd(setup):
     theirs, cfg, params, sae, t_sae, toks, _ = setup
     grads, acts = feature_gradients(params, toks, cfg, sae, metric)
@@ -126,6 +128,7 @@ def test_feature_gradients_match_torch_autograd(setup):
     np.testing.assert_allclose(np.asarray(grads), store["a"].grad.numpy(), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_feature_dla_decomposes_the_logit_difference():
     """With an SAE on the last residual (error term on), the logit difference minus b_U is
     exactly the features' DLA + b_dec's + the error's, through ln_final (LNPre: centred)."""
@@ -151,6 +154,7 @@ def test_feature_dla_decomposes_the_logit_difference():
     np.testing.assert_allclose(np.asarray(total), np.asarray(want), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_steering(setup):
     _, cfg, params, sae, _, toks, _ = setup
     f, c = 7, 6.0

@@ -47,6 +47,7 @@ def setup(request, tmp_path_factory):
     return tl, cfg, params, sae, sae_lens.SAE.load_from_disk(str(folder / "s")), tokens_for(cfg, 4, 16)
 
 
+@pytest.mark.slow
 def test_sparsity_and_variance_match_saelens(setup):
     tl, cfg, params, sae, t_sae, toks = setup
     t_toks = torch.tensor(np.asarray(toks))

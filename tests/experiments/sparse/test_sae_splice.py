@@ -64,6 +64,7 @@ def _close(a, b, atol=1e-4):
 
 @pytest.mark.parametrize("hook", sorted(SITES))
 @pytest.mark.parametrize("use_error_term", [False, True])
+@pytest.mark.slow
 def test_run_with_saes_logits(models, hook, use_error_term):
     ours, theirs, saes, toks = models
     sae, t_sae = saes[hook]
@@ -149,6 +150,7 @@ def test_add_sae_and_context(models):
         _close(ours(toks), theirs(torch.tensor(np.asarray(toks))))
 
 
+@pytest.mark.slow
 def test_vmap_and_grad_through_saes(models):
     ours, _, saes, toks = models
     sae, _ = saes["blocks.0.hook_resid_pre"]

@@ -28,6 +28,7 @@ def _rows(a):
     return a[np.lexsort(a.T[::-1])]
 
 
+@pytest.mark.slow
 def test_store_serves_the_models_activations(model, tmp_path):
     cfg, params = model
     stream = np.random.default_rng(0).integers(1, cfg.d_vocab, 200).astype(np.int32)
@@ -48,6 +49,7 @@ def test_store_serves_the_models_activations(model, tmp_path):
     assert list((tmp_path / "c").glob("*.npy"))
 
 
+@pytest.mark.slow
 def test_store_trains_and_resumes(model, tmp_path):
     cfg, params = model
     stream = np.random.default_rng(1).integers(1, cfg.d_vocab, 3000).astype(np.int32)

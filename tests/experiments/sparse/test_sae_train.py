@@ -39,6 +39,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("arch", sorted(CASES))
+@pytest.mark.slow
 def test_losses_and_grads_match_saelens_training(arch):
     kw, hyper, coeffs, tc_kw = CASES[arch]
     theirs = _theirs(arch, **kw)
@@ -69,6 +70,7 @@ def test_losses_and_grads_match_saelens_training(arch):
                                    err_msg=n)
 
 
+@pytest.mark.slow
 def test_vmapped_saes_equal_separate_runs():
     tc = TrainConfig("topk", D_IN, D_SAE, total_steps=20, k_max=8, lr_warm_up_steps=3,
                      dead_feature_window=2)
@@ -91,6 +93,7 @@ def test_vmapped_saes_equal_separate_runs():
 
 
 @pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu", "batchtopk"])
+@pytest.mark.slow
 def test_training_recovers_planted_features(arch):
     """Activations built from 32 sparse ground-truth directions: training explains most of
     their variance, and the trained SAE's own encode/decode agree with the training forward."""
