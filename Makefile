@@ -34,10 +34,12 @@ run: $(VENV)/.core
 # The attention-view tests render HTML in headless Chromium (Debian's package); the SAE corpus
 # tests read two offline text sdists (make corpora). Two pytest-xdist workers, one per core: much
 # of a test is single-threaded tracing and compiling (peak memory measured at 13 GB of the 24).
+# A test file stays on one worker: its module fixtures (oracle models) are built once, and the
+# README's blocks share one namespace in order.
 test: $(VENV)/.test corpora
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser tests will skip"; }
 	$(VENV)/bin/lint-imports --no-logo
-	$(PY) -m pytest -q -n 2 --dist worksteal
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # Benchmarks compare against TransformerLens 4.3 (TransformerBridge), which cannot share an
 # environment with the 3.9 oracle: it goes to .tl43 and runs in a subprocess.
