@@ -106,3 +106,16 @@ def smollm2_hf(tmp_path_factory):
 
     base = tmp_path_factory.getbasetemp()
     return smollm2_hf(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
+
+
+# ----------------------------------------------------------------------------- scheduling
+# The files that take minutes (measured with --durations), collected first: `make test` gives
+# each xdist worker a whole file at a time, so the two start on these and end on short files,
+# rather than one worker finishing a long file alone. Only the order changes.
+LONG_FILES = ("test_sharding.py", "test_patching_kv_reuse.py", "test_smollm2.py", "test_readme.py",
+              "test_no_torch.py", "test_sae_smollm2.py", "test_train.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
