@@ -217,8 +217,6 @@ def _generic_fast_tokenizer(folder: Path) -> bool:
     return (folder / "tokenizer.json").is_file() and cls in ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
-
-
 # ----------------------------------------------------------------------------- processing
 def _process(cfg: Config, params: dict, flags: dict, done: dict) -> tuple[Config, dict]:
     """Apply the requested steps not applied yet -> (the Config they imply, processed params)."""

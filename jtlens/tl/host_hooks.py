@@ -11,9 +11,7 @@ same points, whatever the functions are. Hooks along the residual stream run in 
 order (each one's output is the next one's input); hooks on parallel branches of one layer
 (say `hook_q` and `hook_k`) may run in either order.
 
-    hooks, fns = host_slots(model_hooks)      # Hooks whose fns are slots, and the functions
-    with calling(fns) as run:
-        out = run(jitted_forward(params, tokens, cfg=cfg, hooks=hooks))
+    out = call_with_host_hooks(jitted_forward, hooks, params=params, tokens=tokens, cfg=cfg)
 """
 
 from __future__ import annotations
@@ -58,12 +56,12 @@ def _dispatch(key, name: str, layer, act: jax.Array):
         return act
     try:
         return apply_hook_fn(_ACTIVE[key], act, HookPoint(name, layer))
-    except Exception as err:  # noqa: BLE001 - re-raised unchanged by `calling`
+    except Exception as err:  # noqa: BLE001 - re-raised unchanged by `_calling`
         _ACTIVE["error"] = err
         return act
 
 
-def host_slots(hooks: Hooks) -> tuple[Hooks, dict]:
+def _host_slots(hooks: Hooks) -> tuple[Hooks, dict]:
     """(`hooks` with every function replaced by its slot, {slot key: function})."""
     fns, slots = {}, []
     for name, group in hooks.fns:
@@ -79,7 +77,7 @@ def host_slots(hooks: Hooks) -> tuple[Hooks, dict]:
 
 
 @contextlib.contextmanager
-def calling(fns: dict):
+def _calling(fns: dict):
     """Make `fns` the functions the slots call; yields `run(out) -> out`, which waits for the
     program (the callbacks run while it executes) and raises what a hook function raised."""
     def run(out: Any) -> Any:
@@ -100,6 +98,6 @@ def calling(fns: dict):
 
 def call_with_host_hooks(fn: Callable, hooks: Hooks, **kwargs):
     """`fn(hooks=<slots>, **kwargs)` (a jitted forward) with `hooks`' functions called back."""
-    slotted, fns = host_slots(hooks)
-    with calling(fns) as run:
+    slotted, fns = _host_slots(hooks)
+    with _calling(fns) as run:
         return run(fn(hooks=slotted, **kwargs))
