@@ -104,7 +104,8 @@ def dashboard_data(params, cfg: Config, sae: SAE, windows, features, k: int = 10
     rows = np.unique(win[win >= 0])
     acts = np.zeros((0, windows.shape[1], len(features)), np.float32)
     if rows.size:
-        acts = np.asarray(feature_acts(params, windows[rows], cfg, sae, hook_name)[..., jnp.asarray(features)])
+        acts = feature_acts(params, windows[rows], cfg, sae, hook_name)
+        acts = np.array(acts[..., jnp.asarray(features)])                      # [rows, P, F]
         if ignore_token is not None:
             acts[windows[rows] == ignore_token] = 0.0
     logits = logit_effects(params, cfg, sae, features, k, hook_name)
