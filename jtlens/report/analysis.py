@@ -21,6 +21,7 @@ from jtlens.core.pieces import unembed
 from jtlens.report.figures import (answer_lens_png, cell, dla_png, dla_positions_png, html_page,
                                    img, induction_png)
 from jtlens.report.patching_section import patching_html
+from jtlens.report.sae_section import sae_html
 from jtlens.core.tokens import bos_id, to_str_tokens
 
 Analysis = dict[str, Any]
@@ -454,6 +455,10 @@ def _patching_html(a: Analysis, out: pathlib.Path) -> str:
     return patching_html(a["patching"], img) if "patching" in a else ""
 
 
+def _sae_html(a: Analysis, out: pathlib.Path) -> str:
+    return sae_html(a["sae"]) if "sae" in a else ""
+
+
 def write_report(a: Analysis, out_dir) -> pathlib.Path:
     """Write `report.html` (self-contained) and its PNGs into `out_dir`; returns the HTML path."""
     out = pathlib.Path(out_dir)
@@ -512,4 +517,4 @@ def _answer_html(a: Analysis, out: pathlib.Path) -> str:
 
 # The report's sections in page order: each (analysis, out folder) -> HTML, writing its PNGs.
 SECTIONS = (_tokens_html, _answer_html, _lens_html, _dla_html, _neurons_html, _heads_html,
-            _induction_html, _attention_html, _patching_html)
+            _induction_html, _attention_html, _patching_html, _sae_html)

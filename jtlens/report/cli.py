@@ -2,7 +2,7 @@
 
     jtlens run "The Eiffel Tower is located in the city of" [--answer " Paris" --wrong " Rome"]
                [--corrupted "The Colosseum is located in the city of"] [--model NAME_OR_DIR]
-               [--out DIR] [--save-activations]
+               [--out DIR] [--save-activations] [--sae SAELENS_FOLDER [--sae-corpus-windows N]]
     jtlens run --file text.txt      (or: ... | jtlens run -)
     jtlens patch --clean "..." --corrupted "..." --answer " Paris" --wrong " Rome"
 
@@ -168,11 +168,15 @@ def _answers(model, args):
 def cmd_run(args) -> int:
     from jtlens.report import analysis as report
     from jtlens.report.patching_section import patching_summary
+    from jtlens.report.sae_section import sae_analysis, sae_summary
 
     text = read_text(args)
     corrupted = None if args.corrupted is None else _check_text(args.corrupted, "corrupted text")
     out = out_dir(args.out)
+    sae = None if args.sae is None else load_sae(args.sae)
     model = load_model(args.model)
+    if sae is not None:
+        _check_sae_fits(sae, model, args.sae)
     if args.top_k > model.cfg.d_vocab:
         raise UsageError(f"--top-k {args.top_k} is more than the vocabulary ({model.cfg.d_vocab})")
     _tokens(model, text, args.truncate)
@@ -187,6 +191,10 @@ def cmd_run(args) -> int:
                        include_bos=args.include_bos)
     if corrupted is not None:
         a["patching"] = _patching(model, text, corrupted, args, out / "patching")
+    if sae is not None:
+        _say(f"SAE features and dashboards over {args.sae_corpus_windows} corpus windows ...")
+        a["sae"] = sae_analysis(model, _tokens(model, text, args.truncate), sae, out,
+                                n_windows=args.sae_corpus_windows, skip=a["skip"], progress=shown())
     path = report.write_report(a, out)
     if args.save_activations:
         acts = {k: np.asarray(v) for k, v in a["cache"].items()}
@@ -194,10 +202,51 @@ def cmd_run(args) -> int:
     print(report.summary(a))
     if corrupted is not None:
         print("\nActivation patching: " + patching_summary(a["patching"]))
+    if sae is not None:
+        print("\n" + sae_summary(a["sae"]))
     if args.save_activations:
         print(f"\n{len(acts)} activations (TransformerLens hook names) -> {out / 'activations.npz'}")
     print(f"\nReport: {path}")
     return 0
+
+
+_SAE_FOLDER = "give an SAELens folder (cfg.json + sae_weights.safetensors, as SAE.save_model writes)"
+
+
+def load_sae(path: str):
+    """`SAE.load_from_disk(path)`, checked to name its hook; any failure a UsageError."""
+    from jtlens.experiments.sparse.sae import SAE
+
+    folder = pathlib.Path(path)
+    if not (folder / "cfg.json").is_file():
+        what = "does not exist" if not folder.exists() else "has no cfg.json"
+        raise UsageError(f"--sae {path} {what}: {_SAE_FOLDER}")
+    try:
+        sae = SAE.load_from_disk(folder)
+    except Exception as err:  # noqa: BLE001 - any load failure is the user's folder
+        raise UsageError(f"cannot load --sae {path}: {_first_line(err)}; {_SAE_FOLDER}") from None
+    if not sae.cfg.metadata.hook_name:
+        raise UsageError(f"--sae {path}: its cfg.json has no metadata.hook_name; add the hook the "
+                         f"SAE reads, e.g. \"hook_name\": \"blocks.1.hook_resid_pre\"")
+    return sae
+
+
+def _check_sae_fits(sae, model, path: str) -> None:
+    """The SAE's hook exists in the model and is d_in wide."""
+    from jtlens.core.hook_catalogue import hook_catalogue
+    from jtlens.experiments.sparse.activations import hook_width
+
+    hook = sae.cfg.metadata.hook_name
+    try:
+        hook_catalogue(model.cfg).one(hook, "--sae")
+    except ValueError as err:
+        raise UsageError(f"--sae {path}: {_first_line(err)}; use an SAE trained on this model, "
+                         f"or --model the model it was trained on") from None
+    width = hook_width(model.params, model.cfg, hook)
+    if width != sae.cfg.d_in:
+        raise UsageError(f"--sae {path} reads d_in={sae.cfg.d_in} but {hook} of {model.cfg.model_name} "
+                         f"is {width} wide: use an SAE trained on this model's {hook}, or --model "
+                         f"the model it was trained on")
 
 
 def _pair(model, clean_text: str, corrupted_text: str):
@@ -256,6 +305,10 @@ def parser() -> argparse.ArgumentParser:
                      help="also save every hook activation to activations.npz")
     run.add_argument("--truncate", action="store_true", help="cut text longer than the context")
     run.add_argument("--top-k", type=_positive, default=5, help="predictions shown per position")
+    run.add_argument("--sae", metavar="FOLDER", help="an SAELens SAE folder: its top features per "
+                     "token at its hook (metadata.hook_name) and dashboards of the most active")
+    run.add_argument("--sae-corpus-windows", type=_positive, default=256, metavar="N",
+                     help="corpus windows (CPython docstrings) the dashboards are computed over")
     run.set_defaults(func=cmd_run)
     patch = sub.add_parser("patch", help="activation patching: residual and head sweeps")
     patch.add_argument("--clean", required=True)

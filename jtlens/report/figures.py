@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+from typing import Optional
 
 import numpy as np
 
@@ -26,10 +27,12 @@ def img(data: bytes, alt: str) -> str:
             f'src="data:image/png;base64,{base64.b64encode(data).decode()}">')
 
 
-def cell(text: str, p: float) -> str:
-    """A table cell for a token with probability p (white = 0, red = 1)."""
-    return (f'<td style="background:{css_colour(p, 1.0, signed=False)}" title="{p:.1%}">'
-            f"{html.escape(repr(text))}</td>")
+def cell(text: str, p: float, limit: float = 1.0, title: Optional[str] = None) -> str:
+    """A table cell for a token with probability p (white = 0, red = 1), or with any value p
+    >= 0 (red = `limit`); `title`, the hover text, defaults to p as a percentage."""
+    title = f"{p:.1%}" if title is None else title
+    return (f'<td style="background:{css_colour(p, limit, signed=False)}" '
+            f'title="{html.escape(title)}">{html.escape(repr(text))}</td>')
 
 
 def _token_labels(toks, start: int = 0) -> list[str]:

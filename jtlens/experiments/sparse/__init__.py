@@ -1,5 +1,5 @@
 """Sparse dictionaries (SAEs) as data: the SAE pytree, SAELens / sparsify files, splicing SAEs
-into a forward through the hooks pytree, and their metrics.
+into a forward through the hooks pytree, their metrics, and feature dashboards' data.
 
 Imports only the low-level modules (config, params, hooks, model, cache, checkpoint_io, ...);
 never the TransformerLens facade (`jtlens.hooked_sae_transformer` sits on top of this).
@@ -24,3 +24,5 @@ from jtlens.experiments.sparse.features import feature_patching_sweep as feature
 from jtlens.experiments.sparse.features import steering_hooks as steering_hooks
 from jtlens.experiments.sparse.activations import ActivationStore as ActivationStore
 from jtlens.experiments.sparse.corpus import corpus_tokens as corpus_tokens
+from jtlens.experiments.sparse.activations import context_windows as context_windows
+from jtlens.experiments.sparse.dashboard_data import dashboard_data as dashboard_data

@@ -40,6 +40,23 @@ def _acts(params, tokens, cfg, names, stop):
     return jnp.stack(out)                            # [n_hooks, batch, pos, d_in]
 
 
+def hook_width(params, cfg: Config, hook_name: str) -> int:
+    """The width an SAE at `hook_name` reads (heads flattened for hook_z), from shapes alone."""
+    a = jax.eval_shape(lambda p, t: _acts(p, t, cfg, (hook_name,), None), params,
+                       jax.ShapeDtypeStruct((1, 2), jnp.int32))
+    return a.shape[-1]
+
+
+def context_windows(tokens, body: int) -> np.ndarray:
+    """The token stream `tokens` [n] cut in order into windows [n // body, body] (the tail that
+    does not fill one is dropped)."""
+    tokens = np.asarray(tokens, np.int32)
+    if tokens.size < body:
+        raise ValueError(f"the token stream has {tokens.size} tokens, fewer than one "
+                         f"context window ({body})")
+    return tokens[: tokens.size // body * body].reshape(-1, body)
+
+
 class ActivationStore:
     """Activations at `hook_names` of the model (params, cfg) over the token stream `tokens`.
 
@@ -65,11 +82,7 @@ class ActivationStore:
             raise ValueError("prepend_bos=True needs bos_token_id= (the tokenizer's BOS id)")
         self.params, self.cfg = params, cfg
         self.tokens = np.asarray(tokens, np.int32)
-        body = context_size - int(prepend_bos)
-        if self.tokens.size < body:
-            raise ValueError(f"the token stream has {self.tokens.size} tokens, fewer than one "
-                             f"context window ({body})")
-        self.windows = self.tokens[: self.tokens.size // body * body].reshape(-1, body)
+        self.windows = context_windows(self.tokens, context_size - int(prepend_bos))
         self.prepend_bos, self.bos, self.exclude_bos = prepend_bos, bos_token_id, exclude_bos
         self.prompts, self.n_buffer = store_batch_size_prompts, n_batches_in_buffer
         self.batch_tokens, self.scale = train_batch_size_tokens, scaling_factor
@@ -127,9 +140,4 @@ class ActivationStore:
         """sqrt(d_in) / mean ||x||: SAELens's factor for normalize_activations=
         'expected_average_only_in'."""
         norms = [float(jnp.linalg.norm(b, axis=-1).mean()) for b in self.batches(n_batches)]
-        return float(np.sqrt(self._d_in()) / np.mean(norms))
-
-    def _d_in(self) -> int:
-        a = jax.eval_shape(lambda p, t: _acts(p, t, self.cfg, self.hook_names, self.stop),
-                           self.params, jax.ShapeDtypeStruct((1, 2), jnp.int32))
-        return a.shape[-1]
+        return float(np.sqrt(hook_width(self.params, self.cfg, self.hook_names[0])) / np.mean(norms))

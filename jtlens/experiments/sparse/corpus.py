@@ -21,6 +21,7 @@ import pathlib
 import sysconfig
 import tarfile
 from collections import OrderedDict
+from typing import Optional
 
 import numpy as np
 
@@ -94,9 +95,11 @@ def corpus_texts(name: str) -> list[str]:
         return [f"{book} {ch}\n" + " ".join(vs) for (book, ch), vs in chapters.items()]
 
 
-def corpus_tokens(name: str, tokenizer, bos_token_id=None, cache: bool = True) -> np.ndarray:
+def corpus_tokens(name: str, tokenizer, bos_token_id=None, cache: bool = True,
+                  max_tokens: Optional[int] = None) -> np.ndarray:
     """Corpus `name` tokenized into one int32 stream, `bos_token_id` (default the tokenizer's
-    BOS, else EOS) before each document. Cached per tokenizer vocabulary."""
+    BOS, else EOS) before each document. Cached per tokenizer vocabulary. max_tokens: only the
+    stream's first tokens (a slice for a quick look tokenizes only the documents it needs)."""
     bos = bos_token_id if bos_token_id is not None else (
         tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id)
     if bos is None:
@@ -105,12 +108,16 @@ def corpus_tokens(name: str, tokenizer, bos_token_id=None, cache: bool = True) -
     key = hashlib.sha256(f"{vocab}|{bos}".encode()).hexdigest()[:16]
     path = corpus_dir() / "tokens" / f"{name}-{key}.npy"
     if cache and path.is_file():
-        return np.load(path)
+        return np.load(path)[:max_tokens]
     ids = [bos]
     for doc in corpus_texts(name):
+        if max_tokens is not None and len(ids) > max_tokens:
+            break
         ids.extend(tokenizer(doc, add_special_tokens=False)["input_ids"])
         ids.append(bos)
     stream = np.asarray(ids[:-1], np.int32)
+    if max_tokens is not None:
+        return stream[:max_tokens]  # a prefix, not the corpus: never cached as it
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")

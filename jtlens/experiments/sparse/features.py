@@ -132,22 +132,33 @@ def _gradients(params, tokens, cfg, sae, hook, metric, use_error_term):
     return jax.grad(f)(jnp.zeros_like(acts)), acts
 
 
-def feature_logit_weights(sae: SAE, params) -> jax.Array:
-    """Each feature's decoder direction read by the unembedding, W_dec @ W_U: [d_sae, d_vocab]
-    (residual-stream SAEs; the top and bottom entries of a row are the tokens the feature
-    boosts and suppresses). Exact logit effects go through ln_final: see `feature_dla`."""
-    return sae.W_dec @ params["unembed"]["W_U"]
+def through_final_norm(W, params, cfg: Config) -> jax.Array:
+    """Residual directions W [..., d_model] as ln_final passes them to the unembedding, its
+    per-position scale aside: centred for LayerNorm, times ln_final's weight when it is not
+    folded into W_U. The scale is positive, so it rescales but never reorders a row's logits."""
+    if cfg.final_norm_type in ("LN", "LNPre"):
+        W = W - W.mean(-1, keepdims=True)
+    w = (params.get("ln_final") or {}).get("w")
+    return W if w is None else W * w
+
+
+def feature_logit_weights(sae: SAE, params, cfg: Config, features=None) -> jax.Array:
+    """Each feature's decoder direction through ln_final and the unembedding,
+    W_dec[features] @ W_U: [n_features (default d_sae), d_vocab]; the top and bottom entries
+    of a row are the tokens the feature boosts and suppresses (SAELens dashboards' logit
+    tables). Residual-stream SAEs; exact per-position effects: `feature_dla`."""
+    W_dec = sae.W_dec if features is None else sae.W_dec[jnp.asarray(features)]
+    return through_final_norm(W_dec, params, cfg) @ params["unembed"]["W_U"]
 
 
 def feature_dla(sae: SAE, acts, params, cfg: Config, scale, direction) -> jax.Array:
     """Direct logit attribution of each feature: its contribution, acts * W_dec, to the final
-    residual, through ln_final (centred for LayerNorm, divided by its `scale` [batch, pos, 1]
+    residual, through ln_final (`through_final_norm`, divided by its `scale` [batch, pos, 1]
     from the cache) and read out along `direction` [d_vocab] (a logit difference) or W_U
-    columns: [batch, pos, d_sae]. Residual-stream SAEs of a model whose ln_final is folded."""
-    W_dec = sae.W_dec
-    if cfg.final_norm_type in ("LN", "LNPre"):
-        W_dec = W_dec - W_dec.mean(-1, keepdims=True)
-    readout = W_dec @ (params["unembed"]["W_U"] @ jnp.asarray(direction))       # [d_sae]
+    columns: [batch, pos, d_sae]. Residual-stream SAEs."""
+    # W_U @ direction first: [d_sae, d_vocab] is too big to form for a large SAE and vocabulary
+    W_U = params["unembed"]["W_U"]
+    readout = through_final_norm(sae.W_dec, params, cfg) @ (W_U @ jnp.asarray(direction))
     return jnp.asarray(acts) * readout / scale
 
 
