@@ -13,7 +13,7 @@ import numpy as np
 from jtlens.core.tokens import bos_id
 from jtlens.experiments.sparse.activations import context_windows
 from jtlens.experiments.sparse.corpus import corpus_tokens
-from jtlens.experiments.sparse.dashboard_data import dashboard_data
+from jtlens.experiments.sparse.dashboards import dashboard_data
 from jtlens.experiments.sparse.features import feature_acts
 from jtlens.report.feature_dashboard import feature_dashboard_html, write_feature_dashboards
 

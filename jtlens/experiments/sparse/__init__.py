@@ -25,4 +25,4 @@ from jtlens.experiments.sparse.features import steering_hooks as steering_hooks
 from jtlens.experiments.sparse.activations import ActivationStore as ActivationStore
 from jtlens.experiments.sparse.corpus import corpus_tokens as corpus_tokens
 from jtlens.experiments.sparse.activations import context_windows as context_windows
-from jtlens.experiments.sparse.dashboard_data import dashboard_data as dashboard_data
+from jtlens.experiments.sparse.dashboards import dashboard_data as dashboard_data

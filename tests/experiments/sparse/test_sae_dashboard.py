@@ -14,7 +14,7 @@ from jtlens import Hooks
 from jtlens.core.forward import forward_with_cache
 from jtlens.report.feature_dashboard import write_feature_dashboards
 from jtlens.sparse import SAE, SAEConfig, context_windows, dashboard_data
-from jtlens.sparse.dashboard_data import logit_effects
+from jtlens.sparse.dashboards import logit_effects
 from jtlens.sparse.sae import param_shapes
 
 HOOK = "blocks.1.hook_resid_pre"
