@@ -86,6 +86,7 @@ JOB = textwrap.dedent("""
 
 
 @pytest.mark.slow  # converts SmolLM2 afresh: about a minute on 2 cores
+@pytest.mark.xla_optimized  # the main job as a user runs it
 def test_main_job_runs_without_torch(tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     # -S: no site-packages; the path holds the standard library, jtlens and its dependencies.

@@ -42,6 +42,7 @@ def induction_eval(params, half: int = 12):
 
 
 @pytest.mark.slow
+@pytest.mark.xla_optimized  # hundreds of training steps: run time, not compile time, dominates
 def test_two_layer_attention_model_learns_induction():
     params = jtlens.init_params(CFG, jax.random.PRNGKey(0))
     _, _, score_before = induction_eval(params)

@@ -24,7 +24,7 @@ import jtlens  # noqa: E402
 from jtlens.head_detector import detect_head, induction_scores  # noqa: E402
 from tests.oracle import rel_diff, tl_from_folder  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xla_optimized]  # real weights, as users compile them
 
 EIFFEL = "The Eiffel Tower is located in the city of"
 COLOSSEUM = "The Colosseum is located in the city of"

