@@ -51,7 +51,7 @@ def to_tokens(tokenizer, cfg: Config, text: Union[str, Sequence[str]], prepend_b
         raise ValueError("no text given: pass a non-empty string or list of strings")
     rows = []
     for s in strings:
-        ids = list(tok(s, add_special_tokens=False)["input_ids"])
+        ids = list(tok.encode(s, add_special_tokens=False))
         if prepend_bos:
             ids = [bos_id(tok)] + ids
         if not ids:

