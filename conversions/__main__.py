@@ -1,5 +1,5 @@
 """`python -m conversions ...` from a checkout: the same command as `python -m jtlens.conversions`."""
 
-from jtlens.io.conversions.__main__ import main
+from jtlens.report.convert_command import main
 
 raise SystemExit(main())

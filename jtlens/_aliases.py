@@ -39,6 +39,8 @@ ALIASES = {
     "heatmap": "jtlens.report.heatmap",
     "attention_view": "jtlens.report.attention_view",
     "cli": "jtlens.report.cli",
+    # `python -m jtlens.conversions`: the command runs above loading, so it lives with the CLI.
+    "conversions.__main__": "jtlens.report.convert_command",
     "sparse": "jtlens.experiments.sparse",
     "hooked_sae_transformer": "jtlens.tl.hooked_sae_transformer",
     "weight_processing": "jtlens.tl.weight_processing",

@@ -216,6 +216,10 @@ def test_command_line_conversion(built, tmp_path):
                           str(tmp_path / "unused")],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "no such folder" in bad.stderr
+    # The installed name runs the same command (it lives above loading, with the CLI).
+    usage = subprocess.run([sys.executable, "-m", "jtlens.conversions", "--help"],
+                           capture_output=True, text=True)
+    assert usage.returncode == 0 and "python -m jtlens.conversions" in usage.stdout, usage.stderr
 
 
 def test_hub_names_resolve_through_aliases(monkeypatch):

@@ -1,7 +1,8 @@
 """`python -m jtlens.conversions SOURCE OUT [--no-processing] [--overwrite]` (`python -m
 conversions` in a checkout): convert a Hugging Face checkpoint (folder or hub name) or a GGUF file
 into jtlens's format (jtlens_config.json + params.safetensors + tokenizer + jtlens_manifest.json,
-written beside OUT and renamed into place). The command sits above `jtlens.loading`."""
+written beside OUT and renamed into place). The command sits above `jtlens.loading`, in the layer of
+the commands; `jtlens._aliases` maps `jtlens.conversions.__main__` here."""
 
 from __future__ import annotations
 
