@@ -15,7 +15,9 @@ inherits another's compiled programs or imports.
 - A notebook session (one process per library, cell by cell, timed inside): cached load, first
   `run_with_cache` of a new prompt, `run_with_hooks` with a Python hook, first
   `get_act_patch_resid_pre`, `model.OV.norm()`, `evals.induction_loss`, a first greedy
-  `generate` of 20 tokens, and the process's peak memory.
+  `generate` of 20 tokens, and the process's peak memory. Then jtlens's session again with
+  `jtlens.enable_compilation_cache()` (the library's opt-in), as a returning user's second
+  session: its compiled programs come from disk.
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ def _cells_jtlens(folder: Path):
     import jtlens
     from jtlens import evals, patching
 
+    if os.environ.get("JTLENS_BENCH_COMPILATION_CACHE"):
+        jtlens.enable_compilation_cache()
     model = yield "load (cached)", lambda: jtlens.HookedTransformer.from_pretrained(
         "smollm2-135m", progress=False)
     clean, corrupted = model.to_tokens(EIFFEL), model.to_tokens(COLOSSEUM)
@@ -206,16 +210,23 @@ def notebook(table: Table, py: str, folder: Path):
     cached beforehand, as TransformerLens's folder is)."""
     timed_process([py, "-c", "import jtlens; jtlens.HookedTransformer.from_pretrained("
                              "'smollm2-135m', progress=False)"], table.env)
-    cells = {}
-    for library in ("jtlens", "tl"):
+    def session(library, env):
         proc = subprocess.run([py, "-m", "benchmarks.first_contact", "--worker", library,
-                               "--folder", str(folder)], env=table.env, capture_output=True,
+                               "--folder", str(folder)], env=env, capture_output=True,
                               text=True, cwd=ROOT)
         if proc.returncode != 0:
             raise RuntimeError(f"{library} notebook failed:\n{proc.stderr[-3000:]}")
-        cells[library] = json.loads(proc.stdout.strip().splitlines()[-1])
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    cells = {library: session(library, table.env) for library in ("jtlens", "tl")}
     print("notebook session, one process per library, cell by cell:")
     for label, ours in cells["jtlens"].items():
+        table.row("  " + label, ours, cells["tl"][label])
+    cached = dict(table.env, JTLENS_BENCH_COMPILATION_CACHE="1")
+    session("jtlens", cached)  # the first session with the cache on writes the programs
+    again = session("jtlens", cached)
+    print("second session, jtlens.enable_compilation_cache() (TL as above):")
+    for label, ours in again.items():
         table.row("  " + label, ours, cells["tl"][label])
 
 
