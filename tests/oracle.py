@@ -46,6 +46,12 @@ CONFIGS = {
                         use_normalization_before_and_after=True, attn_scores_soft_cap=50.0,
                         output_logits_soft_cap=30.0, use_local_attn=True, window_size=4,
                         attn_types=["local", "global"], attn_scale=8.0),
+    "gemma3_like": dict(BASE, act_fn="gelu_pytorch_tanh", normalization_type="RMS",
+                        positional_embedding_type="rotary", gated_mlp=True, final_rms=True,
+                        n_key_value_heads=2, use_split_qkv_input=False, use_qk_norm=True,
+                        use_normalization_before_and_after=True, use_local_attn=True, window_size=4,
+                        attn_types=["local", "global"], attn_scale=8.0, rotary_base=1000.0,
+                        rotary_base_local=100.0, rotary_scaling_factor=4.0),
     "qwen3_like": dict(BASE, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
                        gated_mlp=True, final_rms=True, use_qk_norm=True, n_key_value_heads=2,
                        use_split_qkv_input=False),
@@ -220,6 +226,11 @@ def pair(padding_side):
 # Tiny random checkpoints of every supported family (the conversion and streaming tests).
 SMALL = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
              num_attention_heads=4, max_position_embeddings=64)
+GEMMA3_TEXT = dict(SMALL, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=12,
+                   sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+                   rope_parameters={"sliding_attention": dict(rope_type="default", rope_theta=100.0),
+                                    "full_attention": dict(rope_type="linear", factor=4.0,
+                                                           rope_theta=1000.0)})
 FAMILIES = {
     "gpt2": lambda: transformers.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4,
                                             n_positions=64),
@@ -244,6 +255,13 @@ FAMILIES = {
     "gemma": lambda: transformers.GemmaConfig(**SMALL, num_key_value_heads=1, head_dim=8),
     "gemma2": lambda: transformers.Gemma2Config(**SMALL, num_key_value_heads=2, head_dim=8,
                                                 query_pre_attn_scalar=12, sliding_window=4),
+    # 5:1 local/global in real checkpoints; here one of each, each with its own rotary base, and
+    # linear rotary scaling on the global layer.
+    "gemma3": lambda: transformers.Gemma3TextConfig(**GEMMA3_TEXT),
+    "gemma3_multimodal": lambda: transformers.Gemma3Config(
+        text_config=GEMMA3_TEXT, mm_tokens_per_image=4, vision_config=dict(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            image_size=16, patch_size=8)),
     "phi3": lambda: transformers.Phi3Config(**SMALL, num_key_value_heads=2, sliding_window=5,
                                               pad_token_id=0, bos_token_id=1, eos_token_id=2),
 }
@@ -251,7 +269,8 @@ MODELS = {"gpt2": "GPT2LMHeadModel", "gptj": "GPTJForCausalLM", "gpt_neo": "GPTN
           "opt": "OPTForCausalLM", "neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
           "llama3": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
           "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM",
-          "gemma2": "Gemma2ForCausalLM", "phi3": "Phi3ForCausalLM"}
+          "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM",
+          "gemma3_multimodal": "Gemma3ForConditionalGeneration", "phi3": "Phi3ForCausalLM"}
 
 
 # The families TransformerLens 3.9 loads from a Hugging Face folder offline.

@@ -51,6 +51,10 @@ class Config:
     positional_embedding_type: str = "standard"
     rotary_dim: Optional[int] = None
     rotary_base: float = 10000.0
+    # Gemma 3 / OLMo 3: local (sliding-window) layers rotate with their own base, and global
+    # layers divide their rotary frequencies by a linear scaling factor (TransformerLens's names).
+    rotary_base_local: Optional[float] = None
+    rotary_scaling_factor: float = 1.0
     rotary_adjacent_pairs: bool = False
     use_NTK_by_parts_rope: bool = False
     NTK_by_parts_low_freq_factor: float = 1.0

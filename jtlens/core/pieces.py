@@ -182,8 +182,8 @@ def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx)
         q = norm(p["q_norm"], "RMS", q.reshape(-1, cfg.d_head), ctx, "attn.q_norm").reshape(q.shape)
         k = norm(p["k_norm"], "RMS", k.reshape(-1, cfg.d_head), ctx, "attn.k_norm").reshape(k.shape)
     if cfg.positional_embedding_type == "rotary":
-        q = ctx("attn.hook_rot_q", C.apply_rotary(q, ctx.positions, cfg))
-        k = ctx("attn.hook_rot_k", C.apply_rotary(k, ctx.positions, cfg))
+        q = ctx("attn.hook_rot_q", C.apply_rotary(q, ctx.positions, cfg, ctx.local))
+        k = ctx("attn.hook_rot_k", C.apply_rotary(k, ctx.positions, cfg, ctx.local))
     q_idx = k_idx = jnp.arange(q.shape[1])  # slots of the queries and keys
     mask = ctx.mask
     if ctx.kv is not None:
@@ -345,7 +345,8 @@ def run_blocks(blocks: Params, resid: Resid, ctx: Ctx, first_layer: int = 0, sta
     cfg = ctx.cfg
     layers = blocks if isinstance(blocks, (tuple, list)) else None
     n = len(layers) if layers is not None else jax.tree_util.tree_leaves(blocks)[0].shape[0]
-    local = [t == "local" for t in (cfg.attn_types or ("global",) * cfg.n_layers)]
+    # attn_types counts only with use_local_attn, as in TransformerLens (OLMo 3 sets it without).
+    local = [cfg.use_local_attn and t == "local" for t in (cfg.attn_types or ("global",) * cfg.n_layers)]
     block_fn = post_ln_block if cfg.post_ln else block
     past = () if ctx.kv is None else (ctx.kv.k, ctx.kv.v)
     per_layer_kv = bool(past) and isinstance(past[0], tuple)

@@ -27,6 +27,8 @@ ARCHITECTURES = {
     "Qwen3ForCausalLM": "llama",
     "GemmaForCausalLM": "llama",
     "Gemma2ForCausalLM": "llama",
+    "Gemma3ForCausalLM": "llama",
+    "Gemma3ForConditionalGeneration": "llama",
     "Phi3ForCausalLM": "llama",
     "BertForMaskedLM": "bert",
     "BertForPreTraining": "bert",

@@ -143,8 +143,19 @@ def mlp_linears(reader: TensorReader, w_in: str, w_out: str) -> dict:
 
 
 def rope(hf: dict) -> dict:
-    """Rotary settings: base and (Llama-3) NTK-by-parts scaling; other scalings are refused."""
+    """Rotary settings: base and (Llama-3) NTK-by-parts scaling; other scalings are refused.
+
+    Gemma 3 gives sliding-window and global layers their own settings (transformers 5's
+    per-layer-type `rope_parameters`, or 4's `rope_local_base_freq`): the sliding layers' base
+    becomes `rotary_base_local` and the global layers' linear scaling `rotary_scaling_factor`.
+    """
     params = hf.get("rope_parameters") or {}
+    if "full_attention" in params:
+        return _per_layer_type_rope(params["full_attention"] or {},
+                                    params.get("sliding_attention") or {})
+    if "rope_local_base_freq" in hf:
+        return _per_layer_type_rope(dict(hf.get("rope_scaling") or {}, rope_theta=hf["rope_theta"]),
+                                    {"rope_theta": hf["rope_local_base_freq"]})
     scaling = hf.get("rope_scaling") or params
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     out = {"rotary_base": float(hf.get("rope_theta") or params.get("rope_theta") or 10000.0)}
@@ -155,6 +166,21 @@ def rope(hf: dict) -> dict:
                    NTK_original_ctx_len=scaling["original_max_position_embeddings"])
     elif kind not in ("default", None):
         raise ConversionError(f"rotary scaling {kind!r} is not supported (only default and llama3)")
+    return out
+
+
+def _per_layer_type_rope(full: dict, sliding: dict) -> dict:
+    """Global layers: default or linear rotary; sliding layers: default, maybe another base."""
+    kinds = (full.get("rope_type", "default"), sliding.get("rope_type", "default"))
+    if kinds[0] not in ("default", "linear") or kinds[1] != "default":
+        raise ConversionError(f"rotary scaling {kinds[0]!r} on global layers and {kinds[1]!r} on "
+                              f"sliding-window layers is not supported (only default, and linear "
+                              f"on global layers)")
+    base = float(full.get("rope_theta") or 10000.0)
+    local = float(sliding.get("rope_theta") or base)
+    out = {"rotary_base": base, "rotary_base_local": None if local == base else local}
+    if kinds[0] == "linear":
+        out["rotary_scaling_factor"] = float(full["factor"])
     return out
 
 
