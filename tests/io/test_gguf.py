@@ -39,6 +39,13 @@ FAMILIES = {  # GGUF architecture -> Hugging Face model
         **SIZES, num_key_value_heads=1, head_dim=16)),
     "gemma2": lambda: transformers.Gemma2ForCausalLM(transformers.Gemma2Config(
         **SIZES, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=4)),
+    # Six layers: llama.cpp makes every sixth one global; sliding layers rotate at base 10000.
+    "gemma3": lambda: transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+        **dict(SIZES, num_hidden_layers=6), num_key_value_heads=2, head_dim=16,
+        query_pre_attn_scalar=16, sliding_window=4, layer_types=["sliding_attention"] * 5 + [
+            "full_attention"], rope_parameters={
+            "sliding_attention": dict(rope_type="default", rope_theta=10000.0),
+            "full_attention": dict(rope_type="linear", factor=4.0, rope_theta=1e6)})),
     "phi3": lambda: transformers.Phi3ForCausalLM(transformers.Phi3Config(
         **SIZES, num_key_value_heads=2, pad_token_id=0, bos_token_id=0, eos_token_id=0)),
     "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
@@ -89,15 +96,20 @@ def _add_metadata(writer, arch, hf):
         return
     writer.add_head_count_kv(hf.num_key_value_heads)
     writer.add_layer_norm_rms_eps(hf.rms_norm_eps)
-    writer.add_rope_freq_base(hf.rope_parameters["rope_theta"])
+    rope = hf.rope_parameters.get("full_attention", hf.rope_parameters)  # Gemma 3: per layer kind
+    writer.add_rope_freq_base(rope["rope_theta"])
+    if rope.get("rope_type") == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(rope["factor"])
     head_dim = getattr(hf, "head_dim", None) or D // H
     writer.add_rope_dimension_count(head_dim)
-    if arch in ("gemma", "gemma2", "qwen3"):
+    if arch in ("gemma", "gemma2", "gemma3", "qwen3"):
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     if arch == "gemma2":
         writer.add_attn_logit_softcapping(hf.attn_logit_softcapping)
         writer.add_final_logit_softcapping(hf.final_logit_softcapping)
+    if arch in ("gemma2", "gemma3"):
         writer.add_sliding_window(hf.sliding_window)
     if arch == "llama":
         writer.add_vocab_size(hf.vocab_size)
@@ -194,7 +206,7 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("JTLENS_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.mark.slow  # 24 files, about 2 minutes in all
+@pytest.mark.slow  # 27 files, about 2 minutes in all
 @pytest.mark.parametrize("qtype", [Q.F32, Q.Q8_0, Q.Q4_0], ids=lambda q: q.name)
 @pytest.mark.parametrize("arch", list(FAMILIES))
 def test_gguf_logits_match_the_decoded_weights(files, arch, qtype):
@@ -343,7 +355,7 @@ def test_tokenizer_is_transformers_own_without_torch(files, arch, tmp_path):
     from jtlens.conversions.gguf_tokenizer import gguf_tokenizer
 
     paths = [files(arch, Q.F32)[0]]
-    if arch in ("llama", "gemma", "gemma2", "phi3"):
+    if arch in ("llama", "gemma", "gemma2", "gemma3", "phi3"):
         paths.append(tmp_path / "spm.gguf")
         _sentencepiece_gguf(paths[-1], arch)
     for path in paths:

@@ -26,6 +26,7 @@ ARCHITECTURES = {
     "qwen3": "Qwen3ForCausalLM",
     "gemma": "GemmaForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
     "phi3": "Phi3ForCausalLM",
     "gpt2": "GPT2LMHeadModel",
     "gptneox": "GPTNeoXForCausalLM",
@@ -85,7 +86,7 @@ def hf_config(reader) -> dict:
         raise ConversionError(f"{path}: per-frequency rotary factors (rope_freqs.weight, Llama-3.1 "
                               f"style scaling) are not supported for GGUF files")
     scaling = get("rope.scaling.type", "none")
-    if scaling != "none":
+    if scaling != "none" and not (arch == "gemma3" and scaling == "linear"):
         raise ConversionError(f"{path}: rotary scaling {scaling!r} is not supported for GGUF files")
     D, H = get("embedding_length"), get("attention.head_count")
     n_kv = get("attention.head_count_kv", H)
@@ -115,16 +116,33 @@ def hf_config(reader) -> dict:
               rms_norm_eps=get("attention.layer_norm_rms_epsilon"))
     if arch.startswith("gemma"):
         hf["hidden_activation"] = "gelu_pytorch_tanh"
-    if arch == "gemma2":
-        # llama.cpp scales queries by 1/sqrt(head_dim), except Gemma 2 27B (46 layers), which
-        # uses 1/sqrt(d_model / n_heads); the file has no query_pre_attn_scalar of its own.
-        scalar = D // H if hf["num_hidden_layers"] == 46 else d_head
+    if arch in ("gemma2", "gemma3"):
+        # llama.cpp scales queries by 1/sqrt(head_dim), except the 27B models (Gemma 2: 46
+        # layers, Gemma 3: 62), which use 1/sqrt(d_model / n_heads); the file has no
+        # query_pre_attn_scalar of its own.
+        scalar = D // H if hf["num_hidden_layers"] == {"gemma2": 46, "gemma3": 62}[arch] else d_head
         hf.update(query_pre_attn_scalar=scalar, sliding_window=get("attention.sliding_window"),
                   attn_logit_softcapping=get("attn_logit_softcapping", None),
                   final_logit_softcapping=get("final_logit_softcapping", None))
+    if arch == "gemma3":
+        hf.update(_gemma3_layers(get, hf["num_hidden_layers"], rotary["rope_theta"], scaling))
     if arch == "phi3":
         hf["sliding_window"] = get("attention.sliding_window", None)
     return hf
+
+
+def _gemma3_layers(get, n_layers: int, theta: float, scaling: str) -> dict:
+    """Gemma 3's layer kinds and per-kind rotary, as llama.cpp reads them: every sixth layer
+    global (unless the file lists the sliding ones), sliding layers at base 10000 (unless
+    rope.freq_base_swa says otherwise), linear scaling on the global layers only."""
+    pattern = get("attention.sliding_window_pattern", None)
+    sliding = pattern if isinstance(pattern, list) else [l % 6 < 5 for l in range(n_layers)]
+    full = dict(rope_type=scaling if scaling == "linear" else "default", rope_theta=theta)
+    if scaling == "linear":
+        full["factor"] = float(get("rope.scaling.factor"))
+    return dict(layer_types=["sliding_attention" if s else "full_attention" for s in sliding],
+                rope_parameters={"full_attention": full, "sliding_attention": dict(
+                    rope_type="default", rope_theta=float(get("rope.freq_base_swa", 10000.0)))})
 
 
 # ----------------------------------------------------------------------------- tensor names
@@ -141,13 +159,13 @@ LLAMA_BLOCK = {
 }
 LLAMA_TOP = {"token_embd": ("model.embed_tokens", "V,D"), "output_norm": ("model.norm", "D"),
              "output": ("lm_head", "V,D")}
+GEMMA2_BLOCK = dict(LLAMA_BLOCK, ffn_norm=("pre_feedforward_layernorm", "D"),  # Gemma 2 and 3
+                    post_attention_norm=("post_attention_layernorm", "D"),
+                    post_ffw_norm=("post_feedforward_layernorm", "D"))
 BLOCKS = {
     "llama": ("model.layers", LLAMA_BLOCK), "qwen2": ("model.layers", LLAMA_BLOCK),
     "qwen3": ("model.layers", LLAMA_BLOCK), "gemma": ("model.layers", LLAMA_BLOCK),
-    "gemma2": ("model.layers", dict(
-        LLAMA_BLOCK, ffn_norm=("pre_feedforward_layernorm", "D"),
-        post_attention_norm=("post_attention_layernorm", "D"),
-        post_ffw_norm=("post_feedforward_layernorm", "D"))),
+    "gemma2": ("model.layers", GEMMA2_BLOCK), "gemma3": ("model.layers", GEMMA2_BLOCK),
     "phi3": ("model.layers", dict(LLAMA_BLOCK, attn_qkv=("self_attn.qkv_proj", "Q+2K,D"),
                                   ffn_up=("mlp.gate_up_proj", "2M,D"))),
     "gpt2": ("transformer.h", {
@@ -159,7 +177,7 @@ BLOCKS = {
         "attn_qkv": ("attention.query_key_value", "3D,D"), "attn_output": ("attention.dense", "D,D"),
         "ffn_up": ("mlp.dense_h_to_4h", "M,D"), "ffn_down": ("mlp.dense_4h_to_h", "D,M")}),
 }
-TOPS = {**{a: LLAMA_TOP for a in ("llama", "qwen2", "qwen3", "gemma", "gemma2", "phi3")},
+TOPS = {**{a: LLAMA_TOP for a in ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3")},
         "gpt2": {"token_embd": ("transformer.wte", "V,D"), "position_embd": ("transformer.wpe", "C,D"),
                  "output_norm": ("transformer.ln_f", "D"), "output": ("lm_head", "V,D")},
         "gptneox": {"token_embd": ("gpt_neox.embed_in", "V,D"),
