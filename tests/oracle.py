@@ -52,6 +52,11 @@ CONFIGS = {
                         use_normalization_before_and_after=True, use_local_attn=True, window_size=4,
                         attn_types=["local", "global"], attn_scale=8.0, rotary_base=1000.0,
                         rotary_base_local=100.0, rotary_scaling_factor=4.0),
+    "olmo2_like": dict(BASE, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
+                       gated_mlp=True, use_split_qkv_input=False,
+                       original_architecture="Olmo2ForCausalLM"),
+    "olmo_like": dict(BASE, act_fn="silu", normalization_type="LNPre", positional_embedding_type="rotary",
+                      gated_mlp=True, clip_qkv=0.1, original_architecture="OlmoForCausalLM"),
     "qwen3_like": dict(BASE, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
                        gated_mlp=True, final_rms=True, use_qk_norm=True, n_key_value_heads=2,
                        use_split_qkv_input=False),
@@ -97,11 +102,21 @@ def tl_from_folder(folder, hf_model=None, tokenizer=None):
     sd = lp.get_pretrained_state_dict(str(folder), cfg, hf_model=hf, dtype=torch.float32)
     cfg.tokenizer_name = None  # set_tokenizer below, or none (random checkpoints have none)
     tl = HookedTransformer(cfg, move_to_device=False)
-    tl.load_and_process_state_dict(sd, fold_ln=True, center_writing_weights=True,
-                                   center_unembed=True, fold_value_biases=True)
+    tl.load_and_process_state_dict(sd, **tl_processing(cfg))
     if tokenizer is not None:
         tl.set_tokenizer(tokenizer)
     return tl.eval()
+
+
+def tl_processing(cfg, center_unembed=True) -> dict:
+    """The processing TransformerLens's from_pretrained applies by default: no fold_ln or
+    writing-weight centring for post-norm blocks (OLMo 2, 3), which its own
+    load_and_process_state_dict would apply regardless."""
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    pre_norm = cfg.original_architecture not in POST_NORM_ARCHITECTURES
+    return dict(fold_ln=pre_norm, center_writing_weights=pre_norm, center_unembed=center_unembed,
+                fold_value_biases=True)
 
 
 def hf_from_gguf(path):
@@ -262,6 +277,14 @@ FAMILIES = {
         text_config=GEMMA3_TEXT, mm_tokens_per_image=4, vision_config=dict(
             hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
             image_size=16, patch_size=8)),
+    "olmo": lambda: transformers.OlmoConfig(**SMALL, clip_qkv=0.1, pad_token_id=0,
+                                            eos_token_id=0),
+    "olmo2": lambda: transformers.Olmo2Config(**SMALL, pad_token_id=0, eos_token_id=0),
+    "olmo3": lambda: transformers.Olmo3Config(
+        **SMALL, num_key_value_heads=2, sliding_window=4, pad_token_id=0, eos_token_id=0,
+        layer_types=["sliding_attention", "full_attention"], rope_parameters={
+            "sliding_attention": dict(rope_type="default", rope_theta=100.0),
+            "full_attention": dict(rope_type="default", rope_theta=1000.0)}),
     "phi3": lambda: transformers.Phi3Config(**SMALL, num_key_value_heads=2, sliding_window=5,
                                               pad_token_id=0, bos_token_id=1, eos_token_id=2),
 }
@@ -270,11 +293,15 @@ MODELS = {"gpt2": "GPT2LMHeadModel", "gptj": "GPTJForCausalLM", "gpt_neo": "GPTN
           "llama3": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
           "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM",
           "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM",
-          "gemma3_multimodal": "Gemma3ForConditionalGeneration", "phi3": "Phi3ForCausalLM"}
+          "gemma3_multimodal": "Gemma3ForConditionalGeneration", "olmo": "OlmoForCausalLM",
+          "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM", "phi3": "Phi3ForCausalLM"}
 
 
 # The families TransformerLens 3.9 loads from a Hugging Face folder offline.
-TL_CAN_LOAD = ("gpt2", "gptj", "gpt_neo", "opt", "neox", "llama", "mistral", "qwen2", "qwen3", "phi3")
+TL_CAN_LOAD = ("gpt2", "gptj", "gpt_neo", "opt", "neox", "llama", "mistral", "qwen2", "qwen3", "phi3",
+               "olmo3")
+# Those it supports but picks by hub name: tests build its config by hand (tests/io/test_conversions.py).
+TL_BY_HAND = ("gemma", "gemma2", "gemma3", "gemma3_multimodal", "olmo", "olmo2")
 
 
 def build_hf(name, folder, **save_kw):

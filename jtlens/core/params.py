@@ -41,6 +41,9 @@ def param_shapes(cfg: Config) -> dict:
     if cfg.use_qk_norm:
         attn["q_norm"] = {"w": (L, Dh)}
         attn["k_norm"] = {"w": (L, Dh)}
+    if cfg.qk_norm_over_heads:
+        attn["q_norm"] = {"w": (L, H * Dh)}
+        attn["k_norm"] = {"w": (L, Hkv * Dh)}
     blocks: dict[str, Any] = {"attn": attn}
     norms = {"ln1": cfg.normalization_type}
     if not cfg.attn_only:

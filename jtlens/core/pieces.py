@@ -177,10 +177,15 @@ def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx)
         k, v = (jnp.repeat(x, cfg.n_heads // G, axis=2) for x in (k, v))
         G = cfg.n_heads
     k, v = ctx("attn.hook_k", k), ctx("attn.hook_v", v)
-    if cfg.use_qk_norm:
-        # TransformerLens normalises q/k flattened to [batch*pos*heads, d_head]; its hooks see that shape.
-        q = norm(p["q_norm"], "RMS", q.reshape(-1, cfg.d_head), ctx, "attn.q_norm").reshape(q.shape)
-        k = norm(p["k_norm"], "RMS", k.reshape(-1, cfg.d_head), ctx, "attn.k_norm").reshape(k.shape)
+    if cfg.use_qk_norm or cfg.qk_norm_over_heads:
+        # TransformerLens normalises q/k flattened to [batch*pos*heads, d_head] (per head) or
+        # [batch, pos, heads*d_head] (over heads); its hooks see that shape.
+        flat = (lambda x: x.reshape(x.shape[:2] + (-1,))) if cfg.qk_norm_over_heads else (
+            lambda x: x.reshape(-1, cfg.d_head))
+        q = norm(p["q_norm"], "RMS", flat(q), ctx, "attn.q_norm").reshape(q.shape)
+        k = norm(p["k_norm"], "RMS", flat(k), ctx, "attn.k_norm").reshape(k.shape)
+    if cfg.clip_qkv is not None:
+        q, k, v = (jnp.clip(x, -cfg.clip_qkv, cfg.clip_qkv) for x in (q, k, v))
     if cfg.positional_embedding_type == "rotary":
         q = ctx("attn.hook_rot_q", C.apply_rotary(q, ctx.positions, cfg, ctx.local))
         k = ctx("attn.hook_rot_k", C.apply_rotary(k, ctx.positions, cfg, ctx.local))
@@ -287,24 +292,28 @@ def _mlp_in(x, ctx: Ctx):
 
 
 def block(p: dict, resid: Resid, ctx: Ctx) -> Resid:
-    """One pre-norm block: x += attn(ln1(x)); x += mlp(ln2(x)) (parallel: both read x)."""
+    """One pre-norm block: x += attn(ln1(x)); x += mlp(ln2(x)) (parallel: both read x).
+    With norm_sublayer_outputs (OLMo 2): x += ln1(attn(x)); x += ln2(mlp(x))."""
     cfg = ctx.cfg
-    ln1 = lambda x: norm(p.get("ln1"), cfg.normalization_type, x, ctx, "ln1")
+    def ln(name, x, on_output: bool):
+        if on_output != cfg.norm_sublayer_outputs:
+            return x
+        return norm(p.get(name), cfg.normalization_type, x, ctx, name)
+    ln1 = lambda x: ln("ln1", x, False)
     resid = ctx("hook_resid_pre", resid)
     q_in, k_in, v_in = attention_inputs(resid, ctx)
     q_in, k_in, v_in = (ln1(resid),) * 3 if q_in is resid else (ln1(q_in), ln1(k_in), ln1(v_in))
     if ctx.shortformer_pos is not None:  # positions reach queries and keys only
         q_in = q_in + (ctx.shortformer_pos if q_in.ndim == 3 else ctx.shortformer_pos[:, :, None])
         k_in = k_in + (ctx.shortformer_pos if k_in.ndim == 3 else ctx.shortformer_pos[:, :, None])
-    attn_out = attention(p["attn"], q_in, k_in, v_in, ctx)
+    attn_out = ln("ln1", attention(p["attn"], q_in, k_in, v_in, ctx), True)
     if cfg.use_normalization_before_and_after:
         attn_out = norm(p["ln1_post"], _post_norm_kind(p["ln1_post"]), attn_out, ctx, "ln1_post")
     attn_out = ctx("hook_attn_out", attn_out)
     if cfg.attn_only:
         return ctx("hook_resid_post", resid + attn_out)
     mid = resid if cfg.parallel_attn_mlp else ctx("hook_resid_mid", resid + attn_out)
-    mlp_out = mlp(p["mlp"], norm(p.get("ln2"), cfg.normalization_type, _mlp_in(mid, ctx), ctx, "ln2"),
-                  ctx)
+    mlp_out = ln("ln2", mlp(p["mlp"], ln("ln2", _mlp_in(mid, ctx), False), ctx), True)
     if cfg.use_normalization_before_and_after:
         mlp_out = norm(p["ln2_post"], _post_norm_kind(p["ln2_post"]), mlp_out, ctx, "ln2_post")
     mlp_out = ctx("hook_mlp_out", mlp_out)

@@ -74,8 +74,10 @@ def processed_config(cfg: Config, **flags: bool) -> Config:
 
 
 def _foldable(cfg: Config) -> bool:
-    # A shortformer adds positions to ln1's output, so ln1's weights cannot move into W_Q/W_K.
-    return cfg.normalization_type in ("LN", "RMS") and cfg.positional_embedding_type != "shortformer"
+    # A shortformer adds positions to ln1's output, so ln1's weights cannot move into W_Q/W_K;
+    # norms on sublayer outputs (OLMo 2) have no reading weights to move into.
+    return (cfg.normalization_type in ("LN", "RMS") and cfg.positional_embedding_type != "shortformer"
+            and not cfg.norm_sublayer_outputs)
 
 
 def _is_layer_norm(cfg: Config) -> bool:
@@ -86,7 +88,8 @@ def _residual_mean_is_removed(cfg: Config) -> bool:
     """Whether every norm reading the residual stream subtracts its mean (so the mean written
     to it is dead). Post-block norms (use_normalization_before_and_after) read block outputs,
     not the residual, and do not matter here."""
-    return _is_layer_norm(cfg) and cfg.final_norm_type in ("LN", "LNPre")
+    return (_is_layer_norm(cfg) and cfg.final_norm_type in ("LN", "LNPre")
+            and not cfg.norm_sublayer_outputs)  # OLMo 2: attention reads the raw residual
 
 
 def _copy(tree):

@@ -14,8 +14,9 @@ transformers = pytest.importorskip("transformers")
 import jtlens  # noqa: E402
 from jtlens.conversions.common import ConversionError  # noqa: E402
 from jtlens.loading import load  # noqa: E402
-from tests.oracle import (FAMILIES, MODELS, TL_CAN_LOAD, assert_caches_match,  # noqa: E402
-                          build_hf, max_diff, rel_diff, tl_from_folder)
+from tests.oracle import (FAMILIES, MODELS, TL_BY_HAND, TL_CAN_LOAD, assert_caches_match,  # noqa: E402
+                          build_hf, max_diff, rel_diff, tl_from_folder,
+                          tl_processing)
 
 pytestmark = pytest.mark.slow  # builds and converts every Hugging Face family
 
@@ -152,21 +153,32 @@ def test_native_round_trip_keeps_processing_state(built, tmp_path):
     assert max_diff(jtlens.forward(params2, TOKENS, cfg2), jtlens.forward(params, TOKENS, cfg)) == 0
 
 
-def _tl_gemma(model, name):
-    """TransformerLens 3.9 cannot resolve Gemma from a folder: build its config by hand from the
-    HF config (as TransformerLens's own Gemma presets spell it) and use its weight conversion."""
+def _tl_by_hand(model, name):
+    """TransformerLens 3.9 cannot resolve Gemma or OLMo 1/2 from a folder (it picks their
+    presets by hub name): build its config by hand from the HF config (as TransformerLens's own
+    presets spell it) and use its weight conversion."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions import convert_gemma_weights
+    from transformer_lens.pretrained.weight_conversions import (convert_gemma_weights,
+                                                                convert_olmo2_weights,
+                                                                convert_olmo_weights)
 
     c = model.config.get_text_config()
-    cfg = dict(d_model=c.hidden_size, d_head=c.head_dim, n_heads=c.num_attention_heads,
-               d_mlp=c.intermediate_size, n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings,
-               eps=c.rms_norm_eps, d_vocab=c.vocab_size, act_fn="gelu_pytorch_tanh",
-               normalization_type="RMS", rotary_base=10000.0, rotary_dim=c.head_dim,
-               positional_embedding_type="rotary", use_attn_scale=True, gated_mlp=True,
-               final_rms=True, n_key_value_heads=c.num_key_value_heads, device="cpu",
+    cfg = dict(d_model=c.hidden_size, d_head=getattr(c, "head_dim", None) or c.hidden_size //
+               c.num_attention_heads, n_heads=c.num_attention_heads, d_mlp=c.intermediate_size,
+               n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings, d_vocab=c.vocab_size,
+               positional_embedding_type="rotary", gated_mlp=True, device="cpu",
                original_architecture=MODELS[name])
-    if name != "gemma":
+    if name.startswith("olmo"):
+        cfg.update(act_fn="silu", rotary_base=c.rope_parameters["rope_theta"])
+        cfg.update(dict(normalization_type="LN", eps=1e-5, clip_qkv=c.clip_qkv) if name == "olmo"
+                   else dict(normalization_type="RMS", eps=c.rms_norm_eps))
+        convert = convert_olmo_weights if name == "olmo" else convert_olmo2_weights
+    else:
+        cfg.update(eps=c.rms_norm_eps, act_fn="gelu_pytorch_tanh", normalization_type="RMS",
+                   rotary_base=10000.0, rotary_dim=c.head_dim, use_attn_scale=True, final_rms=True,
+                   n_key_value_heads=c.num_key_value_heads)
+        convert = convert_gemma_weights
+    if name in ("gemma2", "gemma3", "gemma3_multimodal"):
         cfg.update(window_size=c.sliding_window, use_local_attn=True,
                    attn_types=["local", "global"], use_normalization_before_and_after=True,
                    attn_scale=c.query_pre_attn_scalar ** 0.5)
@@ -180,17 +192,16 @@ def _tl_gemma(model, name):
                    rotary_scaling_factor=rope["full_attention"]["factor"])
     cfg = HookedTransformerConfig(**cfg)
     tl = HookedTransformer(cfg, move_to_device=False)
-    tl.load_and_process_state_dict(convert_gemma_weights(model, cfg), fold_ln=True,
-                                   center_writing_weights=True, center_unembed=name != "gemma2",
-                                   fold_value_biases=True)
+    tl.load_and_process_state_dict(convert(model, cfg),
+                                   **tl_processing(cfg, center_unembed=name != "gemma2"))
     return tl.eval()
 
 
-@pytest.mark.parametrize("name", ["gemma", "gemma2", "gemma3", "gemma3_multimodal"])
-def test_processed_gemma_matches_transformer_lens_hook_by_hook(built, name):
+@pytest.mark.parametrize("name", TL_BY_HAND)
+def test_processed_model_matches_hand_built_transformer_lens_hook_by_hook(built, name):
     folder, model = built(name)
     cfg, params, _ = load(folder, progress=False)
-    tl = _tl_gemma(model, name)
+    tl = _tl_by_hand(model, name)
     with torch.no_grad():
         ref_logits, ref = tl.run_with_cache(torch.tensor(TOKENS))
     logits, cache = jtlens.forward_with_cache(params, TOKENS, cfg, hooks=jtlens.Hooks(capture=True))

@@ -6,6 +6,8 @@ sliding windows (Mistral, Phi-3, Gemma 2 and 3), Llama-3 rotary scaling, Gemma's
 embedding scale and (1 + w) norms, Gemma 2 and 3's extra norms, Gemma 2's soft-capping, Gemma 3's
 per-layer-type rotary bases, Phi-3's fused projections. Gemma 3's multimodal checkpoint
 (Gemma3ForConditionalGeneration) converts as its text tower; the vision tower is ignored.
+OLMo's blocks are Llama's with other norms: OLMo 1's LayerNorms have no weights (and q/k/v may
+be clipped), OLMo 2 and 3 normalise each sublayer's output and q/k over all heads together.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ GEMMA = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM",
          "Gemma3ForConditionalGeneration")
 GEMMA_POST_NORMS = GEMMA[1:]  # norms before and after each sublayer
 GEMMA3 = GEMMA[2:]
+OLMO_POST_NORMS = ("Olmo2ForCausalLM", "Olmo3ForCausalLM")
 # Where the decoder's tensors sit -> its unembedding: text-only models, then Gemma 3's
 # multimodal checkpoint as saved (language_model.*) and as transformers 5 names it in memory.
 PREFIXES = {"model.": "lm_head.weight", "language_model.model.": "language_model.lm_head.weight",
@@ -53,7 +56,7 @@ def _local_attention(hf: dict, arch: str, n_layers: int) -> dict:
 
 
 def config_from_hf(hf: dict) -> Config:
-    """A Llama / Mistral / Qwen2 / Qwen3 / Gemma / Gemma 2 / Gemma 3 / Phi-3 config dict -> Config."""
+    """A Llama / Mistral / Qwen2 / Qwen3 / Gemma 1-3 / Phi-3 / OLMo 1-3 config dict -> Config."""
     arch = hf["architectures"][0]
     hf = _text_config(hf)
     n_heads, n_layers = hf["num_attention_heads"], hf["num_hidden_layers"]
@@ -67,18 +70,24 @@ def config_from_hf(hf: dict) -> Config:
                      attn_scores_soft_cap=float(hf.get("attn_logit_softcapping") or -1.0),
                      output_logits_soft_cap=float(hf.get("final_logit_softcapping") or -1.0),
                      use_normalization_before_and_after=True)
+    if arch == "OlmoForCausalLM":  # weightless LayerNorms (eps fixed at 1e-5 in transformers)
+        extra = dict(normalization_type="LNPre", final_rms=False, eps=1e-5,
+                     clip_qkv=hf.get("clip_qkv"))
+    if arch in OLMO_POST_NORMS:
+        extra = dict(qk_norm_over_heads=True, norm_sublayer_outputs=True)
     return Config(
         n_layers=n_layers, d_model=hf["hidden_size"], n_heads=n_heads, d_head=d_head,
         d_mlp=hf["intermediate_size"], n_ctx=hf["max_position_embeddings"],
-        d_vocab=hf["vocab_size"], eps=hf.get("rms_norm_eps", 1e-6),
+        d_vocab=hf["vocab_size"],
         act_fn=hf.get("hidden_activation") or hf.get("hidden_act", "silu"),
-        normalization_type="RMS", final_rms=True, gated_mlp=True,
+        **dict(dict(normalization_type="RMS", final_rms=True, eps=hf.get("rms_norm_eps", 1e-6)),
+               **extra), gated_mlp=True,
         positional_embedding_type="rotary", rotary_dim=round(partial * d_head),
         rotary_adjacent_pairs=False, n_key_value_heads=n_kv if n_kv != n_heads else None,
         use_qk_norm=arch == "Qwen3ForCausalLM" or arch in GEMMA3,
         default_prepend_bos=not arch.startswith("Qwen"),
         original_architecture=arch, model_name=hf.get("_name_or_path") or arch,
-        **_local_attention(hf, arch, n_layers), **rope(hf), **extra)
+        **_local_attention(hf, arch, n_layers), **rope(hf))
 
 
 def params_from_hf(r: TensorReader, cfg: Config) -> dict:
@@ -119,13 +128,19 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
         attn = {"W_Q": heads(q, H, Dh), "W_K": heads(k, Hkv, Dh), "W_V": heads(v, Hkv, Dh),
                 "b_Q": b_q, "b_K": b_k, "b_V": b_v, "W_O": heads_out(r.take(f"{a}.o_proj.weight"), H, Dh),
                 "b_O": zeros_or(r.take_optional(f"{a}.o_proj.bias"), (D,))}
-        if cfg.use_qk_norm:
+        if cfg.use_qk_norm or cfg.qk_norm_over_heads:
             attn["q_norm"], attn["k_norm"] = norm(f"{a}.q_norm"), norm(f"{a}.k_norm")
         gate, up = gate_up(m)
         mlp = {"W_gate": gate.T, "W_in": up.T, "W_out": r.take(f"{m}.down_proj.weight").T,
                "b_in": zeros_or(r.take_optional(f"{m}.up_proj.bias"), (M,)),
                "b_out": zeros_or(r.take_optional(f"{m}.down_proj.bias"), (D,))}
-        out = {"attn": attn, "mlp": mlp, "ln1": norm(f"{b}.input_layernorm")}
+        if cfg.norm_sublayer_outputs:  # OLMo 2, 3: ln1 / ln2 normalise the sublayer outputs
+            return {"attn": attn, "mlp": mlp, "ln1": norm(f"{b}.post_attention_layernorm"),
+                    "ln2": norm(f"{b}.post_feedforward_layernorm")}
+        out = {"attn": attn, "mlp": mlp}
+        if cfg.normalization_type == "LNPre":  # OLMo 1: its LayerNorms have no weights
+            return out
+        out["ln1"] = norm(f"{b}.input_layernorm")
         if cfg.use_normalization_before_and_after:  # Gemma 2, 3: norms before and after each sublayer
             out.update(ln1_post=norm(f"{b}.post_attention_layernorm"),
                        ln2=norm(f"{b}.pre_feedforward_layernorm"),
@@ -137,7 +152,9 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
     embed = r.take(f"{pre}embed_tokens.weight")
     # Gemma multiplies embeddings by sqrt(d_model); the tied unembedding is not scaled.
     W_E = embed * np.float32(D ** 0.5) if gemma else embed
-    return {"embed": {"W_E": W_E}, "blocks": r.stack_layers(cfg.n_layers, layer),
-            "ln_final": norm(f"{pre}norm"),
-            "unembed": {"W_U": r.unembedding(PREFIXES[pre], embed).T,
-                        "b_U": np.zeros(cfg.d_vocab, np.float32)}}
+    params = {"embed": {"W_E": W_E}, "blocks": r.stack_layers(cfg.n_layers, layer),
+              "unembed": {"W_U": r.unembedding(PREFIXES[pre], embed).T,
+                          "b_U": np.zeros(cfg.d_vocab, np.float32)}}
+    if cfg.normalization_type != "LNPre":
+        params["ln_final"] = norm(f"{pre}norm")
+    return params
