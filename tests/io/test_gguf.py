@@ -46,6 +46,8 @@ FAMILIES = {  # GGUF architecture -> Hugging Face model
             "full_attention"], rope_parameters={
             "sliding_attention": dict(rope_type="default", rope_theta=10000.0),
             "full_attention": dict(rope_type="linear", factor=4.0, rope_theta=1e6)})),
+    "olmo2": lambda: transformers.Olmo2ForCausalLM(transformers.Olmo2Config(
+        **SIZES, num_key_value_heads=2, pad_token_id=0, eos_token_id=0)),
     "phi3": lambda: transformers.Phi3ForCausalLM(transformers.Phi3Config(
         **SIZES, num_key_value_heads=2, pad_token_id=0, bos_token_id=0, eos_token_id=0)),
     "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
@@ -206,7 +208,7 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("JTLENS_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.mark.slow  # 27 files, about 2 minutes in all
+@pytest.mark.slow  # 30 files, about 2 minutes in all
 @pytest.mark.parametrize("qtype", [Q.F32, Q.Q8_0, Q.Q4_0], ids=lambda q: q.name)
 @pytest.mark.parametrize("arch", list(FAMILIES))
 def test_gguf_logits_match_the_decoded_weights(files, arch, qtype):

@@ -27,6 +27,7 @@ ARCHITECTURES = {
     "gemma": "GemmaForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
     "gemma3": "Gemma3ForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
     "phi3": "Phi3ForCausalLM",
     "gpt2": "GPT2LMHeadModel",
     "gptneox": "GPTNeoXForCausalLM",
@@ -162,10 +163,16 @@ LLAMA_TOP = {"token_embd": ("model.embed_tokens", "V,D"), "output_norm": ("model
 GEMMA2_BLOCK = dict(LLAMA_BLOCK, ffn_norm=("pre_feedforward_layernorm", "D"),  # Gemma 2 and 3
                     post_attention_norm=("post_attention_layernorm", "D"),
                     post_ffw_norm=("post_feedforward_layernorm", "D"))
+OLMO2_BLOCK = dict(  # norms on the sublayer outputs; q/k norms over all heads
+    {k: v for k, v in LLAMA_BLOCK.items() if k not in ("attn_norm", "ffn_norm")},
+    post_attention_norm=("post_attention_layernorm", "D"),
+    post_ffw_norm=("post_feedforward_layernorm", "D"),
+    attn_q_norm=("self_attn.q_norm", "Q"), attn_k_norm=("self_attn.k_norm", "K"))
 BLOCKS = {
     "llama": ("model.layers", LLAMA_BLOCK), "qwen2": ("model.layers", LLAMA_BLOCK),
     "qwen3": ("model.layers", LLAMA_BLOCK), "gemma": ("model.layers", LLAMA_BLOCK),
     "gemma2": ("model.layers", GEMMA2_BLOCK), "gemma3": ("model.layers", GEMMA2_BLOCK),
+    "olmo2": ("model.layers", OLMO2_BLOCK),
     "phi3": ("model.layers", dict(LLAMA_BLOCK, attn_qkv=("self_attn.qkv_proj", "Q+2K,D"),
                                   ffn_up=("mlp.gate_up_proj", "2M,D"))),
     "gpt2": ("transformer.h", {
@@ -177,7 +184,8 @@ BLOCKS = {
         "attn_qkv": ("attention.query_key_value", "3D,D"), "attn_output": ("attention.dense", "D,D"),
         "ffn_up": ("mlp.dense_h_to_4h", "M,D"), "ffn_down": ("mlp.dense_4h_to_h", "D,M")}),
 }
-TOPS = {**{a: LLAMA_TOP for a in ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3")},
+TOPS = {**{a: LLAMA_TOP for a in ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "olmo2",
+                                   "phi3")},
         "gpt2": {"token_embd": ("transformer.wte", "V,D"), "position_embd": ("transformer.wpe", "C,D"),
                  "output_norm": ("transformer.ln_f", "D"), "output": ("lm_head", "V,D")},
         "gptneox": {"token_embd": ("gpt_neox.embed_in", "V,D"),
