@@ -154,13 +154,14 @@ def test_native_round_trip_keeps_processing_state(built, tmp_path):
 
 
 def _tl_by_hand(model, name):
-    """TransformerLens 3.9 cannot resolve Gemma or OLMo 1/2 from a folder (it picks their
-    presets by hub name): build its config by hand from the HF config (as TransformerLens's own
+    """TransformerLens 3.9 cannot resolve Gemma, OLMo 1/2 or Phi from a folder (presets picked by
+    hub name; Phi's partial_rotary_factor moved in transformers 5): build its config by hand from the HF config (as TransformerLens's own
     presets spell it) and use its weight conversion."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions import (convert_gemma_weights,
                                                                 convert_olmo2_weights,
-                                                                convert_olmo_weights)
+                                                                convert_olmo_weights,
+                                                                convert_phi_weights)
 
     c = model.config.get_text_config()
     cfg = dict(d_model=c.hidden_size, d_head=getattr(c, "head_dim", None) or c.hidden_size //
@@ -168,7 +169,13 @@ def _tl_by_hand(model, name):
                n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings, d_vocab=c.vocab_size,
                positional_embedding_type="rotary", gated_mlp=True, device="cpu",
                original_architecture=MODELS[name])
-    if name.startswith("olmo"):
+    if name == "phi":  # (its folder config fails: transformers 5 moved partial_rotary_factor)
+        cfg.update(act_fn=c.hidden_act, eps=c.layer_norm_eps, normalization_type="LN",
+                   rotary_base=c.rope_parameters["rope_theta"], parallel_attn_mlp=True,
+                   gated_mlp=False, default_prepend_bos=False, rotary_dim=round(
+                       c.rope_parameters["partial_rotary_factor"] * cfg["d_head"]))
+        convert = convert_phi_weights
+    elif name.startswith("olmo"):
         cfg.update(act_fn="silu", rotary_base=c.rope_parameters["rope_theta"])
         cfg.update(dict(normalization_type="LN", eps=1e-5, clip_qkv=c.clip_qkv) if name == "olmo"
                    else dict(normalization_type="RMS", eps=c.rms_norm_eps))

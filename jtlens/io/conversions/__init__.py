@@ -30,6 +30,7 @@ ARCHITECTURES = {
     "Gemma3ForCausalLM": "llama",
     "Gemma3ForConditionalGeneration": "llama",
     "Phi3ForCausalLM": "llama",
+    "PhiForCausalLM": "phi",
     "OlmoForCausalLM": "llama",
     "Olmo2ForCausalLM": "llama",
     "Olmo3ForCausalLM": "llama",
