@@ -48,6 +48,8 @@ FAMILIES = {  # GGUF architecture -> Hugging Face model
             "full_attention": dict(rope_type="linear", factor=4.0, rope_theta=1e6)})),
     "olmo2": lambda: transformers.Olmo2ForCausalLM(transformers.Olmo2Config(
         **SIZES, num_key_value_heads=2, pad_token_id=0, eos_token_id=0)),
+    "phi2": lambda: transformers.PhiForCausalLM(transformers.PhiConfig(
+        **SIZES, partial_rotary_factor=0.5, pad_token_id=0)),
     "phi3": lambda: transformers.Phi3ForCausalLM(transformers.Phi3Config(
         **SIZES, num_key_value_heads=2, pad_token_id=0, bos_token_id=0, eos_token_id=0)),
     "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
@@ -56,9 +58,10 @@ FAMILIES = {  # GGUF architecture -> Hugging Face model
     "gptneox": lambda: transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
         **SIZES, rotary_pct=0.5, use_parallel_residual=True)),
 }
-# transformers' GGUF loader reads these families' tiny files as llama.cpp would. It has no gemma
-# or gptneox support; for qwen3 it ignores attention.key_length (head_dim 128 by default) and for
-# gemma2 it keeps query_pre_attn_scalar 256 where llama.cpp scales queries by 1/sqrt(head_dim).
+# transformers' GGUF loader reads these families' tiny files as llama.cpp would. It has no gemma,
+# gptneox, olmo2 or phi2 support; for qwen3 it ignores attention.key_length (head_dim 128 by
+# default), for gemma2 and gemma3 it keeps query_pre_attn_scalar 256 where llama.cpp scales
+# queries by 1/sqrt(head_dim), and for gemma3 it drops the linear rotary scaling.
 TRANSFORMERS_READS = ("llama", "qwen2", "phi3", "gpt2")
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 TOKENS = np.random.default_rng(0).integers(0, V, (2, 12))
@@ -91,10 +94,11 @@ def _add_metadata(writer, arch, hf):
     if arch == "gpt2":
         writer.add_layer_norm_eps(hf.layer_norm_epsilon)
         return
-    if arch == "gptneox":
+    if arch in ("gptneox", "phi2"):
         writer.add_layer_norm_eps(hf.layer_norm_eps)
-        writer.add_parallel_residual(hf.use_parallel_residual)
         writer.add_rope_dimension_count(int(hf.rope_parameters["partial_rotary_factor"] * D // H))
+        if arch == "gptneox":
+            writer.add_parallel_residual(hf.use_parallel_residual)
         return
     writer.add_head_count_kv(hf.num_key_value_heads)
     writer.add_layer_norm_rms_eps(hf.rms_norm_eps)
@@ -208,7 +212,7 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("JTLENS_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.mark.slow  # 30 files, about 2 minutes in all
+@pytest.mark.slow  # 33 files, about 2 minutes in all
 @pytest.mark.parametrize("qtype", [Q.F32, Q.Q8_0, Q.Q4_0], ids=lambda q: q.name)
 @pytest.mark.parametrize("arch", list(FAMILIES))
 def test_gguf_logits_match_the_decoded_weights(files, arch, qtype):

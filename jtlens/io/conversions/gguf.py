@@ -28,6 +28,7 @@ ARCHITECTURES = {
     "gemma2": "Gemma2ForCausalLM",
     "gemma3": "Gemma3ForCausalLM",
     "olmo2": "Olmo2ForCausalLM",
+    "phi2": "PhiForCausalLM",
     "phi3": "Phi3ForCausalLM",
     "gpt2": "GPT2LMHeadModel",
     "gptneox": "GPTNeoXForCausalLM",
@@ -109,6 +110,9 @@ def hf_config(reader) -> dict:
     sizes = dict(hidden_size=D, num_hidden_layers=get("block_count"), num_attention_heads=H,
                  intermediate_size=get("feed_forward_length"),
                  max_position_embeddings=get("context_length"))
+    if arch == "phi2":
+        return dict(common, **sizes, **rotary, hidden_act="gelu_new", num_key_value_heads=n_kv,
+                    layer_norm_eps=get("attention.layer_norm_epsilon"))
     if arch == "gptneox":
         return dict(common, **sizes, **rotary, hidden_act="gelu",
                     layer_norm_eps=get("attention.layer_norm_epsilon"),
@@ -175,6 +179,11 @@ BLOCKS = {
     "olmo2": ("model.layers", OLMO2_BLOCK),
     "phi3": ("model.layers", dict(LLAMA_BLOCK, attn_qkv=("self_attn.qkv_proj", "Q+2K,D"),
                                   ffn_up=("mlp.gate_up_proj", "2M,D"))),
+    "phi2": ("model.layers", {
+        "attn_norm": ("input_layernorm", "D"), "attn_q": ("self_attn.q_proj", "Q,D"),
+        "attn_k": ("self_attn.k_proj", "K,D"), "attn_v": ("self_attn.v_proj", "K,D"),
+        "attn_output": ("self_attn.dense", "D,Q"), "ffn_up": ("mlp.fc1", "M,D"),
+        "ffn_down": ("mlp.fc2", "D,M")}),
     "gpt2": ("transformer.h", {
         "attn_norm": ("ln_1", "D"), "ffn_norm": ("ln_2", "D"),
         "attn_qkv": ("attn.c_attn", "3D,D"), "attn_output": ("attn.c_proj", "D,D"),
@@ -188,6 +197,8 @@ TOPS = {**{a: LLAMA_TOP for a in ("llama", "qwen2", "qwen3", "gemma", "gemma2", 
                                    "phi3")},
         "gpt2": {"token_embd": ("transformer.wte", "V,D"), "position_embd": ("transformer.wpe", "C,D"),
                  "output_norm": ("transformer.ln_f", "D"), "output": ("lm_head", "V,D")},
+        "phi2": {"token_embd": ("model.embed_tokens", "V,D"),
+                 "output_norm": ("model.final_layernorm", "D"), "output": ("lm_head", "V,D")},
         "gptneox": {"token_embd": ("gpt_neox.embed_in", "V,D"),
                     "output_norm": ("gpt_neox.final_layer_norm", "D"),
                     "output": ("embed_out", "V,D")}}
