@@ -54,6 +54,8 @@ CONFIGS = {
                         rotary_base_local=100.0, rotary_scaling_factor=4.0),
     "phi_like": dict(BASE, act_fn="gelu_new", normalization_type="LN", positional_embedding_type="rotary",
                      rotary_dim=8, parallel_attn_mlp=True),
+    "bloom_like": dict(BASE, act_fn="gelu_fast", normalization_type="LN", positional_embedding_type="alibi",
+                       post_embedding_ln=True),
     "olmo2_like": dict(BASE, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
                        gated_mlp=True, use_split_qkv_input=False,
                        original_architecture="Olmo2ForCausalLM"),
@@ -287,6 +289,8 @@ FAMILIES = {
         layer_types=["sliding_attention", "full_attention"], rope_parameters={
             "sliding_attention": dict(rope_type="default", rope_theta=100.0),
             "full_attention": dict(rope_type="default", rope_theta=1000.0)}),
+    "bloom": lambda: transformers.BloomConfig(vocab_size=97, hidden_size=32, n_layer=2, n_head=4,
+                                              seq_length=64),
     "phi": lambda: transformers.PhiConfig(**SMALL, partial_rotary_factor=0.5, pad_token_id=0),
     "phi3": lambda: transformers.Phi3Config(**SMALL, num_key_value_heads=2, sliding_window=5,
                                               pad_token_id=0, bos_token_id=1, eos_token_id=2),
@@ -298,12 +302,13 @@ MODELS = {"gpt2": "GPT2LMHeadModel", "gptj": "GPTJForCausalLM", "gpt_neo": "GPTN
           "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM",
           "gemma3_multimodal": "Gemma3ForConditionalGeneration", "olmo": "OlmoForCausalLM",
           "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM", "phi": "PhiForCausalLM",
+          "bloom": "BloomForCausalLM",
           "phi3": "Phi3ForCausalLM"}
 
 
 # The families TransformerLens 3.9 loads from a Hugging Face folder offline.
 TL_CAN_LOAD = ("gpt2", "gptj", "gpt_neo", "opt", "neox", "llama", "mistral", "qwen2", "qwen3", "phi3",
-               "olmo3")
+               "olmo3", "bloom")
 # Those it supports but picks by hub name: tests build its config by hand (tests/io/test_conversions.py).
 TL_BY_HAND = ("gemma", "gemma2", "gemma3", "gemma3_multimodal", "olmo", "olmo2", "phi")
 

@@ -94,6 +94,8 @@ class Config:
     # the masked-LM head (dense, act_fn, LayerNorm) before the unembed. A post_ln model without
     # an MLM head (a BertModel checkpoint) has no unembed: it outputs its final residual.
     post_ln: bool = False
+    # BLOOM: a LayerNorm (embed.ln) on the token embeddings, before hook_embed (TL's field).
+    post_embedding_ln: bool = False
     n_token_types: int = 0
     mlm_head: bool = False
     # Which optional hooks a capture-everything run includes (as in TransformerLens). Naming

@@ -66,7 +66,7 @@ def param_shapes(cfg: Config) -> dict:
     tree: dict[str, Any] = {"embed": {"W_E": (cfg.d_vocab, D)}}
     if cfg.learned_positions:
         tree["pos_embed"] = {"W_pos": (cfg.n_ctx, D)}
-    if cfg.post_ln:
+    if cfg.post_ln or cfg.post_embedding_ln:
         tree["embed"]["ln"] = _norm_shapes("LN", D)
         if cfg.n_token_types:
             tree["token_type_embed"] = {"W_token_type": (cfg.n_token_types, D)}

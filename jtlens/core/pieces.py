@@ -106,7 +106,10 @@ def embed(params: Params, tokens: Int[Array, "batch pos"], ctx: Ctx) -> Resid:
     cfg = ctx.cfg
     if cfg.use_hook_tokens:
         tokens = ctx("hook_tokens", tokens)
-    x = ctx("hook_embed", lookup(params["embed"]["W_E"], tokens))
+    x = lookup(params["embed"]["W_E"], tokens)
+    if cfg.post_embedding_ln:
+        x = norm(params["embed"]["ln"], "LN", x, ctx, "embed.ln")
+    x = ctx("hook_embed", x)
     if cfg.positional_embedding_type == "standard":
         x = x + ctx("hook_pos_embed", position_embedding(params, ctx))
     return x

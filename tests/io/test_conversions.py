@@ -25,9 +25,10 @@ SAME_AS_TL = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "a
               "n_key_value_heads", "gated_mlp", "parallel_attn_mlp", "default_prepend_bos",
               "original_architecture", "use_local_attn", "window_size", "attn_types", "use_qk_norm",
               "model_name")
-# TransformerLens caps these at 2048 for its n_ctx x n_ctx mask buffer; jtlens has none and keeps
-# the checkpoint's max_position_embeddings (n_ctx=2048 as an option gives TL's value).
-TL_CAPS_N_CTX = ("mistral", "qwen3")
+# TransformerLens caps these at 2048 for its n_ctx x n_ctx mask buffer (BLOOM: always 2048); jtlens
+# has none and keeps the checkpoint's max_position_embeddings (BLOOM: seq_length), and n_ctx=2048
+# as an option gives TL's value.
+TL_CAPS_N_CTX = ("mistral", "qwen3", "bloom")
 
 
 def hf_logits(model, tokens):

@@ -31,6 +31,7 @@ ARCHITECTURES = {
     "Gemma3ForConditionalGeneration": "llama",
     "Phi3ForCausalLM": "llama",
     "PhiForCausalLM": "phi",
+    "BloomForCausalLM": "bloom",
     "OlmoForCausalLM": "llama",
     "Olmo2ForCausalLM": "llama",
     "Olmo3ForCausalLM": "llama",

@@ -107,6 +107,18 @@ def heads_out(w: np.ndarray, n_heads: int, d_head: int) -> np.ndarray:
     return w.T.reshape(n_heads, d_head, -1)
 
 
+def per_head_fused_attention(reader: TensorReader, qkv: str, out: str, n_heads: int,
+                             d_head: int) -> dict:
+    """Attention params from a fused q/k/v Linear whose rows run (head, q|k|v, d_head) (NeoX,
+    BLOOM) and an output Linear, both with biases."""
+    w = reader.take(f"{qkv}.weight").reshape(n_heads, 3, d_head, -1)
+    bias = reader.take(f"{qkv}.bias").reshape(n_heads, 3, d_head)
+    W_q, W_k, W_v = np.transpose(w, (1, 0, 3, 2))  # each [H, D, Dh]
+    return {"W_Q": W_q, "W_K": W_k, "W_V": W_v, "b_Q": bias[:, 0], "b_K": bias[:, 1],
+            "b_V": bias[:, 2], "W_O": heads_out(reader.take(f"{out}.weight"), n_heads, d_head),
+            "b_O": reader.take(f"{out}.bias")}
+
+
 def zeros_or(x, shape: Iterable[int]) -> np.ndarray:
     return np.zeros(tuple(shape), np.float32) if x is None else x
 
