@@ -55,11 +55,13 @@ FAMILIES = {  # GGUF architecture -> Hugging Face model
     "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
         # GPT-2's own context and MLP width: transformers' GGUF loader reads neither from the file
         vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=1024)),
+    "bloom": lambda: transformers.BloomForCausalLM(transformers.BloomConfig(
+        vocab_size=V, hidden_size=64, n_layer=2, n_head=4, seq_length=64)),
     "gptneox": lambda: transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
         **SIZES, rotary_pct=0.5, use_parallel_residual=True)),
 }
 # transformers' GGUF loader reads these families' tiny files as llama.cpp would. It has no gemma,
-# gptneox, olmo2 or phi2 support; for qwen3 it ignores attention.key_length (head_dim 128 by
+# gptneox, olmo2, phi2 or bloom support; for qwen3 it ignores attention.key_length (head_dim 128 by
 # default), for gemma2 and gemma3 it keeps query_pre_attn_scalar 256 where llama.cpp scales
 # queries by 1/sqrt(head_dim), and for gemma3 it drops the linear rotary scaling.
 TRANSFORMERS_READS = ("llama", "qwen2", "phi3", "gpt2")
@@ -74,7 +76,7 @@ def _llama_cpp_layout(arch, name, w, hf):
         return w.reshape(n, 2, w.shape[0] // n // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
     if arch.startswith("gemma") and name.endswith("norm.weight"):
         return w + 1
-    if arch == "gptneox" and "query_key_value" in name:
+    if arch in ("gptneox", "bloom") and "query_key_value" in name:
         n = hf.num_attention_heads
         return w.reshape(n, 3, -1, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
     if arch == "gpt2" and name.endswith(CONV1D):
@@ -87,11 +89,12 @@ def _add_metadata(writer, arch, hf):
     D, H = get("hidden_size", "n_embd"), get("num_attention_heads", "n_head")
     writer.add_name(f"tiny-{arch}")
     writer.add_block_count(get("num_hidden_layers", "n_layer"))
-    writer.add_context_length(get("max_position_embeddings", "n_positions"))
+    writer.add_context_length(get("max_position_embeddings", "n_positions", "seq_length"))
     writer.add_embedding_length(D)
-    writer.add_feed_forward_length(get("intermediate_size", "n_inner") or 4 * D)
+    writer.add_feed_forward_length(getattr(hf, "intermediate_size", getattr(hf, "n_inner", None))
+                                   or 4 * D)
     writer.add_head_count(H)
-    if arch == "gpt2":
+    if arch in ("gpt2", "bloom"):
         writer.add_layer_norm_eps(hf.layer_norm_epsilon)
         return
     if arch in ("gptneox", "phi2"):
@@ -152,7 +155,8 @@ def write_gguf(path, arch, model, qtype=Q.F32, tokenizer=True, metadata=True, te
         if name == "lm_head.weight" and hf.tie_word_embeddings:
             continue  # llama.cpp leaves a tied output out (GPT-2's unembedding included)
         stem, kind = name.rsplit(".", 1)
-        gguf_name = f"{names.get_name(stem)}.{kind}"
+        # (llama.cpp's BLOOM converter strips the "transformer." prefix before the lookup)
+        gguf_name = f"{names.get_name(stem) or names.get_name(stem.removeprefix('transformer.'))}.{kind}"
         file_w = _llama_cpp_layout(arch, name, w, hf)
         if tensors and gguf_name in tensors:
             file_w = tensors[gguf_name]
@@ -212,7 +216,7 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("JTLENS_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.mark.slow  # 33 files, about 2 minutes in all
+@pytest.mark.slow  # 36 files, about 2 minutes in all
 @pytest.mark.parametrize("qtype", [Q.F32, Q.Q8_0, Q.Q4_0], ids=lambda q: q.name)
 @pytest.mark.parametrize("arch", list(FAMILIES))
 def test_gguf_logits_match_the_decoded_weights(files, arch, qtype):

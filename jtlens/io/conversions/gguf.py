@@ -29,6 +29,7 @@ ARCHITECTURES = {
     "gemma3": "Gemma3ForCausalLM",
     "olmo2": "Olmo2ForCausalLM",
     "phi2": "PhiForCausalLM",
+    "bloom": "BloomForCausalLM",
     "phi3": "Phi3ForCausalLM",
     "gpt2": "GPT2LMHeadModel",
     "gptneox": "GPTNeoXForCausalLM",
@@ -101,6 +102,10 @@ def hf_config(reader) -> dict:
     common = dict(architectures=[ARCHITECTURES[arch]], vocab_size=vocab,
                   _name_or_path=metadata(reader, "general.name", Path(path).stem),
                   tie_word_embeddings="output.weight" not in names)
+    if arch == "bloom":
+        return dict(common, hidden_size=D, n_layer=get("block_count"), n_head=H,
+                    n_inner=get("feed_forward_length"), seq_length=get("context_length"),
+                    layer_norm_epsilon=get("attention.layer_norm_epsilon"))
     if arch == "gpt2":
         return dict(common, n_embd=D, n_layer=get("block_count"), n_head=H,
                     n_positions=get("context_length"), n_inner=get("feed_forward_length"),
@@ -188,6 +193,11 @@ BLOCKS = {
         "attn_norm": ("ln_1", "D"), "ffn_norm": ("ln_2", "D"),
         "attn_qkv": ("attn.c_attn", "3D,D"), "attn_output": ("attn.c_proj", "D,D"),
         "ffn_up": ("mlp.c_fc", "M,D"), "ffn_down": ("mlp.c_proj", "D,M")}),
+    "bloom": ("transformer.h", {
+        "attn_norm": ("input_layernorm", "D"), "ffn_norm": ("post_attention_layernorm", "D"),
+        "attn_qkv": ("self_attention.query_key_value", "3D,D"),
+        "attn_output": ("self_attention.dense", "D,D"), "ffn_up": ("mlp.dense_h_to_4h", "M,D"),
+        "ffn_down": ("mlp.dense_4h_to_h", "D,M")}),
     "gptneox": ("gpt_neox.layers", {
         "attn_norm": ("input_layernorm", "D"), "ffn_norm": ("post_attention_layernorm", "D"),
         "attn_qkv": ("attention.query_key_value", "3D,D"), "attn_output": ("attention.dense", "D,D"),
@@ -199,6 +209,9 @@ TOPS = {**{a: LLAMA_TOP for a in ("llama", "qwen2", "qwen3", "gemma", "gemma2", 
                  "output_norm": ("transformer.ln_f", "D"), "output": ("lm_head", "V,D")},
         "phi2": {"token_embd": ("model.embed_tokens", "V,D"),
                  "output_norm": ("model.final_layernorm", "D"), "output": ("lm_head", "V,D")},
+        "bloom": {"token_embd": ("transformer.word_embeddings", "V,D"),
+                  "token_embd_norm": ("transformer.word_embeddings_layernorm", "D"),
+                  "output_norm": ("transformer.ln_f", "D"), "output": ("lm_head", "V,D")},
         "gptneox": {"token_embd": ("gpt_neox.embed_in", "V,D"),
                     "output_norm": ("gpt_neox.final_layer_norm", "D"),
                     "output": ("embed_out", "V,D")}}
@@ -209,7 +222,7 @@ def _dims(hf: dict) -> dict:
     D, H = get("hidden_size", "n_embd"), get("num_attention_heads", "n_head")
     d = hf.get("head_dim") or D // H
     return dict(D=D, V=hf["vocab_size"], M=get("intermediate_size", "n_inner"),
-                C=get("max_position_embeddings", "n_positions"), d=d, Q=H * d,
+                C=get("max_position_embeddings", "n_positions", "seq_length"), d=d, Q=H * d,
                 K=hf.get("num_key_value_heads", H) * d)
 
 
@@ -254,9 +267,9 @@ def _fixer(arch: str, hf: dict) -> Callable[[str, np.ndarray], np.ndarray]:
             return _undo_rotary_permutation(w, n_kv)
         if arch.startswith("gemma") and name.endswith("norm.weight"):
             return w - np.float32(1.0)  # llama.cpp stores Gemma's (1 + w) norm scale
-        if arch == "gptneox" and ".attn_qkv." in name:
-            # llama.cpp reorders NeoX's (head, qkv, d_head) rows to (qkv, head, d_head)
-            n = hf["num_attention_heads"]
+        if arch in ("gptneox", "bloom") and ".attn_qkv." in name:
+            # llama.cpp reorders NeoX's and BLOOM's (head, qkv, d_head) rows to (qkv, head, d_head)
+            n = hf.get("num_attention_heads") or hf["n_head"]
             return w.reshape(3, n, -1, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
         if arch == "gpt2" and w.ndim == 2 and name.startswith("blk."):
             return w.T  # llama.cpp stores GPT-2's Conv1D weights as [out, in]
