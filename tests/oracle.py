@@ -56,6 +56,9 @@ CONFIGS = {
                      rotary_dim=8, parallel_attn_mlp=True),
     "bloom_like": dict(BASE, act_fn="gelu_fast", normalization_type="LN", positional_embedding_type="alibi",
                        post_embedding_ln=True),
+    "apertus_like": dict(BASE, act_fn="xielu", normalization_type="RMS", positional_embedding_type="rotary",
+                         final_rms=True, use_qk_norm=True, n_key_value_heads=2,
+                         use_split_qkv_input=False),
     "olmo2_like": dict(BASE, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
                        gated_mlp=True, use_split_qkv_input=False,
                        original_architecture="Olmo2ForCausalLM"),
@@ -83,7 +86,8 @@ def tl_model(cfg_dict: dict, seed: int = 0):
     # TL zero-initialises biases and unit-initialises norms; randomise them so they are tested.
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith((".b", "b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U", ".w")):
+            if name.endswith((".b", "b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U", ".w",
+                              "alpha_p", "alpha_n")):  # (alpha: xIELU's parameters)
                 p.add_(0.1 * torch.randn_like(p))
     return model
 
@@ -289,6 +293,10 @@ FAMILIES = {
         layer_types=["sliding_attention", "full_attention"], rope_parameters={
             "sliding_attention": dict(rope_type="default", rope_theta=100.0),
             "full_attention": dict(rope_type="default", rope_theta=1000.0)}),
+    "apertus": lambda: transformers.ApertusConfig(**SMALL, num_key_value_heads=2, pad_token_id=0,
+                                                  rope_parameters=dict(
+        rope_type="llama3", rope_theta=5e4, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=8)),
     "bloom": lambda: transformers.BloomConfig(vocab_size=97, hidden_size=32, n_layer=2, n_head=4,
                                               seq_length=64),
     "phi": lambda: transformers.PhiConfig(**SMALL, partial_rotary_factor=0.5, pad_token_id=0),
@@ -302,13 +310,13 @@ MODELS = {"gpt2": "GPT2LMHeadModel", "gptj": "GPTJForCausalLM", "gpt_neo": "GPTN
           "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM",
           "gemma3_multimodal": "Gemma3ForConditionalGeneration", "olmo": "OlmoForCausalLM",
           "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM", "phi": "PhiForCausalLM",
-          "bloom": "BloomForCausalLM",
+          "bloom": "BloomForCausalLM", "apertus": "ApertusForCausalLM",
           "phi3": "Phi3ForCausalLM"}
 
 
 # The families TransformerLens 3.9 loads from a Hugging Face folder offline.
 TL_CAN_LOAD = ("gpt2", "gptj", "gpt_neo", "opt", "neox", "llama", "mistral", "qwen2", "qwen3", "phi3",
-               "olmo3", "bloom")
+               "olmo3", "bloom", "apertus")
 # Those it supports but picks by hub name: tests build its config by hand (tests/io/test_conversions.py).
 TL_BY_HAND = ("gemma", "gemma2", "gemma3", "gemma3_multimodal", "olmo", "olmo2", "phi")
 
@@ -318,8 +326,8 @@ def build_hf(name, folder, **save_kw):
     model = getattr(transformers, MODELS[name])(FAMILIES[name]()).eval()
     with torch.no_grad():  # HF initialises norms to one and biases to zero: randomise them
         for pname, p in model.named_parameters():
-            if "norm" in pname or "ln" in pname or pname.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
+            if "norm" in pname or "ln" in pname or pname.endswith("bias") or "act_fn" in pname:
+                p.add_(0.1 * torch.randn_like(p))  # (act_fn: Apertus's per-layer xIELU)
     model.save_pretrained(folder, **save_kw)
     if name == "gpt2":  # TransformerLens 3.9 reads n_ctx, which transformers 5 no longer writes
         cfg = json.loads((folder / "config.json").read_text())

@@ -40,6 +40,14 @@ ACTIVATION_FNS: dict[str, Callable] = {
 }
 
 
+def xielu(x, alpha_p, alpha_n, beta, eps):
+    """xIELU (Apertus), its per-layer parameters as Hugging Face and TransformerLens store them:
+    alpha_p and alpha_n before a softplus, beta and eps as they are (all scalars)."""
+    a_p, a_n = jax.nn.softplus(alpha_p), beta + jax.nn.softplus(alpha_n)
+    return jnp.where(x > 0, a_p * x * x + beta * x,
+                     (jnp.expm1(jnp.minimum(x, eps)) - x) * a_n + beta * x)
+
+
 def softcap(x, cap: float):
     """`cap * tanh(x / cap)`, or x unchanged when the cap is off (<= 0)."""
     return cap * jnp.tanh(x / cap) if cap > 0 else x

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "silu", "relu2", "solu",
-               "solu_ln")
+               "solu_ln", "xielu")
 NORMALIZATIONS = ("LN", "LNPre", "RMS", "RMSPre", None)
 POSITIONAL_EMBEDDINGS = ("standard", "rotary", "alibi", "shortformer")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -183,6 +183,8 @@ class Config:
         check(not (self.is_layer_norm_activation() and self.gated_mlp),
               f"act_fn={self.act_fn!r} (a LayerNorm after the activation) is not supported with "
               f"gated_mlp")
+        check(not (self.act_fn == "xielu" and self.mlm_head),
+              "act_fn='xielu' (with per-layer parameters) is for the blocks' MLPs, not an MLM head")
         kv = self.n_kv_heads
         check(self.n_heads % kv == 0,
               f"n_heads={self.n_heads} is not a multiple of n_key_value_heads={kv}")

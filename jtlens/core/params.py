@@ -51,6 +51,8 @@ def param_shapes(cfg: Config) -> dict:
         mlp = {"W_in": (L, D, M), "b_in": (L, M), "W_out": (L, M, D), "b_out": (L, D)}
         if cfg.gated_mlp:
             mlp["W_gate"] = (L, D, M)
+        if cfg.act_fn == "xielu":
+            mlp["act_fn"] = dict.fromkeys(("alpha_p", "alpha_n", "beta", "eps"), (L,))
         if cfg.is_layer_norm_activation() and cfg.normalization_type == "LN":
             mlp["ln"] = _norm_shapes("LN", M, (L,))  # solu_ln; weightless (LNPre) otherwise
         blocks["mlp"] = mlp

@@ -243,7 +243,10 @@ def _with_past(kv: KVSlots, k, v):
 
 def mlp(p: dict, x: Resid, ctx: Ctx) -> Resid:
     """Plain or gated MLP with hook_pre / hook_pre_linear / hook_post."""
-    act = C.ACTIVATION_FNS[ctx.cfg.act_fn]
+    if ctx.cfg.act_fn == "xielu":  # an activation with parameters of its own, per layer
+        act = lambda x: C.xielu(x, **p["act_fn"])  # noqa: E731
+    else:
+        act = C.ACTIVATION_FNS[ctx.cfg.act_fn]
     if ctx.cfg.gated_mlp:
         pre = ctx("mlp.hook_pre", _mm(x, p["W_gate"]))
         pre_linear = ctx("mlp.hook_pre_linear", _mm(x, p["W_in"]))

@@ -35,6 +35,7 @@ ARCHITECTURES = {
     "OlmoForCausalLM": "llama",
     "Olmo2ForCausalLM": "llama",
     "Olmo3ForCausalLM": "llama",
+    "ApertusForCausalLM": "llama",
     "BertForMaskedLM": "bert",
     "BertForPreTraining": "bert",
     "BertModel": "bert",

@@ -8,6 +8,7 @@ per-layer-type rotary bases, Phi-3's fused projections. Gemma 3's multimodal che
 (Gemma3ForConditionalGeneration) converts as its text tower; the vision tower is ignored.
 OLMo's blocks are Llama's with other norms: OLMo 1's LayerNorms have no weights (and q/k/v may
 be clipped), OLMo 2 and 3 normalise each sublayer's output and q/k over all heads together.
+Apertus has per-head q/k norms and a plain MLP whose xIELU activation has per-layer parameters.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ GEMMA = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM",
 GEMMA_POST_NORMS = GEMMA[1:]  # norms before and after each sublayer
 GEMMA3 = GEMMA[2:]
 OLMO_POST_NORMS = ("Olmo2ForCausalLM", "Olmo3ForCausalLM")
+APERTUS = "ApertusForCausalLM"
 # Where the decoder's tensors sit -> its unembedding: text-only models, then Gemma 3's
 # multimodal checkpoint as saved (language_model.*) and as transformers 5 names it in memory.
 PREFIXES = {"model.": "lm_head.weight", "language_model.model.": "language_model.lm_head.weight",
@@ -56,7 +58,7 @@ def _local_attention(hf: dict, arch: str, n_layers: int) -> dict:
 
 
 def config_from_hf(hf: dict) -> Config:
-    """A Llama / Mistral / Qwen2 / Qwen3 / Gemma 1-3 / Phi-3 / OLMo 1-3 config dict -> Config."""
+    """A Llama / Mistral / Qwen2 / Qwen3 / Gemma 1-3 / Phi-3 / OLMo 1-3 / Apertus config dict -> Config."""
     arch = hf["architectures"][0]
     hf = _text_config(hf)
     n_heads, n_layers = hf["num_attention_heads"], hf["num_hidden_layers"]
@@ -75,16 +77,18 @@ def config_from_hf(hf: dict) -> Config:
                      clip_qkv=hf.get("clip_qkv"))
     if arch in OLMO_POST_NORMS:
         extra = dict(qk_norm_over_heads=True, norm_sublayer_outputs=True)
+    if arch == APERTUS:  # xIELU in a plain (ungated) MLP
+        extra = dict(gated_mlp=False)
     return Config(
         n_layers=n_layers, d_model=hf["hidden_size"], n_heads=n_heads, d_head=d_head,
         d_mlp=hf["intermediate_size"], n_ctx=hf["max_position_embeddings"],
         d_vocab=hf["vocab_size"],
         act_fn=hf.get("hidden_activation") or hf.get("hidden_act", "silu"),
-        **dict(dict(normalization_type="RMS", final_rms=True, eps=hf.get("rms_norm_eps", 1e-6)),
-               **extra), gated_mlp=True,
+        **dict(dict(normalization_type="RMS", final_rms=True, eps=hf.get("rms_norm_eps", 1e-6),
+                    gated_mlp=True), **extra),
         positional_embedding_type="rotary", rotary_dim=round(partial * d_head),
         rotary_adjacent_pairs=False, n_key_value_heads=n_kv if n_kv != n_heads else None,
-        use_qk_norm=arch == "Qwen3ForCausalLM" or arch in GEMMA3,
+        use_qk_norm=arch in ("Qwen3ForCausalLM", APERTUS) or arch in GEMMA3,
         default_prepend_bos=not arch.startswith("Qwen"),
         original_architecture=arch, model_name=hf.get("_name_or_path") or arch,
         **_local_attention(hf, arch, n_layers), **rope(hf))
@@ -114,6 +118,8 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
                 bias(f"{a}.v_proj", Hkv))
 
     def gate_up(m):
+        if not cfg.gated_mlp:  # Apertus
+            return None, r.take(f"{m}.up_proj.weight")
         if f"{m}.gate_up_proj.weight" in r:  # Phi-3 fuses gate and up
             return np.split(r.take(f"{m}.gate_up_proj.weight"), 2)
         if f"{m}.gate_proj.bias" in r:
@@ -131,15 +137,23 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
         if cfg.use_qk_norm or cfg.qk_norm_over_heads:
             attn["q_norm"], attn["k_norm"] = norm(f"{a}.q_norm"), norm(f"{a}.k_norm")
         gate, up = gate_up(m)
-        mlp = {"W_gate": gate.T, "W_in": up.T, "W_out": r.take(f"{m}.down_proj.weight").T,
+        mlp = {"W_in": up.T, "W_out": r.take(f"{m}.down_proj.weight").T,
                "b_in": zeros_or(r.take_optional(f"{m}.up_proj.bias"), (M,)),
                "b_out": zeros_or(r.take_optional(f"{m}.down_proj.bias"), (D,))}
+        if gate is not None:
+            mlp["W_gate"] = gate.T
+        if cfg.act_fn == "xielu":  # its parameters, stored [1] or [] per layer
+            mlp["act_fn"] = {k: r.take(f"{m}.act_fn.{k}").reshape(())
+                             for k in ("alpha_p", "alpha_n", "beta", "eps")}
         if cfg.norm_sublayer_outputs:  # OLMo 2, 3: ln1 / ln2 normalise the sublayer outputs
             return {"attn": attn, "mlp": mlp, "ln1": norm(f"{b}.post_attention_layernorm"),
                     "ln2": norm(f"{b}.post_feedforward_layernorm")}
         out = {"attn": attn, "mlp": mlp}
         if cfg.normalization_type == "LNPre":  # OLMo 1: its LayerNorms have no weights
             return out
+        if cfg.original_architecture == APERTUS:
+            return dict(out, ln1=norm(f"{b}.attention_layernorm"),
+                        ln2=norm(f"{b}.feedforward_layernorm"))
         out["ln1"] = norm(f"{b}.input_layernorm")
         if cfg.use_normalization_before_and_after:  # Gemma 2, 3: norms before and after each sublayer
             out.update(ln1_post=norm(f"{b}.post_attention_layernorm"),
