@@ -301,11 +301,14 @@ def block(p: dict, resid: Resid, ctx: Ctx) -> Resid:
     """One pre-norm block: x += attn(ln1(x)); x += mlp(ln2(x)) (parallel: both read x).
     With norm_sublayer_outputs (OLMo 2): x += ln1(attn(x)); x += ln2(mlp(x))."""
     cfg = ctx.cfg
+
     def ln(name, x, on_output: bool):
+        """The norm `name` applied to a sublayer's input or output, whichever side it sits on."""
         if on_output != cfg.norm_sublayer_outputs:
             return x
         return norm(p.get(name), cfg.normalization_type, x, ctx, name)
-    ln1 = lambda x: ln("ln1", x, False)
+
+    ln1 = lambda x: ln("ln1", x, False)  # noqa: E731
     resid = ctx("hook_resid_pre", resid)
     q_in, k_in, v_in = attention_inputs(resid, ctx)
     q_in, k_in, v_in = (ln1(resid),) * 3 if q_in is resid else (ln1(q_in), ln1(k_in), ln1(v_in))

@@ -107,6 +107,24 @@ def heads_out(w: np.ndarray, n_heads: int, d_head: int) -> np.ndarray:
     return w.T.reshape(n_heads, d_head, -1)
 
 
+def shared_norm_parallel_params(r: TensorReader, cfg: Config, layer: str, attn: dict,
+                                mlp: tuple, ln: str, embed: str, ln_final: str) -> dict:
+    """Params of a decoder whose blocks run attention and MLP in parallel behind one LayerNorm
+    (GPT-J, Phi): ln2 is ln1. `layer` is the block path with "{l}"; `attn` maps q, k, v, o to
+    Linears under it, `mlp` names its two Linears, `ln` its norm; the unembedding (lm_head)
+    has a bias."""
+    def one(l):
+        b = layer.format(l=l)
+        shared = norm(r, f"{b}.{ln}")
+        return {"attn": attention_linears(r, {k: f"{b}.{v}" for k, v in attn.items()},
+                                          cfg.n_heads, cfg.d_head, cfg.d_model),
+                "mlp": mlp_linears(r, f"{b}.{mlp[0]}", f"{b}.{mlp[1]}"), "ln1": shared, "ln2": shared}
+
+    return {"embed": {"W_E": r.take(f"{embed}.weight")},
+            "blocks": r.stack_layers(cfg.n_layers, one), "ln_final": norm(r, ln_final),
+            "unembed": {"W_U": r.take("lm_head.weight").T, "b_U": r.take("lm_head.bias")}}
+
+
 def per_head_fused_attention(reader: TensorReader, qkv: str, out: str, n_heads: int,
                              d_head: int) -> dict:
     """Attention params from a fused q/k/v Linear whose rows run (head, q|k|v, d_head) (NeoX,

@@ -3,8 +3,8 @@ partial NeoX-style rotary, biases on every dense layer and on the unembedding.""
 
 from __future__ import annotations
 
-from jtlens.io.conversions.common import (ConversionError, TensorReader, attention_linears,
-                                          head_dim, mlp_linears, norm, rope)
+from jtlens.io.conversions.common import (ConversionError, TensorReader, head_dim, rope,
+                                          shared_norm_parallel_params)
 from jtlens.core.config import Config
 
 
@@ -34,13 +34,6 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
     """Phi checkpoint tensors -> jtlens params (ln2 is ln1: both sublayers read one norm)."""
     r.ignore("*.rotary_emb.inv_freq")
 
-    def layer(l):
-        b = f"model.layers.{l}"
-        names = {k: f"{b}.self_attn.{k}_proj" for k in "qkv"} | {"o": f"{b}.self_attn.dense"}
-        ln = norm(r, f"{b}.input_layernorm")
-        return {"attn": attention_linears(r, names, cfg.n_heads, cfg.d_head, cfg.d_model),
-                "mlp": mlp_linears(r, f"{b}.mlp.fc1", f"{b}.mlp.fc2"), "ln1": ln, "ln2": ln}
-
-    return {"embed": {"W_E": r.take("model.embed_tokens.weight")},
-            "blocks": r.stack_layers(cfg.n_layers, layer), "ln_final": norm(r, "model.final_layernorm"),
-            "unembed": {"W_U": r.take("lm_head.weight").T, "b_U": r.take("lm_head.bias")}}
+    return shared_norm_parallel_params(
+        r, cfg, "model.layers.{l}", {k: f"self_attn.{k}_proj" for k in "qkv"} | {"o": "self_attn.dense"},
+        ("mlp.fc1", "mlp.fc2"), "input_layernorm", "model.embed_tokens", "model.final_layernorm")
