@@ -46,6 +46,24 @@ CONFIGS = {
                         use_normalization_before_and_after=True, attn_scores_soft_cap=50.0,
                         output_logits_soft_cap=30.0, use_local_attn=True, window_size=4,
                         attn_types=["local", "global"], attn_scale=8.0),
+    "gemma3_like": dict(BASE, act_fn="gelu_pytorch_tanh", normalization_type="RMS",
+                        positional_embedding_type="rotary", gated_mlp=True, final_rms=True,
+                        n_key_value_heads=2, use_split_qkv_input=False, use_qk_norm=True,
+                        use_normalization_before_and_after=True, use_local_attn=True, window_size=4,
+                        attn_types=["local", "global"], attn_scale=8.0, rotary_base=1000.0,
+                        rotary_base_local=100.0, rotary_scaling_factor=4.0),
+    "phi_like": dict(BASE, act_fn="gelu_new", normalization_type="LN", positional_embedding_type="rotary",
+                     rotary_dim=8, parallel_attn_mlp=True),
+    "bloom_like": dict(BASE, act_fn="gelu_fast", normalization_type="LN", positional_embedding_type="alibi",
+                       post_embedding_ln=True),
+    "apertus_like": dict(BASE, act_fn="xielu", normalization_type="RMS", positional_embedding_type="rotary",
+                         final_rms=True, use_qk_norm=True, n_key_value_heads=2,
+                         use_split_qkv_input=False),
+    "olmo2_like": dict(BASE, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
+                       gated_mlp=True, use_split_qkv_input=False,
+                       original_architecture="Olmo2ForCausalLM"),
+    "olmo_like": dict(BASE, act_fn="silu", normalization_type="LNPre", positional_embedding_type="rotary",
+                      gated_mlp=True, clip_qkv=0.1, original_architecture="OlmoForCausalLM"),
     "qwen3_like": dict(BASE, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
                        gated_mlp=True, final_rms=True, use_qk_norm=True, n_key_value_heads=2,
                        use_split_qkv_input=False),
@@ -68,7 +86,8 @@ def tl_model(cfg_dict: dict, seed: int = 0):
     # TL zero-initialises biases and unit-initialises norms; randomise them so they are tested.
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith((".b", "b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U", ".w")):
+            if name.endswith((".b", "b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U", ".w",
+                              "alpha_p", "alpha_n")):  # (alpha: xIELU's parameters)
                 p.add_(0.1 * torch.randn_like(p))
     return model
 
@@ -91,11 +110,21 @@ def tl_from_folder(folder, hf_model=None, tokenizer=None):
     sd = lp.get_pretrained_state_dict(str(folder), cfg, hf_model=hf, dtype=torch.float32)
     cfg.tokenizer_name = None  # set_tokenizer below, or none (random checkpoints have none)
     tl = HookedTransformer(cfg, move_to_device=False)
-    tl.load_and_process_state_dict(sd, fold_ln=True, center_writing_weights=True,
-                                   center_unembed=True, fold_value_biases=True)
+    tl.load_and_process_state_dict(sd, **tl_processing(cfg))
     if tokenizer is not None:
         tl.set_tokenizer(tokenizer)
     return tl.eval()
+
+
+def tl_processing(cfg, center_unembed=True) -> dict:
+    """The processing TransformerLens's from_pretrained applies by default: no fold_ln or
+    writing-weight centring for post-norm blocks (OLMo 2, 3), which its own
+    load_and_process_state_dict would apply regardless."""
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    pre_norm = cfg.original_architecture not in POST_NORM_ARCHITECTURES
+    return dict(fold_ln=pre_norm, center_writing_weights=pre_norm, center_unembed=center_unembed,
+                fold_value_biases=True)
 
 
 def hf_from_gguf(path):
@@ -220,6 +249,11 @@ def pair(padding_side):
 # Tiny random checkpoints of every supported family (the conversion and streaming tests).
 SMALL = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
              num_attention_heads=4, max_position_embeddings=64)
+GEMMA3_TEXT = dict(SMALL, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=12,
+                   sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+                   rope_parameters={"sliding_attention": dict(rope_type="default", rope_theta=100.0),
+                                    "full_attention": dict(rope_type="linear", factor=4.0,
+                                                           rope_theta=1000.0)})
 FAMILIES = {
     "gpt2": lambda: transformers.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4,
                                             n_positions=64),
@@ -244,6 +278,28 @@ FAMILIES = {
     "gemma": lambda: transformers.GemmaConfig(**SMALL, num_key_value_heads=1, head_dim=8),
     "gemma2": lambda: transformers.Gemma2Config(**SMALL, num_key_value_heads=2, head_dim=8,
                                                 query_pre_attn_scalar=12, sliding_window=4),
+    # 5:1 local/global in real checkpoints; here one of each, each with its own rotary base, and
+    # linear rotary scaling on the global layer.
+    "gemma3": lambda: transformers.Gemma3TextConfig(**GEMMA3_TEXT),
+    "gemma3_multimodal": lambda: transformers.Gemma3Config(
+        text_config=GEMMA3_TEXT, mm_tokens_per_image=4, vision_config=dict(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            image_size=16, patch_size=8)),
+    "olmo": lambda: transformers.OlmoConfig(**SMALL, clip_qkv=0.1, pad_token_id=0,
+                                            eos_token_id=0),
+    "olmo2": lambda: transformers.Olmo2Config(**SMALL, pad_token_id=0, eos_token_id=0),
+    "olmo3": lambda: transformers.Olmo3Config(
+        **SMALL, num_key_value_heads=2, sliding_window=4, pad_token_id=0, eos_token_id=0,
+        layer_types=["sliding_attention", "full_attention"], rope_parameters={
+            "sliding_attention": dict(rope_type="default", rope_theta=100.0),
+            "full_attention": dict(rope_type="default", rope_theta=1000.0)}),
+    "apertus": lambda: transformers.ApertusConfig(**SMALL, num_key_value_heads=2, pad_token_id=0,
+                                                  rope_parameters=dict(
+        rope_type="llama3", rope_theta=5e4, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=8)),
+    "bloom": lambda: transformers.BloomConfig(vocab_size=97, hidden_size=32, n_layer=2, n_head=4,
+                                              seq_length=64),
+    "phi": lambda: transformers.PhiConfig(**SMALL, partial_rotary_factor=0.5, pad_token_id=0),
     "phi3": lambda: transformers.Phi3Config(**SMALL, num_key_value_heads=2, sliding_window=5,
                                               pad_token_id=0, bos_token_id=1, eos_token_id=2),
 }
@@ -251,11 +307,18 @@ MODELS = {"gpt2": "GPT2LMHeadModel", "gptj": "GPTJForCausalLM", "gpt_neo": "GPTN
           "opt": "OPTForCausalLM", "neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
           "llama3": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
           "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM",
-          "gemma2": "Gemma2ForCausalLM", "phi3": "Phi3ForCausalLM"}
+          "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM",
+          "gemma3_multimodal": "Gemma3ForConditionalGeneration", "olmo": "OlmoForCausalLM",
+          "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM", "phi": "PhiForCausalLM",
+          "bloom": "BloomForCausalLM", "apertus": "ApertusForCausalLM",
+          "phi3": "Phi3ForCausalLM"}
 
 
 # The families TransformerLens 3.9 loads from a Hugging Face folder offline.
-TL_CAN_LOAD = ("gpt2", "gptj", "gpt_neo", "opt", "neox", "llama", "mistral", "qwen2", "qwen3", "phi3")
+TL_CAN_LOAD = ("gpt2", "gptj", "gpt_neo", "opt", "neox", "llama", "mistral", "qwen2", "qwen3", "phi3",
+               "olmo3", "bloom", "apertus")
+# Those it supports but picks by hub name: tests build its config by hand (tests/io/test_conversions.py).
+TL_BY_HAND = ("gemma", "gemma2", "gemma3", "gemma3_multimodal", "olmo", "olmo2", "phi")
 
 
 def build_hf(name, folder, **save_kw):
@@ -263,8 +326,8 @@ def build_hf(name, folder, **save_kw):
     model = getattr(transformers, MODELS[name])(FAMILIES[name]()).eval()
     with torch.no_grad():  # HF initialises norms to one and biases to zero: randomise them
         for pname, p in model.named_parameters():
-            if "norm" in pname or "ln" in pname or pname.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
+            if "norm" in pname or "ln" in pname or pname.endswith("bias") or "act_fn" in pname:
+                p.add_(0.1 * torch.randn_like(p))  # (act_fn: Apertus's per-layer xIELU)
     model.save_pretrained(folder, **save_kw)
     if name == "gpt2":  # TransformerLens 3.9 reads n_ctx, which transformers 5 no longer writes
         cfg = json.loads((folder / "config.json").read_text())

@@ -40,6 +40,14 @@ ACTIVATION_FNS: dict[str, Callable] = {
 }
 
 
+def xielu(x, alpha_p, alpha_n, beta, eps):
+    """xIELU (Apertus), its per-layer parameters as Hugging Face and TransformerLens store them:
+    alpha_p and alpha_n before a softplus, beta and eps as they are (all scalars)."""
+    a_p, a_n = jax.nn.softplus(alpha_p), beta + jax.nn.softplus(alpha_n)
+    return jnp.where(x > 0, a_p * x * x + beta * x,
+                     (jnp.expm1(jnp.minimum(x, eps)) - x) * a_n + beta * x)
+
+
 def softcap(x, cap: float):
     """`cap * tanh(x / cap)`, or x unchanged when the cap is off (<= 0)."""
     return cap * jnp.tanh(x / cap) if cap > 0 else x
@@ -82,13 +90,15 @@ def positions_from_mask(attention_mask, n_pos: int, batch: int):
     return jnp.where(pos < 0, 0, pos)
 
 
-def rotary_inverse_periods(cfg: Config) -> np.ndarray:
+def rotary_inverse_periods(cfg: Config, local: bool = False) -> np.ndarray:
     """The per-pair period `freq` of TransformerLens's rotary table, repeated to rotary_dim.
 
     angle[pos, i] = pos / freq[i]; NeoX pairs i and i + d/2, GPT-J pairs adjacent entries.
+    `local` layers use `rotary_base_local` when set; global ones scale by `rotary_scaling_factor`.
     """
     rd = cfg.rotary_dim
-    base = np.float32(cfg.rotary_base)
+    base = np.float32(cfg.rotary_base_local if local and cfg.rotary_base_local is not None
+                      else cfg.rotary_base)
     if cfg.use_NTK_by_parts_rope:
         inv = (1.0 / (base ** (np.arange(0, rd, 2).astype(np.float32) / np.float32(rd)))).astype(np.float32)
         factor = np.float32(cfg.NTK_by_parts_factor)
@@ -103,13 +113,25 @@ def rotary_inverse_periods(cfg: Config) -> np.ndarray:
     else:
         dim = np.arange(rd // 2, dtype=np.float32)
         freq = (base ** (dim / np.float32(rd / 2))).astype(np.float32)
+        if not local:
+            freq = (freq * np.float32(cfg.rotary_scaling_factor)).astype(np.float32)
     return np.repeat(freq, 2) if cfg.rotary_adjacent_pairs else np.tile(freq, 2)
 
 
-def apply_rotary(x, positions, cfg: Config):
-    """Rotate the first rotary_dim features of x [batch, pos, heads, d_head] by positions [batch, pos]."""
+def _layer_periods(cfg: Config, local):
+    """The rotary periods of a layer; `local` may be traced (inside the layer scan)."""
+    glob = rotary_inverse_periods(cfg)
+    loc = rotary_inverse_periods(cfg, local=True)
+    if np.array_equal(glob, loc):
+        return jnp.asarray(glob)
+    return jnp.where(local, jnp.asarray(loc), jnp.asarray(glob))
+
+
+def apply_rotary(x, positions, cfg: Config, local=False):
+    """Rotate the first rotary_dim features of x [batch, pos, heads, d_head] by positions [batch, pos]
+    (with the periods of a local layer when `local`)."""
     rd = cfg.rotary_dim
-    freq = jnp.asarray(rotary_inverse_periods(cfg))
+    freq = _layer_periods(cfg, local)
     angles = positions.astype(jnp.float32)[..., None] / freq  # [batch, pos, rd]
     sin = jnp.sin(angles).astype(x.dtype)[:, :, None, :]
     cos = jnp.cos(angles).astype(x.dtype)[:, :, None, :]

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "silu", "relu2", "solu",
-               "solu_ln")
+               "solu_ln", "xielu")
 NORMALIZATIONS = ("LN", "LNPre", "RMS", "RMSPre", None)
 POSITIONAL_EMBEDDINGS = ("standard", "rotary", "alibi", "shortformer")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -51,6 +51,10 @@ class Config:
     positional_embedding_type: str = "standard"
     rotary_dim: Optional[int] = None
     rotary_base: float = 10000.0
+    # Gemma 3 / OLMo 3: local (sliding-window) layers rotate with their own base, and global
+    # layers divide their rotary frequencies by a linear scaling factor (TransformerLens's names).
+    rotary_base_local: Optional[float] = None
+    rotary_scaling_factor: float = 1.0
     rotary_adjacent_pairs: bool = False
     use_NTK_by_parts_rope: bool = False
     NTK_by_parts_low_freq_factor: float = 1.0
@@ -74,6 +78,15 @@ class Config:
     attn_types: Optional[tuple] = None
     use_normalization_before_and_after: bool = False
     use_qk_norm: bool = False
+    # OLMo 2/3: q_norm / k_norm (RMS) normalise all heads' queries / keys together, over
+    # [batch, pos, heads * d_head], instead of each head alone (use_qk_norm).
+    qk_norm_over_heads: bool = False
+    # OLMo 2/3 post-norm blocks: ln1 / ln2 normalise the attention / MLP output before the
+    # residual add (before hook_attn_out / hook_mlp_out) and the sublayers read the raw residual.
+    norm_sublayer_outputs: bool = False
+    # OLMo 1: queries, keys and values are clamped to [-clip_qkv, clip_qkv] after their hooks
+    # (and any q/k norm), before rotary.
+    clip_qkv: Optional[float] = None
     attention_dir: str = "causal"
     # BERT-style encoders (TransformerLens's HookedEncoder): `post_ln` puts a LayerNorm after
     # each residual add (ln1 after attention, ln2 after the MLP) and after the embedding sum
@@ -81,6 +94,8 @@ class Config:
     # the masked-LM head (dense, act_fn, LayerNorm) before the unembed. A post_ln model without
     # an MLM head (a BertModel checkpoint) has no unembed: it outputs its final residual.
     post_ln: bool = False
+    # BLOOM: a LayerNorm (embed.ln) on the token embeddings, before hook_embed (TL's field).
+    post_embedding_ln: bool = False
     n_token_types: int = 0
     mlm_head: bool = False
     # Which optional hooks a capture-everything run includes (as in TransformerLens). Naming
@@ -168,6 +183,8 @@ class Config:
         check(not (self.is_layer_norm_activation() and self.gated_mlp),
               f"act_fn={self.act_fn!r} (a LayerNorm after the activation) is not supported with "
               f"gated_mlp")
+        check(not (self.act_fn == "xielu" and self.mlm_head),
+              "act_fn='xielu' (with per-layer parameters) is for the blocks' MLPs, not an MLM head")
         kv = self.n_kv_heads
         check(self.n_heads % kv == 0,
               f"n_heads={self.n_heads} is not a multiple of n_key_value_heads={kv}")
@@ -184,6 +201,18 @@ class Config:
         else:
             check(self.n_token_types == 0 and not self.mlm_head,
                   "n_token_types and mlm_head are parts of a BERT encoder: set post_ln=True")
+        check(not (self.use_qk_norm and self.qk_norm_over_heads),
+              "use_qk_norm (per head) and qk_norm_over_heads (all heads) are two kinds of q/k "
+              "norm: set one")
+        check(not (self.qk_norm_over_heads and self.ungroup_grouped_query_attention
+                   and self.n_kv_heads != self.n_heads),
+              "qk_norm_over_heads normalises the grouped keys; it does not combine with "
+              "ungroup_grouped_query_attention")
+        check(self.clip_qkv is None or self.clip_qkv > 0, f"clip_qkv={self.clip_qkv} must be positive")
+        check(not (self.norm_sublayer_outputs and (self.post_ln or self.parallel_attn_mlp
+                                                   or self.use_normalization_before_and_after)),
+              "norm_sublayer_outputs (OLMo 2 blocks) has no post_ln / parallel_attn_mlp / "
+              "use_normalization_before_and_after variant")
         if self.use_local_attn:
             check(self.window_size is not None and self.attn_types is not None,
                   "use_local_attn needs window_size and attn_types")
@@ -264,10 +293,19 @@ Config.__setattr__ = _frozen_setattr
 HookedTransformerConfig = Config  # TransformerLens's name
 
 
+# TransformerLens picks these behaviours by original_architecture; jtlens has knobs for them.
+_TL_ARCHITECTURE_KNOBS = {
+    "Olmo2ForCausalLM": dict(qk_norm_over_heads=True, norm_sublayer_outputs=True),
+    "Olmo3ForCausalLM": dict(qk_norm_over_heads=True, norm_sublayer_outputs=True),
+    "OlmoeForCausalLM": dict(qk_norm_over_heads=True),
+}
+
+
 def config_from_tl(tl_cfg: Any) -> Config:
-    """A jtlens Config from a HookedTransformerConfig (or its dict), field by field."""
+    """A jtlens Config from a HookedTransformerConfig (or its dict), field by field, plus the
+    knobs of behaviours TransformerLens keys on the architecture's name."""
     src = tl_cfg if isinstance(tl_cfg, Mapping) else vars(tl_cfg)
-    kwargs = {}
+    kwargs = dict(_TL_ARCHITECTURE_KNOBS.get(src.get("original_architecture"), {}))
     for f in dataclasses.fields(Config):
         if f.name in src and src[f.name] is not None or f.name in ("d_mlp", "rotary_dim", "normalization_type"):
             value = src.get(f.name)

@@ -41,6 +41,9 @@ def param_shapes(cfg: Config) -> dict:
     if cfg.use_qk_norm:
         attn["q_norm"] = {"w": (L, Dh)}
         attn["k_norm"] = {"w": (L, Dh)}
+    if cfg.qk_norm_over_heads:
+        attn["q_norm"] = {"w": (L, H * Dh)}
+        attn["k_norm"] = {"w": (L, Hkv * Dh)}
     blocks: dict[str, Any] = {"attn": attn}
     norms = {"ln1": cfg.normalization_type}
     if not cfg.attn_only:
@@ -48,6 +51,8 @@ def param_shapes(cfg: Config) -> dict:
         mlp = {"W_in": (L, D, M), "b_in": (L, M), "W_out": (L, M, D), "b_out": (L, D)}
         if cfg.gated_mlp:
             mlp["W_gate"] = (L, D, M)
+        if cfg.act_fn == "xielu":
+            mlp["act_fn"] = dict.fromkeys(("alpha_p", "alpha_n", "beta", "eps"), (L,))
         if cfg.is_layer_norm_activation() and cfg.normalization_type == "LN":
             mlp["ln"] = _norm_shapes("LN", M, (L,))  # solu_ln; weightless (LNPre) otherwise
         blocks["mlp"] = mlp
@@ -63,7 +68,7 @@ def param_shapes(cfg: Config) -> dict:
     tree: dict[str, Any] = {"embed": {"W_E": (cfg.d_vocab, D)}}
     if cfg.learned_positions:
         tree["pos_embed"] = {"W_pos": (cfg.n_ctx, D)}
-    if cfg.post_ln:
+    if cfg.post_ln or cfg.post_embedding_ln:
         tree["embed"]["ln"] = _norm_shapes("LN", D)
         if cfg.n_token_types:
             tree["token_type_embed"] = {"W_token_type": (cfg.n_token_types, D)}

@@ -106,7 +106,10 @@ def embed(params: Params, tokens: Int[Array, "batch pos"], ctx: Ctx) -> Resid:
     cfg = ctx.cfg
     if cfg.use_hook_tokens:
         tokens = ctx("hook_tokens", tokens)
-    x = ctx("hook_embed", lookup(params["embed"]["W_E"], tokens))
+    x = lookup(params["embed"]["W_E"], tokens)
+    if cfg.post_embedding_ln:
+        x = norm(params["embed"]["ln"], "LN", x, ctx, "embed.ln")
+    x = ctx("hook_embed", x)
     if cfg.positional_embedding_type == "standard":
         x = x + ctx("hook_pos_embed", position_embedding(params, ctx))
     return x
@@ -177,13 +180,18 @@ def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx)
         k, v = (jnp.repeat(x, cfg.n_heads // G, axis=2) for x in (k, v))
         G = cfg.n_heads
     k, v = ctx("attn.hook_k", k), ctx("attn.hook_v", v)
-    if cfg.use_qk_norm:
-        # TransformerLens normalises q/k flattened to [batch*pos*heads, d_head]; its hooks see that shape.
-        q = norm(p["q_norm"], "RMS", q.reshape(-1, cfg.d_head), ctx, "attn.q_norm").reshape(q.shape)
-        k = norm(p["k_norm"], "RMS", k.reshape(-1, cfg.d_head), ctx, "attn.k_norm").reshape(k.shape)
+    if cfg.use_qk_norm or cfg.qk_norm_over_heads:
+        # TransformerLens normalises q/k flattened to [batch*pos*heads, d_head] (per head) or
+        # [batch, pos, heads*d_head] (over heads); its hooks see that shape.
+        flat = (lambda x: x.reshape(x.shape[:2] + (-1,))) if cfg.qk_norm_over_heads else (
+            lambda x: x.reshape(-1, cfg.d_head))
+        q = norm(p["q_norm"], "RMS", flat(q), ctx, "attn.q_norm").reshape(q.shape)
+        k = norm(p["k_norm"], "RMS", flat(k), ctx, "attn.k_norm").reshape(k.shape)
+    if cfg.clip_qkv is not None:
+        q, k, v = (jnp.clip(x, -cfg.clip_qkv, cfg.clip_qkv) for x in (q, k, v))
     if cfg.positional_embedding_type == "rotary":
-        q = ctx("attn.hook_rot_q", C.apply_rotary(q, ctx.positions, cfg))
-        k = ctx("attn.hook_rot_k", C.apply_rotary(k, ctx.positions, cfg))
+        q = ctx("attn.hook_rot_q", C.apply_rotary(q, ctx.positions, cfg, ctx.local))
+        k = ctx("attn.hook_rot_k", C.apply_rotary(k, ctx.positions, cfg, ctx.local))
     q_idx = k_idx = jnp.arange(q.shape[1])  # slots of the queries and keys
     mask = ctx.mask
     if ctx.kv is not None:
@@ -235,7 +243,10 @@ def _with_past(kv: KVSlots, k, v):
 
 def mlp(p: dict, x: Resid, ctx: Ctx) -> Resid:
     """Plain or gated MLP with hook_pre / hook_pre_linear / hook_post."""
-    act = C.ACTIVATION_FNS[ctx.cfg.act_fn]
+    if ctx.cfg.act_fn == "xielu":  # an activation with parameters of its own, per layer
+        act = lambda x: C.xielu(x, **p["act_fn"])  # noqa: E731
+    else:
+        act = C.ACTIVATION_FNS[ctx.cfg.act_fn]
     if ctx.cfg.gated_mlp:
         pre = ctx("mlp.hook_pre", _mm(x, p["W_gate"]))
         pre_linear = ctx("mlp.hook_pre_linear", _mm(x, p["W_in"]))
@@ -287,24 +298,31 @@ def _mlp_in(x, ctx: Ctx):
 
 
 def block(p: dict, resid: Resid, ctx: Ctx) -> Resid:
-    """One pre-norm block: x += attn(ln1(x)); x += mlp(ln2(x)) (parallel: both read x)."""
+    """One pre-norm block: x += attn(ln1(x)); x += mlp(ln2(x)) (parallel: both read x).
+    With norm_sublayer_outputs (OLMo 2): x += ln1(attn(x)); x += ln2(mlp(x))."""
     cfg = ctx.cfg
-    ln1 = lambda x: norm(p.get("ln1"), cfg.normalization_type, x, ctx, "ln1")
+
+    def ln(name, x, on_output: bool):
+        """The norm `name` applied to a sublayer's input or output, whichever side it sits on."""
+        if on_output != cfg.norm_sublayer_outputs:
+            return x
+        return norm(p.get(name), cfg.normalization_type, x, ctx, name)
+
+    ln1 = lambda x: ln("ln1", x, False)  # noqa: E731
     resid = ctx("hook_resid_pre", resid)
     q_in, k_in, v_in = attention_inputs(resid, ctx)
     q_in, k_in, v_in = (ln1(resid),) * 3 if q_in is resid else (ln1(q_in), ln1(k_in), ln1(v_in))
     if ctx.shortformer_pos is not None:  # positions reach queries and keys only
         q_in = q_in + (ctx.shortformer_pos if q_in.ndim == 3 else ctx.shortformer_pos[:, :, None])
         k_in = k_in + (ctx.shortformer_pos if k_in.ndim == 3 else ctx.shortformer_pos[:, :, None])
-    attn_out = attention(p["attn"], q_in, k_in, v_in, ctx)
+    attn_out = ln("ln1", attention(p["attn"], q_in, k_in, v_in, ctx), True)
     if cfg.use_normalization_before_and_after:
         attn_out = norm(p["ln1_post"], _post_norm_kind(p["ln1_post"]), attn_out, ctx, "ln1_post")
     attn_out = ctx("hook_attn_out", attn_out)
     if cfg.attn_only:
         return ctx("hook_resid_post", resid + attn_out)
     mid = resid if cfg.parallel_attn_mlp else ctx("hook_resid_mid", resid + attn_out)
-    mlp_out = mlp(p["mlp"], norm(p.get("ln2"), cfg.normalization_type, _mlp_in(mid, ctx), ctx, "ln2"),
-                  ctx)
+    mlp_out = ln("ln2", mlp(p["mlp"], ln("ln2", _mlp_in(mid, ctx), False), ctx), True)
     if cfg.use_normalization_before_and_after:
         mlp_out = norm(p["ln2_post"], _post_norm_kind(p["ln2_post"]), mlp_out, ctx, "ln2_post")
     mlp_out = ctx("hook_mlp_out", mlp_out)
@@ -345,7 +363,8 @@ def run_blocks(blocks: Params, resid: Resid, ctx: Ctx, first_layer: int = 0, sta
     cfg = ctx.cfg
     layers = blocks if isinstance(blocks, (tuple, list)) else None
     n = len(layers) if layers is not None else jax.tree_util.tree_leaves(blocks)[0].shape[0]
-    local = [t == "local" for t in (cfg.attn_types or ("global",) * cfg.n_layers)]
+    # attn_types counts only with use_local_attn, as in TransformerLens (OLMo 3 sets it without).
+    local = [cfg.use_local_attn and t == "local" for t in (cfg.attn_types or ("global",) * cfg.n_layers)]
     block_fn = post_ln_block if cfg.post_ln else block
     past = () if ctx.kv is None else (ctx.kv.k, ctx.kv.v)
     per_layer_kv = bool(past) and isinstance(past[0], tuple)

@@ -15,7 +15,8 @@ read:
   the residual's mean, so the step is skipped, as is centring W_U when folding an RMS ln_final.
 - center_unembed: W_U and b_U are mean-free over the vocabulary. Skipped under an output
   logit soft-cap: tanh is not shift-invariant, so the per-position shift would change log-probs.
-- fold_value_biases: b_V moves into b_O (attention patterns sum to one).
+- fold_value_biases: b_V moves into b_O (attention patterns sum to one). Not under clip_qkv
+  (OLMo 1): values are clipped after their bias.
 - refactor_factored_attn_matrices: W_Q/W_K and W_V/W_O are re-balanced through SVDs of
   W_Q W_K^T and W_V W_O (biases folded in), so each factor pair has equal singular values.
 
@@ -59,7 +60,7 @@ def process(params: dict, cfg: Config, **flags: bool) -> dict:
         p = center_writing(p, cfg)
     if flags["center_unembed"] and cfg.output_logits_soft_cap <= 0:
         p = center_unembedding(p)
-    if flags["fold_value_biases"]:
+    if flags["fold_value_biases"] and cfg.clip_qkv is None:  # b_V moved past the clip would change v
         p = fold_value_bias(p, cfg)
     if flags["refactor_factored_attn_matrices"]:
         p = refactor_attn(p, cfg)
@@ -74,8 +75,10 @@ def processed_config(cfg: Config, **flags: bool) -> Config:
 
 
 def _foldable(cfg: Config) -> bool:
-    # A shortformer adds positions to ln1's output, so ln1's weights cannot move into W_Q/W_K.
-    return cfg.normalization_type in ("LN", "RMS") and cfg.positional_embedding_type != "shortformer"
+    # A shortformer adds positions to ln1's output, so ln1's weights cannot move into W_Q/W_K;
+    # norms on sublayer outputs (OLMo 2) have no reading weights to move into.
+    return (cfg.normalization_type in ("LN", "RMS") and cfg.positional_embedding_type != "shortformer"
+            and not cfg.norm_sublayer_outputs)
 
 
 def _is_layer_norm(cfg: Config) -> bool:
@@ -86,7 +89,8 @@ def _residual_mean_is_removed(cfg: Config) -> bool:
     """Whether every norm reading the residual stream subtracts its mean (so the mean written
     to it is dead). Post-block norms (use_normalization_before_and_after) read block outputs,
     not the residual, and do not matter here."""
-    return _is_layer_norm(cfg) and cfg.final_norm_type in ("LN", "LNPre")
+    return (_is_layer_norm(cfg) and cfg.final_norm_type in ("LN", "LNPre")
+            and not cfg.norm_sublayer_outputs)  # OLMo 2: attention reads the raw residual
 
 
 def _copy(tree):

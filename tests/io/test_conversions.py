@@ -14,19 +14,21 @@ transformers = pytest.importorskip("transformers")
 import jtlens  # noqa: E402
 from jtlens.conversions.common import ConversionError  # noqa: E402
 from jtlens.loading import load  # noqa: E402
-from tests.oracle import (FAMILIES, MODELS, TL_CAN_LOAD, assert_caches_match,  # noqa: E402
-                          build_hf, max_diff, tl_from_folder)
+from tests.oracle import (FAMILIES, MODELS, TL_BY_HAND, TL_CAN_LOAD, assert_caches_match,  # noqa: E402
+                          build_hf, max_diff, rel_diff, tl_from_folder,
+                          tl_processing)
 
-pytestmark = pytest.mark.slow  # builds and converts 13 Hugging Face families
+pytestmark = pytest.mark.slow  # builds and converts every Hugging Face family
 
 SAME_AS_TL = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "act_fn", "eps",
               "normalization_type", "positional_embedding_type", "rotary_dim", "rotary_base",
               "n_key_value_heads", "gated_mlp", "parallel_attn_mlp", "default_prepend_bos",
               "original_architecture", "use_local_attn", "window_size", "attn_types", "use_qk_norm",
               "model_name")
-# TransformerLens caps these at 2048 for its n_ctx x n_ctx mask buffer; jtlens has none and keeps
-# the checkpoint's max_position_embeddings (n_ctx=2048 as an option gives TL's value).
-TL_CAPS_N_CTX = ("mistral", "qwen3")
+# TransformerLens caps these at 2048 for its n_ctx x n_ctx mask buffer (BLOOM: always 2048); jtlens
+# has none and keeps the checkpoint's max_position_embeddings (BLOOM: seq_length), and n_ctx=2048
+# as an option gives TL's value.
+TL_CAPS_N_CTX = ("mistral", "qwen3", "bloom")
 
 
 def hf_logits(model, tokens):
@@ -54,7 +56,7 @@ def test_unprocessed_logits_match_hugging_face(built, name):
     folder, model = built(name)
     ours = jtlens.HookedTransformer.from_pretrained_no_processing(folder, progress=False)
     assert ours.cfg.original_architecture == MODELS[name]
-    assert max_diff(ours(TOKENS), hf_logits(model, TOKENS)) <= 1e-4
+    assert rel_diff(ours(TOKENS), hf_logits(model, TOKENS)) <= 1e-5
 
 
 @pytest.mark.parametrize("name", TL_CAN_LOAD)
@@ -152,38 +154,62 @@ def test_native_round_trip_keeps_processing_state(built, tmp_path):
     assert max_diff(jtlens.forward(params2, TOKENS, cfg2), jtlens.forward(params, TOKENS, cfg)) == 0
 
 
-def _tl_gemma(model, name):
-    """TransformerLens 3.9 cannot resolve Gemma from a folder: build its config by hand from the
-    HF config (as TransformerLens's own Gemma presets spell it) and use its weight conversion."""
+def _tl_by_hand(model, name):
+    """TransformerLens 3.9 cannot resolve Gemma, OLMo 1/2 or Phi from a folder (presets picked by
+    hub name; Phi's partial_rotary_factor moved in transformers 5): build its config by hand from the HF config (as TransformerLens's own
+    presets spell it) and use its weight conversion."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions import convert_gemma_weights
+    from transformer_lens.pretrained.weight_conversions import (convert_gemma_weights,
+                                                                convert_olmo2_weights,
+                                                                convert_olmo_weights,
+                                                                convert_phi_weights)
 
-    c = model.config
-    cfg = dict(d_model=c.hidden_size, d_head=c.head_dim, n_heads=c.num_attention_heads,
-               d_mlp=c.intermediate_size, n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings,
-               eps=c.rms_norm_eps, d_vocab=c.vocab_size, act_fn="gelu_pytorch_tanh",
-               normalization_type="RMS", rotary_base=10000.0, rotary_dim=c.head_dim,
-               positional_embedding_type="rotary", use_attn_scale=True, gated_mlp=True,
-               final_rms=True, n_key_value_heads=c.num_key_value_heads, device="cpu",
+    c = model.config.get_text_config()
+    cfg = dict(d_model=c.hidden_size, d_head=getattr(c, "head_dim", None) or c.hidden_size //
+               c.num_attention_heads, n_heads=c.num_attention_heads, d_mlp=c.intermediate_size,
+               n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings, d_vocab=c.vocab_size,
+               positional_embedding_type="rotary", gated_mlp=True, device="cpu",
                original_architecture=MODELS[name])
-    if name == "gemma2":
+    if name == "phi":  # (its folder config fails: transformers 5 moved partial_rotary_factor)
+        cfg.update(act_fn=c.hidden_act, eps=c.layer_norm_eps, normalization_type="LN",
+                   rotary_base=c.rope_parameters["rope_theta"], parallel_attn_mlp=True,
+                   gated_mlp=False, default_prepend_bos=False, rotary_dim=round(
+                       c.rope_parameters["partial_rotary_factor"] * cfg["d_head"]))
+        convert = convert_phi_weights
+    elif name.startswith("olmo"):
+        cfg.update(act_fn="silu", rotary_base=c.rope_parameters["rope_theta"])
+        cfg.update(dict(normalization_type="LN", eps=1e-5, clip_qkv=c.clip_qkv) if name == "olmo"
+                   else dict(normalization_type="RMS", eps=c.rms_norm_eps))
+        convert = convert_olmo_weights if name == "olmo" else convert_olmo2_weights
+    else:
+        cfg.update(eps=c.rms_norm_eps, act_fn="gelu_pytorch_tanh", normalization_type="RMS",
+                   rotary_base=10000.0, rotary_dim=c.head_dim, use_attn_scale=True, final_rms=True,
+                   n_key_value_heads=c.num_key_value_heads)
+        convert = convert_gemma_weights
+    if name in ("gemma2", "gemma3", "gemma3_multimodal"):
         cfg.update(window_size=c.sliding_window, use_local_attn=True,
-                   attn_types=["local", "global"], attn_scores_soft_cap=c.attn_logit_softcapping,
-                   output_logits_soft_cap=c.final_logit_softcapping,
-                   use_normalization_before_and_after=True, attn_scale=c.query_pre_attn_scalar ** 0.5)
+                   attn_types=["local", "global"], use_normalization_before_and_after=True,
+                   attn_scale=c.query_pre_attn_scalar ** 0.5)
+    if name == "gemma2":
+        cfg.update(attn_scores_soft_cap=c.attn_logit_softcapping,
+                   output_logits_soft_cap=c.final_logit_softcapping)
+    if name.startswith("gemma3"):  # as TransformerLens's Gemma 3 presets spell it
+        rope = c.rope_parameters
+        cfg.update(use_qk_norm=True, rotary_base=rope["full_attention"]["rope_theta"],
+                   rotary_base_local=rope["sliding_attention"]["rope_theta"],
+                   rotary_scaling_factor=rope["full_attention"]["factor"])
     cfg = HookedTransformerConfig(**cfg)
     tl = HookedTransformer(cfg, move_to_device=False)
-    tl.load_and_process_state_dict(convert_gemma_weights(model, cfg), fold_ln=True,
-                                   center_writing_weights=True, center_unembed=name == "gemma",
-                                   fold_value_biases=True)
+    tl.load_and_process_state_dict(convert(model, cfg),
+                                   **tl_processing(cfg, center_unembed=name != "gemma2"))
     return tl.eval()
 
 
-@pytest.mark.parametrize("name", ["gemma", "gemma2"])
-def test_processed_gemma_matches_transformer_lens_hook_by_hook(built, name):
+@pytest.mark.parametrize("name", TL_BY_HAND)
+def test_processed_model_matches_hand_built_transformer_lens_hook_by_hook(built, name):
     folder, model = built(name)
     cfg, params, _ = load(folder, progress=False)
-    tl = _tl_gemma(model, name)
+    tl = _tl_by_hand(model, name)
     with torch.no_grad():
         ref_logits, ref = tl.run_with_cache(torch.tensor(TOKENS))
     logits, cache = jtlens.forward_with_cache(params, TOKENS, cfg, hooks=jtlens.Hooks(capture=True))

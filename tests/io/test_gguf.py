@@ -39,17 +39,31 @@ FAMILIES = {  # GGUF architecture -> Hugging Face model
         **SIZES, num_key_value_heads=1, head_dim=16)),
     "gemma2": lambda: transformers.Gemma2ForCausalLM(transformers.Gemma2Config(
         **SIZES, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=4)),
+    # Six layers: llama.cpp makes every sixth one global; sliding layers rotate at base 10000.
+    "gemma3": lambda: transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+        **dict(SIZES, num_hidden_layers=6), num_key_value_heads=2, head_dim=16,
+        query_pre_attn_scalar=16, sliding_window=4, layer_types=["sliding_attention"] * 5 + [
+            "full_attention"], rope_parameters={
+            "sliding_attention": dict(rope_type="default", rope_theta=10000.0),
+            "full_attention": dict(rope_type="linear", factor=4.0, rope_theta=1e6)})),
+    "olmo2": lambda: transformers.Olmo2ForCausalLM(transformers.Olmo2Config(
+        **SIZES, num_key_value_heads=2, pad_token_id=0, eos_token_id=0)),
+    "phi2": lambda: transformers.PhiForCausalLM(transformers.PhiConfig(
+        **SIZES, partial_rotary_factor=0.5, pad_token_id=0)),
     "phi3": lambda: transformers.Phi3ForCausalLM(transformers.Phi3Config(
         **SIZES, num_key_value_heads=2, pad_token_id=0, bos_token_id=0, eos_token_id=0)),
     "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
         # GPT-2's own context and MLP width: transformers' GGUF loader reads neither from the file
         vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=1024)),
+    "bloom": lambda: transformers.BloomForCausalLM(transformers.BloomConfig(
+        vocab_size=V, hidden_size=64, n_layer=2, n_head=4, seq_length=64)),
     "gptneox": lambda: transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
         **SIZES, rotary_pct=0.5, use_parallel_residual=True)),
 }
-# transformers' GGUF loader reads these families' tiny files as llama.cpp would. It has no gemma
-# or gptneox support; for qwen3 it ignores attention.key_length (head_dim 128 by default) and for
-# gemma2 it keeps query_pre_attn_scalar 256 where llama.cpp scales queries by 1/sqrt(head_dim).
+# transformers' GGUF loader reads these families' tiny files as llama.cpp would. It has no gemma,
+# gptneox, olmo2, phi2 or bloom support; for qwen3 it ignores attention.key_length (head_dim 128 by
+# default), for gemma2 and gemma3 it keeps query_pre_attn_scalar 256 where llama.cpp scales
+# queries by 1/sqrt(head_dim), and for gemma3 it drops the linear rotary scaling.
 TRANSFORMERS_READS = ("llama", "qwen2", "phi3", "gpt2")
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 TOKENS = np.random.default_rng(0).integers(0, V, (2, 12))
@@ -62,7 +76,7 @@ def _llama_cpp_layout(arch, name, w, hf):
         return w.reshape(n, 2, w.shape[0] // n // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
     if arch.startswith("gemma") and name.endswith("norm.weight"):
         return w + 1
-    if arch == "gptneox" and "query_key_value" in name:
+    if arch in ("gptneox", "bloom") and "query_key_value" in name:
         n = hf.num_attention_heads
         return w.reshape(n, 3, -1, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
     if arch == "gpt2" and name.endswith(CONV1D):
@@ -75,29 +89,36 @@ def _add_metadata(writer, arch, hf):
     D, H = get("hidden_size", "n_embd"), get("num_attention_heads", "n_head")
     writer.add_name(f"tiny-{arch}")
     writer.add_block_count(get("num_hidden_layers", "n_layer"))
-    writer.add_context_length(get("max_position_embeddings", "n_positions"))
+    writer.add_context_length(get("max_position_embeddings", "n_positions", "seq_length"))
     writer.add_embedding_length(D)
-    writer.add_feed_forward_length(get("intermediate_size", "n_inner") or 4 * D)
+    writer.add_feed_forward_length(getattr(hf, "intermediate_size", getattr(hf, "n_inner", None))
+                                   or 4 * D)
     writer.add_head_count(H)
-    if arch == "gpt2":
+    if arch in ("gpt2", "bloom"):
         writer.add_layer_norm_eps(hf.layer_norm_epsilon)
         return
-    if arch == "gptneox":
+    if arch in ("gptneox", "phi2"):
         writer.add_layer_norm_eps(hf.layer_norm_eps)
-        writer.add_parallel_residual(hf.use_parallel_residual)
         writer.add_rope_dimension_count(int(hf.rope_parameters["partial_rotary_factor"] * D // H))
+        if arch == "gptneox":
+            writer.add_parallel_residual(hf.use_parallel_residual)
         return
     writer.add_head_count_kv(hf.num_key_value_heads)
     writer.add_layer_norm_rms_eps(hf.rms_norm_eps)
-    writer.add_rope_freq_base(hf.rope_parameters["rope_theta"])
+    rope = hf.rope_parameters.get("full_attention", hf.rope_parameters)  # Gemma 3: per layer kind
+    writer.add_rope_freq_base(rope["rope_theta"])
+    if rope.get("rope_type") == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(rope["factor"])
     head_dim = getattr(hf, "head_dim", None) or D // H
     writer.add_rope_dimension_count(head_dim)
-    if arch in ("gemma", "gemma2", "qwen3"):
+    if arch in ("gemma", "gemma2", "gemma3", "qwen3"):
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     if arch == "gemma2":
         writer.add_attn_logit_softcapping(hf.attn_logit_softcapping)
         writer.add_final_logit_softcapping(hf.final_logit_softcapping)
+    if arch in ("gemma2", "gemma3"):
         writer.add_sliding_window(hf.sliding_window)
     if arch == "llama":
         writer.add_vocab_size(hf.vocab_size)
@@ -134,7 +155,8 @@ def write_gguf(path, arch, model, qtype=Q.F32, tokenizer=True, metadata=True, te
         if name == "lm_head.weight" and hf.tie_word_embeddings:
             continue  # llama.cpp leaves a tied output out (GPT-2's unembedding included)
         stem, kind = name.rsplit(".", 1)
-        gguf_name = f"{names.get_name(stem)}.{kind}"
+        # (llama.cpp's BLOOM converter strips the "transformer." prefix before the lookup)
+        gguf_name = f"{names.get_name(stem) or names.get_name(stem.removeprefix('transformer.'))}.{kind}"
         file_w = _llama_cpp_layout(arch, name, w, hf)
         if tensors and gguf_name in tensors:
             file_w = tensors[gguf_name]
@@ -194,7 +216,7 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("JTLENS_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.mark.slow  # 24 files, about 2 minutes in all
+@pytest.mark.slow  # 36 files, about 2 minutes in all
 @pytest.mark.parametrize("qtype", [Q.F32, Q.Q8_0, Q.Q4_0], ids=lambda q: q.name)
 @pytest.mark.parametrize("arch", list(FAMILIES))
 def test_gguf_logits_match_the_decoded_weights(files, arch, qtype):
@@ -343,7 +365,7 @@ def test_tokenizer_is_transformers_own_without_torch(files, arch, tmp_path):
     from jtlens.conversions.gguf_tokenizer import gguf_tokenizer
 
     paths = [files(arch, Q.F32)[0]]
-    if arch in ("llama", "gemma", "gemma2", "phi3"):
+    if arch in ("llama", "gemma", "gemma2", "gemma3", "phi3"):
         paths.append(tmp_path / "spm.gguf")
         _sentencepiece_gguf(paths[-1], arch)
     for path in paths:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository root (this file is tests/io/...)
 
 # argv: "single", or "distributed <process id> <coordinator port>"
 SCRIPT = """

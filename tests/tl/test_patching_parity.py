@@ -5,6 +5,7 @@ import pytest
 
 import jtlens
 import jtlens.patching as jp
+from tests.oracle import CONFIGS as FAMILY_CONFIGS
 from tests.oracle import max_diff, tl_model, tlp, to_jtlens, tokens_for, torch
 
 SMALL = dict(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_vocab=50)
@@ -46,6 +47,29 @@ def test_sweep_matches_transformerlens(setup, fn):
     assert ours.shape == ref.shape
     assert max_diff(ours, ref) <= 1e-4
     assert np.abs(ref).max() > 1e-3  # the patches do move the metric
+
+
+# The families that reach the forward through knobs the two configs above leave off: one sweep
+# each (per-head z patches read every knob of attention), against TransformerLens's.
+SWEPT_FAMILIES = ["gemma3_like", "olmo_like", "olmo2_like", "phi_like", "bloom_like",
+                  "apertus_like"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", SWEPT_FAMILIES)
+def test_one_sweep_per_family_matches_transformerlens(family):
+    tl = tl_model(dict(FAMILY_CONFIGS[family], **SMALL))
+    cfg, params = to_jtlens(tl)
+    model = jtlens.HookedTransformer(cfg, params)
+    clean, corrupted = tokens_for(cfg, pos=6, seed=1), tokens_for(cfg, pos=6, seed=2)
+    with torch.no_grad():
+        _, tl_cache = tl.run_with_cache(torch.tensor(np.asarray(clean)))
+        ref = tlp.get_act_patch_attn_head_out_by_pos(tl, torch.tensor(np.asarray(corrupted)),
+                                                     tl_cache, logit_diff).numpy()
+    _, cache = model.run_with_cache(clean)
+    ours = jp.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, logit_diff, progress=False)
+    assert max_diff(ours, ref) <= 1e-4
+    assert np.abs(ref).max() > 1e-3
 
 
 def test_index_df_and_logit_positions(setup):

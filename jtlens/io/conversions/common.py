@@ -107,6 +107,36 @@ def heads_out(w: np.ndarray, n_heads: int, d_head: int) -> np.ndarray:
     return w.T.reshape(n_heads, d_head, -1)
 
 
+def shared_norm_parallel_params(r: TensorReader, cfg: Config, layer: str, attn: dict,
+                                mlp: tuple, ln: str, embed: str, ln_final: str) -> dict:
+    """Params of a decoder whose blocks run attention and MLP in parallel behind one LayerNorm
+    (GPT-J, Phi): ln2 is ln1. `layer` is the block path with "{l}"; `attn` maps q, k, v, o to
+    Linears under it, `mlp` names its two Linears, `ln` its norm; the unembedding (lm_head)
+    has a bias."""
+    def one(l):
+        b = layer.format(l=l)
+        shared = norm(r, f"{b}.{ln}")
+        return {"attn": attention_linears(r, {k: f"{b}.{v}" for k, v in attn.items()},
+                                          cfg.n_heads, cfg.d_head, cfg.d_model),
+                "mlp": mlp_linears(r, f"{b}.{mlp[0]}", f"{b}.{mlp[1]}"), "ln1": shared, "ln2": shared}
+
+    return {"embed": {"W_E": r.take(f"{embed}.weight")},
+            "blocks": r.stack_layers(cfg.n_layers, one), "ln_final": norm(r, ln_final),
+            "unembed": {"W_U": r.take("lm_head.weight").T, "b_U": r.take("lm_head.bias")}}
+
+
+def per_head_fused_attention(reader: TensorReader, qkv: str, out: str, n_heads: int,
+                             d_head: int) -> dict:
+    """Attention params from a fused q/k/v Linear whose rows run (head, q|k|v, d_head) (NeoX,
+    BLOOM) and an output Linear, both with biases."""
+    w = reader.take(f"{qkv}.weight").reshape(n_heads, 3, d_head, -1)
+    bias = reader.take(f"{qkv}.bias").reshape(n_heads, 3, d_head)
+    W_q, W_k, W_v = np.transpose(w, (1, 0, 3, 2))  # each [H, D, Dh]
+    return {"W_Q": W_q, "W_K": W_k, "W_V": W_v, "b_Q": bias[:, 0], "b_K": bias[:, 1],
+            "b_V": bias[:, 2], "W_O": heads_out(reader.take(f"{out}.weight"), n_heads, d_head),
+            "b_O": reader.take(f"{out}.bias")}
+
+
 def zeros_or(x, shape: Iterable[int]) -> np.ndarray:
     return np.zeros(tuple(shape), np.float32) if x is None else x
 
@@ -143,8 +173,19 @@ def mlp_linears(reader: TensorReader, w_in: str, w_out: str) -> dict:
 
 
 def rope(hf: dict) -> dict:
-    """Rotary settings: base and (Llama-3) NTK-by-parts scaling; other scalings are refused."""
+    """Rotary settings: base and (Llama-3) NTK-by-parts scaling; other scalings are refused.
+
+    Gemma 3 gives sliding-window and global layers their own settings (transformers 5's
+    per-layer-type `rope_parameters`, or 4's `rope_local_base_freq`): the sliding layers' base
+    becomes `rotary_base_local` and the global layers' linear scaling `rotary_scaling_factor`.
+    """
     params = hf.get("rope_parameters") or {}
+    if "full_attention" in params:
+        return _per_layer_type_rope(params["full_attention"] or {},
+                                    params.get("sliding_attention") or {})
+    if "rope_local_base_freq" in hf:
+        return _per_layer_type_rope(dict(hf.get("rope_scaling") or {}, rope_theta=hf["rope_theta"]),
+                                    {"rope_theta": hf["rope_local_base_freq"]})
     scaling = hf.get("rope_scaling") or params
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     out = {"rotary_base": float(hf.get("rope_theta") or params.get("rope_theta") or 10000.0)}
@@ -155,6 +196,21 @@ def rope(hf: dict) -> dict:
                    NTK_original_ctx_len=scaling["original_max_position_embeddings"])
     elif kind not in ("default", None):
         raise ConversionError(f"rotary scaling {kind!r} is not supported (only default and llama3)")
+    return out
+
+
+def _per_layer_type_rope(full: dict, sliding: dict) -> dict:
+    """Global layers: default or linear rotary; sliding layers: default, maybe another base."""
+    kinds = (full.get("rope_type", "default"), sliding.get("rope_type", "default"))
+    if kinds[0] not in ("default", "linear") or kinds[1] != "default":
+        raise ConversionError(f"rotary scaling {kinds[0]!r} on global layers and {kinds[1]!r} on "
+                              f"sliding-window layers is not supported (only default, and linear "
+                              f"on global layers)")
+    base = float(full.get("rope_theta") or 10000.0)
+    local = float(sliding.get("rope_theta") or base)
+    out = {"rotary_base": base, "rotary_base_local": None if local == base else local}
+    if kinds[0] == "linear":
+        out["rotary_scaling_factor"] = float(full["factor"])
     return out
 
 

@@ -26,6 +26,10 @@ ARCHITECTURES = {
     "qwen3": "Qwen3ForCausalLM",
     "gemma": "GemmaForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
+    "phi2": "PhiForCausalLM",
+    "bloom": "BloomForCausalLM",
     "phi3": "Phi3ForCausalLM",
     "gpt2": "GPT2LMHeadModel",
     "gptneox": "GPTNeoXForCausalLM",
@@ -85,7 +89,7 @@ def hf_config(reader) -> dict:
         raise ConversionError(f"{path}: per-frequency rotary factors (rope_freqs.weight, Llama-3.1 "
                               f"style scaling) are not supported for GGUF files")
     scaling = get("rope.scaling.type", "none")
-    if scaling != "none":
+    if scaling != "none" and not (arch == "gemma3" and scaling == "linear"):
         raise ConversionError(f"{path}: rotary scaling {scaling!r} is not supported for GGUF files")
     D, H = get("embedding_length"), get("attention.head_count")
     n_kv = get("attention.head_count_kv", H)
@@ -98,6 +102,10 @@ def hf_config(reader) -> dict:
     common = dict(architectures=[ARCHITECTURES[arch]], vocab_size=vocab,
                   _name_or_path=metadata(reader, "general.name", Path(path).stem),
                   tie_word_embeddings="output.weight" not in names)
+    if arch == "bloom":
+        return dict(common, hidden_size=D, n_layer=get("block_count"), n_head=H,
+                    n_inner=get("feed_forward_length"), seq_length=get("context_length"),
+                    layer_norm_epsilon=get("attention.layer_norm_epsilon"))
     if arch == "gpt2":
         return dict(common, n_embd=D, n_layer=get("block_count"), n_head=H,
                     n_positions=get("context_length"), n_inner=get("feed_forward_length"),
@@ -107,6 +115,9 @@ def hf_config(reader) -> dict:
     sizes = dict(hidden_size=D, num_hidden_layers=get("block_count"), num_attention_heads=H,
                  intermediate_size=get("feed_forward_length"),
                  max_position_embeddings=get("context_length"))
+    if arch == "phi2":
+        return dict(common, **sizes, **rotary, hidden_act="gelu_new", num_key_value_heads=n_kv,
+                    layer_norm_eps=get("attention.layer_norm_epsilon"))
     if arch == "gptneox":
         return dict(common, **sizes, **rotary, hidden_act="gelu",
                     layer_norm_eps=get("attention.layer_norm_epsilon"),
@@ -115,16 +126,33 @@ def hf_config(reader) -> dict:
               rms_norm_eps=get("attention.layer_norm_rms_epsilon"))
     if arch.startswith("gemma"):
         hf["hidden_activation"] = "gelu_pytorch_tanh"
-    if arch == "gemma2":
-        # llama.cpp scales queries by 1/sqrt(head_dim), except Gemma 2 27B (46 layers), which
-        # uses 1/sqrt(d_model / n_heads); the file has no query_pre_attn_scalar of its own.
-        scalar = D // H if hf["num_hidden_layers"] == 46 else d_head
+    if arch in ("gemma2", "gemma3"):
+        # llama.cpp scales queries by 1/sqrt(head_dim), except the 27B models (Gemma 2: 46
+        # layers, Gemma 3: 62), which use 1/sqrt(d_model / n_heads); the file has no
+        # query_pre_attn_scalar of its own.
+        scalar = D // H if hf["num_hidden_layers"] == {"gemma2": 46, "gemma3": 62}[arch] else d_head
         hf.update(query_pre_attn_scalar=scalar, sliding_window=get("attention.sliding_window"),
                   attn_logit_softcapping=get("attn_logit_softcapping", None),
                   final_logit_softcapping=get("final_logit_softcapping", None))
+    if arch == "gemma3":
+        hf.update(_gemma3_layers(get, hf["num_hidden_layers"], rotary["rope_theta"], scaling))
     if arch == "phi3":
         hf["sliding_window"] = get("attention.sliding_window", None)
     return hf
+
+
+def _gemma3_layers(get, n_layers: int, theta: float, scaling: str) -> dict:
+    """Gemma 3's layer kinds and per-kind rotary, as llama.cpp reads them: every sixth layer
+    global (unless the file lists the sliding ones), sliding layers at base 10000 (unless
+    rope.freq_base_swa says otherwise), linear scaling on the global layers only."""
+    pattern = get("attention.sliding_window_pattern", None)
+    sliding = pattern if isinstance(pattern, list) else [l % 6 < 5 for l in range(n_layers)]
+    full = dict(rope_type=scaling if scaling == "linear" else "default", rope_theta=theta)
+    if scaling == "linear":
+        full["factor"] = float(get("rope.scaling.factor"))
+    return dict(layer_types=["sliding_attention" if s else "full_attention" for s in sliding],
+                rope_parameters={"full_attention": full, "sliding_attention": dict(
+                    rope_type="default", rope_theta=float(get("rope.freq_base_swa", 10000.0)))})
 
 
 # ----------------------------------------------------------------------------- tensor names
@@ -141,27 +169,49 @@ LLAMA_BLOCK = {
 }
 LLAMA_TOP = {"token_embd": ("model.embed_tokens", "V,D"), "output_norm": ("model.norm", "D"),
              "output": ("lm_head", "V,D")}
+GEMMA2_BLOCK = dict(LLAMA_BLOCK, ffn_norm=("pre_feedforward_layernorm", "D"),  # Gemma 2 and 3
+                    post_attention_norm=("post_attention_layernorm", "D"),
+                    post_ffw_norm=("post_feedforward_layernorm", "D"))
+OLMO2_BLOCK = dict(  # norms on the sublayer outputs; q/k norms over all heads
+    {k: v for k, v in LLAMA_BLOCK.items() if k not in ("attn_norm", "ffn_norm")},
+    post_attention_norm=("post_attention_layernorm", "D"),
+    post_ffw_norm=("post_feedforward_layernorm", "D"),
+    attn_q_norm=("self_attn.q_norm", "Q"), attn_k_norm=("self_attn.k_norm", "K"))
 BLOCKS = {
     "llama": ("model.layers", LLAMA_BLOCK), "qwen2": ("model.layers", LLAMA_BLOCK),
     "qwen3": ("model.layers", LLAMA_BLOCK), "gemma": ("model.layers", LLAMA_BLOCK),
-    "gemma2": ("model.layers", dict(
-        LLAMA_BLOCK, ffn_norm=("pre_feedforward_layernorm", "D"),
-        post_attention_norm=("post_attention_layernorm", "D"),
-        post_ffw_norm=("post_feedforward_layernorm", "D"))),
+    "gemma2": ("model.layers", GEMMA2_BLOCK), "gemma3": ("model.layers", GEMMA2_BLOCK),
+    "olmo2": ("model.layers", OLMO2_BLOCK),
     "phi3": ("model.layers", dict(LLAMA_BLOCK, attn_qkv=("self_attn.qkv_proj", "Q+2K,D"),
                                   ffn_up=("mlp.gate_up_proj", "2M,D"))),
+    "phi2": ("model.layers", {
+        "attn_norm": ("input_layernorm", "D"), "attn_q": ("self_attn.q_proj", "Q,D"),
+        "attn_k": ("self_attn.k_proj", "K,D"), "attn_v": ("self_attn.v_proj", "K,D"),
+        "attn_output": ("self_attn.dense", "D,Q"), "ffn_up": ("mlp.fc1", "M,D"),
+        "ffn_down": ("mlp.fc2", "D,M")}),
     "gpt2": ("transformer.h", {
         "attn_norm": ("ln_1", "D"), "ffn_norm": ("ln_2", "D"),
         "attn_qkv": ("attn.c_attn", "3D,D"), "attn_output": ("attn.c_proj", "D,D"),
         "ffn_up": ("mlp.c_fc", "M,D"), "ffn_down": ("mlp.c_proj", "D,M")}),
+    "bloom": ("transformer.h", {
+        "attn_norm": ("input_layernorm", "D"), "ffn_norm": ("post_attention_layernorm", "D"),
+        "attn_qkv": ("self_attention.query_key_value", "3D,D"),
+        "attn_output": ("self_attention.dense", "D,D"), "ffn_up": ("mlp.dense_h_to_4h", "M,D"),
+        "ffn_down": ("mlp.dense_4h_to_h", "D,M")}),
     "gptneox": ("gpt_neox.layers", {
         "attn_norm": ("input_layernorm", "D"), "ffn_norm": ("post_attention_layernorm", "D"),
         "attn_qkv": ("attention.query_key_value", "3D,D"), "attn_output": ("attention.dense", "D,D"),
         "ffn_up": ("mlp.dense_h_to_4h", "M,D"), "ffn_down": ("mlp.dense_4h_to_h", "D,M")}),
 }
-TOPS = {**{a: LLAMA_TOP for a in ("llama", "qwen2", "qwen3", "gemma", "gemma2", "phi3")},
+TOPS = {**{a: LLAMA_TOP for a in ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "olmo2",
+                                   "phi3")},
         "gpt2": {"token_embd": ("transformer.wte", "V,D"), "position_embd": ("transformer.wpe", "C,D"),
                  "output_norm": ("transformer.ln_f", "D"), "output": ("lm_head", "V,D")},
+        "phi2": {"token_embd": ("model.embed_tokens", "V,D"),
+                 "output_norm": ("model.final_layernorm", "D"), "output": ("lm_head", "V,D")},
+        "bloom": {"token_embd": ("transformer.word_embeddings", "V,D"),
+                  "token_embd_norm": ("transformer.word_embeddings_layernorm", "D"),
+                  "output_norm": ("transformer.ln_f", "D"), "output": ("lm_head", "V,D")},
         "gptneox": {"token_embd": ("gpt_neox.embed_in", "V,D"),
                     "output_norm": ("gpt_neox.final_layer_norm", "D"),
                     "output": ("embed_out", "V,D")}}
@@ -172,7 +222,7 @@ def _dims(hf: dict) -> dict:
     D, H = get("hidden_size", "n_embd"), get("num_attention_heads", "n_head")
     d = hf.get("head_dim") or D // H
     return dict(D=D, V=hf["vocab_size"], M=get("intermediate_size", "n_inner"),
-                C=get("max_position_embeddings", "n_positions"), d=d, Q=H * d,
+                C=get("max_position_embeddings", "n_positions", "seq_length"), d=d, Q=H * d,
                 K=hf.get("num_key_value_heads", H) * d)
 
 
@@ -217,9 +267,9 @@ def _fixer(arch: str, hf: dict) -> Callable[[str, np.ndarray], np.ndarray]:
             return _undo_rotary_permutation(w, n_kv)
         if arch.startswith("gemma") and name.endswith("norm.weight"):
             return w - np.float32(1.0)  # llama.cpp stores Gemma's (1 + w) norm scale
-        if arch == "gptneox" and ".attn_qkv." in name:
-            # llama.cpp reorders NeoX's (head, qkv, d_head) rows to (qkv, head, d_head)
-            n = hf["num_attention_heads"]
+        if arch in ("gptneox", "bloom") and ".attn_qkv." in name:
+            # llama.cpp reorders NeoX's and BLOOM's (head, qkv, d_head) rows to (qkv, head, d_head)
+            n = hf.get("num_attention_heads") or hf["n_head"]
             return w.reshape(3, n, -1, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
         if arch == "gpt2" and w.ndim == 2 and name.startswith("blk."):
             return w.T  # llama.cpp stores GPT-2's Conv1D weights as [out, in]

@@ -3,7 +3,7 @@ interleaved (GPT-J style) partial rotary, an unembedding with a bias."""
 
 from __future__ import annotations
 
-from jtlens.io.conversions.common import TensorReader, attention_linears, head_dim, mlp_linears, norm
+from jtlens.io.conversions.common import TensorReader, head_dim, shared_norm_parallel_params
 from jtlens.core.config import Config
 
 
@@ -23,13 +23,6 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
     """GPT-J checkpoint tensors -> jtlens params (ln2 is ln1: both sublayers read one norm)."""
     r.ignore("*.attn.bias", "*.attn.masked_bias", "*.attn.embed_positions")
 
-    def layer(l):
-        b = f"transformer.h.{l}"
-        names = {k: f"{b}.attn.{k}_proj" for k in "qkv"} | {"o": f"{b}.attn.out_proj"}
-        ln = norm(r, f"{b}.ln_1")
-        return {"attn": attention_linears(r, names, cfg.n_heads, cfg.d_head, cfg.d_model),
-                "mlp": mlp_linears(r, f"{b}.mlp.fc_in", f"{b}.mlp.fc_out"), "ln1": ln, "ln2": ln}
-
-    return {"embed": {"W_E": r.take("transformer.wte.weight")},
-            "blocks": r.stack_layers(cfg.n_layers, layer), "ln_final": norm(r, "transformer.ln_f"),
-            "unembed": {"W_U": r.take("lm_head.weight").T, "b_U": r.take("lm_head.bias")}}
+    return shared_norm_parallel_params(
+        r, cfg, "transformer.h.{l}", {k: f"attn.{k}_proj" for k in "qkv"} | {"o": "attn.out_proj"},
+        ("mlp.fc_in", "mlp.fc_out"), "ln_1", "transformer.wte", "transformer.ln_f")

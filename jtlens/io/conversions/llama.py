@@ -1,9 +1,14 @@
-"""Llama-style decoders (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Phi-3) -> jtlens.
+"""Llama-style decoders (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2 and 3, Phi-3) -> jtlens.
 
 They share one layout (RMSNorm, rotary, grouped-query attention, gated MLP); the differences are
-config knobs and tensor names: q/k/v biases (Qwen2), per-head q/k RMSNorm (Qwen3), sliding
-windows (Mistral, Phi-3, Gemma 2), Llama-3 rotary scaling, Gemma's sqrt(d_model) embedding scale
-and (1 + w) norms, Gemma 2's extra norms and soft-capping, Phi-3's fused projections.
+config knobs and tensor names: q/k/v biases (Qwen2), per-head q/k RMSNorm (Qwen3, Gemma 3),
+sliding windows (Mistral, Phi-3, Gemma 2 and 3), Llama-3 rotary scaling, Gemma's sqrt(d_model)
+embedding scale and (1 + w) norms, Gemma 2 and 3's extra norms, Gemma 2's soft-capping, Gemma 3's
+per-layer-type rotary bases, Phi-3's fused projections. Gemma 3's multimodal checkpoint
+(Gemma3ForConditionalGeneration) converts as its text tower; the vision tower is ignored.
+OLMo's blocks are Llama's with other norms: OLMo 1's LayerNorms have no weights (and q/k/v may
+be clipped), OLMo 2 and 3 normalise each sublayer's output and q/k over all heads together.
+Apertus has per-head q/k norms and a plain MLP whose xIELU activation has per-layer parameters.
 """
 
 from __future__ import annotations
@@ -14,14 +19,34 @@ from jtlens.io.conversions.common import (ConversionError, TensorReader, head_di
                                        heads_out, rope, zeros_or)
 from jtlens.core.config import Config
 
-GEMMA = ("GemmaForCausalLM", "Gemma2ForCausalLM")
+GEMMA = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM",
+         "Gemma3ForConditionalGeneration")
+GEMMA_POST_NORMS = GEMMA[1:]  # norms before and after each sublayer
+GEMMA3 = GEMMA[2:]
+OLMO_POST_NORMS = ("Olmo2ForCausalLM", "Olmo3ForCausalLM")
+APERTUS = "ApertusForCausalLM"
+# Where the decoder's tensors sit -> its unembedding: text-only models, then Gemma 3's
+# multimodal checkpoint as saved (language_model.*) and as transformers 5 names it in memory.
+PREFIXES = {"model.": "lm_head.weight", "language_model.model.": "language_model.lm_head.weight",
+            "model.language_model.": "lm_head.weight"}
+VISION = ("vision_tower.*", "multi_modal_projector.*", "model.vision_tower.*",
+          "model.multi_modal_projector.*")
+
+
+def _text_config(hf: dict) -> dict:
+    """The decoder's settings: a multimodal config's text_config, under its architecture."""
+    if "text_config" not in hf:
+        return hf
+    return dict(hf["text_config"], architectures=hf["architectures"],
+                _name_or_path=hf.get("_name_or_path"))
 
 
 def _local_attention(hf: dict, arch: str, n_layers: int) -> dict:
     window = hf.get("sliding_window")
     if arch.startswith("Qwen") and not hf.get("use_sliding_window", False):
         window = None  # Qwen configs carry a window size they do not use
-    if not window or window >= hf["max_position_embeddings"]:
+    # A window as long as the context still marks Gemma 3's local layers: they rotate differently.
+    if not window or window >= hf["max_position_embeddings"] and arch not in GEMMA3:
         return {}
     if arch.startswith("Qwen") and hf.get("max_window_layers", n_layers) < n_layers:
         raise ConversionError("Qwen sliding windows on only some layers are not supported")
@@ -33,38 +58,48 @@ def _local_attention(hf: dict, arch: str, n_layers: int) -> dict:
 
 
 def config_from_hf(hf: dict) -> Config:
-    """A Llama / Mistral / Qwen2 / Qwen3 / Gemma / Gemma 2 / Phi-3 config dict -> Config."""
+    """A Llama / Mistral / Qwen2 / Qwen3 / Gemma 1-3 / Phi-3 / OLMo 1-3 / Apertus config dict -> Config."""
     arch = hf["architectures"][0]
+    hf = _text_config(hf)
     n_heads, n_layers = hf["num_attention_heads"], hf["num_hidden_layers"]
     d_head = hf.get("head_dim") or head_dim(hf["hidden_size"], n_heads)
     n_kv = hf.get("num_key_value_heads") or n_heads
     partial = (hf.get("rope_parameters") or {}).get("partial_rotary_factor",
                                                      hf.get("partial_rotary_factor", 1.0))
     extra = {}
-    if arch == "Gemma2ForCausalLM":
+    if arch in GEMMA_POST_NORMS:
         extra = dict(attn_scale=float(hf["query_pre_attn_scalar"]) ** 0.5,
                      attn_scores_soft_cap=float(hf.get("attn_logit_softcapping") or -1.0),
                      output_logits_soft_cap=float(hf.get("final_logit_softcapping") or -1.0),
                      use_normalization_before_and_after=True)
+    if arch == "OlmoForCausalLM":  # weightless LayerNorms (eps fixed at 1e-5 in transformers)
+        extra = dict(normalization_type="LNPre", final_rms=False, eps=1e-5,
+                     clip_qkv=hf.get("clip_qkv"))
+    if arch in OLMO_POST_NORMS:
+        extra = dict(qk_norm_over_heads=True, norm_sublayer_outputs=True)
+    if arch == APERTUS:  # xIELU in a plain (ungated) MLP
+        extra = dict(gated_mlp=False)
     return Config(
         n_layers=n_layers, d_model=hf["hidden_size"], n_heads=n_heads, d_head=d_head,
         d_mlp=hf["intermediate_size"], n_ctx=hf["max_position_embeddings"],
-        d_vocab=hf["vocab_size"], eps=hf.get("rms_norm_eps", 1e-6),
+        d_vocab=hf["vocab_size"],
         act_fn=hf.get("hidden_activation") or hf.get("hidden_act", "silu"),
-        normalization_type="RMS", final_rms=True, gated_mlp=True,
+        **dict(dict(normalization_type="RMS", final_rms=True, eps=hf.get("rms_norm_eps", 1e-6),
+                    gated_mlp=True), **extra),
         positional_embedding_type="rotary", rotary_dim=round(partial * d_head),
         rotary_adjacent_pairs=False, n_key_value_heads=n_kv if n_kv != n_heads else None,
-        use_qk_norm=arch == "Qwen3ForCausalLM",
+        use_qk_norm=arch in ("Qwen3ForCausalLM", APERTUS) or arch in GEMMA3,
         default_prepend_bos=not arch.startswith("Qwen"),
         original_architecture=arch, model_name=hf.get("_name_or_path") or arch,
-        **_local_attention(hf, arch, n_layers), **rope(hf), **extra)
+        **_local_attention(hf, arch, n_layers), **rope(hf))
 
 
 def params_from_hf(r: TensorReader, cfg: Config) -> dict:
     """Llama-layout checkpoint tensors -> jtlens params."""
     H, Hkv, Dh, D, M = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model, cfg.d_mlp
     gemma = cfg.original_architecture in GEMMA
-    r.ignore("*.rotary_emb.inv_freq")
+    r.ignore("*.rotary_emb.inv_freq", *VISION)
+    pre = next((p for p in PREFIXES if f"{p}embed_tokens.weight" in r), "model.")
 
     def norm(name):
         w = r.take(f"{name}.weight")
@@ -83,6 +118,8 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
                 bias(f"{a}.v_proj", Hkv))
 
     def gate_up(m):
+        if not cfg.gated_mlp:  # Apertus
+            return None, r.take(f"{m}.up_proj.weight")
         if f"{m}.gate_up_proj.weight" in r:  # Phi-3 fuses gate and up
             return np.split(r.take(f"{m}.gate_up_proj.weight"), 2)
         if f"{m}.gate_proj.bias" in r:
@@ -91,19 +128,34 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
         return r.take(f"{m}.gate_proj.weight"), r.take(f"{m}.up_proj.weight")
 
     def layer(l):
-        b, a, m = f"model.layers.{l}", f"model.layers.{l}.self_attn", f"model.layers.{l}.mlp"
+        b = f"{pre}layers.{l}"
+        a, m = f"{b}.self_attn", f"{b}.mlp"
         q, k, v, b_q, b_k, b_v = projections(a)
         attn = {"W_Q": heads(q, H, Dh), "W_K": heads(k, Hkv, Dh), "W_V": heads(v, Hkv, Dh),
                 "b_Q": b_q, "b_K": b_k, "b_V": b_v, "W_O": heads_out(r.take(f"{a}.o_proj.weight"), H, Dh),
                 "b_O": zeros_or(r.take_optional(f"{a}.o_proj.bias"), (D,))}
-        if cfg.use_qk_norm:
+        if cfg.use_qk_norm or cfg.qk_norm_over_heads:
             attn["q_norm"], attn["k_norm"] = norm(f"{a}.q_norm"), norm(f"{a}.k_norm")
         gate, up = gate_up(m)
-        mlp = {"W_gate": gate.T, "W_in": up.T, "W_out": r.take(f"{m}.down_proj.weight").T,
+        mlp = {"W_in": up.T, "W_out": r.take(f"{m}.down_proj.weight").T,
                "b_in": zeros_or(r.take_optional(f"{m}.up_proj.bias"), (M,)),
                "b_out": zeros_or(r.take_optional(f"{m}.down_proj.bias"), (D,))}
-        out = {"attn": attn, "mlp": mlp, "ln1": norm(f"{b}.input_layernorm")}
-        if cfg.use_normalization_before_and_after:  # Gemma 2: norms before and after each sublayer
+        if gate is not None:
+            mlp["W_gate"] = gate.T
+        if cfg.act_fn == "xielu":  # its parameters, stored [1] or [] per layer
+            mlp["act_fn"] = {k: r.take(f"{m}.act_fn.{k}").reshape(())
+                             for k in ("alpha_p", "alpha_n", "beta", "eps")}
+        if cfg.norm_sublayer_outputs:  # OLMo 2, 3: ln1 / ln2 normalise the sublayer outputs
+            return {"attn": attn, "mlp": mlp, "ln1": norm(f"{b}.post_attention_layernorm"),
+                    "ln2": norm(f"{b}.post_feedforward_layernorm")}
+        out = {"attn": attn, "mlp": mlp}
+        if cfg.normalization_type == "LNPre":  # OLMo 1: its LayerNorms have no weights
+            return out
+        if cfg.original_architecture == APERTUS:
+            return dict(out, ln1=norm(f"{b}.attention_layernorm"),
+                        ln2=norm(f"{b}.feedforward_layernorm"))
+        out["ln1"] = norm(f"{b}.input_layernorm")
+        if cfg.use_normalization_before_and_after:  # Gemma 2, 3: norms before and after each sublayer
             out.update(ln1_post=norm(f"{b}.post_attention_layernorm"),
                        ln2=norm(f"{b}.pre_feedforward_layernorm"),
                        ln2_post=norm(f"{b}.post_feedforward_layernorm"))
@@ -111,10 +163,12 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
             out["ln2"] = norm(f"{b}.post_attention_layernorm")
         return out
 
-    embed = r.take("model.embed_tokens.weight")
+    embed = r.take(f"{pre}embed_tokens.weight")
     # Gemma multiplies embeddings by sqrt(d_model); the tied unembedding is not scaled.
     W_E = embed * np.float32(D ** 0.5) if gemma else embed
-    return {"embed": {"W_E": W_E}, "blocks": r.stack_layers(cfg.n_layers, layer),
-            "ln_final": norm("model.norm"),
-            "unembed": {"W_U": r.unembedding("lm_head.weight", embed).T,
-                        "b_U": np.zeros(cfg.d_vocab, np.float32)}}
+    params = {"embed": {"W_E": W_E}, "blocks": r.stack_layers(cfg.n_layers, layer),
+              "unembed": {"W_U": r.unembedding(PREFIXES[pre], embed).T,
+                          "b_U": np.zeros(cfg.d_vocab, np.float32)}}
+    if cfg.normalization_type != "LNPre":
+        params["ln_final"] = norm(f"{pre}norm")
+    return params

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from jtlens.io.conversions.common import TensorReader, head_dim, heads_out, mlp_linears, norm, rope
+from jtlens.io.conversions.common import (TensorReader, head_dim, mlp_linears, norm,
+                                          per_head_fused_attention, rope)
 from jtlens.core.config import Config
 
 
@@ -30,18 +31,13 @@ def config_from_hf(hf: dict) -> Config:
 
 def params_from_hf(r: TensorReader, cfg: Config) -> dict:
     """NeoX checkpoint tensors -> jtlens params."""
-    H, Dh, D = cfg.n_heads, cfg.d_head, cfg.d_model
+    H, Dh = cfg.n_heads, cfg.d_head
     r.ignore("*.attention.bias", "*.attention.masked_bias", "*.rotary_emb.inv_freq")
 
     def layer(l):
         b = f"gpt_neox.layers.{l}"
-        w = r.take(f"{b}.attention.query_key_value.weight").reshape(H, 3, Dh, D)
-        bias = r.take(f"{b}.attention.query_key_value.bias").reshape(H, 3, Dh)
-        W_q, W_k, W_v = np.transpose(w, (1, 0, 3, 2))  # each [H, D, Dh]
-        attn = {"W_Q": W_q, "W_K": W_k, "W_V": W_v,
-                "b_Q": bias[:, 0], "b_K": bias[:, 1], "b_V": bias[:, 2],
-                "W_O": heads_out(r.take(f"{b}.attention.dense.weight"), H, Dh),
-                "b_O": r.take(f"{b}.attention.dense.bias")}
+        attn = per_head_fused_attention(r, f"{b}.attention.query_key_value", f"{b}.attention.dense",
+                                        H, Dh)
         mlp = mlp_linears(r, f"{b}.mlp.dense_h_to_4h", f"{b}.mlp.dense_4h_to_h")
         return {"attn": attn, "mlp": mlp, "ln1": norm(r, f"{b}.input_layernorm"),
                 "ln2": norm(r, f"{b}.post_attention_layernorm")}
