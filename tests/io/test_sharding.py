@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 import jtlens
 from jtlens import sharding
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository root: its jtlens, not an installed one
 
 
 def run_on_host_devices(code: str, n: int = 8, timeout: int = 600) -> str:
