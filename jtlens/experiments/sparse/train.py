@@ -175,13 +175,16 @@ step_fn.defvjp(_step_fwd, _step_bwd)
 
 
 def masked_topk(x, k, k_max: int):
-    """ReLU of the top `k` entries of each row (k: a traced number <= k_max), zeros elsewhere."""
+    """The top `k` entries of each row of x [B, d_sae] (k: a traced number <= k_max), ReLU-ed,
+    as (values [B, k_max], latent indices [B, k_max]); entries past k are 0."""
     values, idx = jax.lax.top_k(x, k_max)
-    values = jnp.where(jnp.arange(k_max) < k, jax.nn.relu(values), 0.0)
-    rows = x.reshape(-1, x.shape[-1])
-    out = jnp.zeros_like(rows).at[jnp.arange(rows.shape[0])[:, None], idx.reshape(-1, k_max)].set(
-        values.reshape(-1, k_max))
-    return out.reshape(x.shape)
+    return jnp.where(jnp.arange(k_max) < k, jax.nn.relu(values), 0.0), idx
+
+
+def scatter_rows(values, idx, width: int):
+    """Dense rows [B, width] holding `values` [B, k] at `idx` [B, k], zeros elsewhere."""
+    return jnp.zeros((values.shape[0], width), values.dtype).at[
+        jnp.arange(values.shape[0])[:, None], idx].set(values)
 
 
 def batch_topk(x, k):
@@ -209,15 +212,21 @@ def losses(params: dict, hyper: Hyper, x, tc: TrainConfig, dead_mask=None, step=
     unit = dec_norm if tc.rescale_acts_by_decoder_norm else None
     if unit is not None:
         pre = pre * unit
-    if arch == "standard":
-        acts = jax.nn.relu(pre)
-    elif arch == "topk":
-        acts = masked_topk(pre, hyper.k, tc.k_max)
-    elif arch == "batchtopk":
-        acts = batch_topk(pre, hyper.k)
+    if arch == "topk":
+        # decode only the k_max chosen rows of W_dec: a gather instead of a [B, d_sae] matmul,
+        # forward and backward (the dense acts are built for the metrics only)
+        values, idx = masked_topk(pre, hyper.k, tc.k_max)
+        acts = scatter_rows(values, idx, tc.d_sae)
+        dec = values if unit is None else values / unit[idx]
+        out = jnp.einsum("bk,bkd->bd", dec, params["W_dec"][idx]) + params["b_dec"]
     else:
-        acts = jumprelu(pre, params["threshold"], tc.jumprelu_bandwidth)
-    out = (acts if unit is None else acts / unit) @ params["W_dec"] + params["b_dec"]
+        if arch == "standard":
+            acts = jax.nn.relu(pre)
+        elif arch == "batchtopk":
+            acts = batch_topk(pre, hyper.k)
+        else:
+            acts = jumprelu(pre, params["threshold"], tc.jumprelu_bandwidth)
+        out = (acts if unit is None else acts / unit) @ params["W_dec"] + params["b_dec"]
     parts = {"mse_loss": ((out - x) ** 2).sum(-1).mean()}
     if arch == "standard":
         coeff = hyper.l1_coefficient * _warm(step, tc.l1_warm_up_steps)
