@@ -190,8 +190,12 @@ def train_for_quality(model, stream, held_out, args):
     from jtlens.sparse.activations import ActivationStore
     from jtlens.sparse.train import Hyper, TrainConfig, fit, to_sae, to_saes
 
+    with tempfile.TemporaryDirectory(prefix="jtlens-sae-acts-") as cache:
+        _train_for_quality(model, stream, held_out, args, cache)
+
+
+def _train_for_quality(model, stream, held_out, args, cache):
     d_sae = D_IN * EXPANSION
-    cache = Path(tempfile.mkdtemp(prefix="jtlens-sae-acts-"))
     runs = [("topk", Hyper(lr=args.lr, k=64), dict(k_max=64)),
             ("standard", Hyper.stack([Hyper(lr=args.lr, l1_coefficient=c) for c in args.l1]),
              dict(l1_warm_up_steps=args.train_steps // 10))]
