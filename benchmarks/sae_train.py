@@ -187,14 +187,14 @@ def quality(model, sae, held_out):
 def train_for_quality(model, stream, held_out, args):
     """TopK (k=64) and two L1 SAEs (vmapped over the coefficient) trained for --train-steps on
     one activation store whose buffers are cached on disk, so the model runs once for all."""
-    from jtlens.sparse.activations import ActivationStore
-    from jtlens.sparse.train import Hyper, TrainConfig, fit, to_sae, to_saes
-
     with tempfile.TemporaryDirectory(prefix="jtlens-sae-acts-") as cache:
         _train_for_quality(model, stream, held_out, args, cache)
 
 
 def _train_for_quality(model, stream, held_out, args, cache):
+    from jtlens.sparse.activations import ActivationStore
+    from jtlens.sparse.train import Hyper, TrainConfig, fit, to_sae, to_saes
+
     d_sae = D_IN * EXPANSION
     runs = [("topk", Hyper(lr=args.lr, k=64), dict(k_max=64)),
             ("standard", Hyper.stack([Hyper(lr=args.lr, l1_coefficient=c) for c in args.l1]),
