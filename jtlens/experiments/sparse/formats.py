@@ -58,7 +58,12 @@ def upgrade_pre_6(cfg: dict) -> dict:
     c.setdefault("prepend_bos", True)
     c.setdefault("reshape_activations", "hook_z" if "hook_z" in (c.get("hook_name") or "") else "none")
     kwargs = c.get("activation_fn_kwargs") or {}
-    if c.get("activation_fn") == "topk" and kwargs.get("k") is not None:
+    fn = c.get("activation_fn") or "relu"
+    # SAELens 6 reads any other activation_fn as ReLU; jtlens refuses rather than guess
+    if fn not in ("relu", "topk") or (fn == "topk" and kwargs.get("k") is None):
+        raise ValueError(f"this pre-6.0 SAE has activation_fn={fn!r} with activation_fn_kwargs="
+                         f"{kwargs}; jtlens reads 'relu' and 'topk' (with a k) only")
+    if fn == "topk":
         c["architecture"], c["k"] = "topk", kwargs["k"]
     if c.get("finetuning_scaling_factor"):
         raise ValueError("this SAE has finetuning_scaling_factor=True (a pre-6.0 feature SAELens 6 "

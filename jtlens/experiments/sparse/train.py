@@ -50,6 +50,8 @@ class TrainConfig:
     jumprelu_init_threshold: float = 0.01
     decoder_init_norm: Optional[float] = 0.1
     normalize_decoder: bool = False     # renormalise W_dec rows to 1 after every step
+    rescale_acts_by_decoder_norm: bool = False  # topk / batchtopk: SAELens's option (its
+    # training default is True): select and decode acts as if W_dec rows had norm 1
     dead_feature_window: int = 1000
     topk_threshold_lr: float = 0.01     # batchtopk: EMA rate of its inference threshold
     adam_beta1: float = 0.9
@@ -61,6 +63,9 @@ class TrainConfig:
                              f"{TRAIN_ARCHITECTURES}")
         if self.architecture in ("topk", "batchtopk") and not 0 < self.k_max <= self.d_sae:
             raise ValueError(f"a {self.architecture} SAE needs k_max in 1..d_sae={self.d_sae}")
+        if self.rescale_acts_by_decoder_norm and self.architecture not in ("topk", "batchtopk"):
+            raise ValueError(f"rescale_acts_by_decoder_norm=True is a topk/batchtopk option; a "
+                             f"{self.architecture} SAE has none (SAELens's config lacks it too)")
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -170,13 +175,16 @@ step_fn.defvjp(_step_fwd, _step_bwd)
 
 
 def masked_topk(x, k, k_max: int):
-    """ReLU of the top `k` entries of each row (k: a traced number <= k_max), zeros elsewhere."""
+    """The top `k` entries of each row of x [B, d_sae] (k: a traced number <= k_max), ReLU-ed,
+    as (values [B, k_max], latent indices [B, k_max]); entries past k are 0."""
     values, idx = jax.lax.top_k(x, k_max)
-    values = jnp.where(jnp.arange(k_max) < k, jax.nn.relu(values), 0.0)
-    rows = x.reshape(-1, x.shape[-1])
-    out = jnp.zeros_like(rows).at[jnp.arange(rows.shape[0])[:, None], idx.reshape(-1, k_max)].set(
-        values.reshape(-1, k_max))
-    return out.reshape(x.shape)
+    return jnp.where(jnp.arange(k_max) < k, jax.nn.relu(values), 0.0), idx
+
+
+def scatter_rows(values, idx, width: int):
+    """Dense rows [B, width] holding `values` [B, k] at `idx` [B, k], zeros elsewhere."""
+    return jnp.zeros((values.shape[0], width), values.dtype).at[
+        jnp.arange(values.shape[0])[:, None], idx].set(values)
 
 
 def batch_topk(x, k):
@@ -199,17 +207,27 @@ def losses(params: dict, hyper: Hyper, x, tc: TrainConfig, dead_mask=None, step=
     sae_in = x - params["b_dec"]
     pre = sae_in @ params["W_enc"] + params["b_enc"]
     arch = tc.architecture
-    if arch == "standard":
-        acts = jax.nn.relu(pre)
-    elif arch == "topk":
-        acts = masked_topk(pre, hyper.k, tc.k_max)
-    elif arch == "batchtopk":
-        acts = batch_topk(pre, hyper.k)
-    else:
-        acts = jumprelu(pre, params["threshold"], tc.jumprelu_bandwidth)
-    out = acts @ params["W_dec"] + params["b_dec"]
-    parts = {"mse_loss": ((out - x) ** 2).sum(-1).mean()}
     dec_norm = jnp.linalg.norm(params["W_dec"], axis=-1)
+    # rescaled: latents are chosen and decoded as if every W_dec row had norm 1
+    unit = dec_norm if tc.rescale_acts_by_decoder_norm else None
+    if unit is not None:
+        pre = pre * unit
+    if arch == "topk":
+        # decode only the k_max chosen rows of W_dec: a gather instead of a [B, d_sae] matmul,
+        # forward and backward (the dense acts are built for the metrics only)
+        values, idx = masked_topk(pre, hyper.k, tc.k_max)
+        acts = scatter_rows(values, idx, tc.d_sae)
+        dec = values if unit is None else values / unit[idx]
+        out = jnp.einsum("bk,bkd->bd", dec, params["W_dec"][idx]) + params["b_dec"]
+    else:
+        if arch == "standard":
+            acts = jax.nn.relu(pre)
+        elif arch == "batchtopk":
+            acts = batch_topk(pre, hyper.k)
+        else:
+            acts = jumprelu(pre, params["threshold"], tc.jumprelu_bandwidth)
+        out = (acts if unit is None else acts / unit) @ params["W_dec"] + params["b_dec"]
+    parts = {"mse_loss": ((out - x) ** 2).sum(-1).mean()}
     if arch == "standard":
         coeff = hyper.l1_coefficient * _warm(step, tc.l1_warm_up_steps)
         parts["l1_loss"] = coeff * (acts * dec_norm).sum(-1).mean()
@@ -221,14 +239,15 @@ def losses(params: dict, hyper: Hyper, x, tc: TrainConfig, dead_mask=None, step=
         parts["auxiliary_reconstruction_loss"] = jnp.zeros((), out.dtype)
     else:
         parts["auxiliary_reconstruction_loss"] = hyper.aux_loss_coefficient * auxk_loss(
-            params, pre, jax.lax.stop_gradient(x - out), dead_mask)
+            params, pre, jax.lax.stop_gradient(x - out), dead_mask, unit)
     return sum(parts.values()), (acts, out, parts)
 
 
-def auxk_loss(params, pre, residual, dead_mask):
+def auxk_loss(params, pre, residual, dead_mask, unit=None):
     """AuxK: the top d_in/2 dead latents (by pre-activation) reconstruct the residual (no
     bias), scaled by min(n_dead / (d_in/2), 1); 0 without dead latents. (`train_step` skips it
-    while no latent is dead, as SAELens does: its top-k over every latent is costly.)"""
+    while no latent is dead, as SAELens does: its top-k over every latent is costly.) `unit`:
+    the decoder norms the latents are divided by first (rescale_acts_by_decoder_norm)."""
     d_in = residual.shape[-1]
     k_aux = d_in // 2
     n_dead = dead_mask.sum()
@@ -236,6 +255,8 @@ def auxk_loss(params, pre, residual, dead_mask):
     values, idx = jax.lax.top_k(latents, k_aux)
     keep = jnp.arange(k_aux) < jnp.minimum(n_dead, k_aux)   # only dead ones, at most n_dead
     values = jnp.where(keep & jnp.isfinite(values), values, 0.0)
+    if unit is not None:
+        values = values / unit[idx]
     recon = jnp.einsum("bk,bkd->bd", values, params["W_dec"][idx])
     loss = ((recon - residual) ** 2).sum(-1).mean()
     return jnp.where(n_dead > 0, jnp.minimum(n_dead / k_aux, 1.0) * loss, 0.0)
@@ -298,8 +319,12 @@ def train_step(state: TrainState, hyper: Hyper, batch, tc: TrainConfig):
 
 
 def to_sae(params: dict, hyper: Hyper, tc: TrainConfig, topk_threshold=None, **metadata) -> SAE:
-    """The inference SAE of one trained parameter set (batchtopk -> jumprelu, as SAELens saves)."""
+    """The inference SAE of one trained parameter set (batchtopk -> jumprelu, as SAELens saves;
+    rescaled decoder norms folded into W_enc, b_enc and W_dec, as SAELens saves)."""
     p = {n: params[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    if tc.rescale_acts_by_decoder_norm:
+        norm = jnp.linalg.norm(p["W_dec"], axis=-1)
+        p.update(W_enc=p["W_enc"] * norm, b_enc=p["b_enc"] * norm, W_dec=p["W_dec"] / norm[:, None])
     if tc.architecture == "jumprelu":
         return SAE({**p, "threshold": params["threshold"]},
                    SAEConfig(tc.d_in, tc.d_sae, "jumprelu", metadata=metadata))

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 sae_lens = pytest.importorskip("sae_lens")
 
 from jtlens.sparse import SAE, SAEConfig, batchtopk_to_jumprelu  # noqa: E402
+from jtlens.sparse.formats import config_from_dict  # noqa: E402
 
 D_IN, D_SAE = 24, 96
 CASES = {
@@ -196,3 +197,12 @@ def test_bad_files_name_the_problem(tmp_path):
         SAEConfig(D_IN, D_SAE, "batchtopk")
     with pytest.raises(ValueError, match="needs the input's stats"):
         SAE(sae.params, cfg.replace(normalize_activations="layer_norm")).decode(np.zeros((1, D_SAE)))
+
+
+@pytest.mark.parametrize("fn, kwargs", [("tanh-relu", {}), ("topk", {})])
+def test_pre_6_activation_other_than_relu_or_topk_is_refused(fn, kwargs):
+    """SAELens 6 would run these as plain ReLU; jtlens says so instead of guessing."""
+    old = {"d_in": D_IN, "d_sae": D_SAE, "hook_point": "blocks.2.hook_resid_pre",
+           "activation_fn_str": fn, "activation_fn_kwargs": kwargs}
+    with pytest.raises(ValueError, match="activation_fn="):
+        config_from_dict(old)

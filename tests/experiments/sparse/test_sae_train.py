@@ -13,8 +13,8 @@ sae_lens = pytest.importorskip("sae_lens")
 
 from sae_lens.saes.sae import TrainStepInput  # noqa: E402
 
-from jtlens.sparse.train import (Hyper, TrainConfig, init_state, losses, to_saes,  # noqa: E402
-                                 train_step)
+from jtlens.sparse.train import (Hyper, TrainConfig, init_state, losses, to_sae,  # noqa: E402
+                                 to_saes, train_step)
 
 D_IN, D_SAE, B = 16, 64, 32
 
@@ -33,22 +33,32 @@ CASES = {
     "topk": (dict(k=5, rescale_acts_by_decoder_norm=False, aux_loss_coefficient=0.7),
              Hyper(k=5, aux_loss_coefficient=0.7), {}, dict(k_max=8)),
     "batchtopk": (dict(k=4, rescale_acts_by_decoder_norm=False), Hyper(k=4), {}, dict(k_max=8)),
+    "topk_rescaled": (dict(k=5, rescale_acts_by_decoder_norm=True), Hyper(k=5), {},
+                      dict(k_max=8, rescale_acts_by_decoder_norm=True)),
+    "batchtopk_rescaled": (dict(k=4, rescale_acts_by_decoder_norm=True), Hyper(k=4), {},
+                           dict(k_max=8, rescale_acts_by_decoder_norm=True)),
     "jumprelu": (dict(l0_coefficient=0.2, jumprelu_bandwidth=0.5), Hyper(l0_coefficient=0.2), {"l0": 0.2},
                  dict(jumprelu_bandwidth=0.5)),
 }
 
 
-@pytest.mark.parametrize("arch", sorted(CASES))
-@pytest.mark.slow
-def test_losses_and_grads_match_saelens_training(arch):
-    kw, hyper, coeffs, tc_kw = CASES[arch]
-    theirs = _theirs(arch, **kw)
-    rng = np.random.default_rng(0)
+def _random_weights(theirs, rng):
     with torch.no_grad():
         for name, p in theirs.named_parameters():
             p.copy_(torch.tensor(rng.standard_normal(tuple(p.shape)).astype(np.float32) * 0.3))
-        if arch == "jumprelu":
+        if hasattr(theirs, "threshold"):
             theirs.threshold.abs_()
+    return {n: jnp.asarray(p.detach().numpy()) for n, p in theirs.named_parameters()}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.slow
+def test_losses_and_grads_match_saelens_training(case):
+    arch = case.split("_")[0]
+    kw, hyper, coeffs, tc_kw = CASES[case]
+    theirs = _theirs(arch, **kw)
+    rng = np.random.default_rng(0)
+    params = _random_weights(theirs, rng)
     x = rng.standard_normal((B, D_IN)).astype(np.float32)
     dead = np.zeros(D_SAE, bool)
     dead[::3] = True
@@ -57,7 +67,6 @@ def test_losses_and_grads_match_saelens_training(arch):
         dead_neuron_mask=torch.tensor(dead) if arch in ("topk", "batchtopk") else None))
     out.loss.backward()
     tc = TrainConfig(arch, D_IN, D_SAE, total_steps=10, **tc_kw)
-    params = {n: jnp.asarray(p.detach().numpy()) for n, p in theirs.named_parameters()}
     (loss, (acts, _, parts)), grads = jax.value_and_grad(losses, has_aux=True)(
         params, hyper, jnp.asarray(x), tc, jnp.asarray(dead) if arch in ("topk", "batchtopk") else None)
     assert set(parts) == set(out.losses)
@@ -68,6 +77,32 @@ def test_losses_and_grads_match_saelens_training(arch):
     for n, p in theirs.named_parameters():
         np.testing.assert_allclose(np.asarray(grads[n]), p.grad.numpy(), atol=1e-4, rtol=1e-4,
                                    err_msg=n)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_rescaled_sae_saves_as_saelens_does(arch):
+    """rescale_acts_by_decoder_norm: the inference SAE has the decoder norms folded in exactly
+    as SAELens's inference save, so it encodes as the training forward did."""
+    theirs = _theirs(arch, k=4, rescale_acts_by_decoder_norm=True)
+    params = _random_weights(theirs, np.random.default_rng(4))
+    saved = {n: t.detach().clone() for n, t in theirs.state_dict().items()}
+    theirs.process_state_dict_for_saving_inference(saved)
+    tc = TrainConfig(arch, D_IN, D_SAE, total_steps=10, k_max=4, rescale_acts_by_decoder_norm=True)
+    threshold = float(saved["threshold"][0]) if arch == "batchtopk" else None
+    sae = to_sae(params, Hyper(k=4), tc, threshold)
+    assert not sae.cfg.rescale_acts_by_decoder_norm
+    for n in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        np.testing.assert_allclose(np.asarray(sae.params[n]), saved[n].numpy(), atol=1e-6, err_msg=n)
+    if arch == "topk":
+        x = jnp.asarray(np.random.default_rng(5).standard_normal((B, D_IN)).astype(np.float32))
+        _, (acts, out, _) = losses(params, Hyper(k=4), x, tc)
+        np.testing.assert_allclose(np.asarray(sae.encode(x)), np.asarray(acts), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(sae(x)), np.asarray(out), atol=1e-5)
+
+
+def test_rescale_is_refused_outside_topk():
+    with pytest.raises(ValueError, match="rescale_acts_by_decoder_norm"):
+        TrainConfig("standard", D_IN, D_SAE, total_steps=1, rescale_acts_by_decoder_norm=True)
 
 
 @pytest.mark.slow
