@@ -1,7 +1,8 @@
 """Mixture-of-experts MLP (Mixtral / OLMoE style) with TransformerLens's MoE hooks.
 
-Expert weights are stacked on a leading expert axis (`W_gate`, `W_in`: [n_experts, d_model,
-d_mlp]; `W_out`: [n_experts, d_mlp, d_model]; router `W_router`: [d_model, n_experts]), so an
+Expert weights are stacked on a leading expert axis (`experts.W_gate`, `experts.W_in`:
+[n_experts, d_model, d_mlp]; `experts.W_out`: [n_experts, d_mlp, d_model]; the router
+`W_router`: [d_model, n_experts]), so an
 expert ablation or patching sweep is one `vmap` over that axis, and the params shard over an
 "expert" mesh axis. Two exact dispatch modes (Config.moe_dispatch): "dense" runs every expert
 on every token and weights the outputs by the (mostly zero) routing weights; "gather" runs
@@ -39,7 +40,7 @@ def _expert(W_gate, W_in, W_out, x, act):
 
 
 def dense_dispatch(p: dict, x, weights, indices, act):
-    """Every expert on every token, summed with its routing weight (zero if not routed)."""
+    """Every expert (p: the stacked expert weights) on every token, summed with its routing weight (zero if not routed)."""
     n_experts = p["W_in"].shape[0]
     # [tokens, n_experts]: each token's weight on each expert.
     per_expert = jnp.zeros((x.shape[0], n_experts), x.dtype).at[
@@ -86,9 +87,9 @@ def moe_mlp(p: dict, x, ctx):
     flat = x.reshape(-1, d_model)
     weights, indices = route(p, flat, ctx)
     if cfg.moe_dispatch == "dense":
-        out = dense_dispatch(p, flat, weights, indices, act)
+        out = dense_dispatch(p["experts"], flat, weights, indices, act)
     else:
-        out, overflow = gather_dispatch(p, flat, weights, indices, act, capacity(flat.shape[0], cfg))
+        out, overflow = gather_dispatch(p["experts"], flat, weights, indices, act, capacity(flat.shape[0], cfg))
         out = _checked(out, overflow)
     return out.reshape(batch, pos, d_model)
 

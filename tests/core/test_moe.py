@@ -38,8 +38,8 @@ def case():
     for q in tl.parameters():
         torch.nn.init.normal_(q, std=0.5)
     p = {"W_router": tl.W_gate.weight.detach().numpy().T,
-         **{name: np.stack([getattr(e, name).weight.detach().numpy().T for e in tl.experts])
-            for name in ("W_gate", "W_in", "W_out")}}
+         "experts": {name: np.stack([getattr(e, name).weight.detach().numpy().T for e in tl.experts])
+                     for name in ("W_gate", "W_in", "W_out")}}
     x = torch.randn(2, 8, D)
     seen = {}
     for name in ("hook_expert_weights", "hook_expert_indices"):
@@ -47,7 +47,7 @@ def case():
     y = tl(x).detach().numpy()
     cfg = Config(n_layers=1, d_model=D, n_ctx=8, d_head=4, d_mlp=M, act_fn="silu",
                  gated_mlp=True, num_experts=E, experts_per_token=K)
-    return cfg, {k: jnp.asarray(v) for k, v in p.items()}, jnp.asarray(x.numpy()), y, seen
+    return cfg, jax.tree.map(jnp.asarray, p), jnp.asarray(x.numpy()), y, seen
 
 
 @pytest.mark.parametrize("dispatch", ["dense", "gather"])
@@ -78,7 +78,7 @@ def test_expert_ablation_vmap_equals_loop(case):
     cfg, p, x, _, _ = case
 
     def ablated(e):
-        q = dict(p, W_out=p["W_out"].at[e].set(0.0))
+        q = dict(p, experts=dict(p["experts"], W_out=p["experts"]["W_out"].at[e].set(0.0)))
         return moe_mlp(q, x, _Ctx(cfg))
 
     swept = jax.vmap(ablated)(jnp.arange(E))
