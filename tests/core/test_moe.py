@@ -93,3 +93,4 @@ def test_expert_ablation_vmap_equals_loop(case):
 def test_bad_moe_config_is_named(kw, problem):
     with pytest.raises(ValueError, match=problem):
         Config(n_layers=1, d_model=D, n_ctx=8, d_head=4, **kw)
+
