@@ -116,6 +116,16 @@ class Config:
     checkpoint_index: Optional[int] = None
     checkpoint_label_type: Optional[str] = None
     checkpoint_value: Optional[int] = None
+    # Mixture of experts (TransformerLens's names): `num_experts` gated experts per layer, each
+    # token routed to its top `experts_per_token`. `moe_dispatch` picks an exact implementation:
+    # "dense" runs every expert on every token (small models), "gather" runs each expert on at
+    # most ceil(capacity_factor * tokens * k / num_experts) gathered tokens (large models; exact
+    # while no expert overflows, and the overflow raises instead of dropping tokens silently).
+    num_experts: Optional[int] = None
+    experts_per_token: Optional[int] = None
+    norm_topk_prob: bool = False
+    moe_dispatch: str = "dense"
+    moe_capacity_factor: float = 2.0
 
     def __post_init__(self):
         def put(name, value):
@@ -171,6 +181,12 @@ class Config:
             if not ok:
                 raise ValueError(f"Config: {msg}")
 
+        check(self.moe_dispatch in ("dense", "gather"),
+              f"moe_dispatch={self.moe_dispatch!r} is not 'dense' or 'gather'")
+        check((self.num_experts is None) == (self.experts_per_token is None),
+              "num_experts and experts_per_token go together: set both for a mixture of experts")
+        check(self.num_experts is None or self.experts_per_token <= self.num_experts,
+              f"experts_per_token={self.experts_per_token} exceeds num_experts={self.num_experts}")
         check(self.act_fn in ACTIVATIONS, f"act_fn={self.act_fn!r} is not one of {ACTIVATIONS}")
         check(self.normalization_type in NORMALIZATIONS,
               f"normalization_type={self.normalization_type!r} is not one of {NORMALIZATIONS}")

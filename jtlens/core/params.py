@@ -55,6 +55,10 @@ def param_shapes(cfg: Config) -> dict:
             mlp["act_fn"] = dict.fromkeys(("alpha_p", "alpha_n", "beta", "eps"), (L,))
         if cfg.is_layer_norm_activation() and cfg.normalization_type == "LN":
             mlp["ln"] = _norm_shapes("LN", M, (L,))  # solu_ln; weightless (LNPre) otherwise
+        if cfg.num_experts:  # mixture of experts: a router and stacked bias-free gated experts
+            E = cfg.num_experts
+            mlp = {"W_router": (L, D, E), "experts": {
+                "W_gate": (L, E, D, M), "W_in": (L, E, D, M), "W_out": (L, E, M, D)}}
         blocks["mlp"] = mlp
         norms["ln2"] = cfg.normalization_type
     if cfg.use_normalization_before_and_after:

@@ -19,6 +19,7 @@ from jtlens.core.checks import lookup
 from jtlens.core.config import Config
 from jtlens.core.decode_layout import FlatMatrix
 from jtlens.core.hooks import HookRunner
+from jtlens.core.moe import moe_mlp
 from jtlens.core.params import Params
 
 
@@ -242,7 +243,9 @@ def _with_past(kv: KVSlots, k, v):
 
 
 def mlp(p: dict, x: Resid, ctx: Ctx) -> Resid:
-    """Plain or gated MLP with hook_pre / hook_pre_linear / hook_post."""
+    """Plain or gated MLP with hook_pre / hook_pre_linear / hook_post (or the MoE MLP)."""
+    if ctx.cfg.num_experts:
+        return moe_mlp(p, x, ctx)
     if ctx.cfg.act_fn == "xielu":  # an activation with parameters of its own, per layer
         act = lambda x: C.xielu(x, **p["act_fn"])  # noqa: E731
     else:

@@ -1,7 +1,7 @@
 """Placing params on a device mesh with JAX's own machinery (NamedSharding + GSPMD).
 
 The mesh has a "model" axis for tensor parallelism and optionally a "data" axis (patches,
-batches). Placement rules are data: an ordered table from param-path patterns (fnmatch over
+batches) and an "expert" axis (mixture-of-experts layers: experts split over it). Placement rules are data: an ordered table from param-path patterns (fnmatch over
 dotted paths such as "blocks.attn.W_Q") to `PartitionSpec`s over the param's own axes; the first
 matching pattern wins, and rules given by the caller are tried before `DEFAULT_RULES`. In a
 spec, the name `LAYERS` stands for the leading layer axis of `blocks.*` params: it becomes the
@@ -49,6 +49,10 @@ DEFAULT_RULES: tuple[tuple[str, P], ...] = (
     ("blocks.mlp.W_gate", P(LAYERS, None, "model")),
     ("blocks.mlp.b_in", P(LAYERS, "model")),
     ("blocks.mlp.W_out", P(LAYERS, "model", None)),
+    # mixture of experts: experts over an "expert" mesh axis, each expert's hidden width over "model"
+    ("blocks.mlp.experts.W_in", P(LAYERS, "expert", None, "model")),
+    ("blocks.mlp.experts.W_gate", P(LAYERS, "expert", None, "model")),
+    ("blocks.mlp.experts.W_out", P(LAYERS, "expert", "model", None)),
     # small per-layer tensors (norms, output biases): only the layer axis, if that is split
     ("blocks.*", P(LAYERS)),
     ("*", P()),

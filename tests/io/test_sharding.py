@@ -128,6 +128,20 @@ def test_meshes_give_one_devices_numbers_and_split_the_weights(cfg, meshes):
     assert "PARITY OK" in out, out
 
 
+def test_default_rules_split_experts_over_expert_axis():
+    shapes = {"blocks": {"mlp": {"W_router": (2, 8, 4), "experts": {
+        "W_in": (2, 4, 8, 12), "W_gate": (2, 4, 8, 12), "W_out": (2, 4, 12, 8)}}}}
+    fake = type("FakeMesh", (), {"shape": {"data": 1, "expert": 2, "model": 4}})()
+    specs = sharding.param_specs(shapes, fake)["blocks"]["mlp"]
+    assert specs["experts"]["W_in"] == P(None, "expert", None, "model")
+    assert specs["experts"]["W_gate"] == P(None, "expert", None, "model")
+    assert specs["experts"]["W_out"] == P(None, "expert", "model", None)
+    assert specs["W_router"] == P(None, None, None)
+    no_expert_axis = type("FakeMesh", (), {"shape": {"data": 2, "model": 4}})()
+    assert sharding.param_specs(shapes, no_expert_axis)["blocks"]["mlp"]["experts"]["W_in"] == \
+        P(None, None, None, "model")  # without the axis the experts stay whole
+
+
 def test_default_rules_split_heads_mlp_and_vocabulary_over_model():
     cfg = jtlens.Config(n_layers=2, d_model=8, n_heads=4, d_head=2, d_mlp=12, n_ctx=8, d_vocab=10,
                         act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",

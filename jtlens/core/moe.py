@@ -1,0 +1,104 @@
+"""Mixture-of-experts MLP (Mixtral / OLMoE style) with TransformerLens's MoE hooks.
+
+Expert weights are stacked on a leading expert axis (`experts.W_gate`, `experts.W_in`:
+[n_experts, d_model, d_mlp]; `experts.W_out`: [n_experts, d_mlp, d_model]; the router
+`W_router`: [d_model, n_experts]), so an
+expert ablation or patching sweep is one `vmap` over that axis, and the params shard over an
+"expert" mesh axis. Two exact dispatch modes (Config.moe_dispatch): "dense" runs every expert
+on every token and weights the outputs by the (mostly zero) routing weights; "gather" runs
+each expert only on its routed tokens, padded to a fixed capacity.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jtlens.core import components as C
+
+
+def route(p: dict, x, ctx):
+    """Routing of tokens x [tokens, d_model] -> (weights, indices) [tokens, k].
+
+    Fires mlp.hook_expert_weights (softmax over all experts, [tokens, n_experts]) and
+    mlp.hook_expert_indices ([tokens, k]) as TransformerLens's MoE does.
+    """
+    cfg = ctx.cfg
+    probs = ctx("mlp.hook_expert_weights", jax.nn.softmax(
+        (x @ p["W_router"]).astype(jnp.float32), axis=-1))
+    weights, indices = jax.lax.top_k(probs, cfg.experts_per_token)
+    if cfg.norm_topk_prob:
+        weights = weights / weights.sum(-1, keepdims=True)
+    return weights.astype(x.dtype), ctx("mlp.hook_expert_indices", indices)
+
+
+def _expert(W_gate, W_in, W_out, x, act):
+    """One gated expert on x [..., d_model] -> [..., d_model]."""
+    return (act(x @ W_gate) * (x @ W_in)) @ W_out
+
+
+def dense_dispatch(p: dict, x, weights, indices, act):
+    """Every expert (p: the stacked expert weights) on every token, summed with its routing weight (zero if not routed)."""
+    n_experts = p["W_in"].shape[0]
+    # [tokens, n_experts]: each token's weight on each expert.
+    per_expert = jnp.zeros((x.shape[0], n_experts), x.dtype).at[
+        jnp.arange(x.shape[0])[:, None], indices].add(weights)
+    outs = jax.vmap(_expert, in_axes=(0, 0, 0, None, None))(
+        p["W_gate"], p["W_in"], p["W_out"], x, act)  # [n_experts, tokens, d_model]
+    return jnp.einsum("te,etd->td", per_expert, outs)
+
+
+def capacity(n_tokens: int, cfg) -> int:
+    """Tokens each expert can take in gather mode: ceil(factor * tokens * k / n_experts)."""
+    return min(n_tokens, math.ceil(cfg.moe_capacity_factor * n_tokens * cfg.experts_per_token
+                                   / cfg.num_experts))
+
+
+def gather_dispatch(p: dict, x, weights, indices, act, cap: int):
+    """Each expert on at most `cap` gathered tokens; returns (out [tokens, d], overflow count).
+
+    Tokens beyond an expert's capacity are dropped from that expert; the caller reports the
+    overflow, so a result is only returned as exact when the count is zero.
+    """
+    n_tokens, n_experts = x.shape[0], p["W_in"].shape[0]
+    routed = jnp.zeros((n_tokens, n_experts), bool).at[
+        jnp.arange(n_tokens)[:, None], indices].set(True)  # [tokens, n_experts]
+    per_expert = jnp.zeros((n_tokens, n_experts), x.dtype).at[
+        jnp.arange(n_tokens)[:, None], indices].add(weights)
+    # The routed tokens of each expert first (stable, in token order), then padding.
+    order = jnp.argsort(~routed.T, axis=1, stable=True)[:, :cap]  # [n_experts, cap]
+    valid = jnp.take_along_axis(routed.T, order, axis=1)
+    gathered = x[order]  # [n_experts, cap, d_model]
+    outs = jax.vmap(_expert, in_axes=(0, 0, 0, 0, None))(
+        p["W_gate"], p["W_in"], p["W_out"], gathered, act)
+    scale = jnp.where(valid, per_expert.T[jnp.arange(n_experts)[:, None], order], 0)
+    out = jnp.zeros_like(x).at[order.reshape(-1)].add(
+        (outs * scale[..., None]).reshape(-1, x.shape[-1]))
+    return out, jnp.maximum(routed.sum(0) - cap, 0).sum()
+
+
+def moe_mlp(p: dict, x, ctx):
+    """The MoE MLP on x [batch, pos, d_model] -> [batch, pos, d_model]."""
+    cfg = ctx.cfg
+    act = C.ACTIVATION_FNS[cfg.act_fn]
+    batch, pos, d_model = x.shape
+    flat = x.reshape(-1, d_model)
+    weights, indices = route(p, flat, ctx)
+    if cfg.moe_dispatch == "dense":
+        out = dense_dispatch(p["experts"], flat, weights, indices, act)
+    else:
+        out, overflow = gather_dispatch(p["experts"], flat, weights, indices, act, capacity(flat.shape[0], cfg))
+        out = _checked(out, overflow)
+    return out.reshape(batch, pos, d_model)
+
+
+def _checked(out, overflow):
+    """out, or an error (at run time, under jit too) when some routed token overflowed."""
+    def fail(n):
+        if n:
+            raise ValueError(f"MoE gather dispatch: {int(n)} routed token(s) exceeded the expert "
+                             "capacity; raise Config.moe_capacity_factor or use moe_dispatch='dense'")
+    jax.debug.callback(fail, overflow)
+    return out
