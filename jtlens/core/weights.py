@@ -5,7 +5,8 @@ logits by a per-position constant, leaving log-probs unchanged) while making wei
 read:
 
 - fold_ln: norm weights (and LayerNorm biases) move into the weights that read the normalised
-  stream; norms become weightless (LN -> LNPre, RMS -> RMSPre). For LayerNorm, the reading
+  stream (in a mixture of experts, the router and every expert's W_gate / W_in); norms become
+  weightless (LN -> LNPre, RMS -> RMSPre). For LayerNorm, the reading
   weights are also centred over d_model, since LNPre's input is already mean-free. solu_ln's
   LayerNorm over d_mlp folds into W_out. Not for shortformers: their positions are added to
   ln1's output, after its weights.
@@ -142,6 +143,13 @@ def fold_layer_norm(params: dict, cfg: Config) -> dict:
     if blocks:
         _fold_into(blocks["attn"], ("W_Q", "W_K", "W_V"), blocks.pop("ln1"), center,
                    {"W_Q": "b_Q", "W_K": "b_K", "W_V": "b_V"})
+    if "ln2" in blocks and cfg.num_experts:  # the router and every expert read ln2's output
+        if "b" in blocks["ln2"]:
+            raise ValueError("fold_ln: the experts of a mixture have no biases to receive a "
+                             "LayerNorm's folded bias; load with fold_ln=False")
+        ln2 = blocks.pop("ln2")
+        _fold_into(blocks["mlp"], ("W_router",), ln2, center)
+        _fold_into(blocks["mlp"]["experts"], ("W_gate", "W_in"), ln2, center)
     if "ln2" in blocks:
         mlp = blocks["mlp"]
         if cfg.gated_mlp and "b" in blocks["ln2"]:
@@ -171,7 +179,10 @@ def center_writing(params: dict, cfg: Config) -> dict:
         return p
     attn = p["blocks"]["attn"]
     attn["W_O"], attn["b_O"] = _center(attn["W_O"], -1), _center(attn["b_O"], -1)
-    if "mlp" in p["blocks"]:
+    if "mlp" in p["blocks"] and cfg.num_experts:
+        experts = p["blocks"]["mlp"]["experts"]
+        experts["W_out"] = _center(experts["W_out"], -1)
+    elif "mlp" in p["blocks"]:
         mlp = p["blocks"]["mlp"]
         mlp["W_out"], mlp["b_out"] = _center(mlp["W_out"], -1), _center(mlp["b_out"], -1)
     return p

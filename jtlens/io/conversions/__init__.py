@@ -36,6 +36,8 @@ ARCHITECTURES = {
     "Olmo2ForCausalLM": "llama",
     "Olmo3ForCausalLM": "llama",
     "ApertusForCausalLM": "llama",
+    "MixtralForCausalLM": "llama",
+    "OlmoeForCausalLM": "llama",
     "BertForMaskedLM": "bert",
     "BertForPreTraining": "bert",
     "BertModel": "bert",

@@ -1,4 +1,5 @@
-"""Llama-style decoders (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2 and 3, Phi-3) -> jtlens.
+"""Llama-style decoders (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2 and 3, Phi-3, OLMo,
+Apertus, Mixtral, OLMoE) -> jtlens.
 
 They share one layout (RMSNorm, rotary, grouped-query attention, gated MLP); the differences are
 config knobs and tensor names: q/k/v biases (Qwen2), per-head q/k RMSNorm (Qwen3, Gemma 3),
@@ -9,6 +10,8 @@ per-layer-type rotary bases, Phi-3's fused projections. Gemma 3's multimodal che
 OLMo's blocks are Llama's with other norms: OLMo 1's LayerNorms have no weights (and q/k/v may
 be clipped), OLMo 2 and 3 normalise each sublayer's output and q/k over all heads together.
 Apertus has per-head q/k norms and a plain MLP whose xIELU activation has per-layer parameters.
+Mixtral and OLMoE replace the MLP with a mixture of experts (a router and per-expert gated MLPs,
+stacked on an expert axis); OLMoE normalises q/k over all heads, as OLMo 2.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ GEMMA_POST_NORMS = GEMMA[1:]  # norms before and after each sublayer
 GEMMA3 = GEMMA[2:]
 OLMO_POST_NORMS = ("Olmo2ForCausalLM", "Olmo3ForCausalLM")
 APERTUS = "ApertusForCausalLM"
+# Mixtures of experts -> (MoE block under the layer, its expert tensors' gate / up / down names,
+# config.json's key for the expert count).
+MOE = {"MixtralForCausalLM": ("block_sparse_moe", ("w1", "w3", "w2"), "num_local_experts"),
+       "OlmoeForCausalLM": ("mlp", ("gate_proj", "up_proj", "down_proj"), "num_experts")}
 # Where the decoder's tensors sit -> its unembedding: text-only models, then Gemma 3's
 # multimodal checkpoint as saved (language_model.*) and as transformers 5 names it in memory.
 PREFIXES = {"model.": "lm_head.weight", "language_model.model.": "language_model.lm_head.weight",
@@ -58,7 +65,8 @@ def _local_attention(hf: dict, arch: str, n_layers: int) -> dict:
 
 
 def config_from_hf(hf: dict) -> Config:
-    """A Llama / Mistral / Qwen2 / Qwen3 / Gemma 1-3 / Phi-3 / OLMo 1-3 / Apertus config dict -> Config."""
+    """A Llama / Mistral / Qwen2 / Qwen3 / Gemma 1-3 / Phi-3 / OLMo 1-3 / Apertus / Mixtral /
+    OLMoE config dict -> Config."""
     arch = hf["architectures"][0]
     hf = _text_config(hf)
     n_heads, n_layers = hf["num_attention_heads"], hf["num_hidden_layers"]
@@ -79,6 +87,11 @@ def config_from_hf(hf: dict) -> Config:
         extra = dict(qk_norm_over_heads=True, norm_sublayer_outputs=True)
     if arch == APERTUS:  # xIELU in a plain (ungated) MLP
         extra = dict(gated_mlp=False)
+    if arch == "OlmoeForCausalLM":
+        extra = dict(qk_norm_over_heads=True, clip_qkv=hf.get("clip_qkv"))
+    if arch in MOE:  # Mixtral renormalises the top-k routing weights always (its config has no flag)
+        extra.update(num_experts=hf[MOE[arch][2]], experts_per_token=hf["num_experts_per_tok"],
+                     norm_topk_prob=hf.get("norm_topk_prob", True))
     return Config(
         n_layers=n_layers, d_model=hf["hidden_size"], n_heads=n_heads, d_head=d_head,
         d_mlp=hf["intermediate_size"], n_ctx=hf["max_position_embeddings"],
@@ -127,15 +140,7 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
                                   f"place in TransformerLens's gated MLP")
         return r.take(f"{m}.gate_proj.weight"), r.take(f"{m}.up_proj.weight")
 
-    def layer(l):
-        b = f"{pre}layers.{l}"
-        a, m = f"{b}.self_attn", f"{b}.mlp"
-        q, k, v, b_q, b_k, b_v = projections(a)
-        attn = {"W_Q": heads(q, H, Dh), "W_K": heads(k, Hkv, Dh), "W_V": heads(v, Hkv, Dh),
-                "b_Q": b_q, "b_K": b_k, "b_V": b_v, "W_O": heads_out(r.take(f"{a}.o_proj.weight"), H, Dh),
-                "b_O": zeros_or(r.take_optional(f"{a}.o_proj.bias"), (D,))}
-        if cfg.use_qk_norm or cfg.qk_norm_over_heads:
-            attn["q_norm"], attn["k_norm"] = norm(f"{a}.q_norm"), norm(f"{a}.k_norm")
+    def dense_mlp(m):
         gate, up = gate_up(m)
         mlp = {"W_in": up.T, "W_out": r.take(f"{m}.down_proj.weight").T,
                "b_in": zeros_or(r.take_optional(f"{m}.up_proj.bias"), (M,)),
@@ -145,6 +150,26 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
         if cfg.act_fn == "xielu":  # its parameters, stored [1] or [] per layer
             mlp["act_fn"] = {k: r.take(f"{m}.act_fn.{k}").reshape(())
                              for k in ("alpha_p", "alpha_n", "beta", "eps")}
+        return mlp
+
+    def experts(b):
+        """The router [D, E] and the experts' stacked gate / up [E, D, M] and down [E, M, D]."""
+        block, names, _ = MOE[cfg.original_architecture]
+        stacked = [np.stack([r.take(f"{b}.{block}.experts.{e}.{n}.weight").T
+                             for e in range(cfg.num_experts)]) for n in names]
+        return {"W_router": r.take(f"{b}.{block}.gate.weight").T,
+                "experts": dict(zip(("W_gate", "W_in", "W_out"), stacked))}
+
+    def layer(l):
+        b = f"{pre}layers.{l}"
+        a, m = f"{b}.self_attn", f"{b}.mlp"
+        q, k, v, b_q, b_k, b_v = projections(a)
+        attn = {"W_Q": heads(q, H, Dh), "W_K": heads(k, Hkv, Dh), "W_V": heads(v, Hkv, Dh),
+                "b_Q": b_q, "b_K": b_k, "b_V": b_v, "W_O": heads_out(r.take(f"{a}.o_proj.weight"), H, Dh),
+                "b_O": zeros_or(r.take_optional(f"{a}.o_proj.bias"), (D,))}
+        if cfg.use_qk_norm or cfg.qk_norm_over_heads:
+            attn["q_norm"], attn["k_norm"] = norm(f"{a}.q_norm"), norm(f"{a}.k_norm")
+        mlp = experts(b) if cfg.num_experts else dense_mlp(m)
         if cfg.norm_sublayer_outputs:  # OLMo 2, 3: ln1 / ln2 normalise the sublayer outputs
             return {"attn": attn, "mlp": mlp, "ln1": norm(f"{b}.post_attention_layernorm"),
                     "ln2": norm(f"{b}.post_feedforward_layernorm")}
