@@ -78,8 +78,10 @@ def processed_config(cfg: Config, **flags: bool) -> Config:
 def _foldable(cfg: Config) -> bool:
     # A shortformer adds positions to ln1's output, so ln1's weights cannot move into W_Q/W_K;
     # norms on sublayer outputs (OLMo 2) have no reading weights to move into.
+    # A LayerNorm's bias before a mixture of experts has no expert biases to move into.
     return (cfg.normalization_type in ("LN", "RMS") and cfg.positional_embedding_type != "shortformer"
-            and not cfg.norm_sublayer_outputs)
+            and not cfg.norm_sublayer_outputs
+            and not (cfg.num_experts and cfg.normalization_type == "LN"))
 
 
 def _is_layer_norm(cfg: Config) -> bool:
@@ -144,9 +146,6 @@ def fold_layer_norm(params: dict, cfg: Config) -> dict:
         _fold_into(blocks["attn"], ("W_Q", "W_K", "W_V"), blocks.pop("ln1"), center,
                    {"W_Q": "b_Q", "W_K": "b_K", "W_V": "b_V"})
     if "ln2" in blocks and cfg.num_experts:  # the router and every expert read ln2's output
-        if "b" in blocks["ln2"]:
-            raise ValueError("fold_ln: the experts of a mixture have no biases to receive a "
-                             "LayerNorm's folded bias; load with fold_ln=False")
         ln2 = blocks.pop("ln2")
         _fold_into(blocks["mlp"], ("W_router",), ln2, center)
         _fold_into(blocks["mlp"]["experts"], ("W_gate", "W_in"), ln2, center)

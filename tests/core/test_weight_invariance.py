@@ -31,6 +31,11 @@ FAMILIES["shortformer"] = jtlens.Config(**{**CONFIGS["gpt2"], "d_model": 32, "n_
 FAMILIES["solu_ln"] = jtlens.Config(**{**CONFIGS["gpt2"], "d_model": 32, "n_ctx": 16, "d_head": 8,
                                       "d_vocab": 50, "act_fn": "solu_ln"})
 
+# A LayerNorm mixture of experts (no family has one): its norms stay, its writing weights centre.
+FAMILIES["moe_ln"] = jtlens.Config(**{**CONFIGS["mixtral_like"], "d_model": 32, "n_ctx": 16,
+                                     "d_head": 8, "d_vocab": 50, "normalization_type": "LN",
+                                     "final_rms": False})
+
 STEPS = {"all": {}, "no_center_writing": dict(center_writing_weights=False),
          "no_fold_ln": dict(fold_ln=False), "refactor": dict(refactor_factored_attn_matrices=True)}
 

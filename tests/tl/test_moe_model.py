@@ -26,3 +26,32 @@ def test_moe_model_exposes_tl_hooks_and_dispatch_modes_agree():
     assert cache["blocks.1.mlp.hook_expert_indices"].shape == (14, K)
     gather = jtlens.HookedTransformer(dataclasses.replace(cfg, moe_dispatch="gather"), params)
     np.testing.assert_allclose(gather(tokens), logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_moe_state_dict_and_fold_ln_as_transformer_lens():
+    """TransformerLens's MoE state dict (router mlp.W_gate, nn.Linear experts) round-trips, and
+    fold_layer_norm folds ln2 into the router and every expert as TransformerLens does."""
+    from tests.oracle import CONFIGS, max_diff, tl_model, to_jtlens, tokens_for, torch
+
+    torch.set_num_threads(1)
+    tl = tl_model(CONFIGS["mixtral_like"])
+    cfg, params = to_jtlens(tl)
+    model = jtlens.HookedTransformer(cfg, params)
+    theirs = {k: v.numpy() for k, v in tl.state_dict().items()
+              if not k.endswith(("IGNORE", ".mask", "rotary_sin", "rotary_cos"))
+              and k != "pos_embed.W_pos"}
+    ours = model.state_dict()
+    assert "blocks.1.mlp.experts.3.W_out.weight" in ours and set(ours) == set(theirs)
+    assert all(max_diff(ours[k], theirs[k]) == 0 for k in theirs)
+    folded = model.fold_layer_norm(model.state_dict())
+    # (RMS: TransformerLens folds without centring or biases only when told so)
+    ref = tl.fold_layer_norm({k: v.clone() for k, v in tl.state_dict().items()},
+                             fold_biases=False, center_weights=False)
+    for k in folded:
+        assert max_diff(folded[k], ref[k].numpy()) <= 1e-6, k
+    tl.process_weights_()
+    model.process_weights_()
+    tokens = tokens_for(cfg, pos=6)
+    with torch.no_grad():
+        assert max_diff(model(tokens), tl(torch.as_tensor(np.asarray(tokens))).numpy()) <= 1e-4

@@ -15,6 +15,8 @@ from jtlens.io.conversions.common import TensorReader, check_and_cast
 from jtlens.core.config import Config, config_from_tl  # noqa: F401  (its public path)
 from jtlens.core.params import param_shapes
 
+EXPERT_WEIGHTS = ("W_gate", "W_in", "W_out")  # each expert's gated MLP
+
 
 def params_from_state_dict(state_dict: Mapping[str, Any], cfg: Config) -> dict:
     """Layer-stacked jtlens params from a TransformerLens state dict (strict)."""
@@ -28,10 +30,19 @@ def params_from_state_dict(state_dict: Mapping[str, Any], cfg: Config) -> dict:
         r.ignore("pos_embed.W_pos")  # TransformerLens keeps an unused table for rotary/ALiBi models
     shapes = param_shapes(cfg)
 
+    def moe(prefix):
+        """TransformerLens's MoE: the router `mlp.W_gate` and an nn.Linear ([out, in]) per expert."""
+        stack = lambda n: np.stack([r.take(f"{prefix}experts.{e}.{n}.weight").T  # noqa: E731
+                                    for e in range(cfg.num_experts)])
+        return {"W_router": r.take(f"{prefix}W_gate.weight").T,
+                "experts": {n: stack(n) for n in EXPERT_WEIGHTS}}
+
     def sub(prefix, tree):
         out = {}
         for k, v in tree.items():
-            if isinstance(v, dict):
+            if k == "mlp" and cfg.num_experts:
+                out[k] = moe(f"{prefix}mlp.")
+            elif isinstance(v, dict):
                 out[k] = sub(f"{prefix}{k}.", v)
             else:
                 name = f"{prefix}{k}"
@@ -53,12 +64,20 @@ def params_from_state_dict(state_dict: Mapping[str, Any], cfg: Config) -> dict:
 
 def flat_state_dict(params: dict, cfg) -> dict[str, Any]:
     """Layer-stacked params -> {TransformerLens name: array}: `blocks.0.attn.W_Q` [n_heads,
-    d_model, d_head], GQA keys/values as TransformerLens stores them (`_W_K`, `_b_V`)."""
+    d_model, d_head], GQA keys/values as TransformerLens stores them (`_W_K`, `_b_V`), MoE
+    layers as its nn.Linear weights (`mlp.W_gate.weight` the router [n_experts, d_model],
+    `mlp.experts.3.W_in.weight` [d_mlp, d_model])."""
     gqa = cfg.n_kv_heads != cfg.n_heads
     out: dict[str, Any] = {}
 
     def put(prefix: str, tree: dict, layer: Optional[int]):
         for k, v in tree.items():
+            if k == "mlp" and cfg.num_experts:  # TransformerLens's MoE names and [out, in] layout
+                out[f"{prefix}mlp.W_gate.weight"] = v["W_router"][layer].T
+                for n in EXPERT_WEIGHTS:
+                    for e in range(cfg.num_experts):
+                        out[f"{prefix}mlp.experts.{e}.{n}.weight"] = v["experts"][n][layer][e].T
+                continue
             if isinstance(v, dict):
                 put(f"{prefix}{k}.", v, layer)
                 continue
