@@ -7,6 +7,8 @@ that loader on the same file.
 """
 
 import json
+import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import jtlens  # noqa: E402
-from jtlens.conversions import __main__ as conversions_cli  # noqa: E402
+import jtlens.conversions.__main__ as conversions_cli  # noqa: E402  (an alias: import it whole)
 from jtlens.conversions import gguf as gguf_conversion  # noqa: E402
 from jtlens.conversions.common import ConversionError  # noqa: E402
 from tests.oracle import max_diff  # noqa: E402
@@ -59,7 +61,12 @@ FAMILIES = {  # GGUF architecture -> Hugging Face model
         vocab_size=V, hidden_size=64, n_layer=2, n_head=4, seq_length=64)),
     "gptneox": lambda: transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
         **SIZES, rotary_pct=0.5, use_parallel_residual=True)),
+    # llama.cpp writes Mixtral as a llama with llama.expert_count and stacked expert tensors.
+    "mixtral": lambda: transformers.MixtralForCausalLM(transformers.MixtralConfig(
+        **SIZES, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)),
 }
+FILE_ARCH = {"mixtral": "llama"}  # a family's GGUF architecture, where the names differ
+EXPERTS = re.compile(r"(.*\.experts)\.(\d+)(\..*)")  # one expert's tensor
 # transformers' GGUF loader reads these families' tiny files as llama.cpp would. It has no gemma,
 # gptneox, olmo2, phi2 or bloom support; for qwen3 it ignores attention.key_length (head_dim 128 by
 # default), for gemma2 and gemma3 it keeps query_pre_attn_scalar 256 where llama.cpp scales
@@ -122,6 +129,9 @@ def _add_metadata(writer, arch, hf):
         writer.add_sliding_window(hf.sliding_window)
     if arch == "llama":
         writer.add_vocab_size(hf.vocab_size)
+    if getattr(hf, "num_local_experts", None):
+        writer.add_expert_count(hf.num_local_experts)
+        writer.add_expert_used_count(hf.num_experts_per_tok)
 
 
 def _add_tokenizer(writer):
@@ -137,10 +147,45 @@ def _add_tokenizer(writer):
     writer.add_pad_token_id(0)
 
 
-def write_gguf(path, arch, model, qtype=Q.F32, tokenizer=True, metadata=True, tensors=None):
-    """Write `model` as llama.cpp would (names from gguf's own name map, its layout changes, 2-D
-    weights quantised to `qtype`, norms and biases F32). Returns the Hugging Face state dict the
-    file decodes to: quantised tensors round-tripped through gguf.quants."""
+def checkpoint_tensors(model) -> dict:
+    """The tensors as save_pretrained writes them, which llama.cpp's converter reads
+    (transformers 5 fuses Mixtral's experts in memory and splits them again on saving)."""
+    from safetensors.numpy import load_file
+
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        return {k: v.astype(np.float32) for k, v in load_file(f"{folder}/model.safetensors").items()}
+
+
+def with_weights(model, tensors: dict):
+    """A model of `model`'s class and config holding `tensors` (checkpoint names, as saved)."""
+    from safetensors.numpy import save_file
+
+    with tempfile.TemporaryDirectory() as folder:
+        model.config.save_pretrained(folder)
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                  f"{folder}/model.safetensors", metadata={"format": "pt"})
+        return type(model).from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def _stack_experts(state: dict) -> dict:
+    """llama.cpp's converter stacks each layer's experts: `...experts.3.w1.weight` [M, D] ->
+    `...experts.w1.weight` [E, M, D]."""
+    out, stacks = {}, {}
+    for name, w in state.items():
+        m = EXPERTS.fullmatch(name)
+        if m:
+            stacks.setdefault(m[1] + m[3], {})[int(m[2])] = w
+        else:
+            out[name] = w
+    return dict(out, **{k: np.stack([v[e] for e in sorted(v)]) for k, v in stacks.items()})
+
+
+def write_gguf(path, family, model, qtype=Q.F32, tokenizer=True, metadata=True, tensors=None):
+    """Write `model` as llama.cpp would (names from gguf's own name map, its layout changes,
+    stacked experts, matrices quantised to `qtype`, norms and biases F32). Returns the Hugging
+    Face state dict the file decodes to: quantised tensors round-tripped through gguf.quants."""
+    arch = FILE_ARCH.get(family, family)
     hf = model.config
     names = gguf.get_tensor_name_map(next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch),
                                      hf.num_hidden_layers)
@@ -150,7 +195,7 @@ def write_gguf(path, arch, model, qtype=Q.F32, tokenizer=True, metadata=True, te
     if tokenizer:
         _add_tokenizer(writer)
     decoded = {}
-    state = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    state = _stack_experts(checkpoint_tensors(model))
     for name, w in state.items():
         if name == "lm_head.weight" and hf.tie_word_embeddings:
             continue  # llama.cpp leaves a tied output out (GPT-2's unembedding included)
@@ -160,7 +205,7 @@ def write_gguf(path, arch, model, qtype=Q.F32, tokenizer=True, metadata=True, te
         file_w = _llama_cpp_layout(arch, name, w, hf)
         if tensors and gguf_name in tensors:
             file_w = tensors[gguf_name]
-        if file_w.ndim == 2 and qtype != Q.F32:
+        if file_w.ndim >= 2 and qtype != Q.F32:
             data = gguf.quants.quantize(file_w, qtype)
             writer.add_tensor(gguf_name, data, raw_dtype=qtype)
             # Blocks run along rows, so llama.cpp's row permutations commute with the round trip;
@@ -171,7 +216,11 @@ def write_gguf(path, arch, model, qtype=Q.F32, tokenizer=True, metadata=True, te
             w = round_trip.T if transposed else round_trip
         else:
             writer.add_tensor(gguf_name, file_w)
-        decoded[name] = w
+        if ".experts." in name:  # back to one Hugging Face tensor per expert
+            stem, kind = name.rsplit(".experts.", 1)
+            decoded.update((f"{stem}.experts.{e}.{kind}", w[e]) for e in range(len(w)))
+        else:
+            decoded[name] = w
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -203,10 +252,7 @@ def files(tmp_path_factory):
         if (arch, qtype) not in made:
             model = random_model(arch)
             path = tmp_path_factory.mktemp("g") / f"tiny-{qtype.name}.gguf"
-            decoded = write_gguf(path, arch, model, qtype)
-            model.load_state_dict({k: torch.from_numpy(v) for k, v in decoded.items()},
-                                  strict=False)  # a tied lm_head follows the embedding
-            made[arch, qtype] = (path, model)
+            made[arch, qtype] = (path, with_weights(model, write_gguf(path, arch, model, qtype)))
         return made[arch, qtype]
     return get
 

@@ -22,6 +22,7 @@ from jtlens.core.progress import shown
 # GGUF `general.architecture` -> the Hugging Face class whose converter it reuses.
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM",  # Llama, Mistral-style, SmolLM ...: llama.cpp calls them all llama
+    # (with llama.expert_count set: Mixtral, a llama whose MLPs are mixtures of experts)
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "gemma": "GemmaForCausalLM",
@@ -124,6 +125,13 @@ def hf_config(reader) -> dict:
                     use_parallel_residual=bool(get("use_parallel_residual", True)))
     hf = dict(common, **sizes, **rotary, num_key_value_heads=n_kv, head_dim=d_head,
               rms_norm_eps=get("attention.layer_norm_rms_epsilon"))
+    if get("expert_count", 0):
+        if arch != "llama":
+            raise ConversionError(f"{path}: mixtures of experts are supported for GGUF architecture "
+                                  f"'llama' (Mixtral), not {arch!r}")
+        # llama.cpp renormalises a llama's top-k routing weights, as Mixtral does
+        hf.update(architectures=["MixtralForCausalLM"], num_local_experts=get("expert_count"),
+                  num_experts_per_tok=get("expert_used_count"))
     if arch.startswith("gemma"):
         hf["hidden_activation"] = "gelu_pytorch_tanh"
     if arch in ("gemma2", "gemma3"):
@@ -177,8 +185,14 @@ OLMO2_BLOCK = dict(  # norms on the sublayer outputs; q/k norms over all heads
     post_attention_norm=("post_attention_layernorm", "D"),
     post_ffw_norm=("post_feedforward_layernorm", "D"),
     attn_q_norm=("self_attn.q_norm", "Q"), attn_k_norm=("self_attn.k_norm", "K"))
+MIXTRAL_EXPERTS = {  # llama.cpp stacks the experts ({e}: each expert's Hugging Face name)
+    "ffn_gate_inp": ("block_sparse_moe.gate", "E,D"),
+    "ffn_gate_exps": ("block_sparse_moe.experts.{e}.w1", "E,M,D"),
+    "ffn_up_exps": ("block_sparse_moe.experts.{e}.w3", "E,M,D"),
+    "ffn_down_exps": ("block_sparse_moe.experts.{e}.w2", "E,D,M")}
 BLOCKS = {
-    "llama": ("model.layers", LLAMA_BLOCK), "qwen2": ("model.layers", LLAMA_BLOCK),
+    "llama": ("model.layers", dict(LLAMA_BLOCK, **MIXTRAL_EXPERTS)),
+    "qwen2": ("model.layers", LLAMA_BLOCK),
     "qwen3": ("model.layers", LLAMA_BLOCK), "gemma": ("model.layers", LLAMA_BLOCK),
     "gemma2": ("model.layers", GEMMA2_BLOCK), "gemma3": ("model.layers", GEMMA2_BLOCK),
     "olmo2": ("model.layers", OLMO2_BLOCK),
@@ -222,6 +236,7 @@ def _dims(hf: dict) -> dict:
     D, H = get("hidden_size", "n_embd"), get("num_attention_heads", "n_head")
     d = hf.get("head_dim") or D // H
     return dict(D=D, V=hf["vocab_size"], M=get("intermediate_size", "n_inner"),
+                E=hf.get("num_local_experts", 0),
                 C=get("max_position_embeddings", "n_positions", "seq_length"), d=d, Q=H * d,
                 K=hf.get("num_key_value_heads", H) * d)
 
@@ -293,7 +308,11 @@ def hf_tensors(reader, hf: dict, progress: bool = True) -> dict[str, np.ndarray]
         if got != want:
             raise ConversionError(f"{path}: tensor {t.name!r} has shape {got}, the metadata implies "
                                   f"{want}")
-        out[name] = fix(t.name, np.asarray(dequantize(t.data, t.tensor_type), np.float32).reshape(got))
+        w = fix(t.name, np.asarray(dequantize(t.data, t.tensor_type), np.float32).reshape(got))
+        if "{e}" in name:  # stacked experts: one Hugging Face tensor per expert
+            out.update((name.format(e=e), w[e]) for e in range(len(w)))
+        else:
+            out[name] = w
     return out
 
 
