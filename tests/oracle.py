@@ -76,6 +76,14 @@ CONFIGS = {
                        n_key_value_heads=2, gated_mlp=True, d_mlp=32, num_experts=4,
                        experts_per_token=2, clip_qkv=1.5, use_split_qkv_input=False,
                        original_architecture="OlmoeForCausalLM"),
+    "gpt_oss_like": dict(BASE, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
+                         n_key_value_heads=2, gated_mlp=True, final_rms=True, d_mlp=32,
+                         num_experts=4, experts_per_token=2, use_attention_sinks=True,
+                         use_local_attn=True, window_size=4, attn_types=["local", "global"],
+                         use_yarn_rope=True, yarn_factor=32.0, yarn_attention_factor=1.3466,
+                         yarn_original_max_position_embeddings=4096, yarn_truncate=False,
+                         rotary_base=150000.0, use_split_qkv_input=False,
+                         original_architecture="GptOssForCausalLM"),
     "gptneo_like": dict(BASE, act_fn="gelu_new", use_attn_scale=False, use_local_attn=True,
                         window_size=3, attn_types=["global", "local"]),
     "alibi_relu_attn_only": dict(BASE, act_fn="relu", positional_embedding_type="alibi",
@@ -96,7 +104,7 @@ def tl_model(cfg_dict: dict, seed: int = 0):
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith((".b", "b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U", ".w",
-                              "alpha_p", "alpha_n")):  # (alpha: xIELU's parameters)
+                              "alpha_p", "alpha_n", "sinks")):  # (alpha: xIELU's parameters)
                 p.add_(0.1 * torch.randn_like(p))
     return model
 
@@ -128,12 +136,14 @@ def tl_from_folder(folder, hf_model=None, tokenizer=None):
 def tl_processing(cfg, center_unembed=True) -> dict:
     """The processing TransformerLens's from_pretrained applies by default: no fold_ln or
     writing-weight centring for post-norm blocks (OLMo 2, 3), which its own
-    load_and_process_state_dict would apply regardless."""
+    load_and_process_state_dict would apply regardless. Value biases stay under attention sinks
+    (GPT-OSS), as jtlens leaves them: TransformerLens 3.9 folds them although pattern rows sum to
+    less than one there, which changes its outputs (by 0.02 on the tiny GPT-OSS's logits)."""
     from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
     pre_norm = cfg.original_architecture not in POST_NORM_ARCHITECTURES
     return dict(fold_ln=pre_norm, center_writing_weights=pre_norm, center_unembed=center_unembed,
-                fold_value_biases=True)
+                fold_value_biases=not cfg.use_attention_sinks)
 
 
 def hf_from_gguf(path):
@@ -319,6 +329,11 @@ FAMILIES = {
                                                   num_experts_per_tok=2),
     "olmoe": lambda: transformers.OlmoeConfig(**SMALL, num_key_value_heads=2, num_experts=4,
                                               num_experts_per_tok=2, pad_token_id=0, eos_token_id=0),
+    # Attention sinks, YaRN rotary (its released settings), one sliding and one full layer, and
+    # biased clamped-SwiGLU experts.
+    "gpt_oss": lambda: transformers.GptOssConfig(
+        **SMALL, num_key_value_heads=2, head_dim=8, num_local_experts=4, num_experts_per_tok=2,
+        sliding_window=4, layer_types=["sliding_attention", "full_attention"]),
     "bloom": lambda: transformers.BloomConfig(vocab_size=97, hidden_size=32, n_layer=2, n_head=4,
                                               seq_length=64),
     "phi": lambda: transformers.PhiConfig(**SMALL, partial_rotary_factor=0.5, pad_token_id=0),
@@ -333,12 +348,13 @@ MODELS = {"gpt2": "GPT2LMHeadModel", "gptj": "GPTJForCausalLM", "gpt_neo": "GPTN
           "gemma3_multimodal": "Gemma3ForConditionalGeneration", "olmo": "OlmoForCausalLM",
           "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM", "phi": "PhiForCausalLM",
           "bloom": "BloomForCausalLM", "apertus": "ApertusForCausalLM",
-          "phi3": "Phi3ForCausalLM", "mixtral": "MixtralForCausalLM", "olmoe": "OlmoeForCausalLM"}
+          "phi3": "Phi3ForCausalLM", "mixtral": "MixtralForCausalLM", "olmoe": "OlmoeForCausalLM",
+          "gpt_oss": "GptOssForCausalLM"}
 
 
 # The families TransformerLens 3.9 loads from a Hugging Face folder offline.
 TL_CAN_LOAD = ("gpt2", "gptj", "gpt_neo", "opt", "neox", "llama", "mistral", "qwen2", "qwen3", "phi3",
-               "olmo3", "bloom", "apertus", "mixtral", "olmoe")
+               "olmo3", "bloom", "apertus", "mixtral", "olmoe", "gpt_oss")
 # Those it supports but picks by hub name: tests build its config by hand (tests/io/test_conversions.py).
 TL_BY_HAND = ("gemma", "gemma2", "gemma3", "gemma3_multimodal", "olmo", "olmo2", "phi")
 
@@ -348,8 +364,9 @@ def build_hf(name, folder, **save_kw):
     model = getattr(transformers, MODELS[name])(FAMILIES[name]()).eval()
     with torch.no_grad():  # HF initialises norms to one and biases to zero: randomise them
         for pname, p in model.named_parameters():
-            if "norm" in pname or "ln" in pname or pname.endswith("bias") or "act_fn" in pname:
-                p.add_(0.1 * torch.randn_like(p))  # (act_fn: Apertus's per-layer xIELU)
+            if ("norm" in pname or "ln" in pname or pname.endswith(("bias", "sinks"))
+                    or "act_fn" in pname):  # (act_fn: Apertus's per-layer xIELU)
+                p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(folder, **save_kw)
     if name == "gpt2":  # TransformerLens 3.9 reads n_ctx, which transformers 5 no longer writes
         cfg = json.loads((folder / "config.json").read_text())

@@ -110,12 +110,33 @@ def rotary_inverse_periods(cfg: Config, local: bool = False) -> np.ndarray:
         smoothed = ((1 - smooth) * inv_l / factor + smooth * inv_l).astype(np.float32)
         medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
         freq = (1.0 / np.where(medium, smoothed, inv_l)).astype(np.float32)
+    elif cfg.use_yarn_rope:
+        freq = _yarn_periods(cfg, base)
     else:
         dim = np.arange(rd // 2, dtype=np.float32)
         freq = (base ** (dim / np.float32(rd / 2))).astype(np.float32)
         if not local:
             freq = (freq * np.float32(cfg.rotary_scaling_factor)).astype(np.float32)
     return np.repeat(freq, 2) if cfg.rotary_adjacent_pairs else np.tile(freq, 2)
+
+
+def _yarn_periods(cfg: Config, base) -> np.ndarray:
+    """YaRN's per-pair periods [rotary_dim / 2]: each inverse frequency moves from the original
+    to original / yarn_factor along a ramp over the pairs between the correction dims."""
+    rd, original = cfg.rotary_dim, cfg.yarn_original_max_position_embeddings
+
+    def correction_dim(rotations):  # the pair that turns `rotations` times over the original context
+        return rd * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(cfg.yarn_beta_fast), correction_dim(cfg.yarn_beta_slow)
+    if cfg.yarn_truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rd - 1)
+    high = high + 0.001 if low == high else high  # (no zero-width ramp)
+    ramp = np.clip((np.arange(rd // 2, dtype=np.float32) - low) / np.float32(high - low), 0, 1)
+    inv = (1.0 / base ** (np.arange(0, rd, 2, dtype=np.float32) / np.float32(rd))).astype(np.float32)
+    blended = inv / np.float32(cfg.yarn_factor) * ramp + inv * (1 - ramp)
+    return (1.0 / blended).astype(np.float32)
 
 
 def _layer_periods(cfg: Config, local):
@@ -133,8 +154,9 @@ def apply_rotary(x, positions, cfg: Config, local=False):
     rd = cfg.rotary_dim
     freq = _layer_periods(cfg, local)
     angles = positions.astype(jnp.float32)[..., None] / freq  # [batch, pos, rd]
-    sin = jnp.sin(angles).astype(x.dtype)[:, :, None, :]
-    cos = jnp.cos(angles).astype(x.dtype)[:, :, None, :]
+    scale = cfg.yarn_attention_factor if cfg.use_yarn_rope else 1.0
+    sin = (jnp.sin(angles) * scale).astype(x.dtype)[:, :, None, :]
+    cos = (jnp.cos(angles) * scale).astype(x.dtype)[:, :, None, :]
     x_rot, x_pass = x[..., :rd], x[..., rd:]
     if cfg.rotary_adjacent_pairs:
         flip = jnp.stack([-x_rot[..., 1::2], x_rot[..., ::2]], axis=-1).reshape(x_rot.shape)

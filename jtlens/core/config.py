@@ -61,6 +61,17 @@ class Config:
     NTK_by_parts_high_freq_factor: float = 4.0
     NTK_by_parts_factor: float = 8.0
     NTK_original_ctx_len: int = 8192
+    # YaRN rotary scaling (GPT-OSS; TransformerLens's names): each frequency blends from the
+    # original (fast dims) to the original / yarn_factor (slow dims) along a linear ramp between
+    # the dims that turn yarn_beta_fast and yarn_beta_slow times over the original context
+    # (floored / ceiled when yarn_truncate); sin and cos scale by yarn_attention_factor.
+    use_yarn_rope: bool = False
+    yarn_factor: float = 1.0
+    yarn_attention_factor: float = 1.0
+    yarn_beta_fast: float = 32.0
+    yarn_beta_slow: float = 1.0
+    yarn_original_max_position_embeddings: int = 4096
+    yarn_truncate: bool = True
     n_key_value_heads: Optional[int] = None
     # Grouped-query attention's keys and values repeated to one per query head before hook_k /
     # hook_v (TransformerLens's flag): hooks see and edit [batch, pos, n_heads, d_head].
@@ -87,6 +98,9 @@ class Config:
     # OLMo 1: queries, keys and values are clamped to [-clip_qkv, clip_qkv] after their hooks
     # (and any q/k norm), before rotary.
     clip_qkv: Optional[float] = None
+    # GPT-OSS (TransformerLens's name): a learned logit per head (attn.sinks) joins each query's
+    # softmax as one more key and is dropped after it, so pattern rows sum to less than one.
+    use_attention_sinks: bool = False
     attention_dir: str = "causal"
     # BERT-style encoders (TransformerLens's HookedEncoder): `post_ln` puts a LayerNorm after
     # each residual add (ln1 after attention, ln2 after the MLP) and after the embedding sum
@@ -126,6 +140,15 @@ class Config:
     norm_topk_prob: bool = False
     moe_dispatch: str = "dense"
     moe_capacity_factor: float = 2.0
+    # GPT-OSS's experts (transformers' names where TransformerLens has none): `moe_biases` gives
+    # the router and every expert projection a bias; `moe_softmax_after_topk` softmaxes the k
+    # chosen router logits (instead of taking the top k of a softmax over all experts); with
+    # `swiglu_limit` set, an expert computes clamp(gate, max=limit) * sigmoid(swiglu_alpha * ...)
+    # * (clamp(up, +-limit) + 1) instead of act_fn(gate) * up.
+    moe_biases: bool = False
+    moe_softmax_after_topk: bool = False
+    swiglu_limit: Optional[float] = None
+    swiglu_alpha: float = 1.702
 
     def __post_init__(self):
         def put(name, value):
@@ -314,6 +337,9 @@ _TL_ARCHITECTURE_KNOBS = {
     "Olmo2ForCausalLM": dict(qk_norm_over_heads=True, norm_sublayer_outputs=True),
     "Olmo3ForCausalLM": dict(qk_norm_over_heads=True, norm_sublayer_outputs=True),
     "OlmoeForCausalLM": dict(qk_norm_over_heads=True),
+    # (TransformerLens's GptOssMoE hard-codes these)
+    "GptOssForCausalLM": dict(moe_biases=True, moe_softmax_after_topk=True, swiglu_limit=7.0,
+                              swiglu_alpha=1.702),
 }
 
 

@@ -1,4 +1,4 @@
-"""Mixture-of-experts MLP (Mixtral / OLMoE style) with TransformerLens's MoE hooks.
+"""Mixture-of-experts MLP (Mixtral / OLMoE / GPT-OSS) with TransformerLens's MoE hooks.
 
 Expert weights are stacked on a leading expert axis (`experts.W_gate`, `experts.W_in`:
 [n_experts, d_model, d_mlp]; `experts.W_out`: [n_experts, d_mlp, d_model]; the router
@@ -22,21 +22,45 @@ from jtlens.core import components as C
 def route(p: dict, x, ctx):
     """Routing of tokens x [tokens, d_model] -> (weights, indices) [tokens, k].
 
-    Fires mlp.hook_expert_weights (softmax over all experts, [tokens, n_experts]) and
-    mlp.hook_expert_indices ([tokens, k]) as TransformerLens's MoE does.
+    Fires mlp.hook_expert_weights ([tokens, n_experts]) and mlp.hook_expert_indices ([tokens,
+    k]) as TransformerLens's MoE does: the weights are a softmax over all experts, or (under
+    moe_softmax_after_topk, GPT-OSS) the softmax of the k chosen logits, zero elsewhere.
     """
     cfg = ctx.cfg
-    probs = ctx("mlp.hook_expert_weights", jax.nn.softmax(
-        (x @ p["W_router"]).astype(jnp.float32), axis=-1))
-    weights, indices = jax.lax.top_k(probs, cfg.experts_per_token)
+    logits = x @ p["W_router"] + p["b_router"] if cfg.moe_biases else x @ p["W_router"]
+    logits = logits.astype(jnp.float32)
+    if cfg.moe_softmax_after_topk:
+        top, indices = jax.lax.top_k(logits, cfg.experts_per_token)
+        rows = jnp.arange(x.shape[0])[:, None]
+        probs = ctx("mlp.hook_expert_weights", jnp.zeros_like(logits).at[rows, indices].set(
+            jax.nn.softmax(top, axis=-1)))
+        weights = jnp.take_along_axis(probs, indices, axis=-1)
+    else:
+        probs = ctx("mlp.hook_expert_weights", jax.nn.softmax(logits, axis=-1))
+        weights, indices = jax.lax.top_k(probs, cfg.experts_per_token)
     if cfg.norm_topk_prob:
         weights = weights / weights.sum(-1, keepdims=True)
     return weights.astype(x.dtype), ctx("mlp.hook_expert_indices", indices)
 
 
-def _expert(W_gate, W_in, W_out, x, act):
-    """One gated expert on x [..., d_model] -> [..., d_model]."""
-    return (act(x @ W_gate) * (x @ W_in)) @ W_out
+def gated(cfg):
+    """An expert's gated activation (gate, up [..., d_mlp]) -> [..., d_mlp]."""
+    if cfg.swiglu_limit is None:
+        act = C.ACTIVATION_FNS[cfg.act_fn]
+        return lambda gate, up: act(gate) * up
+    limit, alpha = cfg.swiglu_limit, cfg.swiglu_alpha
+
+    def clamped_swiglu(gate, up):  # GPT-OSS
+        gate, up = jnp.minimum(gate, limit), jnp.clip(up, -limit, limit)
+        return gate * jax.nn.sigmoid(alpha * gate) * (up + 1)
+    return clamped_swiglu
+
+
+def _expert(w: dict, x, act):
+    """One expert (w: its weights, biases under moe_biases) on x [..., d_model] -> [..., d_model]."""
+    bias = lambda name: w.get(name, 0)  # noqa: E731  (no biases: zero)
+    h = act(x @ w["W_gate"] + bias("b_gate"), x @ w["W_in"] + bias("b_in"))
+    return h @ w["W_out"] + bias("b_out")
 
 
 def dense_dispatch(p: dict, x, weights, indices, act):
@@ -45,8 +69,7 @@ def dense_dispatch(p: dict, x, weights, indices, act):
     # [tokens, n_experts]: each token's weight on each expert.
     per_expert = jnp.zeros((x.shape[0], n_experts), x.dtype).at[
         jnp.arange(x.shape[0])[:, None], indices].add(weights)
-    outs = jax.vmap(_expert, in_axes=(0, 0, 0, None, None))(
-        p["W_gate"], p["W_in"], p["W_out"], x, act)  # [n_experts, tokens, d_model]
+    outs = jax.vmap(_expert, in_axes=(0, None, None))(p, x, act)  # [n_experts, tokens, d_model]
     return jnp.einsum("te,etd->td", per_expert, outs)
 
 
@@ -71,8 +94,7 @@ def gather_dispatch(p: dict, x, weights, indices, act, cap: int):
     order = jnp.argsort(~routed.T, axis=1, stable=True)[:, :cap]  # [n_experts, cap]
     valid = jnp.take_along_axis(routed.T, order, axis=1)
     gathered = x[order]  # [n_experts, cap, d_model]
-    outs = jax.vmap(_expert, in_axes=(0, 0, 0, 0, None))(
-        p["W_gate"], p["W_in"], p["W_out"], gathered, act)
+    outs = jax.vmap(_expert, in_axes=(0, 0, None))(p, gathered, act)
     scale = jnp.where(valid, per_expert.T[jnp.arange(n_experts)[:, None], order], 0)
     out = jnp.zeros_like(x).at[order.reshape(-1)].add(
         (outs * scale[..., None]).reshape(-1, x.shape[-1]))
@@ -82,7 +104,7 @@ def gather_dispatch(p: dict, x, weights, indices, act, cap: int):
 def moe_mlp(p: dict, x, ctx):
     """The MoE MLP on x [batch, pos, d_model] -> [batch, pos, d_model]."""
     cfg = ctx.cfg
-    act = C.ACTIVATION_FNS[cfg.act_fn]
+    act = gated(cfg)
     batch, pos, d_model = x.shape
     flat = x.reshape(-1, d_model)
     weights, indices = route(p, flat, ctx)

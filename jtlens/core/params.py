@@ -44,6 +44,8 @@ def param_shapes(cfg: Config) -> dict:
     if cfg.qk_norm_over_heads:
         attn["q_norm"] = {"w": (L, H * Dh)}
         attn["k_norm"] = {"w": (L, Hkv * Dh)}
+    if cfg.use_attention_sinks:
+        attn["sinks"] = (L, H)
     blocks: dict[str, Any] = {"attn": attn}
     norms = {"ln1": cfg.normalization_type}
     if not cfg.attn_only:
@@ -55,10 +57,13 @@ def param_shapes(cfg: Config) -> dict:
             mlp["act_fn"] = dict.fromkeys(("alpha_p", "alpha_n", "beta", "eps"), (L,))
         if cfg.is_layer_norm_activation() and cfg.normalization_type == "LN":
             mlp["ln"] = _norm_shapes("LN", M, (L,))  # solu_ln; weightless (LNPre) otherwise
-        if cfg.num_experts:  # mixture of experts: a router and stacked bias-free gated experts
+        if cfg.num_experts:  # mixture of experts: a router and stacked gated experts
             E = cfg.num_experts
             mlp = {"W_router": (L, D, E), "experts": {
                 "W_gate": (L, E, D, M), "W_in": (L, E, D, M), "W_out": (L, E, M, D)}}
+            if cfg.moe_biases:
+                mlp["b_router"] = (L, E)
+                mlp["experts"].update(b_gate=(L, E, M), b_in=(L, E, M), b_out=(L, E, D))
         blocks["mlp"] = mlp
         norms["ln2"] = cfg.normalization_type
     if cfg.use_normalization_before_and_after:

@@ -218,7 +218,12 @@ def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx)
     # TransformerLens. Unlike TransformerLens's isnan-to-zero, a NaN score (a NaN weight or
     # input) stays NaN, so it reaches the logits as it does in Hugging Face.
     no_keys = jnp.all(scores == -jnp.inf, axis=-1, keepdims=True)
-    pattern = jnp.where(no_keys, 0.0, jax.nn.softmax(scores, axis=-1))
+    if cfg.use_attention_sinks:  # each head's sink logit is one more key, dropped after the softmax
+        sink = jnp.broadcast_to(p["sinks"].astype(scores.dtype)[None, :, None, None],
+                                scores.shape[:-1] + (1,))
+        pattern = jax.nn.softmax(jnp.concatenate([scores, sink], axis=-1), axis=-1)[..., :-1]
+    else:
+        pattern = jnp.where(no_keys, 0.0, jax.nn.softmax(scores, axis=-1))
     pattern = ctx("attn.hook_pattern", pattern).astype(v.dtype)
     z = ctx("attn.hook_z", jnp.einsum("bgrqk,bkgd->bqgrd", by_group(pattern), v).reshape(
         b, n_q, cfg.n_heads, cfg.d_head))

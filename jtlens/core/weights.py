@@ -17,7 +17,8 @@ read:
 - center_unembed: W_U and b_U are mean-free over the vocabulary. Skipped under an output
   logit soft-cap: tanh is not shift-invariant, so the per-position shift would change log-probs.
 - fold_value_biases: b_V moves into b_O (attention patterns sum to one). Not under clip_qkv
-  (OLMo 1): values are clipped after their bias.
+  (OLMo 1): values are clipped after their bias; nor with attention sinks (GPT-OSS), whose
+  pattern rows sum to less than one.
 - refactor_factored_attn_matrices: W_Q/W_K and W_V/W_O are re-balanced through SVDs of
   W_Q W_K^T and W_V W_O (biases folded in), so each factor pair has equal singular values.
 
@@ -61,7 +62,8 @@ def process(params: dict, cfg: Config, **flags: bool) -> dict:
         p = center_writing(p, cfg)
     if flags["center_unembed"] and cfg.output_logits_soft_cap <= 0:
         p = center_unembedding(p)
-    if flags["fold_value_biases"] and cfg.clip_qkv is None:  # b_V moved past the clip would change v
+    # b_V moved past a clip would change v; with attention sinks pattern rows do not sum to one.
+    if flags["fold_value_biases"] and cfg.clip_qkv is None and not cfg.use_attention_sinks:
         p = fold_value_bias(p, cfg)
     if flags["refactor_factored_attn_matrices"]:
         p = refactor_attn(p, cfg)
@@ -180,7 +182,8 @@ def center_writing(params: dict, cfg: Config) -> dict:
     attn["W_O"], attn["b_O"] = _center(attn["W_O"], -1), _center(attn["b_O"], -1)
     if "mlp" in p["blocks"] and cfg.num_experts:
         experts = p["blocks"]["mlp"]["experts"]
-        experts["W_out"] = _center(experts["W_out"], -1)
+        for name in ("W_out", "b_out") if cfg.moe_biases else ("W_out",):
+            experts[name] = _center(experts[name], -1)
     elif "mlp" in p["blocks"]:
         mlp = p["blocks"]["mlp"]
         mlp["W_out"], mlp["b_out"] = _center(mlp["W_out"], -1), _center(mlp["b_out"], -1)

@@ -24,7 +24,10 @@ SAME_AS_TL = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "a
               "normalization_type", "positional_embedding_type", "rotary_dim", "rotary_base",
               "n_key_value_heads", "gated_mlp", "parallel_attn_mlp", "default_prepend_bos",
               "original_architecture", "use_local_attn", "window_size", "attn_types", "use_qk_norm",
-              "model_name", "num_experts", "experts_per_token", "norm_topk_prob")
+              "model_name", "num_experts", "experts_per_token", "norm_topk_prob",
+              "use_attention_sinks", "use_yarn_rope", "yarn_factor", "yarn_attention_factor",
+              "yarn_beta_fast", "yarn_beta_slow", "yarn_original_max_position_embeddings",
+              "yarn_truncate")
 # TransformerLens caps these at 2048 for its n_ctx x n_ctx mask buffer (BLOOM: always 2048); jtlens
 # has none and keeps the checkpoint's max_position_embeddings (BLOOM: seq_length), and n_ctx=2048
 # as an option gives TL's value.

@@ -29,13 +29,15 @@ def test_moe_model_exposes_tl_hooks_and_dispatch_modes_agree():
 
 
 @pytest.mark.slow
-def test_moe_state_dict_and_fold_ln_as_transformer_lens():
-    """TransformerLens's MoE state dict (router mlp.W_gate, nn.Linear experts) round-trips, and
-    fold_layer_norm folds ln2 into the router and every expert as TransformerLens does."""
+@pytest.mark.parametrize("family", ["mixtral_like", "gpt_oss_like"])
+def test_moe_state_dict_and_fold_ln_as_transformer_lens(family):
+    """TransformerLens's MoE state dict (router mlp.W_gate, nn.Linear experts, GPT-OSS's biases
+    and sinks) round-trips, and fold_layer_norm folds ln2 into the router and every expert as
+    TransformerLens does."""
     from tests.oracle import CONFIGS, max_diff, tl_model, to_jtlens, tokens_for, torch
 
     torch.set_num_threads(1)
-    tl = tl_model(CONFIGS["mixtral_like"])
+    tl = tl_model(CONFIGS[family])
     cfg, params = to_jtlens(tl)
     model = jtlens.HookedTransformer(cfg, params)
     theirs = {k: v.numpy() for k, v in tl.state_dict().items()
@@ -50,7 +52,9 @@ def test_moe_state_dict_and_fold_ln_as_transformer_lens():
                              fold_biases=False, center_weights=False)
     for k in folded:
         assert max_diff(folded[k], ref[k].numpy()) <= 1e-6, k
-    tl.process_weights_()
+    # (jtlens leaves value biases under attention sinks; TransformerLens must be told to)
+    tl.load_and_process_state_dict({k: v.clone() for k, v in tl.state_dict().items()},
+                                   fold_value_biases=not cfg.use_attention_sinks)
     model.process_weights_()
     tokens = tokens_for(cfg, pos=6)
     with torch.no_grad():

@@ -38,6 +38,7 @@ ARCHITECTURES = {
     "ApertusForCausalLM": "llama",
     "MixtralForCausalLM": "llama",
     "OlmoeForCausalLM": "llama",
+    "GptOssForCausalLM": "llama",
     "BertForMaskedLM": "bert",
     "BertForPreTraining": "bert",
     "BertModel": "bert",

@@ -9,6 +9,7 @@ first tensor that does not.
 from __future__ import annotations
 
 import fnmatch
+import math
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -173,7 +174,7 @@ def mlp_linears(reader: TensorReader, w_in: str, w_out: str) -> dict:
 
 
 def rope(hf: dict) -> dict:
-    """Rotary settings: base and (Llama-3) NTK-by-parts scaling; other scalings are refused.
+    """Rotary settings: base, (Llama-3) NTK-by-parts and YaRN scaling; other scalings are refused.
 
     Gemma 3 gives sliding-window and global layers their own settings (transformers 5's
     per-layer-type `rope_parameters`, or 4's `rope_local_base_freq`): the sliding layers' base
@@ -194,9 +195,25 @@ def rope(hf: dict) -> dict:
                    NTK_by_parts_low_freq_factor=scaling["low_freq_factor"],
                    NTK_by_parts_high_freq_factor=scaling["high_freq_factor"],
                    NTK_original_ctx_len=scaling["original_max_position_embeddings"])
+    elif kind == "yarn":
+        out.update(_yarn(scaling))
     elif kind not in ("default", None):
-        raise ConversionError(f"rotary scaling {kind!r} is not supported (only default and llama3)")
+        raise ConversionError(f"rotary scaling {kind!r} is not supported (only default, llama3 "
+                              f"and yarn)")
     return out
+
+
+def _yarn(scaling: dict) -> dict:
+    """YaRN's settings, its attention factor as transformers infers it (0.1 ln(factor) + 1)."""
+    if scaling.get("mscale") or scaling.get("mscale_all_dim"):
+        raise ConversionError("YaRN rotary scaling with mscale / mscale_all_dim is not supported")
+    factor = float(scaling["factor"])
+    attention = scaling.get("attention_factor") or (0.1 * math.log(factor) + 1 if factor > 1 else 1.0)
+    return dict(use_yarn_rope=True, yarn_factor=factor, yarn_attention_factor=float(attention),
+                yarn_beta_fast=float(scaling.get("beta_fast") or 32.0),
+                yarn_beta_slow=float(scaling.get("beta_slow") or 1.0),
+                yarn_original_max_position_embeddings=scaling["original_max_position_embeddings"],
+                yarn_truncate=scaling.get("truncate", True))
 
 
 def _per_layer_type_rope(full: dict, sliding: dict) -> dict:

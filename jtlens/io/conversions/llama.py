@@ -1,5 +1,5 @@
 """Llama-style decoders (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2 and 3, Phi-3, OLMo,
-Apertus, Mixtral, OLMoE) -> jtlens.
+Apertus, Mixtral, OLMoE, GPT-OSS) -> jtlens.
 
 They share one layout (RMSNorm, rotary, grouped-query attention, gated MLP); the differences are
 config knobs and tensor names: q/k/v biases (Qwen2), per-head q/k RMSNorm (Qwen3, Gemma 3),
@@ -10,8 +10,10 @@ per-layer-type rotary bases, Phi-3's fused projections. Gemma 3's multimodal che
 OLMo's blocks are Llama's with other norms: OLMo 1's LayerNorms have no weights (and q/k/v may
 be clipped), OLMo 2 and 3 normalise each sublayer's output and q/k over all heads together.
 Apertus has per-head q/k norms and a plain MLP whose xIELU activation has per-layer parameters.
-Mixtral and OLMoE replace the MLP with a mixture of experts (a router and per-expert gated MLPs,
-stacked on an expert axis); OLMoE normalises q/k over all heads, as OLMo 2.
+Mixtral, OLMoE and GPT-OSS replace the MLP with a mixture of experts (a router and per-expert
+gated MLPs, stacked on an expert axis); OLMoE normalises q/k over all heads, as OLMo 2; GPT-OSS
+has attention sinks, YaRN rotary, alternating sliding/full layers and biased clamped-SwiGLU
+experts.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ APERTUS = "ApertusForCausalLM"
 # Mixtures of experts -> (MoE block under the layer, its expert tensors' gate / up / down names,
 # config.json's key for the expert count).
 MOE = {"MixtralForCausalLM": ("block_sparse_moe", ("w1", "w3", "w2"), "num_local_experts"),
-       "OlmoeForCausalLM": ("mlp", ("gate_proj", "up_proj", "down_proj"), "num_experts")}
+       "OlmoeForCausalLM": ("mlp", ("gate_proj", "up_proj", "down_proj"), "num_experts"),
+       "GptOssForCausalLM": ("mlp", None, "num_local_experts")}  # (fused experts, below)
+GPT_OSS = "GptOssForCausalLM"
 # Where the decoder's tensors sit -> its unembedding: text-only models, then Gemma 3's
 # multimodal checkpoint as saved (language_model.*) and as transformers 5 names it in memory.
 PREFIXES = {"model.": "lm_head.weight", "language_model.model.": "language_model.lm_head.weight",
@@ -66,7 +70,7 @@ def _local_attention(hf: dict, arch: str, n_layers: int) -> dict:
 
 def config_from_hf(hf: dict) -> Config:
     """A Llama / Mistral / Qwen2 / Qwen3 / Gemma 1-3 / Phi-3 / OLMo 1-3 / Apertus / Mixtral /
-    OLMoE config dict -> Config."""
+    OLMoE / GPT-OSS config dict -> Config."""
     arch = hf["architectures"][0]
     hf = _text_config(hf)
     n_heads, n_layers = hf["num_attention_heads"], hf["num_hidden_layers"]
@@ -89,9 +93,13 @@ def config_from_hf(hf: dict) -> Config:
         extra = dict(gated_mlp=False)
     if arch == "OlmoeForCausalLM":
         extra = dict(qk_norm_over_heads=True, clip_qkv=hf.get("clip_qkv"))
+    if arch == GPT_OSS:  # softmax over the chosen router logits, biased clamped-SwiGLU experts
+        extra = dict(use_attention_sinks=True, moe_biases=True, moe_softmax_after_topk=True,
+                     norm_topk_prob=False, swiglu_limit=float(hf["swiglu_limit"]),
+                     swiglu_alpha=float(hf["swiglu_alpha"]))
     if arch in MOE:  # Mixtral renormalises the top-k routing weights always (its config has no flag)
-        extra.update(num_experts=hf[MOE[arch][2]], experts_per_token=hf["num_experts_per_tok"],
-                     norm_topk_prob=hf.get("norm_topk_prob", True))
+        extra = dict(dict(norm_topk_prob=hf.get("norm_topk_prob", True)), **extra,
+                     num_experts=hf[MOE[arch][2]], experts_per_token=hf["num_experts_per_tok"])
     return Config(
         n_layers=n_layers, d_model=hf["hidden_size"], n_heads=n_heads, d_head=d_head,
         d_mlp=hf["intermediate_size"], n_ctx=hf["max_position_embeddings"],
@@ -152,9 +160,21 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
                              for k in ("alpha_p", "alpha_n", "beta", "eps")}
         return mlp
 
+    def fused_experts(m):
+        """GPT-OSS: router and experts with biases; gate and up interleaved in gate_up_proj
+        [E, D, 2M] (gate the even columns), down_proj [E, M, D]."""
+        e = f"{m}.experts"
+        gate_up, gate_up_b = r.take(f"{e}.gate_up_proj"), r.take(f"{e}.gate_up_proj_bias")
+        return {"W_router": r.take(f"{m}.router.weight").T, "b_router": r.take(f"{m}.router.bias"),
+                "experts": {"W_gate": gate_up[..., ::2], "W_in": gate_up[..., 1::2],
+                            "W_out": r.take(f"{e}.down_proj"), "b_gate": gate_up_b[..., ::2],
+                            "b_in": gate_up_b[..., 1::2], "b_out": r.take(f"{e}.down_proj_bias")}}
+
     def experts(b):
         """The router [D, E] and the experts' stacked gate / up [E, D, M] and down [E, M, D]."""
         block, names, _ = MOE[cfg.original_architecture]
+        if names is None:
+            return fused_experts(f"{b}.{block}")
         stacked = [np.stack([r.take(f"{b}.{block}.experts.{e}.{n}.weight").T
                              for e in range(cfg.num_experts)]) for n in names]
         return {"W_router": r.take(f"{b}.{block}.gate.weight").T,
@@ -169,6 +189,8 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
                 "b_O": zeros_or(r.take_optional(f"{a}.o_proj.bias"), (D,))}
         if cfg.use_qk_norm or cfg.qk_norm_over_heads:
             attn["q_norm"], attn["k_norm"] = norm(f"{a}.q_norm"), norm(f"{a}.k_norm")
+        if cfg.use_attention_sinks:
+            attn["sinks"] = r.take(f"{a}.sinks")
         mlp = experts(b) if cfg.num_experts else dense_mlp(m)
         if cfg.norm_sublayer_outputs:  # OLMo 2, 3: ln1 / ln2 normalise the sublayer outputs
             return {"attn": attn, "mlp": mlp, "ln1": norm(f"{b}.post_attention_layernorm"),

@@ -15,7 +15,7 @@ from jtlens.io.conversions.common import TensorReader, check_and_cast
 from jtlens.core.config import Config, config_from_tl  # noqa: F401  (its public path)
 from jtlens.core.params import param_shapes
 
-EXPERT_WEIGHTS = ("W_gate", "W_in", "W_out")  # each expert's gated MLP
+EXPERT_WEIGHTS = {"W_gate": "b_gate", "W_in": "b_in", "W_out": "b_out"}  # an expert's weights, biases
 
 
 def params_from_state_dict(state_dict: Mapping[str, Any], cfg: Config) -> dict:
@@ -32,10 +32,14 @@ def params_from_state_dict(state_dict: Mapping[str, Any], cfg: Config) -> dict:
 
     def moe(prefix):
         """TransformerLens's MoE: the router `mlp.W_gate` and an nn.Linear ([out, in]) per expert."""
-        stack = lambda n: np.stack([r.take(f"{prefix}experts.{e}.{n}.weight").T  # noqa: E731
-                                    for e in range(cfg.num_experts)])
-        return {"W_router": r.take(f"{prefix}W_gate.weight").T,
-                "experts": {n: stack(n) for n in EXPERT_WEIGHTS}}
+        stack = lambda n, kind: np.stack([  # noqa: E731
+            r.take(f"{prefix}experts.{e}.{n}.{kind}") for e in range(cfg.num_experts)])
+        out = {"W_router": r.take(f"{prefix}W_gate.weight").T,
+               "experts": {n: stack(n, "weight").transpose(0, 2, 1) for n in EXPERT_WEIGHTS}}
+        if cfg.moe_biases:
+            out["b_router"] = r.take(f"{prefix}W_gate.bias")
+            out["experts"].update({b: stack(n, "bias") for n, b in EXPERT_WEIGHTS.items()})
+        return out
 
     def sub(prefix, tree):
         out = {}
@@ -74,9 +78,13 @@ def flat_state_dict(params: dict, cfg) -> dict[str, Any]:
         for k, v in tree.items():
             if k == "mlp" and cfg.num_experts:  # TransformerLens's MoE names and [out, in] layout
                 out[f"{prefix}mlp.W_gate.weight"] = v["W_router"][layer].T
-                for n in EXPERT_WEIGHTS:
+                if cfg.moe_biases:
+                    out[f"{prefix}mlp.W_gate.bias"] = v["b_router"][layer]
+                for n, b in EXPERT_WEIGHTS.items():
                     for e in range(cfg.num_experts):
                         out[f"{prefix}mlp.experts.{e}.{n}.weight"] = v["experts"][n][layer][e].T
+                        if cfg.moe_biases:
+                            out[f"{prefix}mlp.experts.{e}.{n}.bias"] = v["experts"][b][layer][e]
                 continue
             if isinstance(v, dict):
                 put(f"{prefix}{k}.", v, layer)
