@@ -44,6 +44,7 @@ DEFAULT_RULES: tuple[tuple[str, P], ...] = (
     ("blocks.attn.W_[QKV]", P(LAYERS, "model", None, None)),
     ("blocks.attn.b_[QKV]", P(LAYERS, "model", None)),
     ("blocks.attn.W_O", P(LAYERS, "model", None, None)),
+    ("blocks.attn.sinks", P(LAYERS, "model")),
     # the MLP's hidden width
     ("blocks.mlp.W_in", P(LAYERS, None, "model")),
     ("blocks.mlp.W_gate", P(LAYERS, None, "model")),
@@ -53,6 +54,8 @@ DEFAULT_RULES: tuple[tuple[str, P], ...] = (
     ("blocks.mlp.experts.W_in", P(LAYERS, "expert", None, "model")),
     ("blocks.mlp.experts.W_gate", P(LAYERS, "expert", None, "model")),
     ("blocks.mlp.experts.W_out", P(LAYERS, "expert", "model", None)),
+    ("blocks.mlp.experts.b_[gi]*", P(LAYERS, "expert", "model")),  # (b_gate, b_in)
+    ("blocks.mlp.experts.b_out", P(LAYERS, "expert", None)),
     # small per-layer tensors (norms, output biases): only the layer axis, if that is split
     ("blocks.*", P(LAYERS)),
     ("*", P()),

@@ -130,9 +130,14 @@ def test_meshes_give_one_devices_numbers_and_split_the_weights(cfg, meshes):
 
 def test_default_rules_split_experts_over_expert_axis():
     shapes = {"blocks": {"mlp": {"W_router": (2, 8, 4), "experts": {
-        "W_in": (2, 4, 8, 12), "W_gate": (2, 4, 8, 12), "W_out": (2, 4, 12, 8)}}}}
+        "W_in": (2, 4, 8, 12), "W_gate": (2, 4, 8, 12), "W_out": (2, 4, 12, 8),
+        "b_in": (2, 4, 12), "b_gate": (2, 4, 12), "b_out": (2, 4, 8)}},  # (GPT-OSS's biases)
+        "attn": {"sinks": (2, 4)}}}
     fake = type("FakeMesh", (), {"shape": {"data": 1, "expert": 2, "model": 4}})()
     specs = sharding.param_specs(shapes, fake)["blocks"]["mlp"]
+    assert sharding.param_specs(shapes, fake)["blocks"]["attn"]["sinks"] == P(None, "model")
+    assert specs["experts"]["b_in"] == specs["experts"]["b_gate"] == P(None, "expert", "model")
+    assert specs["experts"]["b_out"] == P(None, "expert", None)
     assert specs["experts"]["W_in"] == P(None, "expert", None, "model")
     assert specs["experts"]["W_gate"] == P(None, "expert", None, "model")
     assert specs["experts"]["W_out"] == P(None, "expert", "model", None)
