@@ -27,27 +27,46 @@ class _Ctx:
         return act
 
 
-@pytest.fixture(scope="module")
-def case():
-    from transformer_lens.components.mlps.moe import MoE
+def _run_tl(cls, std: float, seed: int):
+    """A TransformerLens MoE layer (`cls`) with N(0, std) params: (layer, x [2, 8, D], its output,
+    the hooks it fired: routing weights and indices, expert 0's gate)."""
     from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
-    torch.manual_seed(0)
-    tl = MoE(HookedTransformerConfig(n_layers=1, d_model=D, n_ctx=8, d_head=4, d_mlp=M,
+    torch.manual_seed(seed)
+    tl = cls(HookedTransformerConfig(n_layers=1, d_model=D, n_ctx=8, d_head=4, d_mlp=M,
                                      act_fn="silu", gated_mlp=True, num_experts=E,
                                      experts_per_token=K, normalization_type="RMS"))
     for q in tl.parameters():
-        torch.nn.init.normal_(q, std=0.5)
-    p = {"W_router": tl.W_gate.weight.detach().numpy().T,
-         "experts": {name: np.stack([getattr(e, name).weight.detach().numpy().T for e in tl.experts])
-                     for name in ("W_gate", "W_in", "W_out")}}
+        torch.nn.init.normal_(q, std=std)
     x = torch.randn(2, 8, D)
     seen = {}
-    for name in ("hook_expert_weights", "hook_expert_indices"):
-        getattr(tl, name).add_hook(lambda t, hook, n=name: seen.__setitem__(n, t.detach().numpy()))
+    for name, point in (("hook_expert_weights", tl.hook_expert_weights),
+                        ("hook_expert_indices", tl.hook_expert_indices),
+                        ("gate", tl.experts[0].hook_gate)):
+        point.add_hook(lambda t, hook, n=name: seen.__setitem__(n, t.detach().numpy()))
     y = tl(x).detach().numpy()
+    return tl, jnp.asarray(x.numpy()), y, seen
+
+
+def _params(tl, biases: bool) -> dict:
+    """jtlens's stacked MoE params from a TransformerLens MoE layer (nn.Linear: [out, in])."""
+    linear = lambda name, kind: np.stack([  # noqa: E731
+        getattr(getattr(e, name), kind).detach().numpy() for e in tl.experts])
+    p = {"W_router": tl.W_gate.weight.detach().numpy().T,
+         "experts": {n: linear(n, "weight").transpose(0, 2, 1) for n in ("W_gate", "W_in", "W_out")}}
+    if biases:
+        p["b_router"] = tl.W_gate.bias.detach().numpy()
+        p["experts"].update({b: linear(n, "bias") for n, b in (
+            ("W_gate", "b_gate"), ("W_in", "b_in"), ("W_out", "b_out"))})
+    return jax.tree.map(jnp.asarray, p)
+
+
+@pytest.fixture(scope="module")
+def case():
+    from transformer_lens.components.mlps.moe import MoE
+    tl, x, y, seen = _run_tl(MoE, std=0.5, seed=0)
     cfg = Config(n_layers=1, d_model=D, n_ctx=8, d_head=4, d_mlp=M, act_fn="silu",
                  gated_mlp=True, num_experts=E, experts_per_token=K)
-    return cfg, jax.tree.map(jnp.asarray, p), jnp.asarray(x.numpy()), y, seen
+    return cfg, _params(tl, biases=False), x, y, seen
 
 
 @pytest.mark.parametrize("dispatch", ["dense", "gather"])
@@ -92,32 +111,13 @@ def test_gpt_oss_moe_matches_transformer_lens(dispatch):
     """GPT-OSS's experts: router bias, softmax over the chosen logits, biased experts whose
     clamped SwiGLU clamps (weights large enough that gate and up pass +-7)."""
     from transformer_lens.components.mlps.gpt_oss_moe import GptOssMoE
-    from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
-    torch.manual_seed(1)
-    tl = GptOssMoE(HookedTransformerConfig(n_layers=1, d_model=D, n_ctx=8, d_head=4, d_mlp=M,
-                                           act_fn="silu", gated_mlp=True, num_experts=E,
-                                           experts_per_token=K, normalization_type="RMS"))
-    for q in tl.parameters():
-        torch.nn.init.normal_(q, std=1.0)
-    linear = lambda name, kind: np.stack([  # noqa: E731
-        getattr(getattr(e, name), kind).detach().numpy() for e in tl.experts])
-    p = {"W_router": tl.W_gate.weight.detach().numpy().T, "b_router": tl.W_gate.bias.detach().numpy(),
-         "experts": {**{n: linear(n, "weight").transpose(0, 2, 1) for n in ("W_gate", "W_in", "W_out")},
-                     **{b: linear(n, "bias") for n, b in (("W_gate", "b_gate"), ("W_in", "b_in"),
-                                                          ("W_out", "b_out"))}}}
-    x = torch.randn(2, 8, D)
-    seen = {}
-    for name, point in (("hook_expert_weights", tl.hook_expert_weights),
-                        ("hook_expert_indices", tl.hook_expert_indices),
-                        ("gate", tl.experts[0].hook_gate)):
-        point.add_hook(lambda t, hook, n=name: seen.__setitem__(n, t.detach().numpy()))
-    y = tl(x).detach().numpy()
+    tl, x, y, seen = _run_tl(GptOssMoE, std=1.0, seed=1)
     assert np.abs(seen["gate"]).max() > 7  # the clamp is reached
     cfg = Config(n_layers=1, d_model=D, n_ctx=8, d_head=4, d_mlp=M, act_fn="silu", gated_mlp=True,
                  num_experts=E, experts_per_token=K, moe_biases=True, moe_softmax_after_topk=True,
                  swiglu_limit=7.0, swiglu_alpha=1.702, moe_dispatch=dispatch)
     ctx = _Ctx(cfg)
-    out = moe_mlp(jax.tree.map(jnp.asarray, p), jnp.asarray(x.numpy()), ctx)
+    out = moe_mlp(_params(tl, biases=True), x, ctx)
     np.testing.assert_allclose(out, y, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(ctx.seen["mlp.hook_expert_weights"], seen["hook_expert_weights"],
                                rtol=1e-5, atol=1e-6)
