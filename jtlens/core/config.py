@@ -210,6 +210,12 @@ class Config:
               "num_experts and experts_per_token go together: set both for a mixture of experts")
         check(self.num_experts is None or self.experts_per_token <= self.num_experts,
               f"experts_per_token={self.experts_per_token} exceeds num_experts={self.num_experts}")
+        check(self.num_experts or not (self.moe_biases or self.moe_softmax_after_topk
+                                       or self.swiglu_limit is not None),
+              "moe_biases, moe_softmax_after_topk and swiglu_limit describe experts: set "
+              "num_experts and experts_per_token too")
+        check(not self.use_yarn_rope or self.positional_embedding_type == "rotary",
+              "use_yarn_rope scales rotary embeddings: set positional_embedding_type='rotary'")
         check(self.act_fn in ACTIVATIONS, f"act_fn={self.act_fn!r} is not one of {ACTIVATIONS}")
         check(self.normalization_type in NORMALIZATIONS,
               f"normalization_type={self.normalization_type!r} is not one of {NORMALIZATIONS}")

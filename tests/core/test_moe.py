@@ -126,7 +126,9 @@ def test_gpt_oss_moe_matches_transformer_lens(dispatch):
 
 @pytest.mark.parametrize("kw, problem", [({"num_experts": 4}, "go together"),
                                          ({"num_experts": 2, "experts_per_token": 3}, "exceeds"),
-                                         ({"moe_dispatch": "sparse"}, "moe_dispatch")])
+                                         ({"moe_dispatch": "sparse"}, "moe_dispatch"),
+                                         ({"swiglu_limit": 7.0}, "describe experts"),
+                                         ({"use_yarn_rope": True}, "rotary")])
 def test_bad_moe_config_is_named(kw, problem):
     with pytest.raises(ValueError, match=problem):
         Config(n_layers=1, d_model=D, n_ctx=8, d_head=4, **kw)
