@@ -187,7 +187,8 @@ for folder in sys.argv[1:]:
         for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(streamed), jax.tree_util.tree_leaves(whole)):
             assert a.dtype == b.dtype and a.sharding.mesh.shape == mesh.shape, path
             assert rel(a, b) <= 1e-6, (folder, shape, jax.tree_util.keystr(path), rel(a, b))
-        W = streamed["blocks"]["mlp"]["W_in"]
+        mlp = streamed["blocks"]["mlp"]
+        W = mlp["experts"]["W_in"] if "experts" in mlp else mlp["W_in"]  # (a mixture: per expert)
         assert W.addressable_shards[0].data.shape[-1] == W.shape[-1] // mesh.shape["model"]
         close(jtlens.forward(streamed, clean % cfg.d_vocab, cfg), jtlens.forward(whole, clean % cfg.d_vocab, cfg), (folder, shape, "logits"))
     print(folder, "streamed ok", flush=True)
@@ -196,7 +197,7 @@ print("STREAM OK")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["gpt2", "llama", "gemma2", "olmo2", "bloom", "apertus"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "gemma2", "olmo2", "bloom", "apertus", "gpt_oss"])
 def test_streamed_load_onto_a_mesh_equals_loading_whole(name, tmp_path):
     oracle = pytest.importorskip("tests.oracle")
     # sharded safetensors: tensors come from several files
