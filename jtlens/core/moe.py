@@ -2,7 +2,8 @@
 
 Expert weights are stacked on a leading expert axis (`experts.W_gate`, `experts.W_in`:
 [n_experts, d_model, d_mlp]; `experts.W_out`: [n_experts, d_mlp, d_model]; the router
-`W_router`: [d_model, n_experts]), so an
+`W_router`: [d_model, n_experts]; under Config.moe_biases also `b_router` [n_experts] and
+`experts.b_gate` / `b_in` [n_experts, d_mlp], `experts.b_out` [n_experts, d_model]), so an
 expert ablation or patching sweep is one `vmap` over that axis, and the params shard over an
 "expert" mesh axis. Two exact dispatch modes (Config.moe_dispatch): "dense" runs every expert
 on every token and weights the outputs by the (mostly zero) routing weights; "gather" runs
