@@ -64,6 +64,9 @@ FAMILIES = {  # GGUF architecture -> Hugging Face model
     # llama.cpp writes Mixtral as a llama with llama.expert_count and stacked expert tensors.
     "mixtral": lambda: transformers.MixtralForCausalLM(transformers.MixtralConfig(
         **SIZES, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)),
+    "olmoe": lambda: transformers.OlmoeForCausalLM(transformers.OlmoeConfig(
+        **SIZES, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, pad_token_id=0,
+        eos_token_id=0)),
 }
 FILE_ARCH = {"mixtral": "llama"}  # a family's GGUF architecture, where the names differ
 EXPERTS = re.compile(r"(.*\.experts)\.(\d+)(\..*)")  # one expert's tensor
@@ -129,8 +132,9 @@ def _add_metadata(writer, arch, hf):
         writer.add_sliding_window(hf.sliding_window)
     if arch == "llama":
         writer.add_vocab_size(hf.vocab_size)
-    if getattr(hf, "num_local_experts", None):
-        writer.add_expert_count(hf.num_local_experts)
+    experts = getattr(hf, "num_local_experts", None) or getattr(hf, "num_experts", None)
+    if experts:
+        writer.add_expert_count(experts)
         writer.add_expert_used_count(hf.num_experts_per_tok)
 
 

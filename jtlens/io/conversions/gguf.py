@@ -3,7 +3,8 @@
 The file is read with the `gguf` package (llama.cpp's own reader; numpy only). Its metadata
 becomes a Hugging Face config dict and its tensors get their Hugging Face names, dequantised to
 float32 with llama.cpp's layout changes undone (the Q/K row permutation of Llama, NeoX's fused
-q/k/v order, GPT-2's transposed Conv1D weights, Gemma's norm offset). The family converters of
+q/k/v order, GPT-2's transposed Conv1D weights, Gemma's norm offset, stacked experts). The
+family converters of
 this package then build the params, as strictly as from a Hugging Face folder: every tensor of
 the file is consumed, every shape checked before use.
 """
@@ -34,6 +35,7 @@ ARCHITECTURES = {
     "phi3": "Phi3ForCausalLM",
     "gpt2": "GPT2LMHeadModel",
     "gptneox": "GPTNeoXForCausalLM",
+    "olmoe": "OlmoeForCausalLM",
 }
 TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.tokens")
 
@@ -125,10 +127,13 @@ def hf_config(reader) -> dict:
                     use_parallel_residual=bool(get("use_parallel_residual", True)))
     hf = dict(common, **sizes, **rotary, num_key_value_heads=n_kv, head_dim=d_head,
               rms_norm_eps=get("attention.layer_norm_rms_epsilon"))
-    if get("expert_count", 0):
+    if arch == "olmoe":  # llama.cpp leaves OLMoE's top-k routing weights as they are
+        hf.update(num_experts=get("expert_count"), num_experts_per_tok=get("expert_used_count"),
+                  norm_topk_prob=False, clip_qkv=get("attention.clamp_kqv", None))
+    elif get("expert_count", 0):
         if arch != "llama":
-            raise ConversionError(f"{path}: mixtures of experts are supported for GGUF architecture "
-                                  f"'llama' (Mixtral), not {arch!r}")
+            raise ConversionError(f"{path}: mixtures of experts are supported for GGUF architectures "
+                                  f"'llama' (Mixtral) and 'olmoe', not {arch!r}")
         # llama.cpp renormalises a llama's top-k routing weights, as Mixtral does
         hf.update(architectures=["MixtralForCausalLM"], num_local_experts=get("expert_count"),
                   num_experts_per_tok=get("expert_used_count"))
@@ -190,8 +195,14 @@ MIXTRAL_EXPERTS = {  # llama.cpp stacks the experts ({e}: each expert's Hugging 
     "ffn_gate_exps": ("block_sparse_moe.experts.{e}.w1", "E,M,D"),
     "ffn_up_exps": ("block_sparse_moe.experts.{e}.w3", "E,M,D"),
     "ffn_down_exps": ("block_sparse_moe.experts.{e}.w2", "E,D,M")}
+OLMOE_BLOCK = dict(LLAMA_BLOCK, attn_q_norm=("self_attn.q_norm", "Q"),  # q/k norms over all heads
+                   attn_k_norm=("self_attn.k_norm", "K"), ffn_gate_inp=("mlp.gate", "E,D"),
+                   ffn_gate_exps=("mlp.experts.{e}.gate_proj", "E,M,D"),
+                   ffn_up_exps=("mlp.experts.{e}.up_proj", "E,M,D"),
+                   ffn_down_exps=("mlp.experts.{e}.down_proj", "E,D,M"))
 BLOCKS = {
     "llama": ("model.layers", dict(LLAMA_BLOCK, **MIXTRAL_EXPERTS)),
+    "olmoe": ("model.layers", OLMOE_BLOCK),
     "qwen2": ("model.layers", LLAMA_BLOCK),
     "qwen3": ("model.layers", LLAMA_BLOCK), "gemma": ("model.layers", LLAMA_BLOCK),
     "gemma2": ("model.layers", GEMMA2_BLOCK), "gemma3": ("model.layers", GEMMA2_BLOCK),
@@ -218,7 +229,7 @@ BLOCKS = {
         "ffn_up": ("mlp.dense_h_to_4h", "M,D"), "ffn_down": ("mlp.dense_4h_to_h", "D,M")}),
 }
 TOPS = {**{a: LLAMA_TOP for a in ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "olmo2",
-                                   "phi3")},
+                                   "phi3", "olmoe")},
         "gpt2": {"token_embd": ("transformer.wte", "V,D"), "position_embd": ("transformer.wpe", "C,D"),
                  "output_norm": ("transformer.ln_f", "D"), "output": ("lm_head", "V,D")},
         "phi2": {"token_embd": ("model.embed_tokens", "V,D"),
@@ -236,7 +247,7 @@ def _dims(hf: dict) -> dict:
     D, H = get("hidden_size", "n_embd"), get("num_attention_heads", "n_head")
     d = hf.get("head_dim") or D // H
     return dict(D=D, V=hf["vocab_size"], M=get("intermediate_size", "n_inner"),
-                E=hf.get("num_local_experts", 0),
+                E=hf.get("num_local_experts") or hf.get("num_experts", 0),
                 C=get("max_position_embeddings", "n_positions", "seq_length"), d=d, Q=H * d,
                 K=hf.get("num_key_value_heads", H) * d)
 
