@@ -62,6 +62,16 @@ def test_unprocessed_logits_match_hugging_face(built, name):
     assert rel_diff(ours(TOKENS), hf_logits(model, TOKENS)) <= 1e-5
 
 
+@pytest.mark.parametrize("name", ["mixtral", "olmoe", "gpt_oss"])
+def test_gather_dispatch_matches_hugging_face(built, name):
+    """Mixtures of experts with each expert run on its gathered tokens only (Config options)."""
+    folder, model = built(name)
+    ours = jtlens.HookedTransformer.from_pretrained_no_processing(folder, progress=False,
+                                                                  moe_dispatch="gather")
+    assert ours.cfg.moe_dispatch == "gather"
+    assert rel_diff(ours(TOKENS), hf_logits(model, TOKENS)) <= 1e-5
+
+
 @pytest.mark.parametrize("name", TL_CAN_LOAD)
 def test_processed_model_matches_transformer_lens_hook_by_hook(built, name):
     folder, model = built(name)
