@@ -47,8 +47,11 @@ def hook_catalogue(cfg: Config) -> HookNames:
 
     def fired(optional: bool) -> dict:
         recorder = _NameRecorder(optional)
-        jax.eval_shape(lambda p, t: run_model(p, t, cfg, recorder, return_type, False, None, None,
-                                         None, None, True, None)[0], shapes, tokens)
+        # a T5 decoder reads an encoder output (one position is enough for the shapes)
+        encoder = jax.ShapeDtypeStruct((1, 1, cfg.d_model), jnp.float32) if cfg.cross_attention else None
+        jax.eval_shape(lambda p, t, e: run_model(p, t, cfg, recorder, return_type, False, None, None,
+                                                 None, None, True, None, encoder=e)[0],
+                       shapes, tokens, encoder)
         return recorder.fired
 
     default, everything = fired(False), fired(True)
