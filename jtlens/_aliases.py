@@ -32,7 +32,7 @@ ALIASES = {
     **{m: f"jtlens.experiments.{m}" for m in _EXPERIMENTS},
     **{m: f"jtlens.tl.{m}" for m in _TL},
     **{f"patching.{m}": f"jtlens.experiments.patching.{m}"
-       for m in ("sweep", "planning", "attribution", "paths")},
+       for m in ("sweep", "planning", "attribution", "paths", "encoder_decoder")},
     "patching.plots": "jtlens.report.patching_plots",
     "report_figures": "jtlens.report.figures",
     "report_patching": "jtlens.report.patching_section",

@@ -194,3 +194,59 @@ def test_config_errors_name_the_setting():
         conv.config_from_hf(dict(hf, num_decoder_layers=3))
     with pytest.raises(ConversionError, match="feed_forward_proj='gated-swish-x'"):
         conv.config_from_hf(dict(hf, feed_forward_proj="gated-swish-x"))
+
+
+def test_greedy_generation_matches_hugging_face(t5):
+    """Greedy decoding from the decoder start token (0), a batch with padding. The stop token is
+    one a row produces third, so that row finishes early: Hugging Face pads a finished row with
+    the pad token, TransformerLens (and jtlens) with the stop token."""
+    free = np.asarray(t5.model.generate(t5.tokens, one_zero_attention_mask=t5.mask,
+                                        max_new_tokens=6, do_sample=False, stop_at_eos=False))
+    row = int(np.nonzero(free[:, 3])[0][0])
+    eos = int(free[row, 3])
+    with torch.no_grad():
+        want = t5.hf.generate(input_ids=t(t5.tokens), attention_mask=t(t5.mask), max_new_tokens=6,
+                              do_sample=False, num_beams=1, eos_token_id=eos, pad_token_id=0).numpy()
+    got = np.asarray(t5.model.generate(t5.tokens, one_zero_attention_mask=t5.mask, max_new_tokens=6,
+                                       do_sample=False, eos_token_id=eos))
+    stopped = got[:, 1:] == eos
+    finished = np.pad(np.cumsum(stopped, axis=1) - stopped > 0, ((0, 0), (1, 0)))  # after a stop
+    assert got[row, 4:].tolist() == [eos] * (got.shape[1] - 4)
+    assert got.shape == want.shape and (np.where(finished, 0, got) == want).all()
+    assert free.shape == (2, 7) and (free[:, 0] == 0).all()
+
+
+@pytest.mark.slow
+def test_patching_sweeps_match_transformer_lens_loops(t5):
+    """Every (layer, position) of an encoder hook and of a decoder hook, patched from the clean
+    run into the corrupted one: the compiled sweep against TransformerLens run patch by patch."""
+    from jtlens.patching.encoder_decoder import encoder_decoder_position_sweep
+
+    corrupted = np.roll(t5.tokens, 1, axis=1)
+    _, clean_cache = t5.model.run_with_cache(t5.tokens, decoder_input=t5.decoder)
+    with torch.no_grad():
+        _, tl_clean = t5.tl.run_with_cache(t(t5.tokens), decoder_input=t(t5.decoder))
+    answer = 5
+
+    def metric(logits):
+        return logits[:, -1, answer].mean()
+
+    for hook in ("encoder.*.hook_resid_pre", "decoder.*.hook_resid_mid_cross"):
+        ours = encoder_decoder_position_sweep(t5.model.params, t5.model.cfg, corrupted, t5.decoder,
+                                              hook, clean_cache[hook], metric, progress=False)
+        n_pos = clean_cache[hook].shape[2]
+        want = np.zeros((2, n_pos))
+        for layer in range(2):
+            name = hook.replace("*", str(layer))
+            for pos in range(n_pos):
+                def patch(act, hook, pos=pos, name=name):
+                    act = act.clone()
+                    act[:, pos] = tl_clean[name][:, pos]
+                    return act
+
+                with torch.no_grad():
+                    logits = t5.tl.run_with_hooks(t(corrupted), decoder_input=t(t5.decoder),
+                                                  fwd_hooks=[(name, patch)])
+                want[layer, pos] = float(metric(logits))
+        assert ours.shape == want.shape and max_diff(ours, want) <= ATOL, hook
+        assert np.ptp(want) > 1e-3  # the patches move the metric
