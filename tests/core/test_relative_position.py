@@ -21,4 +21,5 @@ def test_buckets_match_hugging_face(bidirectional, num_buckets, max_distance):
                                                  num_buckets=num_buckets, max_distance=max_distance)
     got = relative_position_buckets(n, n, bidirectional, num_buckets, max_distance)
     assert (got == want.numpy()).all()
-    assert len(np.unique(got)) == num_buckets  # the offsets reach every bucket, clamp included
+    # every bucket is reached, the clamp included, but for the later-key half's offset 0
+    assert len(np.unique(got)) == num_buckets - bidirectional
