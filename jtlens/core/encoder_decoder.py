@@ -21,6 +21,7 @@ import difflib
 import fnmatch
 import functools
 import re
+from collections.abc import Mapping
 from typing import Optional
 
 import jax
@@ -162,7 +163,7 @@ def split_hooks(hooks: Optional[Hooks], names: EncoderDecoderNames) -> dict:
 @functools.partial(jax.tree_util.register_dataclass, data_fields=("encoder", "decoder"),
                    meta_fields=("names",))
 @dataclasses.dataclass(eq=False)
-class EncoderDecoderCache:
+class EncoderDecoderCache(Mapping):
     """The activations of an encoder-decoder run, keyed by TransformerLens's names
     (`cache["encoder.0.attn.hook_pattern"]`, `cache["decoder.*.hook_resid_pre"]` stacked).
 
@@ -183,29 +184,13 @@ class EncoderDecoderCache:
             raise KeyError(f"{key!r} is not in this cache (it holds {len(self)} activations; "
                            f"capture it with names_filter)") from None
 
-    def keys(self) -> list[str]:
-        """The hook names held, in execution order."""
-        held = [from_stack(s, n) for s in STACKS for n in getattr(self, s).keys()]
-        return [n for n in held if n is not None]
-
-    def __contains__(self, key) -> bool:
-        try:
-            self[key]
-            return True
-        except KeyError:
-            return False
-
     def __iter__(self):
-        return iter(self.keys())
+        """The hook names held, in execution order."""
+        held = (from_stack(s, n) for s in STACKS for n in getattr(self, s).keys())
+        return (n for n in held if n is not None)
 
     def __len__(self) -> int:
-        return len(self.keys())
-
-    def values(self) -> list:
-        return [self[k] for k in self.keys()]
-
-    def items(self) -> list:
-        return [(k, self[k]) for k in self.keys()]
+        return sum(1 for _ in self)
 
 
 # ----------------------------------------------------------------------------- the runs

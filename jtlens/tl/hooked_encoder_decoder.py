@@ -30,6 +30,10 @@ _forward_jit = jax.jit(encoder_decoder_forward, static_argnames=_STATIC)
 _forward_with_cache_jit = jax.jit(encoder_decoder_forward_with_cache, static_argnames=_STATIC)
 
 
+_LAYER_WEIGHTS = {**dict.fromkeys(("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"), "attn"),
+                  **dict.fromkeys(("W_in", "W_out", "b_in", "b_out"), "mlp")}
+
+
 def _rows(x) -> np.ndarray:
     """Token ids as [batch, pos] (a single row [pos] gets a batch axis)."""
     x = np.asarray(x)
@@ -174,26 +178,18 @@ class HookedEncoderDecoder:
         return jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"])
 
     # ------------------------------------------------------------------ weights
-    def _both(self, group: str, name: str):
-        """A weight of every encoder then decoder layer, stacked [2 * n_layers, ...] (TL)."""
-        return jnp.concatenate([self.params["encoder"]["blocks"][group][name],
-                                self.params["blocks"][group][name]])
-
     W_E = property(lambda self: self.params["embed"]["W_E"], doc="[d_vocab, d_model]")
     W_U = property(lambda self: self.params["unembed"]["W_U"], doc="[d_model, d_vocab]")
     b_U = property(lambda self: self.params["unembed"]["b_U"], doc="[d_vocab]")
-    W_Q = property(lambda self: self._both("attn", "W_Q"))
-    W_K = property(lambda self: self._both("attn", "W_K"))
-    W_V = property(lambda self: self._both("attn", "W_V"))
-    W_O = property(lambda self: self._both("attn", "W_O"))
-    b_Q = property(lambda self: self._both("attn", "b_Q"))
-    b_K = property(lambda self: self._both("attn", "b_K"))
-    b_V = property(lambda self: self._both("attn", "b_V"))
-    b_O = property(lambda self: self._both("attn", "b_O"))
-    W_in = property(lambda self: self._both("mlp", "W_in"))
-    W_out = property(lambda self: self._both("mlp", "W_out"))
-    b_in = property(lambda self: self._both("mlp", "b_in"))
-    b_out = property(lambda self: self._both("mlp", "b_out"))
+
+    def __getattr__(self, name: str):
+        """W_Q, b_Q, ..., W_in, b_out: every encoder then decoder layer's weight, stacked
+        [2 * n_layers, ...], as TransformerLens's properties."""
+        group = _LAYER_WEIGHTS.get(name)
+        if group is None or "params" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        return jnp.concatenate([self.params["encoder"]["blocks"][group][name],
+                                self.params["blocks"][group][name]])
 
     def all_head_labels(self) -> list[str]:
         L, H = self.cfg.n_layers, self.cfg.n_heads

@@ -120,6 +120,7 @@ def test_every_hook_matches_transformer_lens(t5):
     assert stacked.shape == (2, 2, 4, 7, 7) and max_diff(stacked[1], cache["encoder.1.attn.hook_pattern"]) == 0
 
 
+@pytest.mark.slow
 def test_hooks_as_data_and_functions_match_transformer_lens(t5):
     """A patch, an add and a hook function, one in each stack, against TransformerLens's hooks."""
     def zero_pos_2(act, hook):
@@ -159,7 +160,7 @@ def test_cache_selection_and_capture(t5):
     _, cache = encoder_decoder_forward_with_cache(
         t5.model.params, t5.tokens, t5.decoder, t5.model.cfg,
         jtlens.Hooks(capture=["decoder.*.hook_resid_mid_cross", "hook_embed", "*final_ln.hook_scale"]))
-    assert cache.keys() == ["hook_embed", "encoder_final_ln.hook_scale", "decoder.0.hook_resid_mid_cross",
+    assert list(cache.keys()) == ["hook_embed", "encoder_final_ln.hook_scale", "decoder.0.hook_resid_mid_cross",
                             "decoder.1.hook_resid_mid_cross", "decoder_final_ln.hook_scale"]
     with pytest.raises(KeyError, match="not in this cache"):
         cache["decoder.0.hook_resid_pre"]
@@ -196,6 +197,7 @@ def test_config_errors_name_the_setting():
         conv.config_from_hf(dict(hf, feed_forward_proj="gated-swish-x"))
 
 
+@pytest.mark.slow
 def test_greedy_generation_matches_hugging_face(t5):
     """Greedy decoding from the decoder start token (0), a batch with padding. The stop token is
     one a row produces third, so that row finishes early: Hugging Face pads a finished row with
@@ -250,3 +252,31 @@ def test_patching_sweeps_match_transformer_lens_loops(t5):
                 want[layer, pos] = float(metric(logits))
         assert ours.shape == want.shape and max_diff(ours, want) <= ATOL, hook
         assert np.ptp(want) > 1e-3  # the patches move the metric
+
+
+def test_weight_properties_match_transformer_lens(t5):
+    for name in ("W_E", "W_U", "b_U", "W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O",
+                 "W_in", "W_out", "b_in", "b_out"):
+        assert max_diff(getattr(t5.model, name), getattr(t5.tl, name).detach().numpy()) == 0.0, name
+    assert t5.model.all_head_labels() == t5.tl.all_head_labels()
+    with pytest.raises(AttributeError, match="no attribute 'W_pos'"):
+        t5.model.W_pos
+
+
+@pytest.mark.slow
+def test_optional_hooks_match_transformer_lens(t5):
+    """use_attn_result (per-head results of self- and cross-attention) and use_hook_mlp_in: same
+    names, same numbers. (TransformerLens's T5 crashes with use_split_qkv_input or use_attn_in:
+    its cross-attention then expects per-head inputs but gets [batch, pos, d_model].)"""
+    flags = dict(use_attn_result=True, use_hook_mlp_in=True)
+    ours = HookedEncoderDecoder(t5.model.cfg.replace(**flags), t5.model.params)
+    tl = tl_t5(t5.hf, t5.model.cfg.scale_decoder_outputs)
+    for k, v in flags.items():
+        setattr(tl.cfg, k, v)
+    with torch.no_grad():
+        _, tl_cache = tl.run_with_cache(t(t5.tokens), decoder_input=t(t5.decoder))
+    _, cache = ours.run_with_cache(t5.tokens, decoder_input=t5.decoder)
+    assert list(cache.keys()) == list(tl_cache.keys())
+    assert_caches_match(cache, {k: v.numpy() for k, v in tl_cache.items()}, atol=ATOL)
+    assert {"decoder.1.cross_attn.hook_result", "encoder.0.attn.hook_result",
+            "decoder.0.hook_mlp_in"} <= set(cache.keys())
