@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import types
 
+import jax
 import numpy as np
 import pytest
 
@@ -280,3 +281,17 @@ def test_optional_hooks_match_transformer_lens(t5):
     assert_caches_match(cache, {k: v.numpy() for k, v in tl_cache.items()}, atol=ATOL)
     assert {"decoder.1.cross_attn.hook_result", "encoder.0.attn.hook_result",
             "decoder.0.hook_mlp_in"} <= set(cache.keys())
+
+
+def test_other_classes_and_processing_refuse_t5(t5):
+    """TransformerLens processes no T5 weights; the decoder and BERT classes point here."""
+    from jtlens import loading
+
+    with pytest.raises(ValueError, match="encoder-decoder.*use jtlens.HookedEncoderDecoder"):
+        jtlens.HookedTransformer.from_pretrained(str(t5.folder))
+    with pytest.raises(ValueError, match="encoder-decoder; load it with HookedEncoderDecoder"):
+        jtlens.HookedEncoder.from_pretrained(str(t5.folder))
+    cfg, params, _ = loading.load(str(t5.folder))  # default processing: none for T5
+    assert cfg == t5.model.cfg
+    assert all(max_diff(a, b) == 0.0 for a, b in zip(jax.tree_util.tree_leaves(params),
+                                                      jax.tree_util.tree_leaves(t5.model.params)))
