@@ -192,6 +192,12 @@ class EncoderDecoderCache(Mapping):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
+    def remove_batch_dim(self) -> "EncoderDecoderCache":
+        """Drop a batch axis of size 1 from every entry (in place, returns self, as TL)."""
+        self.encoder.remove_batch_dim()
+        self.decoder.remove_batch_dim()
+        return self
+
 
 # ----------------------------------------------------------------------------- the runs
 

@@ -124,10 +124,11 @@ class HookedEncoderDecoder:
 
     forward = __call__
 
-    def run_with_cache(self, *args, names_filter=None, **kwargs):
+    def run_with_cache(self, *args, names_filter=None, remove_batch_dim: bool = False, **kwargs):
         """(logits, EncoderDecoderCache); names_filter as in HookedTransformer (None = all)."""
         names = tuple(self.names.select(True if names_filter is None else names_filter))
-        return self._run(*args, hooks=Hooks(capture=names), capture=True, **kwargs)
+        out, cache = self._run(*args, hooks=Hooks(capture=names), capture=True, **kwargs)
+        return out, cache.remove_batch_dim() if remove_batch_dim else cache
 
     def run_with_hooks(self, *args, fwd_hooks: Sequence = (), **kwargs):
         """Run with `fwd_hooks=[(name_or_predicate, fn)]`, `fn(act, hook) -> act | None`."""

@@ -165,6 +165,10 @@ def test_cache_selection_and_capture(t5):
                             "decoder.1.hook_resid_mid_cross", "decoder_final_ln.hook_scale"]
     with pytest.raises(KeyError, match="not in this cache"):
         cache["decoder.0.hook_resid_pre"]
+    _, one = t5.model.run_with_cache(t5.tokens[:1], decoder_input=t5.decoder[:1],
+                                     names_filter="decoder.1.cross_attn.hook_pattern",
+                                     remove_batch_dim=True)
+    assert one["decoder.1.cross_attn.hook_pattern"].shape == (4, 5, 7) and len(one) == 1
 
 
 def test_conversion_is_strict(t5, tmp_path):
