@@ -66,4 +66,8 @@ def hook_catalogue(cfg: Config) -> HookNames:
 def hook_names(cfg: Config, optional: bool = False) -> list[str]:
     """Every concrete hook name of `cfg`, in execution order (what a full cache holds).
     `optional=True` adds the hooks TransformerLens keeps behind `use_*` flags."""
+    if cfg.cross_attention:  # this catalogue is the decoder run's, under blocks.* names
+        raise ValueError("an encoder-decoder (T5) has encoder.* and decoder.* hooks: list them "
+                         "with HookedEncoderDecoder.hook_names() or "
+                         "jtlens.core.encoder_decoder.EncoderDecoderNames(cfg).names()")
     return hook_catalogue(cfg).names(optional)

@@ -155,6 +155,10 @@ def test_unknown_hook_name_lists_the_nearest(t5):
         t5.model.run_with_cache(t5.tokens, decoder_input=t5.decoder, names_filter="blocks.0.attn.hook_z")
     with pytest.raises(ValueError, match="encoder_decoder_forward"):
         jtlens.forward(t5.model.params, t5.decoder, t5.model.cfg)
+    with pytest.raises(ValueError, match="encoder.* and decoder.* hooks"):
+        jtlens.hook_names(t5.model.cfg)
+    assert t5.model.hook_names()[:2] == ["hook_embed", "encoder.0.hook_resid_pre"]
+    assert "decoder.1.hook_cross_attn_in" in t5.model.hook_names(optional=True)
 
 
 def test_cache_selection_and_capture(t5):
@@ -299,3 +303,20 @@ def test_other_classes_and_processing_refuse_t5(t5):
     assert cfg == t5.model.cfg
     assert all(max_diff(a, b) == 0.0 for a, b in zip(jax.tree_util.tree_leaves(params),
                                                       jax.tree_util.tree_leaves(t5.model.params)))
+
+
+def test_config_knobs_are_checked():
+    base = dict(n_layers=1, d_model=16, d_head=8, n_ctx=8, d_vocab=10)
+    rel = dict(positional_embedding_type="relative_positional_bias",
+               relative_attention_num_buckets=8, relative_attention_max_distance=16)
+    with pytest.raises(ValueError, match="goes with relative_attention_num_buckets"):
+        jtlens.Config(**base, positional_embedding_type="relative_positional_bias")
+    with pytest.raises(ValueError, match="cross_attention .* needs positional_embedding_type"):
+        jtlens.Config(**base, cross_attention=True)
+    with pytest.raises(ValueError, match="scale_decoder_outputs is part of an encoder-decoder"):
+        jtlens.Config(**base, **rel, scale_decoder_outputs=True)
+    cfg = jtlens.Config(**base, **rel, cross_attention=True)
+    assert cfg.encoder_config().attention_dir == "bidirectional"
+    assert not cfg.encoder_config().cross_attention
+    with pytest.raises(ValueError, match="encoder_config\\(\\) is for encoder-decoders"):
+        cfg.encoder_config().encoder_config()
