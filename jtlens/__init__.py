@@ -29,6 +29,9 @@ from jtlens.core.kv_cache import KeyValueCache as KeyValueCache  # noqa: E402
 from jtlens.core.forward import forward as forward  # noqa: E402
 from jtlens.core.forward import forward_with_cache as forward_with_cache  # noqa: E402
 from jtlens.core.forward import forward_with_kv as forward_with_kv  # noqa: E402
+from jtlens.core.encoder_decoder import encoder_decoder_forward as encoder_decoder_forward  # noqa: E402
+from jtlens.core.encoder_decoder import (  # noqa: E402
+    encoder_decoder_forward_with_cache as encoder_decoder_forward_with_cache)
 from jtlens.core.hook_catalogue import hook_names as hook_names  # noqa: E402
 from jtlens.core.params import init_params as init_params  # noqa: E402
 from jtlens.core.params import param_shapes as param_shapes  # noqa: E402
@@ -40,6 +43,7 @@ from jtlens.experiments.sparse import SAE as SAE  # noqa: E402
 from jtlens.io import sharding as sharding  # noqa: E402
 from jtlens.io.sharding import shard_params as shard_params  # noqa: E402
 from jtlens.tl.hooked_encoder import HookedEncoder as HookedEncoder  # noqa: E402
+from jtlens.tl.hooked_encoder_decoder import HookedEncoderDecoder as HookedEncoderDecoder  # noqa: E402
 from jtlens.tl.hooked_sae_transformer import HookedSAETransformer as HookedSAETransformer  # noqa: E402
 from jtlens.tl.hooked_transformer import HookedTransformer as HookedTransformer  # noqa: E402
 from jtlens.tl.hooked_transformer import Output as Output  # noqa: E402

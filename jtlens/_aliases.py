@@ -18,12 +18,12 @@ import sys
 
 _CORE = ("config", "params", "hooks", "components", "cache", "cache_analysis", "slice", "kv_cache",
          "checks", "tokens", "weights", "decode_layout", "factored_matrix", "model", "progress",
-         "compilation_cache")
+         "compilation_cache", "encoder_decoder")
 _IO = ("conversions", "gguf_models", "loading", "checkpoint_io", "streaming", "sharding")
 _EXPERIMENTS = ("grads", "masks", "probes", "steering", "train", "generation", "sampling",
-                "head_detector", "evals")
-_TL = ("hooked_transformer", "hooked_encoder", "hook_points", "module_views", "utils", "tl_compat",
-       "patching")
+                "head_detector", "evals", "encoder_decoder_generation")
+_TL = ("hooked_transformer", "hooked_encoder", "hooked_encoder_decoder", "hook_points",
+       "module_views", "utils", "tl_compat", "patching")
 
 # short name (under jtlens.) -> real module; a dotted short name covers its submodules too.
 ALIASES = {
@@ -32,7 +32,7 @@ ALIASES = {
     **{m: f"jtlens.experiments.{m}" for m in _EXPERIMENTS},
     **{m: f"jtlens.tl.{m}" for m in _TL},
     **{f"patching.{m}": f"jtlens.experiments.patching.{m}"
-       for m in ("sweep", "planning", "attribution", "paths")},
+       for m in ("sweep", "planning", "attribution", "paths", "encoder_decoder")},
     "patching.plots": "jtlens.report.patching_plots",
     "report_figures": "jtlens.report.figures",
     "report_patching": "jtlens.report.patching_section",

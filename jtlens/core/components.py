@@ -174,10 +174,35 @@ def alibi_bias(n_heads: int, q_pos, k_pos):
     return slopes[:, None, None] * rel[None]
 
 
-def attention_mask_matrix(cfg: Config, q_pos, k_pos, key_mask, is_local):
-    """Boolean [batch|1, 1, q, k] of allowed attention (causal, sliding window, padding)."""
+def relative_position_buckets(n_q: int, n_k: int, bidirectional: bool, num_buckets: int,
+                              max_distance: int) -> np.ndarray:
+    """T5's bucket [n_q, n_k] of each offset key - query (Hugging Face's and TransformerLens's
+    `_relative_position_bucket`).
+
+    Offsets below half the buckets (a quarter each way when bidirectional) get one bucket each;
+    longer ones share logarithmically wider buckets up to max_distance. Computed on the host in
+    float32, as torch does: the bucket is the float's truncation, and the lengths are static.
+    """
+    rel = np.arange(n_k)[None, :] - np.arange(n_q)[:, None]
+    buckets = np.zeros_like(rel)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (rel > 0) * num_buckets
+        rel = np.abs(rel)
+    else:
+        rel = -np.minimum(rel, 0)
+    max_exact = num_buckets // 2
+    far = np.maximum(rel, max_exact).astype(np.float32)  # the offsets the log branch is for
+    large = max_exact + (np.log(far / np.float32(max_exact)) / np.float32(math.log(max_distance / max_exact))
+                         * np.float32(num_buckets - max_exact)).astype(np.int64)
+    return buckets + np.where(rel < max_exact, rel, np.minimum(large, num_buckets - 1))
+
+
+def attention_mask_matrix(cfg: Config, q_pos, k_pos, key_mask, is_local, causal: bool = True):
+    """Boolean [batch|1, 1, q, k] of allowed attention (causal, sliding window, padding);
+    `causal=False` for cross-attention, which sees every encoder position."""
     allowed = jnp.ones((q_pos.shape[0], k_pos.shape[0]), bool)
-    if cfg.attention_dir == "causal":
+    if cfg.attention_dir == "causal" and causal:
         allowed = k_pos[None, :] <= q_pos[:, None]
         if cfg.use_local_attn:
             in_window = k_pos[None, :] > q_pos[:, None] - cfg.window_size

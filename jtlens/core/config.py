@@ -16,14 +16,15 @@ import numpy as np
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "silu", "relu2", "solu",
                "solu_ln", "xielu")
 NORMALIZATIONS = ("LN", "LNPre", "RMS", "RMSPre", None)
-POSITIONAL_EMBEDDINGS = ("standard", "rotary", "alibi", "shortformer")
+POSITIONAL_EMBEDDINGS = ("standard", "rotary", "alibi", "shortformer", "relative_positional_bias")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
 # Integer fields whose sentinel means "derive me", and those that may be zero.
 _SENTINEL_INTS = {"n_heads": -1, "d_vocab": -1, "d_vocab_out": -1}
 # n_layers=0 is TransformerLens's zero-layer model (embed -> unembed), used for bigram statistics.
-_MAY_BE_ZERO = ("n_token_types", "n_layers", "checkpoint_index", "checkpoint_value")
+_MAY_BE_ZERO = ("n_token_types", "n_layers", "checkpoint_index", "checkpoint_value",
+                "decoder_start_token_id")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,12 @@ class Config:
     positional_embedding_type: str = "standard"
     rotary_dim: Optional[int] = None
     rotary_base: float = 10000.0
+    # T5's relative position bias (positional_embedding_type="relative_positional_bias"): each
+    # key-query offset falls in one of num_buckets buckets (exact near, logarithmic up to
+    # max_distance; signed in bidirectional attention), and a learned [buckets, heads] table,
+    # params["rel_pos_bias"]["W_rel_pos"], adds one score per bucket and head (TL's names).
+    relative_attention_num_buckets: Optional[int] = None
+    relative_attention_max_distance: Optional[int] = None
     # Gemma 3 / OLMo 3: local (sliding-window) layers rotate with their own base, and global
     # layers divide their rotary frequencies by a linear scaling factor (TransformerLens's names).
     rotary_base_local: Optional[float] = None
@@ -112,6 +119,15 @@ class Config:
     post_embedding_ln: bool = False
     n_token_types: int = 0
     mlm_head: bool = False
+    # Encoder-decoders (T5, TransformerLens's HookedEncoderDecoder): the Config describes the
+    # decoder, whose blocks attend to the encoder output after self-attention (ln2 before that
+    # cross-attention, ln3 before the MLP). The encoder is the same stack, bidirectional and
+    # without cross-attention (`encoder_decoder.encoder_config`), under params["encoder"].
+    cross_attention: bool = False
+    # T5 v1.0 multiplies the decoder output by d_model**-0.5 before the unembed (Hugging Face's
+    # name; TransformerLens does it when its tie_word_embeddings is set).
+    scale_decoder_outputs: bool = False
+    decoder_start_token_id: Optional[int] = None  # the decoder's first token (TL's field)
     # Which optional hooks a capture-everything run includes (as in TransformerLens). Naming
     # one of these hooks explicitly always works, whatever the flag says.
     use_attn_result: bool = False
@@ -253,6 +269,21 @@ class Config:
                    and self.n_kv_heads != self.n_heads),
               "qk_norm_over_heads normalises the grouped keys; it does not combine with "
               "ungroup_grouped_query_attention")
+        check((self.positional_embedding_type == "relative_positional_bias")
+              == (self.relative_attention_num_buckets is not None
+                  and self.relative_attention_max_distance is not None),
+              "positional_embedding_type='relative_positional_bias' goes with "
+              "relative_attention_num_buckets and relative_attention_max_distance: set all three")
+        check(not self.cross_attention or (
+            self.positional_embedding_type == "relative_positional_bias" and not (
+                self.post_ln or self.parallel_attn_mlp or self.attn_only or self.norm_sublayer_outputs
+                or self.use_normalization_before_and_after or self.num_experts or self.use_qk_norm
+                or self.qk_norm_over_heads)),
+              "cross_attention (T5 decoder blocks) needs positional_embedding_type="
+              "'relative_positional_bias' and has no post_ln / parallel_attn_mlp / attn_only / "
+              "norm_sublayer_outputs / use_normalization_before_and_after / MoE / q-k norm variant")
+        check(self.cross_attention or not self.scale_decoder_outputs,
+              "scale_decoder_outputs is part of an encoder-decoder (T5): set cross_attention=True")
         check(self.clip_qkv is None or self.clip_qkv > 0, f"clip_qkv={self.clip_qkv} must be positive")
         check(not (self.norm_sublayer_outputs and (self.post_ln or self.parallel_attn_mlp
                                                    or self.use_normalization_before_and_after)),
@@ -285,6 +316,14 @@ class Config:
         if self.final_rms and self.normalization_type in ("LN", "LNPre"):
             return "RMS" if self.normalization_type == "LN" else "RMSPre"
         return self.normalization_type
+
+    def encoder_config(self) -> "Config":
+        """An encoder-decoder's encoder stack: the decoder's blocks, bidirectional, without
+        cross-attention (TransformerLens's HookedEncoderDecoder builds both from one config)."""
+        if not self.cross_attention:
+            raise ValueError("encoder_config() is for encoder-decoders (cross_attention=True)")
+        return self.replace(cross_attention=False, attention_dir="bidirectional",
+                            scale_decoder_outputs=False)
 
     def is_layer_norm_activation(self) -> bool:
         """Whether act_fn normalises its output (TransformerLens's `*_ln` activations)."""

@@ -44,9 +44,11 @@ def _check_encoder_inputs(tokens, token_type_ids, return_type, stop_at_layer, cf
 
 def run_model(params: Params, tokens, cfg: Config, hk: HookRunner, return_type, loss_per_token,
          attention_mask, start_at_layer, stop_at_layer, loss_tokens, scan, token_type_ids,
-         kv_cache: Optional[KeyValueCache] = None):
+         kv_cache: Optional[KeyValueCache] = None, encoder=None, encoder_mask=None):
     """The forward behind `forward`, `forward_with_cache` and `forward_with_kv`:
-    (out, outer records, stacked, start, the extended KeyValueCache or None)."""
+    (out, outer records, stacked, start, the extended KeyValueCache or None).
+    A T5 decoder (cfg.cross_attention) also takes the encoder output [batch, enc_pos, d_model]
+    and its padding mask (see `core/encoder_decoder.py`)."""
     rec: dict = {}
     L = cfg.n_layers
     start, stop = layer_range(start_at_layer, stop_at_layer, L)
@@ -72,7 +74,11 @@ def run_model(params: Params, tokens, cfg: Config, hk: HookRunner, return_type, 
                              "/ stop_at_layer")
         mask = jnp.ones((batch, n_pos), jnp.int32) if mask is None else mask
         positions, kv = _continue(kv_cache, mask)
-    ctx = Ctx(cfg, hk, rec, positions, mask, kv=kv)
+    if cfg.cross_attention and encoder is None:
+        raise ValueError("this Config is an encoder-decoder's decoder (cross_attention=True): run "
+                         "it with jtlens.encoder_decoder_forward(params, tokens, decoder_tokens, cfg)")
+    ctx = Ctx(cfg, hk, rec, positions, mask, kv=kv, encoder=encoder, encoder_mask=encoder_mask,
+              position_bias=_relative_bias(params, cfg, n_pos, kv))
     if cfg.positional_embedding_type == "shortformer":
         pos = position_embedding(params, ctx)
         ctx = dataclasses.replace(ctx, shortformer_pos=pos if start_at_layer is not None
@@ -116,6 +122,21 @@ def run_model(params: Params, tokens, cfg: Config, hk: HookRunner, return_type, 
             else:
                 raise ValueError(f"return_type={return_type!r}; use 'logits', 'loss', 'both' or None")
     return out, rec, stacked, start, kv_cache
+
+
+def _relative_bias(params: Params, cfg: Config, n_pos: int, kv):
+    """T5's relative position bias [1, heads, pos, pos], from the table the first layer owns
+    and shared by every layer (TransformerLens's compute_relative_attention_bias); None for
+    other position schemes."""
+    if cfg.positional_embedding_type != "relative_positional_bias":
+        return None
+    if kv is not None:
+        raise ValueError("a relative position bias (T5) is not implemented with a KeyValueCache; "
+                         "run the whole sequence")
+    buckets = C.relative_position_buckets(n_pos, n_pos, cfg.attention_dir != "causal",
+                                          cfg.relative_attention_num_buckets,
+                                          cfg.relative_attention_max_distance)
+    return jnp.transpose(params["rel_pos_bias"]["W_rel_pos"][buckets], (2, 0, 1))[None]
 
 
 def _continue(kv_cache: KeyValueCache, chunk_mask):

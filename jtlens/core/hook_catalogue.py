@@ -47,8 +47,11 @@ def hook_catalogue(cfg: Config) -> HookNames:
 
     def fired(optional: bool) -> dict:
         recorder = _NameRecorder(optional)
-        jax.eval_shape(lambda p, t: run_model(p, t, cfg, recorder, return_type, False, None, None,
-                                         None, None, True, None)[0], shapes, tokens)
+        # a T5 decoder reads an encoder output (one position is enough for the shapes)
+        encoder = jax.ShapeDtypeStruct((1, 1, cfg.d_model), jnp.float32) if cfg.cross_attention else None
+        jax.eval_shape(lambda p, t, e: run_model(p, t, cfg, recorder, return_type, False, None, None,
+                                                 None, None, True, None, encoder=e)[0],
+                       shapes, tokens, encoder)
         return recorder.fired
 
     default, everything = fired(False), fired(True)
@@ -63,4 +66,8 @@ def hook_catalogue(cfg: Config) -> HookNames:
 def hook_names(cfg: Config, optional: bool = False) -> list[str]:
     """Every concrete hook name of `cfg`, in execution order (what a full cache holds).
     `optional=True` adds the hooks TransformerLens keeps behind `use_*` flags."""
+    if cfg.cross_attention:  # this catalogue is the decoder run's, under blocks.* names
+        raise ValueError("an encoder-decoder (T5) has encoder.* and decoder.* hooks: list them "
+                         "with HookedEncoderDecoder.hook_names() or "
+                         "jtlens.core.encoder_decoder.EncoderDecoderNames(cfg).names()")
     return hook_catalogue(cfg).names(optional)

@@ -48,6 +48,9 @@ def param_shapes(cfg: Config) -> dict:
         attn["sinks"] = (L, H)
     blocks: dict[str, Any] = {"attn": attn}
     norms = {"ln1": cfg.normalization_type}
+    if cfg.cross_attention:  # T5 decoder blocks: ln2 + cross_attn, then ln3 before the MLP
+        blocks["cross_attn"] = dict(attn)
+        norms["ln3"] = cfg.normalization_type
     if not cfg.attn_only:
         M = cfg.d_mlp
         mlp = {"W_in": (L, D, M), "b_in": (L, M), "W_out": (L, M, D), "b_out": (L, D)}
@@ -77,6 +80,8 @@ def param_shapes(cfg: Config) -> dict:
     tree: dict[str, Any] = {"embed": {"W_E": (cfg.d_vocab, D)}}
     if cfg.learned_positions:
         tree["pos_embed"] = {"W_pos": (cfg.n_ctx, D)}
+    if cfg.positional_embedding_type == "relative_positional_bias":
+        tree["rel_pos_bias"] = {"W_rel_pos": (cfg.relative_attention_num_buckets, H)}
     if cfg.post_ln or cfg.post_embedding_ln:
         tree["embed"]["ln"] = _norm_shapes("LN", D)
         if cfg.n_token_types:
@@ -89,6 +94,9 @@ def param_shapes(cfg: Config) -> dict:
         tree["mlm_head"] = {"W": (D, D), "b": (D,), "ln": _norm_shapes("LN", D)}
     if cfg.mlm_head or not cfg.post_ln:
         tree["unembed"] = {"W_U": (D, cfg.d_vocab_out), "b_U": (cfg.d_vocab_out,)}
+    if cfg.cross_attention:  # the encoder stack shares the embedding
+        encoder = param_shapes(cfg.encoder_config())
+        tree["encoder"] = {k: v for k, v in encoder.items() if k not in ("embed", "unembed")}
     return tree
 
 

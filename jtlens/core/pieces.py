@@ -49,6 +49,9 @@ class Ctx:
     local: Any = False            # this layer uses a sliding window
     shortformer_pos: Any = None   # [batch, pos, d_model] added to query/key inputs (shortformer)
     kv: Optional["KVSlots"] = None  # past keys/values to attend to (a KeyValueCache run)
+    position_bias: Any = None     # [1, heads, q, k] T5 relative position bias of self-attention
+    encoder: Any = None           # [batch, enc_pos, d_model] what cross-attention reads (T5)
+    encoder_mask: Any = None      # [batch, enc_pos] its padding mask, or None
 
     def __call__(self, name: str, act: jax.Array) -> jax.Array:
         return self.hk(name, act, self.rec, self.layer)
@@ -167,10 +170,17 @@ def _out_project(z, W_O, per_head: bool):
     return z.reshape(z.shape[:2] + (-1,)) @ W_O.reshape(-1, W_O.shape[-1])
 
 
-def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx) -> Resid:
-    """Multi-/grouped-query attention with every TransformerLens hook; returns [b, p, d_model]."""
+def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx,
+              cross: bool = False) -> Resid:
+    """Multi-/grouped-query attention with every TransformerLens hook; returns [b, p, d_model].
+
+    `cross`: a T5 decoder's cross-attention (hooks `cross_attn.*`): keys and values come from
+    the encoder output, every encoder position is visible but its padding, no position bias.
+    """
     cfg = ctx.cfg
-    q = ctx("attn.hook_q", _project(q_in, p["W_Q"], p["b_Q"]))
+    name = "cross_attn" if cross else "attn"
+    hook = lambda n, x: ctx(f"{name}.{n}", x)  # noqa: E731
+    q = hook("hook_q", _project(q_in, p["W_Q"], p["b_Q"]))
     k, v = _project(k_in, p["W_K"], p["b_K"]), _project(v_in, p["W_V"], p["b_V"])
     G = cfg.n_kv_heads  # key/value heads the attention reads
     if cfg.ungroup_grouped_query_attention and G != cfg.n_heads:
@@ -180,7 +190,7 @@ def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx)
         # query head h reads kv head h // group: repeat each kv head over its group
         k, v = (jnp.repeat(x, cfg.n_heads // G, axis=2) for x in (k, v))
         G = cfg.n_heads
-    k, v = ctx("attn.hook_k", k), ctx("attn.hook_v", v)
+    k, v = hook("hook_k", k), hook("hook_v", v)
     if cfg.use_qk_norm or cfg.qk_norm_over_heads:
         # TransformerLens normalises q/k flattened to [batch*pos*heads, d_head] (per head) or
         # [batch, pos, heads*d_head] (over heads); its hooks see that shape.
@@ -193,9 +203,9 @@ def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx)
     if cfg.positional_embedding_type == "rotary":
         q = ctx("attn.hook_rot_q", C.apply_rotary(q, ctx.positions, cfg, ctx.local))
         k = ctx("attn.hook_rot_k", C.apply_rotary(k, ctx.positions, cfg, ctx.local))
-    q_idx = k_idx = jnp.arange(q.shape[1])  # slots of the queries and keys
-    mask = ctx.mask
-    if ctx.kv is not None:
+    q_idx, k_idx = jnp.arange(q.shape[1]), jnp.arange(k.shape[1])  # slots of the queries and keys
+    mask = ctx.encoder_mask if cross else ctx.mask
+    if ctx.kv is not None and not cross:
         k, v, k_idx, mask = _with_past(ctx.kv, k, v)
         q_idx = ctx.kv.at + q_idx
     if q.dtype not in (jnp.float32, jnp.float64):
@@ -212,8 +222,10 @@ def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx)
     scores = C.softcap(scores, cfg.attn_scores_soft_cap)
     if cfg.positional_embedding_type == "alibi":
         scores = scores + C.alibi_bias(cfg.n_heads, q_idx, k_idx)
-    scores = jnp.where(C.attention_mask_matrix(cfg, q_idx, k_idx, mask, ctx.local), scores, -jnp.inf)
-    scores = ctx("attn.hook_attn_scores", scores)
+    if ctx.position_bias is not None and not cross:
+        scores = scores + ctx.position_bias
+    allowed = C.attention_mask_matrix(cfg, q_idx, k_idx, mask, ctx.local, causal=not cross)
+    scores = hook("hook_attn_scores", jnp.where(allowed, scores, -jnp.inf))
     # A query with no key left (every score -inf: a left-padding row) attends to nothing, as in
     # TransformerLens. Unlike TransformerLens's isnan-to-zero, a NaN score (a NaN weight or
     # input) stays NaN, so it reaches the logits as it does in Hugging Face.
@@ -224,12 +236,12 @@ def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx)
         pattern = jax.nn.softmax(jnp.concatenate([scores, sink], axis=-1), axis=-1)[..., :-1]
     else:
         pattern = jnp.where(no_keys, 0.0, jax.nn.softmax(scores, axis=-1))
-    pattern = ctx("attn.hook_pattern", pattern).astype(v.dtype)
-    z = ctx("attn.hook_z", jnp.einsum("bgrqk,bkgd->bqgrd", by_group(pattern), v).reshape(
+    pattern = hook("hook_pattern", pattern).astype(v.dtype)
+    z = hook("hook_z", jnp.einsum("bgrqk,bkgd->bqgrd", by_group(pattern), v).reshape(
         b, n_q, cfg.n_heads, cfg.d_head))
-    if cfg.use_attn_result or ctx.wants("attn.hook_result"):
-        result = ctx("attn.hook_result", _out_project(z, p["W_O"], per_head=True))
-        if ctx.edited("attn.hook_result"):
+    if cfg.use_attn_result or ctx.wants(f"{name}.hook_result"):
+        result = hook("hook_result", _out_project(z, p["W_O"], per_head=True))
+        if ctx.edited(f"{name}.hook_result"):
             return result.sum(2) + p["b_O"]
     return _out_project(z, p["W_O"], per_head=False) + p["b_O"]
 
@@ -330,11 +342,24 @@ def block(p: dict, resid: Resid, ctx: Ctx) -> Resid:
     if cfg.attn_only:
         return ctx("hook_resid_post", resid + attn_out)
     mid = resid if cfg.parallel_attn_mlp else ctx("hook_resid_mid", resid + attn_out)
-    mlp_out = ln("ln2", mlp(p["mlp"], ln("ln2", _mlp_in(mid, ctx), False), ctx), True)
+    mlp_norm = "ln2"
+    if cfg.cross_attention:
+        mid, mlp_norm = _cross_attention(p, mid, ctx), "ln3"
+    mlp_out = ln(mlp_norm, mlp(p["mlp"], ln(mlp_norm, _mlp_in(mid, ctx), False), ctx), True)
     if cfg.use_normalization_before_and_after:
         mlp_out = norm(p["ln2_post"], _post_norm_kind(p["ln2_post"]), mlp_out, ctx, "ln2_post")
     mlp_out = ctx("hook_mlp_out", mlp_out)
     return ctx("hook_resid_post", (resid + attn_out if cfg.parallel_attn_mlp else mid) + mlp_out)
+
+
+def _cross_attention(p: dict, mid: Resid, ctx: Ctx) -> Resid:
+    """A T5 decoder block's middle sublayer: x + cross_attn(ln2(x), encoder output), returned
+    as hook_resid_mid_cross (TransformerLens's T5Block)."""
+    cfg = ctx.cfg
+    x = ctx("hook_cross_attn_in", mid) if cfg.use_attn_in or ctx.wants("hook_cross_attn_in") else mid
+    q_in = norm(p["ln2"], cfg.normalization_type, x, ctx, "ln2")
+    out = attention(p["cross_attn"], q_in, ctx.encoder, ctx.encoder, ctx, cross=True)
+    return ctx("hook_resid_mid_cross", mid + ctx("hook_cross_attn_out", out))
 
 
 def post_ln_block(p: dict, resid: Resid, ctx: Ctx) -> Resid:
@@ -424,6 +449,9 @@ def unembed(params: Params, resid: Float[Array, "batch pos d_model"],
             ctx: Ctx) -> Float[Array, "batch pos d_vocab_out"]:
     """ln_final (BERT: the MLM head) + unembed (+ final logit soft-cap) -> logits [batch, pos, d_vocab_out]."""
     head = mlm_head if ctx.cfg.mlm_head else final_norm
-    resid = ctx("unembed.hook_in", head(params, resid, ctx))
+    resid = head(params, resid, ctx)
+    if ctx.cfg.scale_decoder_outputs:
+        resid = resid * ctx.cfg.d_model ** -0.5
+    resid = ctx("unembed.hook_in", resid)
     logits = ctx("unembed.hook_out", _mm(resid, params["unembed"]["W_U"]) + params["unembed"]["b_U"])
     return C.softcap(logits, ctx.cfg.output_logits_soft_cap)

@@ -79,11 +79,12 @@ def processed_config(cfg: Config, **flags: bool) -> Config:
 
 def _foldable(cfg: Config) -> bool:
     # A shortformer adds positions to ln1's output, so ln1's weights cannot move into W_Q/W_K;
-    # norms on sublayer outputs (OLMo 2) have no reading weights to move into.
+    # norms on sublayer outputs (OLMo 2) have no reading weights to move into; an encoder-decoder
+    # (T5) has norms folding does not know (ln3, two stacks), and TransformerLens folds none.
     # A LayerNorm before a mixture of experts stays: its bias would need a bias on the router
     # and every expert's gate to move into.
     return (cfg.normalization_type in ("LN", "RMS") and cfg.positional_embedding_type != "shortformer"
-            and not cfg.norm_sublayer_outputs
+            and not cfg.norm_sublayer_outputs and not cfg.cross_attention
             and not (cfg.num_experts and cfg.normalization_type == "LN"))
 
 

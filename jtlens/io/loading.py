@@ -230,8 +230,8 @@ def _process(cfg: Config, params: dict, flags: dict, done: dict) -> tuple[Config
 def _steps(cfg: Config, flags: dict, done: dict) -> dict:
     """The steps still to apply. Like TransformerLens's from_pretrained, soft-capped logits skip
     center_unembed: the cap is not shift-invariant, so centring would change the log-probs."""
-    if cfg.post_ln:
-        # TransformerLens's HookedEncoder applies no weight processing; neither do we.
+    if cfg.post_ln or cfg.cross_attention:
+        # TransformerLens's HookedEncoder and HookedEncoderDecoder process no weights; neither do we.
         return {k: False for k in flags}
     todo = {k: v and not done.get(k) for k, v in flags.items()}
     if cfg.output_logits_soft_cap > 0:

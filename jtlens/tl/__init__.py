@@ -1,6 +1,7 @@
 """Layer 4, tl: TransformerLens's object API on top of the functions below.
 
-hooked_transformer (`HookedTransformer`), hooked_encoder (`HookedEncoder`), hook_points
+hooked_transformer (`HookedTransformer`), hooked_encoder (`HookedEncoder`),
+hooked_encoder_decoder (`HookedEncoderDecoder`, T5), hook_points
 (`model.hook_dict`, `add_hook`), host_hooks (Python hook functions called back from the
 compiled forward), module_views (`model.blocks[0].attn` as callable views),
 tl_compat (state dicts, config toggles, TransformerLens-only methods), utils

@@ -54,8 +54,10 @@ class HookedEncoder(HookedTransformer):
                              f"LayerNorms come after the residual adds, so they cannot be folded)")
         cfg, params, tokenizer = load_no_processing(model_name, dtype=dtype, **kwargs)
         if not cfg.post_ln:
-            raise ValueError(f"{model_name} is a {cfg.original_architecture} decoder; load it with "
-                             f"HookedTransformer.from_pretrained")
+            kind, cls_name = (("encoder-decoder", "HookedEncoderDecoder") if cfg.cross_attention
+                              else ("decoder", "HookedTransformer"))
+            raise ValueError(f"{model_name} is a {cfg.original_architecture} {kind}; load it with "
+                             f"{cls_name}.from_pretrained")
         if not cfg.mlm_head:
             warnings.warn(f"{model_name} is a {cfg.original_architecture} checkpoint without an "
                           f"MLM head: return_type='logits' is unavailable; use "

@@ -44,6 +44,7 @@ ARCHITECTURES = {
     "BertModel": "bert",
     "DistilBertForMaskedLM": "distilbert",
     "DistilBertModel": "distilbert",
+    "T5ForConditionalGeneration": "t5",
 }
 
 

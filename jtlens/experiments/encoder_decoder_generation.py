@@ -1,0 +1,87 @@
+"""Generation for encoder-decoders (T5): encode once, then decode token by token, all in one
+jitted program.
+
+The decoder's input is a buffer [batch, 1 + max_new_tokens] that starts with the decoder start
+token; step i runs the decoder over the whole buffer and reads the logits at slot i. Attention
+is causal and T5's position bias depends on offsets only, so the unfilled slots after i change
+nothing at i: the tokens are those of a decoder run on the prefix (Hugging Face's greedy search
+when do_sample is False). Each step costs a full decoder pass, not a cached one.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jtlens.core.config import Config
+from jtlens.core.encoder_decoder import EncoderDecoderNames, STACKS, encode, split_hooks
+from jtlens.core.engine import run_model
+from jtlens.core.hooks import HookRunner, Hooks
+from jtlens.core.params import Params
+from jtlens.experiments.sampling import check_options, next_token
+
+
+def generate_encoder_decoder(params: Params, cfg: Config, tokens, max_new_tokens: int, *,
+                             decoder_start_token_id: int, attention_mask=None,
+                             stop_tokens: Sequence[int] = (), eos_padding: int = 0,
+                             key: Optional[jax.Array] = None, do_sample: bool = False,
+                             temperature: float = 1.0, top_k: Optional[int] = None,
+                             top_p: Optional[float] = None, freq_penalty: float = 0.0,
+                             hooks: Optional[Hooks] = None) -> np.ndarray:
+    """Decoder tokens [batch, 1 + generated] for encoder input `tokens` [batch, pos].
+
+    Args:
+      decoder_start_token_id: the decoder's first token (T5: the pad token).
+      attention_mask: optional [batch, pos] padding mask of `tokens`.
+      stop_tokens: a row stops at any of these; later slots of a finished row get `eos_padding`
+        (TransformerLens's convention; Hugging Face pads with the pad token). Generation ends
+        when every row has stopped or after max_new_tokens.
+      key, do_sample, temperature, top_k, top_p, freq_penalty: as `jtlens.generate`.
+      hooks: a `Hooks` under TransformerLens's names, applied at every step.
+    """
+    check_options(do_sample, top_k, top_p, temperature, freq_penalty)
+    if do_sample and key is None:
+        raise ValueError("do_sample=True needs a PRNG key: key=jax.random.PRNGKey(seed)")
+    tokens = jnp.asarray(tokens)
+    mask = None if attention_mask is None else jnp.asarray(attention_mask)
+    options = (do_sample, temperature, top_k, top_p, freq_penalty, tuple(stop_tokens), eos_padding)
+    out, steps = _generate(params, tokens, mask, jax.random.PRNGKey(0) if key is None else key,
+                           hooks, cfg=cfg, n_new=max_new_tokens, start=decoder_start_token_id,
+                           options=options)
+    return np.asarray(out)[:, :int(steps) + 1]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "n_new", "start", "options"))
+def _generate(params, tokens, mask, key, hooks, *, cfg, n_new, start, options):
+    do_sample, temperature, top_k, top_p, freq_penalty, stop, padding = options
+    names = EncoderDecoderNames(cfg)
+    split = split_hooks(hooks, names)
+    runners = {s: HookRunner(split[s], names.stacks[s]) for s in STACKS}
+    encoded = encode(params, tokens, cfg, runners["encoder"], mask)[0]
+    batch = tokens.shape[0]
+    buffer = jnp.full((batch, n_new + 1), start, jnp.int32)
+
+    def step(state):
+        i, buffer, done, key = state
+        logits = run_model(params, buffer, cfg, runners["decoder"], "logits", False, None, None,
+                           None, None, True, None, encoder=encoded, encoder_mask=mask)[0]
+        key, sub = jax.random.split(key)
+        counts = jax.vmap(lambda row: jnp.zeros(cfg.d_vocab_out).at[row].add(
+            jnp.arange(n_new + 1) <= i))(buffer)
+        token = next_token(logits[:, i], sub, do_sample=do_sample, temperature=temperature,
+                           top_k=top_k, top_p=top_p, freq_penalty=freq_penalty, counts=counts)
+        token = jnp.where(done, padding, token)
+        done = done | jnp.isin(token, jnp.asarray(stop, jnp.int32)) if stop else done
+        return i + 1, buffer.at[:, i + 1].set(token), done, key
+
+    def going(state):
+        i, _, done, _ = state
+        return (i < n_new) & ~jnp.all(done)
+
+    steps, buffer, _, _ = jax.lax.while_loop(
+        going, step, (jnp.int32(0), buffer, jnp.zeros(batch, bool), key))
+    return buffer, steps
