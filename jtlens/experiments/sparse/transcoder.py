@@ -120,13 +120,28 @@ class Transcoders:
 
     def activate(self, pre: Float[Array, "L *rest d_tc"]) -> Float[Array, "L *rest d_tc"]:
         """The activation function on pre-activations [L, ..., d_tc]."""
-        cfg = self.cfg
-        if cfg.activation == "relu":
+        thr = self.params.get("threshold")
+        if thr is not None:
+            thr = thr.reshape((self.cfg.n_layers,) + (1,) * (pre.ndim - 2) + (-1,))
+        return self._act(pre, thr)
+
+    def _act(self, pre, threshold):
+        if self.cfg.activation == "relu":
             return jax.nn.relu(pre)
-        if cfg.activation == "topk":
-            return topk_relu(pre, cfg.k)
-        thr = self.params["threshold"].reshape((cfg.n_layers,) + (1,) * (pre.ndim - 2) + (-1,))
-        return jnp.where(pre > thr, jax.nn.relu(pre), 0.0).astype(pre.dtype)
+        if self.cfg.activation == "topk":
+            return topk_relu(pre, self.cfg.k)
+        return jnp.where(pre > threshold, jax.nn.relu(pre), 0.0).astype(pre.dtype)
+
+    def encode_at(self, x: Float[Array, "*rest d_in"], layer: int) -> Float[Array, "*rest d_tc"]:
+        """Layer `layer`'s feature activations of its MLP input x [..., d_in]."""
+        p = self.layer(layer)
+        return self._act(x @ p["W_enc"] + p["b_enc"], p.get("threshold"))
+
+    def write_at(self, acts: Float[Array, "*rest d_tc"], layer: int):
+        """What layer `layer`'s features write, without b_dec: [..., d_out], or for a CLT the
+        writes to every layer [L_out, ..., d_out] (zero before `layer`)."""
+        W = self.params["W_dec"][layer]
+        return jnp.einsum("...f,fto->t...o", acts, W) if self.cfg.cross_layer else acts @ W
 
     def encode(self, x: Float[Array, "L *rest d_in"]) -> Float[Array, "L *rest d_tc"]:
         """Feature activations [L, ..., d_tc] of each layer's MLP input x [L, ..., d_in]."""

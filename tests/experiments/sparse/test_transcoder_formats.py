@@ -112,6 +112,7 @@ def _key():
     return jax.random.PRNGKey(0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("activation,skip", [("relu", False), ("jumprelu", True)])
 def test_saelens_transcoders_match_sae_lens(activation, skip, tmp_path):
     torch = pytest.importorskip("torch")
