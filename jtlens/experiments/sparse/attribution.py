@@ -1,0 +1,142 @@
+"""Attribution graphs (circuit-tracer's method) as batched VJPs of the local replacement model.
+
+    graph = attribute(params, cfg, tc, tokens)          # tokens [pos], one prompt
+    graph.adjacency                                    # [n_nodes, n_nodes], rows = targets
+
+Nodes, in circuit-tracer's order: active features (layer, pos, feature) (none at the first
+`zero_positions` positions, as circuit-tracer leaves out BOS), one error node per (layer, pos),
+the input token embeddings, the target logits (the top logits at the last position up to
+cumulative probability `desired_logit_prob`, at most `max_n_logits`). A feature node's input is
+its pre-activation (less b_enc), a logit node's is its demeaned logit. With patterns and norm
+scales frozen and features as inputs (`replacement.run_replacement(acts=...)`) every node input
+is linear in the source values, and an edge is the direct effect
+`A[t, s] = value_s * d input_t / d value_s` (for error and token nodes a dot product with the
+vector). Each block of `batch_size` rows is one `vmap` of the VJP over one-hot cotangents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jtlens.core.config import Config
+from jtlens.experiments.sparse.replacement import Frozen, freeze, run_replacement, true_nodes
+from jtlens.experiments.sparse.transcoder import Transcoders
+
+
+@dataclasses.dataclass
+class AttributionGraph:
+    """A dense attribution graph (numpy). adjacency[t, s]: direct effect of node s on node t's
+    input; columns and rows ordered [features, errors (layer-major), tokens, logits]."""
+
+    tokens: np.ndarray               # [pos]
+    active_features: np.ndarray      # [n_features, 3] (layer, pos, feature)
+    activation_values: np.ndarray    # [n_features]
+    logit_tokens: np.ndarray         # [n_logits] vocabulary ids
+    logit_probabilities: np.ndarray  # [n_logits]
+    adjacency: np.ndarray            # [n_nodes, n_nodes]
+    n_layers: int
+    scan: Optional[str] = None
+
+    @property
+    def n_pos(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.active_features)
+
+    def node_kinds(self) -> np.ndarray:
+        """[n_nodes] 'feature' | 'error' | 'token' | 'logit'."""
+        counts = (self.n_features, self.n_layers * self.n_pos, self.n_pos, len(self.logit_tokens))
+        return np.repeat(np.array(["feature", "error", "token", "logit"]), counts)
+
+
+def salient_logits(logits: np.ndarray, max_n_logits: int = 10, desired_logit_prob: float = 0.95):
+    """(vocab ids, probabilities) of the fewest top logits whose cumulative probability reaches
+    `desired_logit_prob`, at most `max_n_logits` (circuit-tracer's rule)."""
+    logits = np.asarray(logits, np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    top = np.argsort(-probs, kind="stable")[:max_n_logits]
+    cutoff = int(np.searchsorted(np.cumsum(probs[top]), desired_logit_prob)) + 1
+    top = top[:cutoff]
+    return top, probs[top].astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Nodes:
+    """What the linear map from node values to node inputs needs besides those values."""
+
+    feature_index: jax.Array   # [n_features, 3]
+    base_acts: jax.Array       # [L, pos, d_tc] activations that are not nodes (first positions)
+    base_errors: jax.Array     # [L, pos, d_out] errors that are not nodes
+    logit_dirs: jax.Array      # [d_vocab, n_logits] one-hot minus 1/d_vocab
+
+
+jax.tree_util.register_dataclass(
+    _Nodes, data_fields=("feature_index", "base_acts", "base_errors", "logit_dirs"), meta_fields=())
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def node_inputs(params, cfg: Config, tc: Transcoders, frozen: Frozen, nodes: _Nodes,
+                values, errors, embed):
+    """Every target node's input [n_features + n_logits] given source node values: feature
+    activations [n_features], error vectors [L, pos, d_out], token embeddings [pos, d_model]."""
+    l, p, f = nodes.feature_index.T
+    acts = nodes.base_acts.at[l, p, f].add(values)
+    logits, mlp_in, _ = run_replacement(params, cfg, tc, frozen, acts=acts,
+                                        errors=nodes.base_errors + errors, embed=embed)
+    pre = jnp.einsum("nd,nd->n", mlp_in[l, p], tc.params["W_enc"][l, :, f])
+    return jnp.concatenate([pre, logits[-1] @ nodes.logit_dirs])
+
+
+@jax.jit
+def _rows(vjp_fn, cotangents, values, errors, embed):
+    """Adjacency rows [B, n_sources] for cotangents [B, n_targets]: VJP times source values."""
+    g_values, g_errors, g_embed = jax.vmap(vjp_fn)(cotangents)
+    return jnp.concatenate([g_values * values,
+                            (g_errors * errors).sum(-1).reshape(len(cotangents), -1),
+                            (g_embed * embed).sum(-1)], axis=1)
+
+
+def attribute(params, cfg: Config, tc: Transcoders, tokens, *, max_n_logits: int = 10,
+              desired_logit_prob: float = 0.95, batch_size: int = 64, zero_positions: int = 1,
+              frozen: Optional[Frozen] = None) -> AttributionGraph:
+    """The attribution graph of `tokens` [pos] through the transcoders `tc` (see module doc).
+
+    batch_size: adjacency rows per vmapped VJP (memory grows with it). zero_positions: leading
+    positions whose features and errors are not nodes (circuit-tracer: 1, the BOS token).
+    """
+    frozen = freeze(params, cfg, tc, tokens) if frozen is None else frozen
+    acts, errors = true_nodes(tc, frozen)
+    keep = (jnp.arange(acts.shape[1]) >= zero_positions)[None, :, None]
+    index = np.argwhere(np.asarray((acts != 0) & keep))          # (layer, pos, feature) order
+    values = acts[tuple(index.T)]
+    node_errors = jnp.where(keep, errors, 0.0)
+    logit_tokens, probs = salient_logits(frozen.logits[-1], max_n_logits, desired_logit_prob)
+    V = frozen.logits.shape[-1]
+    dirs = jax.nn.one_hot(logit_tokens, V, dtype=jnp.float32).T - 1.0 / V
+    nodes = _Nodes(jnp.asarray(index, jnp.int32), acts.at[tuple(index.T)].set(0.0),
+                   errors - node_errors, dirs)
+    primals = (values, node_errors, frozen.embed)
+    _, vjp_fn = jax.vjp(lambda *x: node_inputs(params, cfg, tc, frozen, nodes, *x), *primals)
+    n_feat, n_logit = len(index), len(logit_tokens)
+    n_targets = n_feat + n_logit
+    rows = []
+    for start in range(0, n_targets, batch_size):
+        ids = np.arange(start, start + batch_size)
+        onehot = jax.nn.one_hot(np.where(ids < n_targets, ids, -1), n_targets, dtype=jnp.float32)
+        rows.append(np.asarray(_rows(vjp_fn, onehot, *primals))[: n_targets - start])
+    rows = np.concatenate(rows)
+    n_sources = rows.shape[1]
+    adjacency = np.zeros((n_sources + n_logit,) * 2, np.float32)
+    adjacency[:n_feat, :n_sources] = rows[:n_feat]
+    adjacency[n_sources:, :n_sources] = rows[n_feat:]
+    return AttributionGraph(np.asarray(frozen.tokens), index, np.asarray(values), logit_tokens,
+                            probs, adjacency, cfg.n_layers, tc.cfg.scan)
