@@ -1,5 +1,7 @@
-"""Sparse dictionaries (SAEs) as data: the SAE pytree, SAELens / sparsify files, splicing SAEs
-into a forward through the hooks pytree, their metrics, and feature dashboards' data.
+"""Sparse dictionaries as data: the SAE pytree, SAELens / sparsify files, splicing SAEs into a
+forward through the hooks pytree, their metrics, and feature dashboards' data; transcoders
+(per-layer, skip, cross-layer; SAELens and circuit-tracer files), the replacement model, and
+attribution graphs (VJPs, pruning, circuit-tracer's graph JSON).
 
 Imports only the low-level modules (config, params, hooks, model, cache, checkpoint_io, ...);
 never the TransformerLens facade (`jtlens.hooked_sae_transformer` sits on top of this).
@@ -32,3 +34,11 @@ from jtlens.experiments.sparse.transcoder_formats import read_circuit_tracer as 
 from jtlens.experiments.sparse.transcoder_formats import read_saelens as read_saelens
 from jtlens.experiments.sparse.transcoder_formats import write_circuit_tracer as write_circuit_tracer
 from jtlens.experiments.sparse.transcoder_formats import write_saelens as write_saelens
+from jtlens.experiments.sparse.replacement import freeze as freeze
+from jtlens.experiments.sparse.replacement import run_replacement as run_replacement
+from jtlens.experiments.sparse.attribution import AttributionGraph as AttributionGraph
+from jtlens.experiments.sparse.attribution import attribute as attribute
+from jtlens.experiments.sparse.graph_prune import prune_graph as prune_graph
+from jtlens.experiments.sparse.graph_prune import graph_scores as graph_scores
+from jtlens.experiments.sparse.graph_json import graph_json as graph_json
+from jtlens.experiments.sparse.graph_json import write_graph_json as write_graph_json
