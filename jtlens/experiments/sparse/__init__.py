@@ -44,3 +44,5 @@ from jtlens.experiments.sparse.graph_json import graph_json as graph_json
 from jtlens.experiments.sparse.graph_json import write_graph_json as write_graph_json
 from jtlens.experiments.sparse.interventions import intervene as intervene
 from jtlens.experiments.sparse.interventions import intervention_sweep as intervention_sweep
+from jtlens.experiments.sparse.transcoder_train import mlp_activations as mlp_activations
+from jtlens.experiments.sparse.transcoder_train import to_transcoders as to_transcoders
