@@ -105,13 +105,35 @@ def _rows(vjp_fn, cotangents, values, errors, embed):
                             (g_embed * embed).sum(-1)], axis=1)
 
 
+def partial_influence(rows, row_nodes, probs, n_sources: int, max_iter: int = 128):
+    """circuit-tracer's `compute_partial_influences`: each source's influence on the logits
+    through the rows computed so far. rows [R, n_sources]; row_nodes [R]: the node each row is
+    the input of (logits numbered n_sources + k); probs: the logits' probabilities."""
+    a = np.abs(rows)
+    a = a / np.maximum(a.sum(1, keepdims=True), 1e-8)
+    prod = np.zeros(n_sources + len(probs))
+    prod[n_sources:] = probs
+    total = np.zeros(n_sources)
+    for _ in range(max_iter):
+        step = prod[row_nodes] @ a
+        if not step.any():
+            return total
+        total += step
+        prod[:n_sources], prod[n_sources:] = step, 0.0
+    raise RuntimeError("the influence did not converge: the graph has a cycle")
+
+
 def attribute(params, cfg: Config, tc: Transcoders, tokens, *, max_n_logits: int = 10,
               desired_logit_prob: float = 0.95, batch_size: int = 64, zero_positions: int = 1,
+              max_feature_nodes: Optional[int] = None, update_interval: int = 4,
               frozen: Optional[Frozen] = None) -> AttributionGraph:
     """The attribution graph of `tokens` [pos] through the transcoders `tc` (see module doc).
 
     batch_size: adjacency rows per vmapped VJP (memory grows with it). zero_positions: leading
     positions whose features and errors are not nodes (circuit-tracer: 1, the BOS token).
+    max_feature_nodes: attribute only this many features, chosen as circuit-tracer does (after
+    the logits, the unvisited features of highest influence through the rows so far,
+    `update_interval * batch_size` at a time); the graph keeps only them.
     """
     frozen = freeze(params, cfg, tc, tokens) if frozen is None else frozen
     acts, errors = true_nodes(tc, frozen)
@@ -126,17 +148,43 @@ def attribute(params, cfg: Config, tc: Transcoders, tokens, *, max_n_logits: int
                    errors - node_errors, dirs)
     primals = (values, node_errors, frozen.embed)
     _, vjp_fn = jax.vjp(lambda *x: node_inputs(params, cfg, tc, frozen, nodes, *x), *primals)
-    n_feat, n_logit = len(index), len(logit_tokens)
-    n_targets = n_feat + n_logit
-    rows = []
-    for start in range(0, n_targets, batch_size):
-        ids = np.arange(start, start + batch_size)
-        onehot = jax.nn.one_hot(np.where(ids < n_targets, ids, -1), n_targets, dtype=jnp.float32)
-        rows.append(np.asarray(_rows(vjp_fn, onehot, *primals))[: n_targets - start])
-    rows = np.concatenate(rows)
-    n_sources = rows.shape[1]
-    adjacency = np.zeros((n_sources + n_logit,) * 2, np.float32)
-    adjacency[:n_feat, :n_sources] = rows[:n_feat]
-    adjacency[n_sources:, :n_sources] = rows[n_feat:]
-    return AttributionGraph(np.asarray(frozen.tokens), index, np.asarray(values), logit_tokens,
-                            probs, adjacency, cfg.n_layers, tc.cfg.scan)
+    n_all, n_logit = len(index), len(logit_tokens)
+    n_targets = n_all + n_logit
+
+    def rows_of(targets: np.ndarray) -> np.ndarray:  # targets: ids among [features, logits]
+        out = [np.zeros((0, n_all + cfg.n_layers * len(frozen.tokens) + len(frozen.tokens)))]
+        for start in range(0, len(targets), batch_size):
+            chunk = targets[start:start + batch_size]
+            ids = np.full(batch_size, -1)
+            ids[:len(chunk)] = chunk
+            onehot = jax.nn.one_hot(ids, n_targets, dtype=jnp.float32)
+            out.append(np.asarray(_rows(vjp_fn, onehot, *primals))[:len(chunk)])
+        return np.concatenate(out)
+
+    logit_rows = rows_of(n_all + np.arange(n_logit))
+    n_sources = logit_rows.shape[1]
+    limit = n_all if max_feature_nodes is None else min(max_feature_nodes, n_all)
+    if limit == n_all:
+        selected, feature_rows = np.arange(n_all), rows_of(np.arange(n_all))
+    else:
+        selected, parts = np.zeros(0, int), [np.zeros((0, n_sources))]
+        visited = np.zeros(n_all, bool)
+        while len(selected) < limit:
+            rows = np.concatenate([logit_rows] + parts)
+            row_nodes = np.r_[n_sources + np.arange(n_logit), selected]
+            rank = np.argsort(-partial_influence(rows, row_nodes, probs, n_sources)[:n_all],
+                              kind="stable")
+            pending = rank[~visited[rank]][:min(update_interval * batch_size, limit - len(selected))]
+            parts.append(rows_of(pending))
+            visited[pending] = True
+            selected = np.r_[selected, pending]
+        order = np.argsort(selected)
+        selected, feature_rows = selected[order], np.concatenate(parts)[order]
+    columns = np.r_[selected, np.arange(n_all, n_sources)]
+    n_kept = len(columns)
+    adjacency = np.zeros((n_kept + n_logit,) * 2, np.float32)
+    adjacency[:len(selected), :n_kept] = feature_rows[:, columns]
+    adjacency[n_kept:, :n_kept] = logit_rows[:, columns]
+    return AttributionGraph(np.asarray(frozen.tokens), index[selected],
+                            np.asarray(values)[selected], logit_tokens, probs, adjacency,
+                            cfg.n_layers, tc.cfg.scan)

@@ -73,3 +73,21 @@ def test_salient_logits_rule():
     assert ids.tolist() == [0, 2]
     ids, _ = salient_logits(logits, desired_logit_prob=0.75)   # 0.5 + 0.3 passes 0.75
     assert ids.tolist() == [0, 2]
+
+
+@pytest.mark.slow
+def test_max_feature_nodes_keeps_the_full_graphs_rows():
+    cfg, params, tokens = model("gpt2")
+    tc = transcoders(cfg, "jumprelu_skip")
+    full = attribute(params, cfg, tc, tokens, batch_size=16)
+    part = attribute(params, cfg, tc, tokens, batch_size=16, max_feature_nodes=40, update_interval=1)
+    assert full.n_features > 40 and part.n_features == 40
+    rows = [int(np.flatnonzero((full.active_features == f).all(1))[0]) for f in part.active_features]
+    n_full, n_part = full.n_features, part.n_features
+    keep_cols = np.r_[rows, np.arange(n_full, full.adjacency.shape[0])]
+    np.testing.assert_allclose(part.adjacency[:n_part], full.adjacency[rows][:, keep_cols], atol=1e-6)
+    np.testing.assert_allclose(part.adjacency[n_part:], full.adjacency[n_full:][:, keep_cols], atol=1e-6)
+    # the first pick is the features of highest direct influence on the logits
+    logit_rows = np.abs(full.adjacency[-len(full.logit_tokens):, :n_full])
+    direct = full.logit_probabilities @ (logit_rows / logit_rows.sum(1, keepdims=True).clip(1e-8))
+    assert set(np.argsort(-direct)[:16]) <= set(rows)
