@@ -96,9 +96,13 @@ def node_inputs(params, cfg: Config, tc: Transcoders, frozen: Frozen, nodes: _No
     return jnp.concatenate([pre, logits[-1] @ nodes.logit_dirs])
 
 
-@jax.jit
-def _rows(vjp_fn, cotangents, values, errors, embed):
-    """Adjacency rows [B, n_sources] for cotangents [B, n_targets]: VJP times source values."""
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _rows(params, cfg: Config, tc: Transcoders, frozen: Frozen, nodes: _Nodes, cotangents,
+          values, errors, embed):
+    """Adjacency rows [B, n_sources] for cotangents [B, n_targets]: VJP times source values.
+    (The forward runs again per block, so the compiled program is the same for every call.)"""
+    f = functools.partial(node_inputs, params, cfg, tc, frozen, nodes)
+    _, vjp_fn = jax.vjp(f, values, errors, embed)
     g_values, g_errors, g_embed = jax.vmap(vjp_fn)(cotangents)
     return jnp.concatenate([g_values * values,
                             (g_errors * errors).sum(-1).reshape(len(cotangents), -1),
@@ -147,7 +151,6 @@ def attribute(params, cfg: Config, tc: Transcoders, tokens, *, max_n_logits: int
     nodes = _Nodes(jnp.asarray(index, jnp.int32), acts.at[tuple(index.T)].set(0.0),
                    errors - node_errors, dirs)
     primals = (values, node_errors, frozen.embed)
-    _, vjp_fn = jax.vjp(lambda *x: node_inputs(params, cfg, tc, frozen, nodes, *x), *primals)
     n_all, n_logit = len(index), len(logit_tokens)
     n_targets = n_all + n_logit
 
@@ -158,7 +161,8 @@ def attribute(params, cfg: Config, tc: Transcoders, tokens, *, max_n_logits: int
             ids = np.full(batch_size, -1)
             ids[:len(chunk)] = chunk
             onehot = jax.nn.one_hot(ids, n_targets, dtype=jnp.float32)
-            out.append(np.asarray(_rows(vjp_fn, onehot, *primals))[:len(chunk)])
+            out.append(np.asarray(_rows(params, cfg, tc, frozen, nodes, onehot,
+                                        *primals))[:len(chunk)])
         return np.concatenate(out)
 
     logit_rows = rows_of(n_all + np.arange(n_logit))

@@ -20,6 +20,7 @@ Two modes:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Optional
 
 import jax
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 
 from jtlens.core.config import Config
 from jtlens.core.forward import forward_with_cache
+from jtlens.core.hook_catalogue import hook_catalogue
 from jtlens.core.hooks import Hooks
 from jtlens.experiments.sparse.transcoder import Transcoders
 
@@ -76,20 +78,25 @@ def freeze(params, cfg: Config, tc: Transcoders, tokens) -> Frozen:
     """Run the model once on `tokens` [pos] (or [1, pos]) and keep what the replacement model
     holds fixed."""
     check_hooks(cfg, tc)
-    tokens = jnp.asarray(tokens).reshape(1, -1)
     t = tc.cfg
-    wanted = (t.input_hook, t.output_hook, "attn.hook_pattern")
-    capture = lambda n: n.endswith("hook_scale") or n == "hook_embed" or any(  # noqa: E731
-        n.endswith(f".{w}") for w in wanted)
-    logits, cache = forward_with_cache(params, tokens, cfg, Hooks(capture=capture))
+    names = hook_catalogue(cfg).names()
     for w in (t.input_hook, t.output_hook):
-        if w not in cache.stacked:
+        if f"blocks.0.{w}" not in names:
             raise ValueError(f"this model has no hook blocks.L.{w} for the transcoders; use a hook "
                              f"it has (e.g. ln2.hook_normalized / hook_mlp_out)")
+    return _freeze(params, jnp.asarray(tokens).reshape(1, -1), cfg, t.input_hook, t.output_hook)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _freeze(params, tokens, cfg: Config, input_hook: str, output_hook: str) -> Frozen:
+    wanted = (input_hook, output_hook, "attn.hook_pattern")
+    capture = tuple(n for n in hook_catalogue(cfg).names() if n.endswith("hook_scale")
+                    or n == "hook_embed" or any(n.endswith(f".{w}") for w in wanted))
+    logits, cache = forward_with_cache(params, tokens, cfg, Hooks(capture=capture))
     patched = {f"blocks.*.{k}": v for k, v in cache.stacked.items() if _is_frozen(k)}
     patched.update({k: v for k, v in cache.outer.items() if _is_frozen(k)})
     return Frozen(tokens[0], patched, cache.outer["hook_embed"][0],
-                  cache.stacked[t.input_hook][:, 0], cache.stacked[t.output_hook][:, 0], logits[0])
+                  cache.stacked[input_hook][:, 0], cache.stacked[output_hook][:, 0], logits[0])
 
 
 def true_nodes(tc: Transcoders, frozen: Frozen):
