@@ -89,7 +89,10 @@ def node_inputs(params, cfg: Config, tc: Transcoders, frozen: Frozen, nodes: _No
     """Every target node's input [n_features + n_logits] given source node values: feature
     activations [n_features], error vectors [L, pos, d_out], token embeddings [pos, d_model]."""
     l, p, f = nodes.feature_index.T
-    acts = nodes.base_acts.at[l, p, f].add(values)
+    # one scatter per layer (each value lands only in its own layer): the VJP then gathers each
+    # layer's [pos, d_tc] cotangent in turn, never holding the whole [L, pos, d_tc] per row
+    acts = [nodes.base_acts[i].at[p, f].add(jnp.where(l == i, values, 0.0))
+            for i in range(cfg.n_layers)]
     logits, mlp_in, _ = run_replacement(params, cfg, tc, frozen, acts=acts,
                                         errors=nodes.base_errors + errors, embed=embed)
     pre = jnp.einsum("nd,nd->n", mlp_in[l, p], tc.params["W_enc"][l, :, f])

@@ -111,7 +111,8 @@ def run_replacement(params, cfg: Config, tc: Transcoders, frozen: Frozen, *, act
     """The replacement model on the frozen prompt -> (logits [pos, d_vocab], MLP inputs
     [L, pos, d_in], feature activations used [L, pos, d_tc]).
 
-    acts / errors / embed: node values (default: their values on the prompt); with `acts` the
+    acts / errors / embed: node values (default: their values on the prompt; `acts` may also
+    be a list of per-layer [pos, d_tc] arrays); with `acts` the
     features are inputs (linear mode), without them they are recomputed per layer and passed
     through `edit(layer, acts [pos, d_tc]) -> acts`. freeze: hold patterns and norm scales.
     """

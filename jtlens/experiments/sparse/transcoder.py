@@ -10,6 +10,9 @@ orientation are SAELens's, with a leading layer axis: W_enc [L, d_in, d_tc], b_e
 W_dec [L, d_tc, d_out], b_dec [L, d_out], threshold [L, d_tc] (jumprelu), W_skip [L, d_out, d_in]
 (skip transcoders: out += x @ W_skip.T). A CLT's decoder is W_dec [L_src, d_tc, L_out, d_out]:
 a feature of layer s writes to the MLP output of every layer t >= s (entries t < s are zero).
+Activations follow SAELens (JumpReLU and TopK keep only positive values); circuit-tracer's
+JumpReLU and TopK also pass negative pre-activations (below a negative threshold, or among the
+top k when fewer than k are positive), which trained transcoders rarely meet.
 """
 
 from __future__ import annotations

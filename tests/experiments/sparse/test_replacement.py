@@ -50,3 +50,16 @@ def test_edits_propagate_and_freezing_matters(subject):
     held, _, _ = run_replacement(params, cfg, tc, frozen, edit=ablate_early)
     free, _, _ = run_replacement(params, cfg, tc, frozen, edit=ablate_early, freeze=False)
     assert not np.allclose(held, free, atol=1e-5)  # later positions read position 0 by attention
+
+
+def test_missing_hooks_and_layers_are_named(one_line_error):
+    cfg, params, tokens = model("gpt2")
+    tc = transcoders(cfg, "topk")
+    bad = type(tc)(tc.params, tc.cfg.replace(input_hook="mlp.hook_nothing"))
+    with pytest.raises(ValueError) as e:
+        freeze(params, cfg, bad, tokens)
+    one_line_error(e, "no hook blocks.L.mlp.hook_nothing")
+    short = type(tc)({k: v[:1] for k, v in tc.params.items()}, tc.cfg.replace(n_layers=1))
+    with pytest.raises(ValueError) as e:
+        freeze(params, cfg, short, tokens)
+    one_line_error(e, "1 transcoder layers for a 2-layer model")
