@@ -95,7 +95,9 @@ def node_inputs(params, cfg: Config, tc: Transcoders, frozen: Frozen, nodes: _No
             for i in range(cfg.n_layers)]
     logits, mlp_in, _ = run_replacement(params, cfg, tc, frozen, acts=acts,
                                         errors=nodes.base_errors + errors, embed=embed)
-    pre = jnp.einsum("nd,nd->n", mlp_in[l, p], tc.params["W_enc"][l, :, f])
+    # each feature's pre-activation (less b_enc), layer by layer for the same reason
+    pre = sum(jnp.where(l == i, (mlp_in[i] @ tc.params["W_enc"][i])[p, f], 0.0)
+              for i in range(cfg.n_layers))
     return jnp.concatenate([pre, logits[-1] @ nodes.logit_dirs])
 
 
