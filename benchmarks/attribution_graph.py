@@ -78,7 +78,8 @@ def main():
         out = subprocess.run([sys.executable, "-m", "benchmarks.attribution_graph", "--one", str(n),
                               *passed], cwd=ROOT, capture_output=True, text=True)
         if out.returncode:
-            print(f"| {n} | failed: {out.stderr.strip().splitlines()[-1]} |||||")
+            why = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+            print(f"| {n} | failed: {why} |||||")
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"| {n} | {r['active_features']} | {r['feature_nodes']} | {r['graph_nodes']} | "

@@ -11,7 +11,9 @@ its pre-activation (less b_enc), a logit node's is its demeaned logit. With patt
 scales frozen and features as inputs (`replacement.run_replacement(acts=...)`) every node input
 is linear in the source values, and an edge is the direct effect
 `A[t, s] = value_s * d input_t / d value_s` (for error and token nodes a dot product with the
-vector). Each block of `batch_size` rows is one `vmap` of the VJP over one-hot cotangents.
+vector). Each block of `batch_size` rows is one `vmap` of the VJP over its cotangents (a
+feature's encoder column at its layer and position, a logit's one-hot), as circuit-tracer
+injects gradients.
 """
 
 from __future__ import annotations
@@ -86,8 +88,10 @@ jax.tree_util.register_dataclass(
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def node_inputs(params, cfg: Config, tc: Transcoders, frozen: Frozen, nodes: _Nodes,
                 values, errors, embed):
-    """Every target node's input [n_features + n_logits] given source node values: feature
-    activations [n_features], error vectors [L, pos, d_out], token embeddings [pos, d_model]."""
+    """What every target node's input is read from, given source node values (feature
+    activations [n_features], error vectors [L, pos, d_out], token embeddings [pos, d_model]):
+    (the transcoders' inputs [L, pos, d_in] (a feature's input is its encoder column times
+    its layer and position's row), the target logits, demeaned [n_logits])."""
     l, p, f = nodes.feature_index.T
     # one scatter per layer (each value lands only in its own layer): the VJP then gathers each
     # layer's [pos, d_tc] cotangent in turn, never holding the whole [L, pos, d_tc] per row
@@ -95,22 +99,25 @@ def node_inputs(params, cfg: Config, tc: Transcoders, frozen: Frozen, nodes: _No
             for i in range(cfg.n_layers)]
     logits, mlp_in, _ = run_replacement(params, cfg, tc, frozen, acts=acts,
                                         errors=nodes.base_errors + errors, embed=embed)
-    # each feature's pre-activation (less b_enc), layer by layer for the same reason
-    pre = sum(jnp.where(l == i, (mlp_in[i] @ tc.params["W_enc"][i])[p, f], 0.0)
-              for i in range(cfg.n_layers))
-    return jnp.concatenate([pre, logits[-1] @ nodes.logit_dirs])
+    return mlp_in, logits[-1] @ nodes.logit_dirs
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _rows(params, cfg: Config, tc: Transcoders, frozen: Frozen, nodes: _Nodes, cotangents,
-          values, errors, embed):
-    """Adjacency rows [B, n_sources] for cotangents [B, n_targets]: VJP times source values.
-    (The forward runs again per block, so the compiled program is the same for every call.)"""
+def _rows(params, cfg: Config, tc: Transcoders, frozen: Frozen, nodes: _Nodes, feature_ids,
+          logit_ids, values, errors, embed):
+    """Adjacency rows [B, n_sources] of B target nodes (feature_ids [B] or logit_ids [B]; -1
+    where the row is the other kind, or padding): VJP times source values. As circuit-tracer,
+    a feature row's cotangent is its encoder column at its layer and position."""
     f = functools.partial(node_inputs, params, cfg, tc, frozen, nodes)
-    _, vjp_fn = jax.vjp(f, values, errors, embed)
-    g_values, g_errors, g_embed = jax.vmap(vjp_fn)(cotangents)
+    (mlp_in, logit_out), vjp_fn = jax.vjp(f, values, errors, embed)
+    B = len(feature_ids)
+    l, p, k = nodes.feature_index[jnp.maximum(feature_ids, 0)].T
+    enc = tc.params["W_enc"][l, :, k] * (feature_ids >= 0)[:, None]          # [B, d_in]
+    ct_in = jnp.zeros((B,) + mlp_in.shape, mlp_in.dtype).at[jnp.arange(B), l, p].set(enc)
+    ct_logits = jax.nn.one_hot(logit_ids, logit_out.shape[0], dtype=logit_out.dtype)
+    g_values, g_errors, g_embed = jax.vmap(vjp_fn)((ct_in, ct_logits))
     return jnp.concatenate([g_values * values,
-                            (g_errors * errors).sum(-1).reshape(len(cotangents), -1),
+                            (g_errors * errors).sum(-1).reshape(B, -1),
                             (g_embed * embed).sum(-1)], axis=1)
 
 
@@ -157,7 +164,6 @@ def attribute(params, cfg: Config, tc: Transcoders, tokens, *, max_n_logits: int
                    errors - node_errors, dirs)
     primals = (values, node_errors, frozen.embed)
     n_all, n_logit = len(index), len(logit_tokens)
-    n_targets = n_all + n_logit
 
     def rows_of(targets: np.ndarray) -> np.ndarray:  # targets: ids among [features, logits]
         out = [np.zeros((0, n_all + cfg.n_layers * len(frozen.tokens) + len(frozen.tokens)))]
@@ -165,8 +171,9 @@ def attribute(params, cfg: Config, tc: Transcoders, tokens, *, max_n_logits: int
             chunk = targets[start:start + batch_size]
             ids = np.full(batch_size, -1)
             ids[:len(chunk)] = chunk
-            onehot = jax.nn.one_hot(ids, n_targets, dtype=jnp.float32)
-            out.append(np.asarray(_rows(params, cfg, tc, frozen, nodes, onehot,
+            feature_ids = np.where(ids < n_all, ids, -1)
+            logit_ids = np.where(ids >= n_all, ids - n_all, -1)
+            out.append(np.asarray(_rows(params, cfg, tc, frozen, nodes, feature_ids, logit_ids,
                                         *primals))[:len(chunk)])
         return np.concatenate(out)
 
