@@ -52,6 +52,7 @@ def test_edits_propagate_and_freezing_matters(subject):
     assert not np.allclose(held, free, atol=1e-5)  # later positions read position 0 by attention
 
 
+@pytest.mark.slow  # builds the hook catalogue (traces the model)
 def test_missing_hooks_and_layers_are_named(one_line_error):
     cfg, params, tokens = model("gpt2")
     tc = transcoders(cfg, "topk")
