@@ -40,8 +40,8 @@ from jtlens.experiments.sparse.attribution import AttributionGraph as Attributio
 from jtlens.experiments.sparse.attribution import attribute as attribute
 from jtlens.experiments.sparse.graph_prune import prune_graph as prune_graph
 from jtlens.experiments.sparse.graph_prune import graph_scores as graph_scores
-from jtlens.experiments.sparse.graph_json import graph_json as graph_json
-from jtlens.experiments.sparse.graph_json import write_graph_json as write_graph_json
+from jtlens.experiments.sparse.graph_files import graph_json as graph_json
+from jtlens.experiments.sparse.graph_files import write_graph_json as write_graph_json
 from jtlens.experiments.sparse.interventions import intervene as intervene
 from jtlens.experiments.sparse.interventions import intervention_sweep as intervention_sweep
 from jtlens.experiments.sparse.transcoder_train import mlp_activations as mlp_activations

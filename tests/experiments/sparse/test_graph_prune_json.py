@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jtlens.experiments.sparse.attribution import AttributionGraph
-from jtlens.experiments.sparse.graph_json import graph_json, write_graph_json
+from jtlens.experiments.sparse.graph_files import graph_json, write_graph_json
 from jtlens.experiments.sparse.graph_prune import graph_scores, prune_graph
 
 L, P = 2, 3
