@@ -3,8 +3,8 @@
 analysis (`analyze` / `summary` / `write_report`: what a model does with one text), figures
 (its PNGs and HTML helpers), patching_section (`jtlens patch`), patching_plots (sweep
 heatmaps, `jtlens.patching.plots`), heatmap (the one plotting convention), attention_view
-(the interactive attention viewer), feature_dashboard (SAE feature dashboards), sae_section
-(`jtlens run --sae`), cli (`jtlens run`, `jtlens patch`), convert_command (`python -m jtlens.conversions`).
+(the interactive attention viewer), graph_view (attribution graphs as a page),
+feature_dashboard (SAE feature dashboards), sae_section (`jtlens run --sae`), cli (`jtlens run`, `jtlens patch`), convert_command (`python -m jtlens.conversions`).
 
 May import: every layer below. Entry points: `analyze`, `write_report`, `cli.main`.
 `jtlens.report.<name>` for analysis's names is kept from when the report was one module.

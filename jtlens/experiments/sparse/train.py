@@ -54,6 +54,9 @@ class TrainConfig:
     # training default is True): select and decode acts as if W_dec rows had norm 1
     dead_feature_window: int = 1000
     topk_threshold_lr: float = 0.01     # batchtopk: EMA rate of its inference threshold
+    d_out: Optional[int] = None         # a transcoder: predicts a d_out-wide target (batches
+    # are (input, target) pairs; no b_dec is subtracted from the input)
+    skip: bool = False                  # a transcoder's affine skip path W_skip [d_out, d_in]
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
 
@@ -63,6 +66,8 @@ class TrainConfig:
                              f"{TRAIN_ARCHITECTURES}")
         if self.architecture in ("topk", "batchtopk") and not 0 < self.k_max <= self.d_sae:
             raise ValueError(f"a {self.architecture} SAE needs k_max in 1..d_sae={self.d_sae}")
+        if self.skip and self.d_out is None:
+            raise ValueError("skip=True is a transcoder option: give d_out (the target's width)")
         if self.rescale_acts_by_decoder_norm and self.architecture not in ("topk", "batchtopk"):
             raise ValueError(f"rescale_acts_by_decoder_norm=True is a topk/batchtopk option; a "
                              f"{self.architecture} SAE has none (SAELens's config lacks it too)")
@@ -108,8 +113,14 @@ def init_params(tc: TrainConfig, key) -> dict:
     """SAELens's training init: Kaiming-uniform W_dec rows scaled to decoder_init_norm,
     W_enc = W_dec.T, zero biases, thresholds at jumprelu_init_threshold."""
     arch = "jumprelu" if tc.architecture == "jumprelu" else "standard"
-    sae = SAE.init(SAEConfig(tc.d_in, tc.d_sae, arch), key, tc.decoder_init_norm)
+    key, k_enc = jax.random.split(key) if tc.d_out else (key, None)
+    sae = SAE.init(SAEConfig(tc.d_out or tc.d_in, tc.d_sae, arch), key, tc.decoder_init_norm)
     params = dict(sae.params)
+    if tc.d_out:  # a transcoder: W_enc [d_in, d_sae] Kaiming-uniform on its own, as SAELens's
+        bound = (6.0 / tc.d_sae) ** 0.5
+        params["W_enc"] = jax.random.uniform(k_enc, (tc.d_in, tc.d_sae), jnp.float32, -bound, bound)
+        if tc.skip:
+            params["W_skip"] = jnp.zeros((tc.d_out, tc.d_in), jnp.float32)
     if arch == "jumprelu":
         params["threshold"] = jnp.full((tc.d_sae,), tc.jumprelu_init_threshold, jnp.float32)
     return params
@@ -202,9 +213,11 @@ def _warm(step, warm_up: int):
     return jnp.minimum(1.0, (step + 1) / warm_up) if warm_up else 1.0
 
 
-def losses(params: dict, hyper: Hyper, x, tc: TrainConfig, dead_mask=None, step=0):
-    """(total loss, (feature acts, sae_out, {loss name: value})) for activations x [B, d_in]."""
-    sae_in = x - params["b_dec"]
+def losses(params: dict, hyper: Hyper, x, tc: TrainConfig, dead_mask=None, step=0, target=None):
+    """(total loss, (feature acts, sae_out, {loss name: value})) for activations x [B, d_in];
+    a transcoder reconstructs `target` [B, d_out] instead of x."""
+    y = x if target is None else target
+    sae_in = x if tc.d_out else x - params["b_dec"]
     pre = sae_in @ params["W_enc"] + params["b_enc"]
     arch = tc.architecture
     dec_norm = jnp.linalg.norm(params["W_dec"], axis=-1)
@@ -227,7 +240,9 @@ def losses(params: dict, hyper: Hyper, x, tc: TrainConfig, dead_mask=None, step=
         else:
             acts = jumprelu(pre, params["threshold"], tc.jumprelu_bandwidth)
         out = (acts if unit is None else acts / unit) @ params["W_dec"] + params["b_dec"]
-    parts = {"mse_loss": ((out - x) ** 2).sum(-1).mean()}
+    if tc.skip:
+        out = out + x @ params["W_skip"].T
+    parts = {"mse_loss": ((out - y) ** 2).sum(-1).mean()}
     if arch == "standard":
         coeff = hyper.l1_coefficient * _warm(step, tc.l1_warm_up_steps)
         parts["l1_loss"] = coeff * (acts * dec_norm).sum(-1).mean()
@@ -239,7 +254,7 @@ def losses(params: dict, hyper: Hyper, x, tc: TrainConfig, dead_mask=None, step=
         parts["auxiliary_reconstruction_loss"] = jnp.zeros((), out.dtype)
     else:
         parts["auxiliary_reconstruction_loss"] = hyper.aux_loss_coefficient * auxk_loss(
-            params, pre, jax.lax.stop_gradient(x - out), dead_mask, unit)
+            params, pre, jax.lax.stop_gradient(y - out), dead_mask, unit)
     return sum(parts.values()), (acts, out, parts)
 
 
@@ -273,11 +288,12 @@ def lr_at(step, lr, tc: TrainConfig):
     return lr * warm * jnp.where(step >= decay_start, decay, 1.0)
 
 
-def _one_step(state: TrainState, hyper: Hyper, x, tc: TrainConfig, aux: bool):
+def _one_step(state: TrainState, hyper: Hyper, batch, tc: TrainConfig, aux: bool):
+    x, y = batch if isinstance(batch, tuple) else (batch, batch)
     dead = state.since_fired > tc.dead_feature_window  # SAELens: strictly more steps
     use_dead = dead if aux else None
     (loss, (acts, out, parts)), grads = jax.value_and_grad(losses, has_aux=True)(
-        state.params, hyper, x, tc, use_dead, state.step)
+        state.params, hyper, x, tc, use_dead, state.step, y)
     updates, opt_state = _optimizer(tc).update(grads, state.opt_state, state.params)
     lr = lr_at(state.step, hyper.lr, tc)
     params = jax.tree_util.tree_map(lambda p, u: p - lr * u, state.params, updates)
@@ -292,8 +308,8 @@ def _one_step(state: TrainState, hyper: Hyper, x, tc: TrainConfig, aux: bool):
         min_pos = jnp.min(jnp.where(acts > 0, acts, jnp.inf))
         thr = jnp.where(jnp.isfinite(min_pos),
                         (1 - tc.topk_threshold_lr) * thr + tc.topk_threshold_lr * min_pos, thr)
-    resid = ((x - out) ** 2).sum(-1).mean()
-    var = ((x - x.mean(0)) ** 2).sum(-1).mean()
+    resid = ((y - out) ** 2).sum(-1).mean()
+    var = ((y - y.mean(0)) ** 2).sum(-1).mean()
     metrics = {"loss": loss, **parts, "l0": (acts != 0).sum(-1).mean(),
                "explained_variance": 1 - resid / var, "dead_features": dead.sum()}
     return TrainState(params, opt_state, state.step + 1, since, thr), metrics
@@ -303,12 +319,13 @@ def _one_step(state: TrainState, hyper: Hyper, x, tc: TrainConfig, aux: bool):
 def train_step(state: TrainState, hyper: Hyper, batch, tc: TrainConfig):
     """One optimiser step on activations `batch` [B, d_in] -> (state, metrics). With a stacked
     state/hyper (leading axis n) all n SAEs step on the same batch, or on `batch` [n, B, d_in]
-    (one hook point each)."""
+    (one hook point each). A transcoder's batch is a pair (inputs, targets), each shaped so."""
     def run(aux: bool):
         one = functools.partial(_one_step, tc=tc, aux=aux)
         if jnp.ndim(hyper.lr) == 0:
             return one
-        return jax.vmap(one, in_axes=(0, 0, 0 if batch.ndim == 3 else None))
+        x = batch[0] if isinstance(batch, tuple) else batch
+        return jax.vmap(one, in_axes=(0, 0, 0 if x.ndim == 3 else None))
 
     if tc.architecture not in ("topk", "batchtopk"):
         return run(False)(state, hyper, batch)

@@ -1,0 +1,108 @@
+"""An attribution graph as circuit-tracer's graph JSON (`create_graph_files`), which its local
+server and Neuronpedia display.
+
+Top level: metadata {slug, scan, transcoder_list, prompt_tokens, prompt, node_threshold,
+schema_version}, qParams, nodes, links [{source, target, weight}]. Node ids: features
+"{layer}_{feature}_{pos}", errors "0_{layer}_{pos}", tokens "E_{token id}_{pos}", logits
+"{n_layers + 1}_{token id}_{pos}" (a layer-0 feature numbered below n_layers shares its id with
+an error node, in circuit-tracer too). Only nodes the pruning keeps, and of those only nodes on a
+kept edge (tokens and logits always), are written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+from jtlens.experiments.sparse.attribution import AttributionGraph
+from jtlens.experiments.sparse.graph_prune import prune_graph
+
+
+def _node(node_id, feature, layer, ctx_idx, feature_type, js_id, **extra) -> dict:
+    """A node with every field of circuit-tracer's `Node` model, in its order."""
+    return {"node_id": node_id, "feature": int(feature), "layer": str(layer), "ctx_idx": int(ctx_idx),
+            "feature_type": feature_type, "token_prob": extra.get("token_prob", 0.0),
+            "is_target_logit": extra.get("is_target_logit", False), "run_idx": 0,
+            "reverse_ctx_idx": 0, "jsNodeId": js_id, "clerp": extra.get("clerp", ""),
+            "influence": extra.get("influence"), "activation": extra.get("activation")}
+
+
+def _nodes(graph: AttributionGraph, node_mask, cumulative, decode: Callable[[int], str]) -> dict:
+    n_feat, L, P = graph.n_features, graph.n_layers, graph.n_pos
+    err_end, tok_end = n_feat + L * P, n_feat + L * P + P
+    nodes = {}
+    for i in map(int, node_mask.nonzero()[0]):
+        inf = float(cumulative[i])
+        if i < n_feat:
+            layer, pos, feat = map(int, graph.active_features[i])
+            cantor = (layer + feat) * (layer + feat + 1) // 2 + feat
+            nodes[i] = _node(f"{layer}_{feat}_{pos}", cantor, layer, pos, "cross layer transcoder",
+                             f"{layer}_{feat}-0", influence=inf,
+                             activation=float(graph.activation_values[i]))
+        elif i < err_end:
+            layer, pos = divmod(i - n_feat, P)
+            nodes[i] = _node(f"0_{layer}_{pos}", -1, layer, pos, "mlp reconstruction error",
+                             f"{layer}_{pos}-0", influence=inf)
+        elif i < tok_end:
+            pos = i - err_end
+            tok = int(graph.tokens[pos])
+            nodes[i] = _node(f"E_{tok}_{pos}", pos, "E", pos, "embedding", f"E_{tok}-{pos}",
+                             influence=inf)
+        else:
+            k = i - tok_end
+            tok, prob = int(graph.logit_tokens[k]), float(graph.logit_probabilities[k])
+            nodes[i] = _node(f"{L + 1}_{tok}_{P - 1}", tok, L + 1, P - 1, "logit",
+                             f"L_{tok}-{P - 1}", token_prob=prob, is_target_logit=k == 0,
+                             clerp=f'Output "{decode(tok)}" (p={prob:.3f})')
+    return nodes
+
+
+def graph_json(graph: AttributionGraph, slug: str, *, scan: Optional[str] = None,
+               decode: Optional[Callable[[int], str]] = None, prompt: Optional[str] = None,
+               node_threshold: float = 0.8, edge_threshold: float = 0.98) -> dict:
+    """The pruned graph as circuit-tracer's JSON dict. decode: token id -> text (default: the
+    id as text); scan: the transcoders' identifier (default graph.scan)."""
+    scan = scan or graph.scan
+    if scan is None:
+        raise ValueError("the graph has no scan (the transcoders' identifier, which viewers use to "
+                         "find feature pages): pass scan='...' or set TranscoderConfig.scan")
+    decode = decode or str
+    node_mask, edge_mask, cumulative = prune_graph(graph, node_threshold, edge_threshold)
+    nodes = _nodes(graph, node_mask, cumulative, decode)
+    dsts, srcs = edge_mask.nonzero()
+    links = [{"source": nodes[s]["node_id"], "target": nodes[d]["node_id"],
+              "weight": float(graph.adjacency[d, s])}
+             for d, s in zip(dsts.tolist(), srcs.tolist()) if s in nodes and d in nodes]
+    linked = {x for link in links for x in (link["source"], link["target"])}
+    used = [n for n in nodes.values()
+            if n["node_id"] in linked or n["feature_type"] in ("embedding", "logit")]
+    prompt_tokens = [decode(int(t)) for t in graph.tokens]
+    return {"metadata": {"slug": slug, "scan": scan, "transcoder_list": [],
+                         "prompt_tokens": prompt_tokens,
+                         "prompt": "".join(prompt_tokens) if prompt is None else prompt,
+                         "node_threshold": node_threshold, "schema_version": 1},
+            "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "",
+                        "sg_pos": ""},
+            "nodes": used, "links": links}
+
+
+def _write(path: Path, data):
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def write_graph_json(graph: AttributionGraph, folder: Union[str, Path], slug: str, **kwargs) -> Path:
+    """Write `folder/<slug>.json` and list it in `folder/graph-metadata.json` (replacing an
+    entry of the same slug), as circuit-tracer's `create_graph_files` does; keyword arguments
+    as `graph_json`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = graph_json(graph, slug, **kwargs)
+    _write(folder / f"{slug}.json", data)
+    index = folder / "graph-metadata.json"
+    listed = json.loads(index.read_text()) if index.is_file() else {"graphs": []}
+    listed["graphs"] = [g for g in listed["graphs"] if g["slug"] != slug] + [data["metadata"]]
+    _write(index, listed)
+    return folder / f"{slug}.json"
