@@ -161,3 +161,9 @@ class FactoredMatrix(TorchView):
 
 _FACES = {JaxActivationCache: ActivationCache, JaxFactoredMatrix: FactoredMatrix,
           ModuleView: TorchView, LayerViews: TorchView}
+
+
+def torch_functions(module, names, as_is=()) -> dict:
+    """`module`'s functions `names` taking and returning torch tensors (those in `as_is`
+    unchanged): the body of a torch-facing copy of a jtlens module."""
+    return {n: getattr(module, n) if n in as_is else torch_function(getattr(module, n)) for n in names}
