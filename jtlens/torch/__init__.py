@@ -4,8 +4,8 @@ the outputs with torch (`logits.softmax(dim=-1)`, `act[:, 0] = 0` in a hook).
     from jtlens.torch import HookedTransformer, utils, patching   # for `from transformer_lens ...`
 
 hooked_transformer (the model), convert (DLPack both ways, `TorchView`), patching (sweeps with
-torch metrics), utils, evals, hook_points. May import: tl and below, and torch (an optional extra,
-imported only here). Nothing in jtlens imports this layer.
+torch metrics, traced by traced_metric where it can), utils, evals, hook_points. May import: tl
+and below, and torch (an optional extra, imported only here). Nothing in jtlens imports it.
 """
 
 from jtlens.core.config import Config as Config  # noqa: F401

@@ -45,13 +45,9 @@ def to_torch(x: Any) -> Any:
         return tensor(x)
     if isinstance(x, np.ndarray) and x.dtype.kind in "fiub":
         return torch.from_numpy(np.array(x))
-    if isinstance(x, tuple):
-        items = [to_torch(v) for v in x]
-        return type(x)(*items) if hasattr(x, "_fields") else tuple(items)
-    if isinstance(x, list):
-        return [to_torch(v) for v in x]
-    if type(x) is dict:
-        return {k: to_torch(v) for k, v in x.items()}
+    items = _each(x, to_torch)
+    if items is not _LEAF:
+        return items
     if isinstance(x, types.GeneratorType):
         return (to_torch(v) for v in x)
     for jax_type, face in _FACES.items():
@@ -67,14 +63,24 @@ def to_jax(x: Any) -> Any:
         return array(x)
     if isinstance(x, TorchView):
         return x._inner
+    items = _each(x, to_jax)
+    return x if items is _LEAF else items
+
+
+_LEAF = object()
+
+
+def _each(x: Any, f: Callable) -> Any:
+    """`f` over the items of a tuple (named ones keep their type), list or plain dict; `_LEAF`
+    for anything else."""
     if isinstance(x, tuple):
-        items = [to_jax(v) for v in x]
+        items = [f(v) for v in x]
         return type(x)(*items) if hasattr(x, "_fields") else tuple(items)
     if isinstance(x, list):
-        return [to_jax(v) for v in x]
+        return [f(v) for v in x]
     if type(x) is dict:
-        return {k: to_jax(v) for k, v in x.items()}
-    return x
+        return {k: f(v) for k, v in x.items()}
+    return _LEAF
 
 
 def torch_function(f: Callable, owner: Any = None) -> Callable:

@@ -4,6 +4,7 @@ tensors they may edit in place, patching takes torch metrics."""
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -112,12 +113,22 @@ def test_patching_with_a_torch_metric(models):
     _, cache = ours.run_with_cache(clean)
     _, tl_cache = tl.run_with_cache(clean)
 
-    def metric(logits):
-        return logits[0, -1].log_softmax(dim=-1)[5] - logits[0, -1, 7]
+    answers = torch.tensor([[5, 7]])
 
-    with pytest.warns(UserWarning, match="evaluated eagerly"):
-        result = jtlens.torch.patching.get_act_patch_attn_head_out_all_pos(ours, corrupt, cache, metric)
-    assert close(result, tl_patching.get_act_patch_attn_head_out_all_pos(tl, corrupt, tl_cache, metric))
+    def traced(logits):  # plain tensor code: traced into the sweep
+        return logits[0, -1].log_softmax(dim=-1)[5] - logits[:, -1].gather(-1, answers)[:, 1].mean()
+
+    def eager(logits):  # topk has no jax.numpy rule: evaluated per patch
+        return torch.topk(logits[0, -1], k=2).values.sum()
+
+    sweep = jtlens.torch.patching.get_act_patch_attn_head_out_all_pos
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: traced
+        result = sweep(ours, corrupt, cache, traced)
+    assert close(result, tl_patching.get_act_patch_attn_head_out_all_pos(tl, corrupt, tl_cache, traced))
+    with pytest.warns(UserWarning, match="evaluated eagerly.*topk"):
+        result = sweep(ours, corrupt, cache, eager)
+    assert close(result, tl_patching.get_act_patch_attn_head_out_all_pos(tl, corrupt, tl_cache, eager))
 
 
 def test_import_jtlens_does_not_import_torch():
