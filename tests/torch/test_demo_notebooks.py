@@ -89,7 +89,7 @@ DROPPED = {
 }
 # What the harness gives both sides: the loops' subsets (_TIME) and the notebook's display names.
 # (HEADS index hook_v too, which has SmolLM2's 3 key/value heads.)
-LAYERS, POSITIONS, HEADS = (17,), (3, 9), (2,)
+LAYERS, POSITIONS, HEADS = (17,), (9,), (2,)
 
 
 def cells(notebook: str) -> list[str]:
@@ -151,6 +151,7 @@ def run_notebook(sources: list, load_model) -> list:
             results.append(("dropped", {}, 0.0))
             continue
         before, start = dict(ns), time.perf_counter()
+        versions = {k: v._version for k, v in ns.items() if isinstance(v, torch.Tensor)}
         torch.manual_seed(index)  # the demos draw random tokens: the same on both sides
         try:
             with contextlib.redirect_stdout(io.StringIO()):
@@ -158,9 +159,8 @@ def run_notebook(sources: list, load_model) -> list:
             error = None
         except Exception as err:  # noqa: BLE001 - recorded and reported per cell
             error = f"{type(err).__name__}: {err}"
-        bound = {k: v for k, v in ns.items() if k not in before or before[k] is not v}
-        bound.update({k: v for k, v in ns.items() if isinstance(v, torch.Tensor)
-                      and k in before and before[k] is v})  # tensors filled in place by hooks
+        bound = {k: v for k, v in ns.items() if k not in before or before[k] is not v
+                 or (isinstance(v, torch.Tensor) and v._version != versions[k])}  # (or edited in place)
         results.append((error, {k: snapshot(v) for k, v in bound.items()},
                         time.perf_counter() - start))
     ns.clear()  # the cells' functions refer back to it: a cycle; free its tensors now
