@@ -12,6 +12,7 @@ edit in place.
 
 from __future__ import annotations
 
+import jax
 import torch
 
 from jtlens.tl import hooked_transformer as tl
@@ -23,6 +24,12 @@ def torch_hook(fn):
     torch copy of the activation, and what it returns (or, returning None, the copy it edited
     in place) goes on through the forward."""
     def run(act, hook):
+        if isinstance(act, jax.core.Tracer):
+            raise TypeError(f"the torch hook function at {hook.name!r} was called while JAX traces "
+                            f"the model (generate compiles its decode loop with the hooks in "
+                            f"it): torch hooks run in model(...), run_with_hooks and "
+                            f"run_with_cache; for generate, remove them and pass jax.numpy hooks: "
+                            f"model.jax.generate(..., hooks=jtlens.Hooks(fns=...))")
         t = tensor(act).clone()  # the callback's buffer belongs to XLA; edits go to a copy
         out = fn(t, hook)
         return array(t if out is None else out) if isinstance(out, (torch.Tensor, type(None))) else to_jax(out)

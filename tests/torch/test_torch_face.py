@@ -135,3 +135,13 @@ def test_import_jtlens_does_not_import_torch():
     code = "import sys, jtlens, jtlens.patching, jtlens.utils; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_torch_hooks_in_generate_say_what_to_do_instead(models):
+    _, ours = models
+    ours.blocks[0].hook_resid_pre.add_hook(lambda act, hook: act * 1)
+    try:
+        with pytest.raises(TypeError, match="torch hooks run in model.*model.jax.generate"):
+            ours.generate("The cat", max_new_tokens=2, verbose=False)
+    finally:
+        ours.reset_hooks()
