@@ -6,7 +6,8 @@
 
 The package's folders are its layers, each importing only the ones below it (`lint-imports`
 checks it): `core` (the forward), `io` (checkpoints -> params), `experiments` (functions of
-params and cfg), `tl` (TransformerLens's object API), `report` (figures, the report, the CLI).
+params and cfg), `tl` (TransformerLens's object API), `report` (figures, the report, the CLI)
+and, beside it, `torch` (the same API answering in torch tensors, opt-in: `jtlens.torch`).
 The short paths `jtlens.utils`, `jtlens.patching`, `jtlens.loading`, ... name the same modules
 (see `jtlens._aliases`).
 """

@@ -95,13 +95,25 @@ class HookNotEnabledError(ValueError, AssertionError):
     TransformerLens)."""
 
 
-def _check_enabled(cfg, name: str) -> None:
+def _disabled_by(cfg, name: str) -> Optional[str]:
+    """The use_* flag that is off and keeps hook point `name` out of the forward, or None."""
     for suffixes, flag in _FLAGGED_HOOKS:
         if name.endswith(suffixes) and not getattr(cfg, flag):
-            raise HookNotEnabledError(
-                f"Cannot add hook {name} if {flag} is False (as in TransformerLens): call "
-                f"model.set_{flag}({True}) first, or edit it through jtlens.Hooks, which "
-                f"computes it on demand")
+            return flag
+    return None
+
+
+def _check_enabled(cfg, name: str) -> None:
+    flag = _disabled_by(cfg, name)
+    if flag is not None:
+        raise HookNotEnabledError(
+            f"Cannot add hook {name} if {flag} is False (as in TransformerLens): call "
+            f"model.set_{flag}({True}) first, or edit it through jtlens.Hooks, which "
+            f"computes it on demand")
+
+
+def _running(predicate: Callable, cfg) -> Callable:
+    return lambda name: _disabled_by(cfg, name) is None and predicate(name)
 
 
 class HookRegistry:
@@ -189,6 +201,10 @@ class HookRegistry:
         level = self._context_level
         try:
             for name, fn in fwd_hooks:
+                if callable(name) and not isinstance(name, str):
+                    # As TransformerLens's `hooks()`: a predicate reaches only the hook points this
+                    # forward runs (not those whose use_* flag is off), and raises for none.
+                    name = _running(name, self.cfg)
                 self.add_hook(name, fn, level=level)
             yield self
         finally:
