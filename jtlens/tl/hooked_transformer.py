@@ -58,10 +58,11 @@ class HookedTransformer(HookRegistry, TransformerLensCompat):
 
     def __init__(self, cfg: Config, params: Optional[dict] = None, tokenizer: Any = None,
                  default_padding_side: str = "right", move_to_device: bool = True):
+        cfg = config_with_vocab(cfg, tokenizer)  # also takes a dict or a TransformerLens config
         if cfg.cross_attention:
             raise ValueError(f"{cfg.model_name} is an encoder-decoder ({cfg.original_architecture}):"
                              f" use jtlens.HookedEncoderDecoder (TransformerLens's T5 class)")
-        self.cfg = config_with_vocab(cfg, tokenizer)
+        self.cfg = cfg
         self.params = params if params is not None else init_params(self.cfg, jax.random.PRNGKey(0))
         self.set_tokenizer(tokenizer, default_padding_side)
         self._init_hook_registry()
