@@ -189,7 +189,7 @@ class SAE:
         if arch == "standard":
             acts = jax.nn.relu(pre)
         elif arch == "jumprelu":
-            acts = jnp.where(pre > p["threshold"], jax.nn.relu(pre), 0.0).astype(pre.dtype)
+            acts = jumprelu(pre, p["threshold"])
         else:  # topk
             if cfg.rescale_acts_by_decoder_norm:
                 pre = pre * jnp.linalg.norm(p["W_dec"], axis=-1)
@@ -205,6 +205,11 @@ def topk_relu(x: Float[Array, "... d_sae"], k: int) -> Float[Array, "... d_sae"]
     rows = rows.at[jnp.arange(rows.shape[0])[:, None], flat_idx].set(
         jax.nn.relu(values).reshape(-1, k))
     return rows.reshape(x.shape)
+
+
+def jumprelu(x: Float[Array, "... d_sae"], threshold) -> Float[Array, "... d_sae"]:
+    """ReLU of the entries above their threshold [d_sae] (broadcast), zero the rest."""
+    return jnp.where(x > threshold, jax.nn.relu(x), 0.0).astype(x.dtype)
 
 
 def batchtopk_to_jumprelu(sae: SAE, threshold: float) -> SAE:

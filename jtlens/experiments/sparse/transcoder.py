@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from jtlens.experiments.sparse.sae import topk_relu
+from jtlens.experiments.sparse.sae import jumprelu, topk_relu
 
 ACTIVATIONS = ("relu", "jumprelu", "topk")
 
@@ -133,7 +133,7 @@ class Transcoders:
             return jax.nn.relu(pre)
         if self.cfg.activation == "topk":
             return topk_relu(pre, self.cfg.k)
-        return jnp.where(pre > threshold, jax.nn.relu(pre), 0.0).astype(pre.dtype)
+        return jumprelu(pre, threshold)
 
     def encode_at(self, x: Float[Array, "*rest d_in"], layer: int) -> Float[Array, "*rest d_tc"]:
         """Layer `layer`'s feature activations of its MLP input x [..., d_in]."""
