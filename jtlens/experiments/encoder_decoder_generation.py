@@ -70,8 +70,10 @@ def _generate(params, tokens, mask, key, hooks, *, cfg, n_new, start, options):
         logits = run_model(params, buffer, cfg, runners["decoder"], "logits", False, None, None,
                            None, None, True, None, encoder=encoded, encoder_mask=mask)[0]
         key, sub = jax.random.split(key)
-        counts = jax.vmap(lambda row: jnp.zeros(cfg.d_vocab_out).at[row].add(
-            jnp.arange(n_new + 1) <= i))(buffer)
+        counts = None  # the tokens so far, counted per row only when a penalty reads them
+        if freq_penalty:
+            counts = jax.vmap(lambda row: jnp.zeros(cfg.d_vocab_out).at[row].add(
+                jnp.arange(n_new + 1) <= i))(buffer)
         token = next_token(logits[:, i], sub, do_sample=do_sample, temperature=temperature,
                            top_k=top_k, top_p=top_p, freq_penalty=freq_penalty, counts=counts)
         token = jnp.where(done, padding, token)

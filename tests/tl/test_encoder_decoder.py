@@ -228,6 +228,19 @@ def test_greedy_generation_matches_hugging_face(t5):
 
 
 @pytest.mark.slow
+def test_sampling_freq_penalty_counts_the_tokens_so_far(t5):
+    """A penalty far above any logit rules out every token already in a row (the start token
+    included): the sampled rows never repeat; without it, sampling from this tiny vocabulary
+    repeats."""
+    kw = dict(max_new_tokens=12, do_sample=True, stop_at_eos=False, verbose=False)
+    penalised = np.asarray(t5.model.generate(t5.tokens, one_zero_attention_mask=t5.mask,
+                                             freq_penalty=1e4, **kw))
+    free = np.asarray(t5.model.generate(t5.tokens, one_zero_attention_mask=t5.mask, **kw))
+    assert all(len(set(row)) == len(row) for row in penalised.tolist())
+    assert any(len(set(row)) < len(row) for row in free.tolist())
+
+
+@pytest.mark.slow
 def test_patching_sweeps_match_transformer_lens_loops(t5):
     """Every (layer, position) of an encoder hook and of a decoder hook, patched from the clean
     run into the corrupted one: the compiled sweep against TransformerLens run patch by patch."""
