@@ -274,6 +274,12 @@ class Config:
                   and self.relative_attention_max_distance is not None),
               "positional_embedding_type='relative_positional_bias' goes with "
               "relative_attention_num_buckets and relative_attention_max_distance: set all three")
+        check(self.relative_attention_num_buckets is None or (
+            self.relative_attention_num_buckets >= 4
+            and self.relative_attention_max_distance > self.relative_attention_num_buckets // 2),
+              f"relative_attention_num_buckets={self.relative_attention_num_buckets} must be >= 4 and "
+              f"relative_attention_max_distance={self.relative_attention_max_distance} above half of "
+              f"it (the exact buckets; T5 uses 32 and 128)")
         check(not self.cross_attention or (
             self.positional_embedding_type == "relative_positional_bias" and not (
                 self.post_ln or self.parallel_attn_mlp or self.attn_only or self.norm_sublayer_outputs

@@ -97,5 +97,10 @@ def forward_with_cache(params: Params, tokens: TokensOrResid, cfg: Config,
 def context(cfg: Config, hooks: Optional[Hooks], batch: int, n_pos: int) -> Ctx:
     """A context for running pieces of the model (blocks, unembed) outside `forward`, on
     unpadded inputs of [batch, n_pos] tokens, with `hooks` applied."""
+    if cfg.positional_embedding_type == "relative_positional_bias":
+        # the bias table is computed once per run inside `forward` (engine._relative_bias)
+        raise ValueError("running the layers of a relative-position-bias model (T5) one by one "
+                         "is not implemented: run the whole model with forward / "
+                         "encoder_decoder_forward and edit activations through hooks")
     return Ctx(cfg, HookRunner(hooks, hook_catalogue(cfg)), {},
                C.positions_from_mask(None, n_pos, batch))

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jtlens.core.checks import ids_in_range
 from jtlens.core.config import Config
 from jtlens.core.encoder_decoder import EncoderDecoderNames, STACKS, encode, split_hooks
 from jtlens.core.engine import run_model
@@ -44,6 +45,13 @@ def generate_encoder_decoder(params: Params, cfg: Config, tokens, max_new_tokens
       hooks: a `Hooks` under TransformerLens's names, applied at every step.
     """
     check_options(do_sample, top_k, top_p, temperature, freq_penalty)
+    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
+    ids_in_range(decoder_start_token_id, cfg.d_vocab, "decoder_start_token_id",
+                 "pass a token id of the model's vocabulary (T5: the pad token)")
+    if hooks is not None and hooks.capture:
+        raise ValueError("generate_encoder_decoder returns tokens only: capture activations with "
+                         "encoder_decoder_forward_with_cache on the generated tokens")
     if do_sample and key is None:
         raise ValueError("do_sample=True needs a PRNG key: key=jax.random.PRNGKey(seed)")
     tokens = jnp.asarray(tokens)

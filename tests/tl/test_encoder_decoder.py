@@ -333,3 +333,42 @@ def test_config_knobs_are_checked():
     assert not cfg.encoder_config().cross_attention
     with pytest.raises(ValueError, match="encoder_config\\(\\) is for encoder-decoders"):
         cfg.encoder_config().encoder_config()
+
+
+def test_relative_bias_settings_and_layer_by_layer_runs_are_refused():
+    from jtlens.core.forward import context
+
+    base = dict(n_layers=1, d_model=16, d_head=8, n_ctx=8, d_vocab=10,
+                positional_embedding_type="relative_positional_bias")
+    for buckets, distance in ((2, 16), (8, 4)):  # no exact buckets; no room for the log ones
+        with pytest.raises(ValueError, match=f"relative_attention_num_buckets={buckets} must be"):
+            jtlens.Config(**base, relative_attention_num_buckets=buckets,
+                          relative_attention_max_distance=distance)
+    cfg = jtlens.Config(**base, relative_attention_num_buckets=8, relative_attention_max_distance=16)
+    # pieces run outside the forward would go without the bias table
+    with pytest.raises(ValueError, match="relative-position-bias model .* one by one"):
+        context(cfg, None, 1, 3)
+
+
+@pytest.mark.slow
+def test_sweep_and_generate_refuse_bad_inputs(t5):
+    from jtlens.core.hooks import Hooks
+    from jtlens.encoder_decoder_generation import generate_encoder_decoder
+    from jtlens.patching.encoder_decoder import encoder_decoder_position_sweep
+
+    _, cache = t5.model.run_with_cache(t5.tokens, decoder_input=t5.decoder)
+    for hook in ("encoder.*.attn.hook_pattern", "decoder.*.cross_attn.hook_attn_scores"):
+        with pytest.raises(ValueError, match="holds \\[batch, heads, query, key\\]"):
+            encoder_decoder_position_sweep(t5.model.params, t5.model.cfg, t5.tokens, t5.decoder,
+                                           hook, cache[hook], lambda x: x.mean(), progress=False)
+    with pytest.raises(ValueError, match="scalar"):
+        encoder_decoder_position_sweep(t5.model.params, t5.model.cfg, t5.tokens, t5.decoder,
+                                       "encoder.*.hook_resid_pre", cache["encoder.*.hook_resid_pre"],
+                                       lambda logits: logits[:, -1, 0], progress=False)
+    args = (t5.model.params, t5.model.cfg, t5.tokens)
+    with pytest.raises(ValueError, match="max_new_tokens=-1 must be"):
+        generate_encoder_decoder(*args, -1, decoder_start_token_id=0)
+    with pytest.raises(ValueError, match="decoder_start_token_id 999 is outside"):
+        generate_encoder_decoder(*args, 2, decoder_start_token_id=999)
+    with pytest.raises(ValueError, match="returns tokens only"):
+        generate_encoder_decoder(*args, 2, decoder_start_token_id=0, hooks=Hooks(capture=True))

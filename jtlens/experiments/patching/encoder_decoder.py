@@ -17,7 +17,7 @@ import numpy as np
 from jtlens.core.config import Config
 from jtlens.core.encoder_decoder import EncoderDecoderNames, encoder_decoder_forward
 from jtlens.core.hooks import Hooks
-from jtlens.experiments.patching.sweep import map_rows
+from jtlens.experiments.patching.sweep import REUSE_POSITION_AXIS, map_rows, scalar_metric
 
 
 def encoder_decoder_position_sweep(params, cfg: Config, corrupted_tokens, decoder_tokens,
@@ -37,6 +37,11 @@ def encoder_decoder_position_sweep(params, cfg: Config, corrupted_tokens, decode
     stack, local = EncoderDecoderNames(cfg).locate(hook)
     if not local.startswith("blocks.*."):
         raise ValueError(f"hook={hook!r}: name every layer at once, e.g. '{stack}.*.hook_resid_pre'")
+    template = local[len("blocks.*."):].replace("cross_attn.", "attn.")
+    if REUSE_POSITION_AXIS.get(template, 1) != 1:  # [batch, heads, q, k]: axis 1 is the heads
+        raise ValueError(f"hook={hook!r} holds [batch, heads, query, key]; this sweep patches one "
+                         f"position of axis 1: choose a [batch, pos, ...] hook such as "
+                         f"'{stack}.*.attn.hook_z'")
     clean = jnp.asarray(clean_activation)
     if clean.ndim < 3 or clean.shape[0] != cfg.n_layers:
         raise ValueError(f"clean_activation has shape {tuple(clean.shape)}; it must be "
@@ -59,7 +64,7 @@ def _patched_metrics(params, tokens, decoder_tokens, clean, mask, idx, *, cfg, h
         where = (jnp.arange(cfg.n_layers)[:, None] == row[0]) & (jnp.arange(clean.shape[2]) == row[1])
         where = where.reshape(where.shape[:1] + (1,) + where.shape[1:] + (1,) * (clean.ndim - 3))
         hooks = Hooks(patch={hook: (clean, where)})
-        return metric(encoder_decoder_forward(params, tokens, decoder_tokens, cfg, hooks,
-                                              attention_mask=mask))
+        return scalar_metric(metric, encoder_decoder_forward(params, tokens, decoder_tokens, cfg,
+                                                             hooks, attention_mask=mask))
 
     return jax.vmap(one)(idx)
