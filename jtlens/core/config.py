@@ -232,6 +232,9 @@ class Config:
               "num_experts and experts_per_token too")
         check(not self.use_yarn_rope or self.positional_embedding_type == "rotary",
               "use_yarn_rope scales rotary embeddings: set positional_embedding_type='rotary'")
+        check(not (self.use_yarn_rope and (self.use_NTK_by_parts_rope or self.rotary_scaling_factor != 1)),
+              "use_yarn_rope is a rotary scaling of its own: it does not combine with "
+              "use_NTK_by_parts_rope or rotary_scaling_factor; set only one")
         check(self.act_fn in ACTIVATIONS, f"act_fn={self.act_fn!r} is not one of {ACTIVATIONS}")
         check(self.normalization_type in NORMALIZATIONS,
               f"normalization_type={self.normalization_type!r} is not one of {NORMALIZATIONS}")

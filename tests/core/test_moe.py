@@ -128,7 +128,11 @@ def test_gpt_oss_moe_matches_transformer_lens(dispatch):
                                          ({"num_experts": 2, "experts_per_token": 3}, "exceeds"),
                                          ({"moe_dispatch": "sparse"}, "moe_dispatch"),
                                          ({"swiglu_limit": 7.0}, "describe experts"),
-                                         ({"use_yarn_rope": True}, "rotary")])
+                                         ({"use_yarn_rope": True}, "rotary"),
+                                         ({"use_yarn_rope": True, "positional_embedding_type": "rotary",
+                                           "use_NTK_by_parts_rope": True}, "set only one"),
+                                         ({"use_yarn_rope": True, "positional_embedding_type": "rotary",
+                                           "rotary_scaling_factor": 8.0}, "set only one")])
 def test_bad_moe_config_is_named(kw, problem):
     with pytest.raises(ValueError, match=problem):
         Config(n_layers=1, d_model=D, n_ctx=8, d_head=4, **kw)
