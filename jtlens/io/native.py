@@ -40,19 +40,19 @@ def save_converted(path, cfg: Config, params: dict, tokenizer: Any = None,
     The folder is written beside `path` and renamed into place, so an interrupted save leaves
     the previous contents intact. A non-empty `path` is refused unless `overwrite=True`.
     """
-    from safetensors.numpy import save
+    from safetensors.numpy import save_file
 
     checkpoint_io.check_destination(Path(path), overwrite)
     meta = {"config": cfg.to_dict(), "processing": dict(processing or {})}
     flat = _flatten(params)
     # safetensors' numpy API has no bfloat16: such arrays travel as their uint16 bits, named here.
     bf16 = sorted(k for k, v in flat.items() if v.dtype == jnp.bfloat16)
-    blob = save({k: v.view(np.uint16) if k in bf16 else v for k, v in flat.items()},
-                metadata={"bfloat16": ",".join(bf16)} if bf16 else None)
+    arrays = {k: v.view(np.uint16) if k in bf16 else v for k, v in flat.items()}
 
     def fill(folder: Path):
         (folder / NATIVE_CONFIG).write_text(json.dumps(meta, indent=1, default=list))
-        (folder / NATIVE_PARAMS).write_bytes(blob)
+        # straight to the file: serialising to bytes first held a second copy of the model
+        save_file(arrays, folder / NATIVE_PARAMS, metadata={"bfloat16": ",".join(bf16)} if bf16 else None)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(folder))
 

@@ -317,6 +317,26 @@ def test_python_m_conversions_converts_a_gguf(files, tmp_path):
     assert max_diff(ours(TOKENS), hf_logits(model)) <= 1e-4
 
 
+def test_reader_agrees_with_the_gguf_package(files):
+    """jtlens's own GGUF parser against llama.cpp's `gguf.GGUFReader`: every metadata value
+    (scalars, strings, numeric and string arrays: a whole vocabulary and its merges) and every
+    tensor's name, shape, type and bytes, on a quantised file and the packaged SmolLM2."""
+    from gguf import GGUFReader
+
+    from jtlens.io.conversions.gguf_file import read_gguf_file
+    from jtlens.io.gguf_models import packaged
+
+    for path in (files("llama", Q.Q4_0)[0], packaged("smollm2-135m")):
+        ours, theirs = read_gguf_file(path), GGUFReader(path)
+        assert ours.metadata == {k: f.contents() for k, f in theirs.fields.items()
+                                 if not k.startswith("GGUF.")}
+        assert [(t.name, t.shape, t.tensor_type, t.n_bytes) for t in ours.tensors] == \
+               [(t.name, tuple(int(n) for n in t.shape), int(t.tensor_type), int(t.n_bytes))
+                for t in theirs.tensors]
+        for a, b in zip(ours.tensors, theirs.tensors):
+            assert np.array_equal(a.data, np.asarray(b.data).view(np.uint8).reshape(-1)), a.name
+
+
 # ----------------------------------------------------------------------------- bad files
 def _error(path) -> str:
     with pytest.raises(ConversionError) as err:

@@ -1,7 +1,7 @@
 """GGUF checkpoints (llama.cpp's format) -> jtlens, without torch.
 
-The file is read with the `gguf` package (llama.cpp's own reader; numpy only). Its metadata
-becomes a Hugging Face config dict and its tensors get their Hugging Face names, dequantised to
+The file is read by `gguf_file` (its metadata and tensor infos; the tensors stay memory-mapped)
+and dequantised with the `gguf` package's numpy kernels (llama.cpp's own). Its metadata becomes a Hugging Face config dict and its tensors get their Hugging Face names, dequantised to
 float32 with llama.cpp's layout changes undone (the Q/K row permutation of Llama, NeoX's fused
 q/k/v order, GPT-2's transposed Conv1D weights, Gemma's norm offset, stacked experts). The
 family converters of
@@ -18,6 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jtlens.io.conversions.common import ConversionError, TensorReader, check_and_cast
+from jtlens.io.conversions.gguf_file import GGUFFormatError, read_gguf_file
 from jtlens.core.progress import shown
 
 # GGUF `general.architecture` -> the Hugging Face class whose converter it reuses.
@@ -41,15 +42,12 @@ TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.tokens")
 
 
 def read_gguf(path):
-    """The `gguf.GGUFReader` of a file; an unreadable or truncated file is a ConversionError."""
-    try:
-        from gguf import GGUFReader
-    except ImportError as err:
-        raise ConversionError("reading GGUF files needs the gguf package: pip install gguf") from err
+    """The file's `GGUFFile` (metadata and tensor infos); an unreadable or truncated file is a
+    ConversionError."""
     path = Path(path)
     try:
-        reader = GGUFReader(path)
-    except (ValueError, OSError, IndexError, KeyError) as err:
+        reader = read_gguf_file(path)
+    except (GGUFFormatError, OSError) as err:
         raise ConversionError(f"{path}: not a readable GGUF file ({err}); is it complete?") from None
     last = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
     if last > path.stat().st_size:
@@ -60,32 +58,31 @@ def read_gguf(path):
 
 def metadata(reader, key: str, default=KeyError):
     """One metadata value (a str, number, bool or list), or `default` when absent."""
-    field = reader.fields.get(key)
-    if field is None:
+    if key not in reader.metadata:
         if default is KeyError:
-            raise ConversionError(f"{reader.data.filename}: metadata key {key!r} is missing")
+            raise ConversionError(f"{reader.path}: metadata key {key!r} is missing")
         return default
-    return field.contents()
+    return reader.metadata[key]
 
 
 def architecture(reader) -> str:
     """The file's `general.architecture`, checked against the supported list."""
     arch = metadata(reader, "general.architecture")
     if arch not in ARCHITECTURES:
-        raise ConversionError(f"{reader.data.filename}: GGUF architecture {arch!r} is not supported; "
+        raise ConversionError(f"{reader.path}: GGUF architecture {arch!r} is not supported; "
                               f"supported: {sorted(ARCHITECTURES)}")
     return arch
 
 
 def hf_config(reader) -> dict:
     """GGUF metadata -> a Hugging Face config dict for the family converter."""
-    path, arch = reader.data.filename, architecture(reader)
+    path, arch = reader.path, architecture(reader)
     names = {t.name for t in reader.tensors}
 
     def get(key, default=KeyError):
         return metadata(reader, f"{arch}.{key}", default)
 
-    if not all(k in reader.fields for k in TOKENIZER_KEYS):
+    if not all(k in reader.metadata for k in TOKENIZER_KEYS):
         raise ConversionError(f"{path}: no tokenizer in the GGUF metadata (keys {TOKENIZER_KEYS} "
                               f"missing); jtlens needs the tokenizer the file was made with")
     if "rope_freqs.weight" in names:
@@ -101,7 +98,7 @@ def hf_config(reader) -> dict:
             raise ConversionError(f"{path}: key/value head counts differ across layers ({n_kv})")
         n_kv = n_kv[0]
     d_head = get("attention.key_length", D // H)
-    vocab = get("vocab_size", len(reader.fields["tokenizer.ggml.tokens"].data))
+    vocab = get("vocab_size", len(reader.metadata["tokenizer.ggml.tokens"]))
     common = dict(architectures=[ARCHITECTURES[arch]], vocab_size=vocab,
                   _name_or_path=metadata(reader, "general.name", Path(path).stem),
                   tie_word_embeddings="output.weight" not in names)
@@ -307,7 +304,7 @@ def hf_tensors(reader, hf: dict, progress: bool = True) -> dict[str, np.ndarray]
     """Every tensor of the file, dequantised to float32, under its Hugging Face name."""
     from gguf.quants import dequantize
 
-    path, arch, dims = reader.data.filename, architecture(reader), _dims(hf)
+    path, arch, dims = reader.path, architecture(reader), _dims(hf)
     fix, out = _fixer(arch, hf), {}
     for t in tqdm(reader.tensors, desc=f"dequantising {Path(path).name}", unit="tensor",
                   disable=not shown(progress)):
@@ -319,7 +316,7 @@ def hf_tensors(reader, hf: dict, progress: bool = True) -> dict[str, np.ndarray]
         if got != want:
             raise ConversionError(f"{path}: tensor {t.name!r} has shape {got}, the metadata implies "
                                   f"{want}")
-        w = fix(t.name, np.asarray(dequantize(t.data, t.tensor_type), np.float32).reshape(got))
+        w = fix(t.name, np.asarray(dequantize(_rows(t), t.tensor_type), np.float32).reshape(got))
         if "{e}" in name:  # stacked experts: one Hugging Face tensor per expert
             out.update((name.format(e=e), w[e]) for e in range(len(w)))
         else:
@@ -327,10 +324,17 @@ def hf_tensors(reader, hf: dict, progress: bool = True) -> dict[str, np.ndarray]
     return out
 
 
+def _rows(t) -> np.ndarray:
+    """A tensor's bytes as [rows, bytes per row]: the quantised kernels work row by row."""
+    from gguf.constants import GGML_QUANT_SIZES
+
+    block, block_bytes = GGML_QUANT_SIZES[t.tensor_type]
+    return t.data.reshape(-1, t.shape[0] // block * block_bytes)
+
+
 def convert_gguf(path, progress: bool = True, reader=None):
     """(cfg, params) from a GGUF file, through the family converter of its architecture.
-    `reader`: the file's `read_gguf` when the caller has it (parsing the metadata of a large
-    vocabulary takes seconds)."""
+    `reader`: the file's `read_gguf` when the caller has it (its tokenizer reads it too)."""
     from jtlens.io.conversions import family
 
     reader = read_gguf(path) if reader is None else reader

@@ -1,8 +1,8 @@
 """A GGUF file's tokenizer, built from its `tokenizer.ggml.*` metadata without torch.
 
 transformers' own `AutoTokenizer.from_pretrained(..., gguf_file=...)` reads the file through a
-reader that imports torch, which jtlens does not depend on. The metadata is read here with the
-`gguf` package instead, and handed to transformers' pure-Python GGUF tokenizer builders (the
+reader that imports torch, which jtlens does not depend on. The metadata is read here with
+`gguf_file` instead, and handed to transformers' pure-Python GGUF tokenizer builders (the
 ones `AutoTokenizer` itself uses), so the tokenizer is the same, token for token.
 """
 
@@ -28,10 +28,9 @@ SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id",
 
 def tokenizer_metadata(reader) -> tuple[str, dict, dict]:
     """(architecture, tokenizer dict, tokenizer config) under the names transformers' GGUF
-    tokenizer builders read, from a `gguf.GGUFReader`."""
+    tokenizer builders read, from a `read_gguf` file."""
     mapping, _ = _builders()
-    values = {key: field.contents() for key, field in reader.fields.items()
-              if key.startswith("tokenizer.")}
+    values = {key: value for key, value in reader.metadata.items() if key.startswith("tokenizer.")}
     grouped = {group: {name: values[f"tokenizer.{key}"] for key, name in renames.items()
                        if f"tokenizer.{key}" in values}
                for group, renames in mapping.items()}
@@ -42,12 +41,12 @@ def tokenizer_metadata(reader) -> tuple[str, dict, dict]:
     for name, key in SPECIAL_TOKENS.items():
         token_id = values.get(f"tokenizer.ggml.{key}")
         config[name] = tokenizer["tokens"][token_id] if token_id is not None else None
-    return reader.fields["general.architecture"].contents(), tokenizer, config
+    return reader.metadata["general.architecture"], tokenizer, config
 
 
 def gguf_tokenizer(reader):
     """The fast tokenizer a GGUF file describes (a `PreTrainedTokenizerFast`), from the file's
-    `read_gguf` reader (the one its conversion used: parsing a large vocabulary takes seconds)."""
+    `read_gguf` file (the one its conversion read)."""
     from transformers import PreTrainedTokenizerFast
 
     arch, tokenizer, config = tokenizer_metadata(reader)
@@ -55,7 +54,7 @@ def gguf_tokenizer(reader):
     try:
         backend, extra = convert(arch, tokenizer)
     except (ValueError, KeyError) as err:
-        raise ConversionError(f"{reader.data.filename}: cannot build its tokenizer "
+        raise ConversionError(f"{reader.path}: cannot build its tokenizer "
                               f"(tokenizer.ggml.model={tokenizer.get('tokenizer_type')!r}): "
                               f"{err}") from None
     return PreTrainedTokenizerFast(tokenizer_object=backend, **config, **extra)
