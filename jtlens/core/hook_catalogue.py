@@ -1,5 +1,6 @@
 """The hook points a config has, read off the forward itself: `hook_catalogue(cfg)` traces
-`run_model` once with shapes only and notes every hook point it fires, in order.
+`run_model` once with shapes only and notes every hook point it fires, in order, and which of
+them are optional.
 """
 
 from __future__ import annotations
@@ -16,18 +17,18 @@ from jtlens.core.params import param_shapes
 
 
 class _NameRecorder(HookRunner):
-    """A runner that edits nothing and notes every hook point the forward fires, in order.
+    """A runner that edits nothing, fires every hook point and notes them in order, with the
+    optional ones: those behind a `wants` check (TransformerLens's `use_*` flags), which this
+    runner answers yes so that they fire too."""
 
-    `optional=True` also asks for the hook points TransformerLens only has behind `use_*` flags.
-    """
-
-    def __init__(self, optional: bool):
+    def __init__(self):
         super().__init__(None, None)
-        self.optional = optional
         self.fired: dict[str, bool] = {}   # template -> fired inside a block
+        self.optional: set[str] = set()
 
     def wants(self, template: str) -> bool:
-        return self.optional
+        self.optional.add(template)
+        return True
 
     def edited(self, template: str) -> bool:
         return False
@@ -44,17 +45,14 @@ def hook_catalogue(cfg: Config) -> HookNames:
                                     param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple))
     tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
     return_type = "logits" if cfg.mlm_head or not cfg.post_ln else None
-
-    def fired(optional: bool) -> dict:
-        recorder = _NameRecorder(optional)
-        # a T5 decoder reads an encoder output (one position is enough for the shapes)
-        encoder = jax.ShapeDtypeStruct((1, 1, cfg.d_model), jnp.float32) if cfg.cross_attention else None
-        jax.eval_shape(lambda p, t, e: run_model(p, t, cfg, recorder, return_type, False, None, None,
-                                                 None, None, True, None, encoder=e)[0],
-                       shapes, tokens, encoder)
-        return recorder.fired
-
-    default, everything = fired(False), fired(True)
+    recorder = _NameRecorder()
+    # a T5 decoder reads an encoder output (one position is enough for the shapes)
+    encoder = jax.ShapeDtypeStruct((1, 1, cfg.d_model), jnp.float32) if cfg.cross_attention else None
+    jax.eval_shape(lambda p, t, e: run_model(p, t, cfg, recorder, return_type, False, None, None,
+                                             None, None, True, None, encoder=e)[0],
+                   shapes, tokens, encoder)
+    everything = recorder.fired
+    default = {t: b for t, b in everything.items() if t not in recorder.optional}
     outer = [t for t, in_block in default.items() if not in_block]
     first_block = next((i for i, in_block in enumerate(default.values()) if in_block), len(default))
     pre = tuple(outer[:first_block])

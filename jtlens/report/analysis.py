@@ -18,8 +18,8 @@ from jtlens.core.compilation_cache import bucket
 from jtlens.experiments.head_detector import induction_pattern_scores, induction_patterns
 from jtlens.core.forward import context
 from jtlens.core.pieces import unembed
-from jtlens.report.figures import (answer_lens_png, cell, dla_png, dla_positions_png, html_page,
-                                   img, induction_png)
+from jtlens.report.figures import (answer_lens_svgs, cell, dla_positions_svgs, dla_svgs,
+                                   html_page, induction_svgs, svg_figure)
 from jtlens.report.patching_section import patching_html
 from jtlens.report.sae_section import sae_html
 from jtlens.core.tokens import bos_id, to_str_tokens
@@ -409,13 +409,13 @@ def _lens_html(a: Analysis, out: pathlib.Path) -> str:
 
 def _dla_html(a: Analysis, out: pathlib.Path) -> str:
     dla = a["dla"]
-    png = dla_png(dla, f"logit of {a['target_str']!r}")
-    (out / "dla.png").write_bytes(png)
+    picture = svg_figure(dla_svgs(dla, f"logit of {a['target_str']!r}"), out / "dla.svg",
+                         "direct logit attribution")
     return ("<h2>Direct logit attribution</h2>"
             f"<p>Of the top prediction {_esc(a['target_str'])} at the last position "
             f"(logit {a['target_logit']:.3f}; embedding {float(dla['embed']):+.3f}, "
             f"biases {float(dla['constant']) + float(np.sum(dla['attn_bias'])):+.3f}).</p>"
-            + img(png, "direct logit attribution"))
+            + picture)
 
 
 def _neurons_html(a: Analysis, out: pathlib.Path) -> str:
@@ -432,8 +432,7 @@ def _neurons_html(a: Analysis, out: pathlib.Path) -> str:
 
 def _induction_html(a: Analysis, out: pathlib.Path) -> str:
     ind = a["induction"]
-    png = induction_png(a)
-    (out / "induction.png").write_bytes(png)
+    picture = svg_figure(induction_svgs(a), out / "induction.svg", "induction heads")
     stripe = (" The best head's pattern shows the off-diagonal stripe." if
               ind["scores"].max() >= ind["threshold"] else
               " The best head's pattern is drawn for comparison; it shows no clear stripe.")
@@ -441,7 +440,7 @@ def _induction_html(a: Analysis, out: pathlib.Path) -> str:
             f"{ind['seq_len']} random tokens said twice to the token after the same token's "
             f"first occurrence (1 = a perfect induction head; a head spreading its attention "
             f"evenly scores about 1/{ind['seq_len']}). {html.escape(induction_text(ind))}{stripe}</p>"
-            + img(png, "induction heads"))
+            + picture)
 
 
 def _attention_html(a: Analysis, out: pathlib.Path) -> str:
@@ -452,7 +451,7 @@ def _attention_html(a: Analysis, out: pathlib.Path) -> str:
 
 
 def _patching_html(a: Analysis, out: pathlib.Path) -> str:
-    return patching_html(a["patching"], img) if "patching" in a else ""
+    return patching_html(a["patching"]) if "patching" in a else ""
 
 
 def _sae_html(a: Analysis, out: pathlib.Path) -> str:
@@ -494,24 +493,24 @@ def _answer_html(a: Analysis, out: pathlib.Path) -> str:
     parts = [f"<h2>The answer {name}</h2><p>Logit at the last position {v['logit'][-1]:.3f}"
              + (f"; {name} - {wrong} = {v['diff'][-1]:+.3f}" if wrong else "") + ".</p>"]
     start = a["lens_from"]
-    png = answer_lens_png(v, toks[start:], start)
-    (out / "answer_lens.png").write_bytes(png)
+    picture = svg_figure(answer_lens_svgs(v, toks[start:], start), out / "answer_lens.svg",
+                         "answer logit lens")
     parts.append("<h3>Logit lens of the answer</h3><p>Each layer's residual stream read through "
                  f"ln_final and the unembedding: the probability of {name} at every layer and "
                  "position" + (f", and the logit difference {name} - {wrong}" if wrong else "")
-                 + f".{_window_note(a)}</p>" + img(png, "answer logit lens"))
+                 + f".{_window_note(a)}</p>" + picture)
     raw = {"dla": repr(v["answer_str"]), "dla_diff": f"{v['answer_str']!r} - {v.get('wrong_str')!r}"}
     for key, what in (("dla", name), ("dla_diff", f"{name} - {wrong}")):
         if key not in v:
             continue
-        png = dla_positions_png({k: x[start:] for k, x in v[key].items()}, toks[start:], raw[key],
-                                start)
-        (out / f"answer_{key}.png").write_bytes(png)
+        picture = svg_figure(dla_positions_svgs({k: x[start:] for k, x in v[key].items()},
+                                                toks[start:], raw[key], start),
+                             out / f"answer_{key}.svg", f"direct logit attribution of {raw[key]}")
         last = ", ".join(f"{c} {x:+.2f}" for x, c in _top_components(v[key], -1))
         parts.append(f"<h3>Direct logit attribution of {what}</h3><p>What each head and MLP "
                      f"writes along {what}'s unembedding direction (through ln_final's scale at "
                      f"that position). At the last position: {html.escape(last)}.</p>"
-                     + img(png, f"direct logit attribution of {raw[key]}"))
+                     + picture)
     return "".join(parts)
 
 

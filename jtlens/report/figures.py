@@ -1,4 +1,4 @@
-"""The report's figures (PNG bytes through `jtlens.heatmap`) and its HTML scaffolding."""
+"""The report's figures (SVG through `report.svg`) and its HTML scaffolding."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Optional
 
 import numpy as np
 
-from jtlens.report.heatmap import BLUE, RED, colorbar, css_colour, draw, panels_figure, png_bytes, pyplot
+from jtlens.report.heatmap import css_colour
+from jtlens.report.svg import bars_svg, figure, heatmap_svg, svg_file
 
 _STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
           "margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;"
@@ -39,68 +40,59 @@ def _token_labels(toks, start: int = 0) -> list[str]:
     return [f"{i} {t!r}" for i, t in enumerate(toks, start)]
 
 
-def dla_png(dla: dict, what: str) -> bytes:
+def dla_svgs(dla: dict, what: str) -> list[str]:
     """Heads [n_layers, n_heads] heatmap plus the per-layer MLP bars, for one position."""
-    has_mlp = "mlp" in dla
-    heads = np.asarray(dla["heads"])
-    fig, axes = pyplot().subplots(1, 2 if has_mlp else 1, squeeze=False, figsize=(
-        9 if has_mlp else 5, min(12.0, max(3.0, 0.22 * heads.shape[0] + 1.5))))
-    im = draw(axes[0, 0], heads, xlabel="head", ylabel="layer", title=f"heads -> {what}")
-    colorbar(fig, im, axes[0, 0], "logit")
-    if has_mlp:
-        mlp = np.asarray(dla["mlp"])
-        axes[0, 1].barh(range(len(mlp)), mlp, color=[np.array(RED if v >= 0 else BLUE) / 255
-                                                      for v in mlp])
-        axes[0, 1].set(ylabel="layer", xlabel="logit (red = positive, blue = negative)",
-                       title=f"MLPs -> {what}", yticks=range(len(mlp)))
-        axes[0, 1].invert_yaxis()  # layer 0 on top, as in the heatmap
-        axes[0, 1].tick_params(labelsize=7)
-    return png_bytes(fig)
+    panels = [heatmap_svg(dla["heads"], xlabel="head", ylabel="layer", title=f"heads -> {what}",
+                          label="logit")]
+    if "mlp" in dla:
+        panels.append(bars_svg(dla["mlp"], xlabel="logit (red = positive, blue = negative)",
+                               ylabel="layer", title=f"MLPs -> {what}"))
+    return panels
 
 
-def dla_positions_png(dla: dict, toks, what: str, start: int = 0) -> bytes:
+def dla_positions_svgs(dla: dict, toks, what: str, start: int = 0) -> list[str]:
     """Attribution per layer and position: attention (heads summed) and MLP, on one scale."""
     panels = [("attention (sum over heads)", np.asarray(dla["heads"]).sum(-1).T)]
     if "mlp" in dla:
         panels.append(("MLP", np.asarray(dla["mlp"]).T))
-    fig = panels_figure(panels, xlabel="position", ylabel="layer", label="logit",
-                        title=f"direct logit attribution of {what}", col_labels=_token_labels(toks, start))
-    return png_bytes(fig)
+    limit = max(float(np.abs(p[np.isfinite(p)]).max(initial=0.0)) for _, p in panels) or 1.0
+    return [heatmap_svg(arr, xlabel="position", ylabel="layer", limit=limit, label="logit",
+                        title=f"{name}: direct logit attribution of {what}",
+                        col_labels=_token_labels(toks, start)) for name, arr in panels]
 
 
-def answer_lens_png(view: dict, toks, start: int = 0) -> bytes:
+def answer_lens_svgs(view: dict, toks, start: int = 0) -> list[str]:
     """Logit lens of the answer: its probability [layer, pos], and answer - wrong when given."""
-    n = 2 if "lens_diff" in view else 1
     rows = len(view["lens_p"])
     layer_labels = [str(i) for i in range(rows - 1)] + ["final"]
-    width = min(9.0, max(4.0, 0.32 * len(toks) + 2.5))
-    fig, axes = pyplot().subplots(1, n, squeeze=False,
-                                  figsize=(width * n, min(12.0, max(3.0, 0.22 * rows + 1.6))))
     name = repr(view["answer_str"])
-    im = draw(axes[0, 0], view["lens_p"], xlabel="position", ylabel="layer (input residual)",
-              title=f"P({name})", signed=False, limit=1.0, row_labels=layer_labels,
-              col_labels=_token_labels(toks, start))
-    colorbar(fig, im, axes[0, 0], "probability", signed=False)
-    if n == 2:
-        im = draw(axes[0, 1], view["lens_diff"], xlabel="position", ylabel="",
-                  title=f"logit {name} - {view['wrong_str']!r}", row_labels=layer_labels,
-                  col_labels=_token_labels(toks, start))
-        colorbar(fig, im, axes[0, 1], "logit difference")
-    return png_bytes(fig)
+    panels = [heatmap_svg(view["lens_p"], xlabel="position", ylabel="layer (input residual)",
+                          title=f"P({name})", signed=False, limit=1.0, label="probability",
+                          row_labels=layer_labels, col_labels=_token_labels(toks, start))]
+    if "lens_diff" in view:
+        panels.append(heatmap_svg(view["lens_diff"], xlabel="position", ylabel="",
+                                  title=f"logit {name} - {view['wrong_str']!r}",
+                                  label="logit difference", row_labels=layer_labels,
+                                  col_labels=_token_labels(toks, start)))
+    return panels
 
 
-def induction_png(a: dict) -> bytes:
+def induction_svgs(a: dict) -> list[str]:
     """Induction score per head, next to the best head's pattern on random tokens said twice."""
     ind = a["induction"]
-    fig, (left, right) = pyplot().subplots(1, 2, figsize=(11, 5),
-                                           gridspec_kw=dict(width_ratios=[1, 2]))
-    im = draw(left, ind["scores"], xlabel="head", ylabel="layer", title="induction score",
-              signed=False, limit=1.0)
-    colorbar(fig, im, left, "score", signed=False)
     toks = [repr(t)[1:-1] for t in ind["str_tokens"]]  # random ids include control bytes
-    im = draw(right, ind["pattern"], xlabel="key (source) token", ylabel="query (destination) token",
-              title="L{}H{} on {} random tokens said twice".format(*ind["best"], ind["seq_len"]),
-              signed=False, limit=1.0, row_labels=toks, col_labels=toks, fontsize=5)
-    colorbar(fig, im, right, "attention", signed=False)
-    fig.subplots_adjust(wspace=0.45)  # room for the left colour bar's label
-    return png_bytes(fig)
+    return [heatmap_svg(ind["scores"], xlabel="head", ylabel="layer", title="induction score",
+                        signed=False, limit=1.0, label="score"),
+            heatmap_svg(ind["pattern"], xlabel="key (source) token",
+                        ylabel="query (destination) token", signed=False, limit=1.0,
+                        title="L{}H{} on {} random tokens said twice".format(*ind["best"],
+                                                                             ind["seq_len"]),
+                        label="attention", row_labels=toks, col_labels=toks, cell=9)]
+
+
+def svg_figure(panels: list[str], path, alt: str) -> str:
+    """Write the panels to `path` as one SVG file; return them as an HTML figure."""
+    from pathlib import Path
+
+    Path(path).write_text(svg_file(*panels), encoding="utf-8")
+    return f'<figure role="img" aria-label="{html.escape(alt)}">{figure(*panels)}</figure>'

@@ -13,8 +13,8 @@ import pathlib
 
 import numpy as np
 
-from jtlens.report.figures import html_page, img
-from jtlens.report.heatmap import heatmap_figure, png_bytes
+from jtlens.report.figures import html_page, svg_figure
+from jtlens.report.svg import heatmap_svg
 from jtlens.tl import patching
 
 METRIC = "(logit_diff - corrupted) / (clean - corrupted)"
@@ -23,7 +23,7 @@ METRIC = "(logit_diff - corrupted) / (clean - corrupted)"
 def patching_analysis(model, clean, corrupted, answer: int, wrong: int, out,
                       texts=("", ""), names=("", ""), progress: bool = False) -> dict:
     """Patch clean activations into the corrupted run, one (layer, position) of resid_pre and one
-    (layer, head) output at a time. Writes patch_resid_pre.png, patch_heads.png and
+    (layer, head) output at a time. Writes patch_resid_pre.svg, patch_heads.svg and
     patching.json into `out`; returns the record (sweeps [layer, pos] and [layer, head]).
     progress: a progress line per sweep (on a terminal)."""
 
@@ -51,14 +51,13 @@ def patching_analysis(model, clean, corrupted, answer: int, wrong: int, out,
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "patching.json").write_text(json.dumps(r, indent=1), encoding="utf-8")
-    r["resid_png"] = png_bytes(heatmap_figure(
-        resid, title="resid_pre patching", xlabel="position", ylabel="layer",
-        label="metric: 1 = clean, 0 = corrupted", col_labels=[f"{i} {t!r}" for i, t in enumerate(toks)]))
-    r["heads_png"] = png_bytes(heatmap_figure(
-        heads, title="head output patching (all positions)", xlabel="head", ylabel="layer",
-        label="metric: 1 = clean, 0 = corrupted"))
-    (out / "patch_resid_pre.png").write_bytes(r["resid_png"])
-    (out / "patch_heads.png").write_bytes(r["heads_png"])
+    label = "metric: 1 = clean, 0 = corrupted"
+    r["figures"] = svg_figure([heatmap_svg(
+        resid, title="resid_pre patching", xlabel="position", ylabel="layer", label=label,
+        col_labels=[f"{i} {t!r}" for i, t in enumerate(toks)])], out / "patch_resid_pre.svg",
+        "residual stream patching") + svg_figure([heatmap_svg(
+            heads, title="head output patching (all positions)", xlabel="head", ylabel="layer",
+            label=label)], out / "patch_heads.svg", "head patching")
     return r
 
 
@@ -77,8 +76,8 @@ def patching_summary(r: dict) -> str:
             + ", ".join(f"{name} {v:+.2f}" for name, v in top_heads(r)))
 
 
-def patching_html(r: dict, img) -> str:
-    """The HTML section for a record; `img(png_bytes, alt)` embeds a picture."""
+def patching_html(r: dict) -> str:
+    """The HTML section for a record (its two heatmaps inline)."""
     esc = html.escape
     best = ", ".join(f"{name} ({v:+.2f})" for name, v in top_heads(r))
     return (f"<h2>Activation patching</h2><p>Clean: <b>{esc(r['clean'])}</b><br>Corrupted: "
@@ -87,11 +86,11 @@ def patching_html(r: dict, img) -> str:
             f"corrupted {r['corrupted_logit_diff']:.3f}. Each cell patches one clean activation "
             f"into the corrupted run; the metric is {esc(METRIC)} (1 = clean behaviour restored, "
             f"0 = none). Heads that matter most: {esc(best)}.</p>"
-            + img(r["resid_png"], "residual stream patching") + img(r["heads_png"], "head patching"))
+            + r["figures"])
 
 
 def write_patching_page(r: dict, out) -> pathlib.Path:
     """A self-contained patching.html beside patching.json."""
     path = pathlib.Path(out) / "patching.html"
-    path.write_text(html_page("jtlens patching", patching_html(r, img)), encoding="utf-8")
+    path.write_text(html_page("jtlens patching", patching_html(r)), encoding="utf-8")
     return path

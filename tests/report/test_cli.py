@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -47,9 +48,11 @@ def test_run_prints_summary_and_writes_report(run_dir, capsys):
                  "<h2>Activation patching</h2>", "The BOS position is left out",
                  'class="jtl-attn" id="jtlens-attention"'):
         assert part in page, part
-    for name in ("answer_lens.png", "answer_dla.png", "answer_dla_diff.png", "dla.png",
-                 "patching/patch_heads.png", "patching/patch_resid_pre.png"):
-        assert (run_dir / name).read_bytes()[:4] == b"\x89PNG", name
+    for name in ("answer_lens.svg", "answer_dla.svg", "answer_dla_diff.svg", "dla.svg",
+                 "patching/patch_heads.svg", "patching/patch_resid_pre.svg"):
+        svg = (run_dir / name).read_text()
+        assert svg.startswith("<svg") and svg.count("<rect") >= 2 * 4, name  # a cell per layer x head at least
+        ElementTree.fromstring(svg)  # well-formed XML, as a browser needs
 
 
 def test_answer_views_are_printed(run_dir):
@@ -89,7 +92,7 @@ def test_embedded_model_has_induction_heads_and_the_report_shows_them(run_dir):
     page = (run_dir / "report.html").read_text()
     layer, head = np.unravel_index(scores.argmax(), scores.shape)
     assert "<h2>Induction heads</h2>" in page and f"L{layer}H{head}" in page
-    assert (run_dir / "induction.png").read_bytes()[:4] == b"\x89PNG"
+    ElementTree.fromstring((run_dir / "induction.svg").read_text())
 
 
 def test_saved_activations_are_the_models_hooks(run_dir):
@@ -103,19 +106,20 @@ def test_saved_activations_are_the_models_hooks(run_dir):
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed")
 def test_report_renders_in_headless_chromium(run_dir, tmp_path):
-    # Record each image's decoded width in the DOM, so the dump shows the patterns rendered.
+    # Record each figure's rendered width in the DOM, so the dump shows the pictures laid out.
     page = tmp_path / "page.html"
     page.write_text((run_dir / "report.html").read_text().replace(
         "</body>", "<script>window.addEventListener('load', () => document.body.dataset.widths ="
-                   " [...document.images].map(i => i.naturalWidth).join(','))</script></body>"))
+                   " [...document.querySelectorAll('figure svg')].map(s => "
+                   "Math.round(s.getBoundingClientRect().width)).join(','))</script></body>"))
     dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
                           "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
     assert "&#x27;The&#x27;" in dom or "'The'" in dom          # the tokens table
-    assert 'alt="direct logit attribution of \' list\'"' in dom
-    assert 'alt="head patching"' in dom
+    assert 'aria-label="direct logit attribution of \' list\'"' in dom
+    assert 'aria-label="head patching"' in dom
     widths = [int(w) for w in dom.split('data-widths="')[1].split('"')[0].split(",")]
-    assert widths and min(widths) > 100
+    assert len(widths) >= 8 and min(widths) > 100, widths
     assert dom.count("<canvas") == 2 * 4 and 'data-selected="L0H0"' in dom  # the attention viewer
 
 
@@ -126,9 +130,9 @@ def test_patch_writes_heatmaps_json_and_page(tmp_path, capsys):
                      "--model", TINY, "--out", str(out)]) == 0
     result = json.loads((out / "patching.json").read_text())
     assert np.asarray(result["resid_pre"]).ndim == 2 and np.asarray(result["attn_head_out"]).ndim == 2
-    assert (out / "patch_heads.png").is_file() and (out / "patch_resid_pre.png").is_file()
+    assert (out / "patch_heads.svg").is_file() and (out / "patch_resid_pre.svg").is_file()
     page = (out / "patching.html").read_text()
-    assert "<h2>Activation patching</h2>" in page and page.count("data:image/png;base64,") == 2
+    assert "<h2>Activation patching</h2>" in page and page.count("<svg") == 2
     assert "heads whose clean output moves the metric most" in capsys.readouterr().out
 
 
