@@ -1,5 +1,5 @@
 """What a model does with one text: `analyze` computes it, `summary` prints it, `write_report`
-writes a self-contained HTML page with PNG figures and an interactive attention viewer (the
+writes a self-contained HTML page with SVG figures and an interactive attention viewer (the
 `jtlens run` command)."""
 
 from __future__ import annotations
@@ -459,7 +459,7 @@ def _sae_html(a: Analysis, out: pathlib.Path) -> str:
 
 
 def write_report(a: Analysis, out_dir) -> pathlib.Path:
-    """Write `report.html` (self-contained) and its PNGs into `out_dir`; returns the HTML path."""
+    """Write `report.html` (self-contained) and its SVG figures into `out_dir`; returns the HTML path."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     body = "".join(section(a, out) for section in SECTIONS)
@@ -514,6 +514,6 @@ def _answer_html(a: Analysis, out: pathlib.Path) -> str:
     return "".join(parts)
 
 
-# The report's sections in page order: each (analysis, out folder) -> HTML, writing its PNGs.
+# The report's sections in page order: each (analysis, out folder) -> HTML, writing its SVGs.
 SECTIONS = (_tokens_html, _answer_html, _lens_html, _dla_html, _neurons_html, _heads_html,
             _induction_html, _attention_html, _patching_html, _sae_html)

@@ -281,8 +281,8 @@ def cmd_patch(args) -> int:
     result = _patching(model, clean_text, corrupted_text, args, out)
     page = write_patching_page(result, out)
     print(patching_summary(result))
-    print(f"Patching results: {out / 'patching.json'}, {page}, {out / 'patch_resid_pre.png'}, "
-          f"{out / 'patch_heads.png'}")
+    print(f"Patching results: {out / 'patching.json'}, {page}, {out / 'patch_resid_pre.svg'}, "
+          f"{out / 'patch_heads.svg'}")
     return 0
 
 
@@ -294,7 +294,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--file", help="read the text from this UTF-8 file")
     run.add_argument("--model", default=DEFAULT_MODEL, help="name, alias, local folder or .gguf file "
                      "(default smollm2-135m; jtlens-tiny is the small embedded model)")
-    run.add_argument("--out", default="jtlens-report", help="folder for report.html and PNGs")
+    run.add_argument("--out", default="jtlens-report", help="folder for report.html and its SVG figures")
     run.add_argument("--answer", help="a token to follow through the model, e.g. ' Paris'")
     run.add_argument("--wrong", help="a contrasting token, e.g. ' Rome' (views of answer - wrong)")
     run.add_argument("--corrupted", help="a prompt of the same length for activation patching "
