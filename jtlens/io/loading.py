@@ -61,13 +61,19 @@ def load(name_or_path, *, dtype: Optional[str] = None, tokenizer: Any = None,
     cfg_overrides, hf_overrides = _split_overrides(options)
     folder = resolve(name_or_path, progress=progress)
     blocks = None  # the streamed blocks: already processed and on the mesh
+    # A GGUF conversion lives in jtlens's cache, and so do its processed params.
+    processed = (gguf_models.processed_folder(folder, flags)
+                 if _is_gguf(name_or_path) and not cfg_overrides else None)
     if (folder / NATIVE_CONFIG).exists():
         if hf_overrides:
             raise TypeError(f"unknown option(s) {sorted(hf_overrides)} for a converted jtlens model: "
                             f"overrides must be jtlens.Config fields")
-        cfg, params, done = load_native(folder)
+        cached = processed is not None and (processed / NATIVE_CONFIG).exists()
+        cfg, params, done = load_native(processed if cached else folder)
         if _is_gguf(name_or_path):  # the cache folder's name is not the model's
             cfg = cfg.replace(model_name=model_name_for(name_or_path))
+        if cached:
+            processed = None
     else:
         named = lambda c: c.replace(model_name=model_name_for(name_or_path))  # noqa: E731
 
@@ -87,7 +93,10 @@ def load(name_or_path, *, dtype: Optional[str] = None, tokenizer: Any = None,
             blocks = params.pop("blocks")
     if cfg_overrides:
         cfg, params = _override(cfg, params, cfg_overrides)
+    steps = _steps(cfg, flags, done)
     cfg, params = _process(cfg, params, flags, done)
+    if processed is not None and any(steps.values()):
+        gguf_models.save_processed(processed, cfg, params, {**done, **steps})
     if dtype is not None:
         cfg = cfg.replace(dtype=dtype)
     if mesh is None:

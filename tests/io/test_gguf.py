@@ -297,14 +297,28 @@ def test_tokenizer_comes_from_the_metadata(files):
 
 
 def test_second_load_reads_the_cache(files, tmp_path, monkeypatch):
+    """The conversion is cached, and so are the params of each set of processing steps: a
+    second load neither dequantises nor folds, and gives the same numbers and config."""
+    from jtlens.core import weights
+
     path, _ = files("qwen2", Q.Q8_0)
     first = jtlens.HookedTransformer.from_pretrained(str(path), progress=False)
-    [cached] = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
-    def no_conversion(*_a, **_k):
-        raise AssertionError("converted again instead of reading the cache")
-    monkeypatch.setattr(gguf_conversion, "convert_gguf", no_conversion)
+    raw = jtlens.HookedTransformer.from_pretrained_no_processing(str(path), progress=False)
+    folders = sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith("."))
+    assert len(folders) == 2 and ".processed-" in folders[1], folders  # none for no processing
+    cached = tmp_path / "cache" / folders[0]
+
+    def refuse(what):
+        def fail(*_a, **_k):
+            raise AssertionError(f"{what} again instead of reading the cache")
+        return fail
+    monkeypatch.setattr(gguf_conversion, "convert_gguf", refuse("converted"))
+    monkeypatch.setattr(weights, "fold_layer_norm", refuse("folded"))
     again = jtlens.HookedTransformer.from_pretrained(str(path), progress=False)
+    raw_again = jtlens.HookedTransformer.from_pretrained_no_processing(str(path), progress=False)
     assert max_diff(again(TOKENS), first(TOKENS)) == 0
+    assert max_diff(raw_again(TOKENS), raw(TOKENS)) == 0
+    assert again.cfg == first.cfg and raw_again.cfg == raw.cfg != first.cfg
     assert again.cfg.model_name == first.cfg.model_name == path.name
     assert (cached / "tokenizer.json").exists()
 
