@@ -142,7 +142,10 @@ def induction_patterns(model, seq_len: int = 20, n_prompts: int = 4, seed: int =
     """-> (`repeated_random_tokens` [n_prompts, pos], every head's attention on them
     [n_layers, n_prompts, n_heads, pos, pos])."""
     rep = repeated_random_tokens(model, seq_len, n_prompts, seed, prepend_bos)
-    _, cache = model.run_with_cache(rep, names_filter="blocks.*.attn.hook_pattern")
+    # the patterns are all that is read: stopping before the unembedding skips its
+    # [tokens, d_model] x [d_model, d_vocab] product (a fifth of SmolLM2's work here)
+    _, cache = model.run_with_cache(rep, names_filter="blocks.*.attn.hook_pattern",
+                                    stop_at_layer=model.cfg.n_layers)
     return rep, cache["blocks.*.attn.hook_pattern"]
 
 
