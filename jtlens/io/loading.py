@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -59,21 +59,22 @@ def load(name_or_path, *, dtype: Optional[str] = None, tokenizer: Any = None,
     flags = weights.processing_flags({k: options.pop(k) for k in list(options)
                                       if k in weights.DEFAULT_PROCESSING})
     cfg_overrides, hf_overrides = _split_overrides(options)
-    folder = resolve(name_or_path, progress=progress)
+    # A GGUF file's conversion is cached already processed with the steps asked for (with
+    # Config overrides, unprocessed: they apply before processing).
+    steps = {k: False for k in flags} if cfg_overrides else flags
+
+    def process(cfg, params):  # -> (cfg, params, the steps applied)
+        return (*_process(cfg, params, steps, {}), _steps(cfg, steps, {}))
+
+    folder = resolve(name_or_path, progress=progress, steps=steps, process=process)
     blocks = None  # the streamed blocks: already processed and on the mesh
-    # A GGUF conversion lives in jtlens's cache, and so do its processed params.
-    processed = (gguf_models.processed_folder(folder, flags)
-                 if _is_gguf(name_or_path) and not cfg_overrides else None)
     if (folder / NATIVE_CONFIG).exists():
         if hf_overrides:
             raise TypeError(f"unknown option(s) {sorted(hf_overrides)} for a converted jtlens model: "
                             f"overrides must be jtlens.Config fields")
-        cached = processed is not None and (processed / NATIVE_CONFIG).exists()
-        cfg, params, done = load_native(processed if cached else folder)
+        cfg, params, done = load_native(folder)
         if _is_gguf(name_or_path):  # the cache folder's name is not the model's
             cfg = cfg.replace(model_name=model_name_for(name_or_path))
-        if cached:
-            processed = None
     else:
         named = lambda c: c.replace(model_name=model_name_for(name_or_path))  # noqa: E731
 
@@ -93,10 +94,7 @@ def load(name_or_path, *, dtype: Optional[str] = None, tokenizer: Any = None,
             blocks = params.pop("blocks")
     if cfg_overrides:
         cfg, params = _override(cfg, params, cfg_overrides)
-    steps = _steps(cfg, flags, done)
     cfg, params = _process(cfg, params, flags, done)
-    if processed is not None and any(steps.values()):
-        gguf_models.save_processed(processed, cfg, params, {**done, **steps})
     if dtype is not None:
         cfg = cfg.replace(dtype=dtype)
     if mesh is None:
@@ -158,15 +156,17 @@ def _is_gguf(name_or_path) -> bool:
     return str(name_or_path) in gguf_models.PACKAGED or str(name_or_path).endswith(".gguf")
 
 
-def resolve(name_or_path, progress: bool = True) -> Path:
+def resolve(name_or_path, progress: bool = True, steps: Optional[dict] = None,
+            process: Optional[Callable] = None) -> Path:
     """The local folder for an alias, a path, or a hub name (downloaded on first use). A GGUF
-    file (or a packaged GGUF alias such as "smollm2-135m") resolves to its cached conversion."""
+    file (or a packaged GGUF alias such as "smollm2-135m") resolves to its cached conversion
+    (with `steps`/`process`: its processed params, see `gguf_models.converted`)."""
     if str(name_or_path) in gguf_models.PACKAGED:
-        return gguf_models.converted(gguf_models.packaged(str(name_or_path)), progress)
+        return gguf_models.converted(gguf_models.packaged(str(name_or_path)), progress, steps, process)
     if str(name_or_path).endswith(".gguf"):
         if not Path(name_or_path).expanduser().is_file():
             raise FileNotFoundError(f"{name_or_path}: no such GGUF file")
-        return gguf_models.converted(name_or_path, progress)
+        return gguf_models.converted(name_or_path, progress, steps, process)
     if str(name_or_path) in ALIASES:
         folder = ALIASES[str(name_or_path)]
         if not (folder / NATIVE_CONFIG).exists():

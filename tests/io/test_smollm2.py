@@ -139,8 +139,10 @@ def test_tokenizer_equals_transformers_gguf_tokenizer(converted, hf):
     assert ours.decode(ids) == theirs.decode(ids) == text
     assert ours.bos_token_id == theirs.bos_token_id == 1 and ours.eos_token_id == theirs.eos_token_id
     # What loads from the cache on every later run reads tokenizer.json without transformers.
-    folder, = {p.parent for p in Path(os.environ["JTLENS_CACHE"]).rglob("tokenizer.json")}
-    check_like_transformers(folder, text)
+    folders = {p.parent for p in Path(os.environ["JTLENS_CACHE"]).rglob("tokenizer.json")}
+    assert len(folders) == 2  # the raw and the processed conversion
+    for folder in folders:
+        check_like_transformers(folder, text)
 
 
 def test_every_hook_equals_transformer_lens(converted, tl):
