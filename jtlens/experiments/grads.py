@@ -67,17 +67,17 @@ def catalogue(cfg: Config):
 def _forward(params, tokens, cfg: Config, hooks: Hooks, fw: dict):
     """(logits, cache or None when nothing is captured): the forward of a decoder, or of an
     encoder-decoder on `fw["decoder_tokens"]`."""
-    if not cfg.cross_attention:
-        run = forward_with_cache if hooks.capture else forward
-        out = run(params, tokens, cfg, hooks, return_type="logits", **fw)
-        return out if hooks.capture else (out, None)
-    fw = dict(fw)
-    if fw.get("decoder_tokens") is None:
-        raise ValueError("an encoder-decoder (T5) needs decoder_tokens=[batch, decoder_pos] "
-                         "(starting with the decoder start token) beside the encoder's tokens")
-    decoder = fw.pop("decoder_tokens")
-    run = encoder_decoder_forward_with_cache if hooks.capture else encoder_decoder_forward
-    out = run(params, tokens, decoder, cfg, hooks, return_type="logits", **fw)
+    if cfg.cross_attention:
+        fw = dict(fw)
+        decoder = fw.pop("decoder_tokens", None)
+        if decoder is None:
+            raise ValueError("an encoder-decoder (T5) needs decoder_tokens=[batch, decoder_pos] "
+                             "(starting with the decoder start token) beside the encoder's tokens")
+        run = encoder_decoder_forward_with_cache if hooks.capture else encoder_decoder_forward
+        inputs = (tokens, decoder)
+    else:
+        run, inputs = (forward_with_cache if hooks.capture else forward), (tokens,)
+    out = run(params, *inputs, cfg, hooks, return_type="logits", **fw)
     return out if hooks.capture else (out, None)
 
 

@@ -330,3 +330,34 @@ def test_sweep_and_generate_refuse_bad_inputs(t5):
         generate_encoder_decoder(*args, 2, decoder_start_token_id=999)
     with pytest.raises(ValueError, match="returns tokens only"):
         generate_encoder_decoder(*args, 2, decoder_start_token_id=0, hooks=Hooks(capture=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precomputed_cross", [True, False], ids=["cross_once", "cross_each_step"])
+def test_cached_decoder_steps_equal_the_full_decoder_run(t5, precomputed_cross):
+    """The decoder run one token at a time against a KeyValueCache (self-attention keys and
+    values cached, the relative bias read at each token's slot; cross-attention keys and values
+    projected once, or again each step) gives the logits of the whole decoder run, padding in
+    the encoder input included. 9 decoder tokens reach the logarithmic buckets."""
+    from jtlens.core.encoder_decoder import EncoderDecoderNames, encode
+    from jtlens.core.engine import run_model
+    from jtlens.core.hooks import HookRunner
+    from jtlens.core.kv_cache import KeyValueCache
+    from jtlens.core.pieces import cross_keys_values
+
+    params, cfg = t5.model.params, t5.model.cfg
+    decoder = np.random.default_rng(2).integers(2, VOCAB, (2, 9))
+    want = encoder_decoder_forward(params, t5.tokens, decoder, cfg, attention_mask=t5.mask)
+    names = EncoderDecoderNames(cfg)
+    encoded = encode(params, t5.tokens, cfg, HookRunner(None, names.stacks["encoder"]), t5.mask)[0]
+    cache = KeyValueCache.init(cfg, 2, 12, cross=cross_keys_values(params["blocks"], encoded)
+                               if precomputed_cross else None)
+    steps = []
+    for i in range(decoder.shape[1]):
+        logits, _, _, _, cache = run_model(
+            params, decoder[:, i:i + 1], cfg, HookRunner(None, names.stacks["decoder"]), "logits",
+            False, None, None, None, None, True, None, kv_cache=cache, encoder=encoded,
+            encoder_mask=t5.mask)
+        steps.append(np.asarray(logits[:, 0]))
+    assert int(cache.length) == 9 and (cache.cross is not None) == precomputed_cross
+    assert rel_diff(np.stack(steps, 1), want) <= 1e-5
