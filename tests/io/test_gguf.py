@@ -73,10 +73,15 @@ FAMILIES = {  # GGUF architecture -> Hugging Face model
     "t5": lambda: transformers.T5ForConditionalGeneration(transformers.T5Config(
         vocab_size=V, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_heads=4,
         feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0)),
+    # v1.0's ReLU MLP (llama.cpp's ffn_up is then `wi`); llama.cpp does not rescale a tied
+    # unembedding as Hugging Face does for v1.0, so the oracle is told not to either.
+    "t5_relu": lambda: transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=V, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_heads=4,
+        feed_forward_proj="relu", scale_decoder_outputs=False, decoder_start_token_id=0)),
 }
-ENCODER_DECODERS = ("t5",)
+ENCODER_DECODERS = ("t5", "t5_relu")
 DECODER_TOKENS = np.random.default_rng(1).integers(0, V, (2, 5))  # (an encoder-decoder's)
-FILE_ARCH = {"mixtral": "llama"}  # a family's GGUF architecture, where the names differ
+FILE_ARCH = {"mixtral": "llama", "t5_relu": "t5"}  # a family's GGUF architecture, where the names differ
 EXPERTS = re.compile(r"(.*\.experts)\.(\d+)(\..*)")  # one expert's tensor
 # transformers' GGUF loader reads these families' tiny files as llama.cpp would. It has no gemma,
 # gptneox, olmo2, phi2 or bloom support; for qwen3 it ignores attention.key_length (head_dim 128 by
