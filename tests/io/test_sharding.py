@@ -164,7 +164,8 @@ print("PARITY OK")
                          ids=["gqa-1x8-2x4-8x1", "gpt2-2x4", "t5-2x4"])
 def test_meshes_give_one_devices_numbers_and_split_the_weights(cfg, meshes):
     # LLAMA: grouped-query (2 key/value heads), rotary, RMS, gated; GPT2: LayerNorm, absolute
-    # positions, every bias; T5: an encoder-decoder (relative position bias, cross-attention). One process per config: the one-device reference is computed once.
+    # positions, every bias; T5: an encoder-decoder (relative position bias, cross-attention).
+    # One process per config: the one-device reference is computed once.
     out = run_on_host_devices(PARITY.replace("for cfg, meshes in CASES:",
                                              f"for cfg, meshes in [({cfg}, {meshes})]:"), timeout=900)
     assert "PARITY OK" in out, out
