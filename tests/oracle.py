@@ -8,6 +8,7 @@ torch or transformer_lens is missing.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import re
@@ -372,3 +373,55 @@ def build_hf(name, folder, **save_kw):
         cfg = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps(dict(cfg, n_ctx=cfg["n_positions"])))
     return model
+
+
+# T5 (HookedEncoderDecoder): tiny random checkpoints in both variants.
+# Few buckets and a short max_distance, so 7-token inputs reach the logarithmic buckets too.
+T5_SMALL = dict(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+                relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+T5_VARIANTS = {"v1_0": dict(feed_forward_proj="relu", tie_word_embeddings=True),
+               "v1_1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)}
+
+
+def tl_t5(hf, scaled: bool):
+    """TransformerLens's HookedEncoderDecoder on the Hugging Face weights (its converter; the
+    gated MLP's two input matrices added by hand)."""
+    from transformer_lens import HookedEncoderDecoder
+    from transformer_lens.pretrained.weight_conversions.t5 import convert_t5_weights
+
+    c = hf.config
+    gated = c.is_gated_act
+    tl = HookedEncoderDecoder(dict(
+        d_model=c.d_model, d_head=c.d_kv, n_heads=c.num_heads, d_mlp=c.d_ff, d_vocab=c.vocab_size,
+        n_layers=c.num_layers, n_ctx=64, eps=c.layer_norm_epsilon,
+        act_fn="gelu_new" if gated else "relu", gated_mlp=gated,
+        positional_embedding_type="relative_positional_bias",
+        relative_attention_max_distance=c.relative_attention_max_distance,
+        relative_attention_num_buckets=c.relative_attention_num_buckets,
+        attention_dir="bidirectional", use_attn_scale=False, tie_word_embeddings=scaled,
+        device="cpu"), move_to_device=False).eval()
+    source = copy.deepcopy(hf)
+    extra = {}
+    if gated:
+        for stack, i in (("encoder", 1), ("decoder", 2)):
+            for l, block in enumerate(getattr(source, stack).block):
+                dense = block.layer[i].DenseReluDense
+                dense.wi = dense.wi_1  # TransformerLens's W_in: the linear half
+                extra[f"{stack}.{l}.mlp.W_gate"] = dense.wi_0.weight.T
+    state = dict(convert_t5_weights(source, tl.cfg), **extra)
+    missing, unexpected = tl.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.endswith(("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U",
+                                              "IGNORE", "mask")) for k in missing), missing
+    return tl
+
+
+def t5_hf(variant: str, seed: int = 0):
+    """A random tiny T5ForConditionalGeneration of `variant` (T5_VARIANTS), norms randomised."""
+    torch.manual_seed(seed)
+    hf = transformers.T5ForConditionalGeneration(
+        transformers.T5Config(**T5_SMALL, **T5_VARIANTS[variant])).eval()
+    with torch.no_grad():  # norms start at one: randomise them so they count
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return hf

@@ -31,7 +31,7 @@ from jtlens.core.cache import ActivationCache
 from jtlens.core.config import Config
 from jtlens.core.engine import run_model
 from jtlens.core.hook_catalogue import hook_catalogue
-from jtlens.core.hooks import HookRunner, Hooks
+from jtlens.core.hooks import HookNames, HookRunner, Hooks
 from jtlens.core.params import Params
 from jtlens.core.pieces import Ctx, final_norm
 
@@ -102,6 +102,8 @@ class EncoderDecoderNames:
         except ValueError:
             raise self.unknown(name) from None
         return where
+
+    one = HookNames.one  # the single concrete hook a name selects (its `select` is this class's)
 
     def select(self, selection) -> list[str]:
         """A capture selection (True, names, `encoder.*.` forms, globs or a predicate) -> the

@@ -98,7 +98,8 @@ def run_model(params: Params, tokens, cfg: Config, hk: HookRunner, return_type, 
         resid, stacked = run_blocks(blocks, resid, ctx, first_layer=start, scan=scan)
     if kv is not None:
         k, v = stacked.pop("kv")
-        kv_cache = KeyValueCache(k, v, kv.mask, kv_cache.length + n_pos, kv_cache.frozen)
+        kv_cache = KeyValueCache(k, v, kv.mask, kv_cache.length + n_pos, kv_cache.frozen,
+                                 kv_cache.cross)
     out: Any
     if stop_at_layer is not None:
         out = resid
@@ -125,17 +126,18 @@ def run_model(params: Params, tokens, cfg: Config, hk: HookRunner, return_type, 
 
 
 def _relative_bias(params: Params, cfg: Config, n_pos: int, kv):
-    """T5's relative position bias [1, heads, pos, pos], from the table the first layer owns
+    """T5's relative position bias [1, heads, pos, keys], from the table the first layer owns
     and shared by every layer (TransformerLens's compute_relative_attention_bias); None for
-    other position schemes."""
+    other position schemes. With a KeyValueCache the keys are its slots and the queries the
+    chunk's, from slot `kv.at` on (offsets by slot, as Hugging Face's cache positions)."""
     if cfg.positional_embedding_type != "relative_positional_bias":
         return None
-    if kv is not None:
-        raise ValueError("a relative position bias (T5) is not implemented with a KeyValueCache; "
-                         "run the whole sequence")
-    buckets = C.relative_position_buckets(n_pos, n_pos, cfg.attention_dir != "causal",
+    n_keys = n_pos if kv is None else (kv.k[0].shape[2] if isinstance(kv.k, tuple) else kv.k.shape[3])
+    buckets = C.relative_position_buckets(n_keys, n_keys, cfg.attention_dir != "causal",
                                           cfg.relative_attention_num_buckets,
                                           cfg.relative_attention_max_distance)
+    if kv is not None:  # the chunk's rows (the buckets are static; the slot is traced)
+        buckets = jax.lax.dynamic_slice_in_dim(jnp.asarray(buckets), kv.at, n_pos, axis=0)
     return jnp.transpose(params["rel_pos_bias"]["W_rel_pos"][buckets], (2, 0, 1))[None]
 
 
@@ -145,4 +147,5 @@ def _continue(kv_cache: KeyValueCache, chunk_mask):
     positions = kv_cache.mask.sum(1, keepdims=True) + jnp.cumsum(chunk_mask, axis=1) - 1
     key_mask = jax.lax.dynamic_update_slice_in_dim(kv_cache.mask, chunk_mask.astype(jnp.int32),
                                                    kv_cache.length, axis=1)
-    return jnp.maximum(positions, 0), KVSlots(kv_cache.k, kv_cache.v, kv_cache.length, key_mask)
+    return jnp.maximum(positions, 0), KVSlots(kv_cache.k, kv_cache.v, kv_cache.length, key_mask,
+                                              cross=kv_cache.cross)

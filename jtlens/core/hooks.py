@@ -182,8 +182,8 @@ class HookNames:
         """The single concrete hook `name` selects; `what` names the caller in the error."""
         names = self.select(name)
         if len(names) != 1:
-            raise ValueError(f"{what} takes one concrete hook (e.g. 'blocks.1.hook_resid_pre'); "
-                             f"{name!r} selects {len(names)}")
+            raise ValueError(f"{what} takes one concrete hook (one layer's, e.g. "
+                             f"{self.names()[1]!r}); {name!r} selects {len(names)}")
         return names[0]
 
     def select(self, selection: Any) -> list[str]:

@@ -7,6 +7,9 @@ time is one compiled `lax.while_loop`:
              or tuples of n_layers arrays [batch, n_key_value_heads, max_len, d_head] (`per_layer`)
     mask:    [batch, max_len]  1 where a slot holds a real token, 0 for padding or an empty slot
     length:  int32 scalar      slots filled so far (the next chunk is written at `length`)
+    cross:   None, or a T5 decoder's cross-attention (keys, values), each
+             [n_layers, batch, enc_pos, n_heads, d_head]: the encoder output's projections
+             (before their hooks), computed once and read by every step
 
 The pure forward takes a cache and returns the extended one
 (`forward_with_kv(params, chunk, cfg, cache) -> (logits, cache)`); the facade keeps
@@ -32,14 +35,15 @@ class KeyValueCache:
     `freeze`); the pure forward always returns the extended cache and leaves the choice to you.
     """
 
-    def __init__(self, k, v, mask, length, frozen: bool = False):
+    def __init__(self, k, v, mask, length, frozen: bool = False, cross=None):
         self.k, self.v, self.mask, self.length = k, v, mask, length
-        self.frozen = frozen
+        self.frozen, self.cross = frozen, cross
 
     @classmethod
     def init(cls, cfg: Config, batch: int, max_len: Optional[int] = None,
-             dtype: Optional[str] = None) -> "KeyValueCache":
-        """An empty cache for `batch` sequences of up to `max_len` tokens (default n_ctx)."""
+             dtype: Optional[str] = None, cross=None) -> "KeyValueCache":
+        """An empty cache for `batch` sequences of up to `max_len` tokens (default n_ctx);
+        `cross`: a T5 decoder's cross-attention keys and values (`cross_keys_values`)."""
         check_decoder(cfg)
         max_len = cfg.n_ctx if max_len is None else max_len
         if batch < 1 or max_len < 1:
@@ -48,7 +52,7 @@ class KeyValueCache:
         shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.d_head)
         dtype = jnp.dtype(dtype or cfg.dtype)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
-                   jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((), jnp.int32))
+                   jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((), jnp.int32), cross=cross)
 
     @classmethod
     def from_model(cls, model, batch: int = 1, max_len: Optional[int] = None) -> "KeyValueCache":
@@ -77,14 +81,15 @@ class KeyValueCache:
         layer's keys and values per step on CPU (the forward runs such a cache unrolled)."""
         if isinstance(self.k, tuple):
             return self
-        return KeyValueCache(tuple(self.k), tuple(self.v), self.mask, self.length, self.frozen)
+        return KeyValueCache(tuple(self.k), tuple(self.v), self.mask, self.length, self.frozen,
+                             self.cross)
 
     def stacked(self) -> "KeyValueCache":
         """The same cache with k and v layer-stacked [n_layers, ...] (undoes `per_layer`)."""
         if not isinstance(self.k, tuple):
             return self
         return KeyValueCache(jnp.stack(self.k), jnp.stack(self.v), self.mask, self.length,
-                             self.frozen)
+                             self.frozen, self.cross)
 
     def freeze(self) -> "KeyValueCache":
         self.frozen = True
@@ -95,11 +100,11 @@ class KeyValueCache:
         return self
 
     def tree_flatten(self):
-        return (self.k, self.v, self.mask, self.length), self.frozen
+        return (self.k, self.v, self.mask, self.length, self.cross), self.frozen
 
     @classmethod
     def tree_unflatten(cls, frozen, children):
-        return cls(*children, frozen=frozen)
+        return cls(*children[:4], frozen=frozen, cross=children[4])
 
     def __repr__(self):
         return (f"KeyValueCache(layers={self.n_layers}, batch={self.batch}, "

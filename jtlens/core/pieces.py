@@ -88,9 +88,10 @@ class KVSlots:
     at: Any
     mask: Any
     new: Any = None
+    cross: Any = None  # T5: cross-attention (keys, values), [n_layers, ...] or one layer's
 
-    def layer(self, k, v) -> "KVSlots":
-        return KVSlots(k, v, self.at, self.mask)
+    def layer(self, k, v, *cross) -> "KVSlots":
+        return KVSlots(k, v, self.at, self.mask, cross=cross or None)
 
 
 def norm(p: Optional[dict], kind: Optional[str], x, ctx: Ctx, name: str):
@@ -181,7 +182,10 @@ def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx,
     name = "cross_attn" if cross else "attn"
     hook = lambda n, x: ctx(f"{name}.{n}", x)  # noqa: E731
     q = hook("hook_q", _project(q_in, p["W_Q"], p["b_Q"]))
-    k, v = _project(k_in, p["W_K"], p["b_K"]), _project(v_in, p["W_V"], p["b_V"])
+    if cross and ctx.kv is not None and ctx.kv.cross is not None:
+        k, v = ctx.kv.cross  # the encoder output's, projected once for every decode step
+    else:
+        k, v = _project(k_in, p["W_K"], p["b_K"]), _project(v_in, p["W_V"], p["b_V"])
     G = cfg.n_kv_heads  # key/value heads the attention reads
     if cfg.ungroup_grouped_query_attention and G != cfg.n_heads:
         if ctx.kv is not None:
@@ -244,6 +248,14 @@ def attention(p: dict, q_in: QKVInput, k_in: QKVInput, v_in: QKVInput, ctx: Ctx,
         if ctx.edited(f"{name}.hook_result"):
             return result.sum(2) + p["b_O"]
     return _out_project(z, p["W_O"], per_head=False) + p["b_O"]
+
+
+def cross_keys_values(blocks: Params, encoded) -> tuple:
+    """Every decoder layer's cross-attention keys and values of the encoder output `encoded`
+    [batch, enc_pos, d_model], before their hooks: two [n_layers, batch, enc_pos, n_heads, d_head]
+    (a KeyValueCache's `cross`)."""
+    return jax.vmap(lambda p: (_project(encoded, p["W_K"], p["b_K"]),
+                               _project(encoded, p["W_V"], p["b_V"])))(blocks["cross_attn"])
 
 
 def _with_past(kv: KVSlots, k, v):
@@ -399,7 +411,7 @@ def run_blocks(blocks: Params, resid: Resid, ctx: Ctx, first_layer: int = 0, sta
     # attn_types counts only with use_local_attn, as in TransformerLens (OLMo 3 sets it without).
     local = [cfg.use_local_attn and t == "local" for t in (cfg.attn_types or ("global",) * cfg.n_layers)]
     block_fn = post_ln_block if cfg.post_ln else block
-    past = () if ctx.kv is None else (ctx.kv.k, ctx.kv.v)
+    past = () if ctx.kv is None else (ctx.kv.k, ctx.kv.v) + (ctx.kv.cross or ())
     per_layer_kv = bool(past) and isinstance(past[0], tuple)
 
     def one(p, x, layer, is_local, *layer_past):

@@ -1,11 +1,10 @@
 """Generation for encoder-decoders (T5): encode once, then decode token by token, all in one
 jitted program.
 
-The decoder's input is a buffer [batch, 1 + max_new_tokens] that starts with the decoder start
-token; step i runs the decoder over the whole buffer and reads the logits at slot i. Attention
-is causal and T5's position bias depends on offsets only, so the unfilled slots after i change
-nothing at i: the tokens are those of a decoder run on the prefix (Hugging Face's greedy search
-when do_sample is False). Each step costs a full decoder pass, not a cached one.
+The encoder runs once, and so do the cross-attention key/value projections of its output
+(a `KeyValueCache`'s `cross`). Each step then runs the decoder on one token against the cache
+of the decoder's self-attention keys and values (the relative position bias read at the
+token's slot), as Hugging Face's cached greedy search does.
 """
 
 from __future__ import annotations
@@ -22,7 +21,9 @@ from jtlens.core.config import Config
 from jtlens.core.encoder_decoder import EncoderDecoderNames, STACKS, encode, split_hooks
 from jtlens.core.engine import run_model
 from jtlens.core.hooks import HookRunner, Hooks
+from jtlens.core.kv_cache import KeyValueCache
 from jtlens.core.params import Params
+from jtlens.core.pieces import cross_keys_values
 from jtlens.experiments.sampling import check_options, next_token
 
 
@@ -42,7 +43,8 @@ def generate_encoder_decoder(params: Params, cfg: Config, tokens, max_new_tokens
         (TransformerLens's convention; Hugging Face pads with the pad token). Generation ends
         when every row has stopped or after max_new_tokens.
       key, do_sample, temperature, top_k, top_p, freq_penalty: as `jtlens.generate`.
-      hooks: a `Hooks` under TransformerLens's names, applied at every step.
+      hooks: a `Hooks` under TransformerLens's names: the encoder's applied once, the
+        decoder's at every step (to that step's token, [batch, 1, ...]).
     """
     check_options(do_sample, top_k, top_p, temperature, freq_penalty)
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
@@ -72,26 +74,30 @@ def _generate(params, tokens, mask, key, hooks, *, cfg, n_new, start, options):
     encoded = encode(params, tokens, cfg, runners["encoder"], mask)[0]
     batch = tokens.shape[0]
     buffer = jnp.full((batch, n_new + 1), start, jnp.int32)
+    cache = KeyValueCache.init(cfg, batch, n_new + 1,
+                               cross=cross_keys_values(params["blocks"], encoded))
 
     def step(state):
-        i, buffer, done, key = state
-        logits = run_model(params, buffer, cfg, runners["decoder"], "logits", False, None, None,
-                           None, None, True, None, encoder=encoded, encoder_mask=mask)[0]
+        i, buffer, cache, done, key = state
+        logits, _, _, _, cache = run_model(
+            params, jax.lax.dynamic_slice_in_dim(buffer, i, 1, axis=1), cfg, runners["decoder"],
+            "logits", False, None, None, None, None, True, None, kv_cache=cache, encoder=encoded,
+            encoder_mask=mask)
         key, sub = jax.random.split(key)
         counts = None  # the tokens so far, counted per row only when a penalty reads them
         if freq_penalty:
             counts = jax.vmap(lambda row: jnp.zeros(cfg.d_vocab_out).at[row].add(
                 jnp.arange(n_new + 1) <= i))(buffer)
-        token = next_token(logits[:, i], sub, do_sample=do_sample, temperature=temperature,
+        token = next_token(logits[:, 0], sub, do_sample=do_sample, temperature=temperature,
                            top_k=top_k, top_p=top_p, freq_penalty=freq_penalty, counts=counts)
         token = jnp.where(done, padding, token)
         done = done | jnp.isin(token, jnp.asarray(stop, jnp.int32)) if stop else done
-        return i + 1, buffer.at[:, i + 1].set(token), done, key
+        return i + 1, buffer.at[:, i + 1].set(token), cache, done, key
 
     def going(state):
-        i, _, done, _ = state
+        i, _, _, done, _ = state
         return (i < n_new) & ~jnp.all(done)
 
-    steps, buffer, _, _ = jax.lax.while_loop(
-        going, step, (jnp.int32(0), buffer, jnp.zeros(batch, bool), key))
+    steps, buffer, _, _, _ = jax.lax.while_loop(
+        going, step, (jnp.int32(0), buffer, cache, jnp.zeros(batch, bool), key))
     return buffer, steps

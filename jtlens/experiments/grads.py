@@ -8,7 +8,10 @@ their delta in one forward, so one backward pass returns every gradient.
     value, gcache = grad_cache(model.params, model.cfg, tokens, metric)   # every hook
     value, gcache = grad_cache(model, "The cat sat", metric)              # the same, from text
 
-Every function takes `(params, cfg, tokens, ...)` or `(model, tokens_or_text, ...)`.
+Every function takes `(params, cfg, tokens, ...)` or `(model, tokens_or_text, ...)`. An
+encoder-decoder (T5, `cfg.cross_attention`) also takes `decoder_tokens=` [batch, decoder_pos];
+its hook names are TransformerLens's (`encoder.{l}.*`, `decoder.{l}.*`, ...) and its caches
+`EncoderDecoderCache`s.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import jax.numpy as jnp
 
 from jtlens.core.cache import ActivationCache
 from jtlens.core.config import Config
+from jtlens.core.encoder_decoder import (STACKS, EncoderDecoderNames, encoder_decoder_forward,
+                                         encoder_decoder_forward_with_cache, from_stack)
 from jtlens.core.hooks import Hooks
 from jtlens.core.forward import forward, forward_with_cache
 from jtlens.core.hook_catalogue import hook_catalogue
@@ -41,12 +46,47 @@ def model_or_params(fn: Callable) -> Callable:
             args = (kwargs.pop("tokens"),) + args
         if not args:
             raise TypeError(f"{fn.__name__}(model, tokens, ...): the tokens (or text) are missing")
-        tokens, mask = model._inputs(args[0], None, None, kwargs.pop("attention_mask", None))
+        if model.cfg.cross_attention:  # HookedEncoderDecoder: text gets one start token per row
+            tokens, kwargs["decoder_tokens"], mask = model._inputs(
+                args[0], kwargs.pop("decoder_tokens", None), kwargs.pop("attention_mask", None))
+        else:
+            tokens, mask = model._inputs(args[0], None, None, kwargs.pop("attention_mask", None))
         if mask is not None:
             kwargs["attention_mask"] = mask
         return fn(model.params, model.cfg, tokens, *args[1:], **kwargs)
 
     return wrapper
+
+
+def catalogue(cfg: Config):
+    """The hook names of `cfg`'s model (`select`, `one`): an encoder-decoder's are TransformerLens's
+    HookedEncoderDecoder ones."""
+    return EncoderDecoderNames(cfg) if cfg.cross_attention else hook_catalogue(cfg)
+
+
+def _forward(params, tokens, cfg: Config, hooks: Hooks, fw: dict):
+    """(logits, cache or None when nothing is captured): the forward of a decoder, or of an
+    encoder-decoder on `fw["decoder_tokens"]`."""
+    if cfg.cross_attention:
+        fw = dict(fw)
+        decoder = fw.pop("decoder_tokens", None)
+        if decoder is None:
+            raise ValueError("an encoder-decoder (T5) needs decoder_tokens=[batch, decoder_pos] "
+                             "(starting with the decoder start token) beside the encoder's tokens")
+        run = encoder_decoder_forward_with_cache if hooks.capture else encoder_decoder_forward
+        inputs = (tokens, decoder)
+    else:
+        run, inputs = (forward_with_cache if hooks.capture else forward), (tokens,)
+    out = run(params, *inputs, cfg, hooks, return_type="logits", **fw)
+    return out if hooks.capture else (out, None)
+
+
+def _stack_caches(cfg: Config, cache) -> list:
+    """[(rename, ActivationCache)]: a decoder's cache, or an encoder-decoder's two stack caches,
+    each with the map from its own hook names to the caller's."""
+    if cfg.cross_attention:
+        return [(functools.partial(from_stack, s), getattr(cache, s)) for s in STACKS]
+    return [(lambda name: name, cache)]
 
 
 def _forward_fn(cfg: Config, metric: Metric, metric_on: str, fw: dict, capture=None):
@@ -57,11 +97,8 @@ def _forward_fn(cfg: Config, metric: Metric, metric_on: str, fw: dict, capture=N
     capture = True if metric_on == "cache" else capture
 
     def run(params, tokens, deltas, patch=None):
-        hooks = Hooks(capture=capture, add=deltas, patch=patch or {})
-        if capture:
-            logits, cache = forward_with_cache(params, tokens, cfg, hooks, return_type="logits", **fw)
-        else:
-            logits, cache = forward(params, tokens, cfg, hooks, return_type="logits", **fw), None
+        logits, cache = _forward(params, tokens, cfg,
+                                 Hooks(capture=capture, add=deltas, patch=patch or {}), fw)
         return metric(cache if metric_on == "cache" else logits), cache
     return run
 
@@ -70,25 +107,34 @@ def zero_deltas(params, cfg: Config, tokens, names: Sequence[str], **fw):
     """Zero `add` deltas for concrete hook `names`: `blocks.*.<template>` -> [n_layers, *act]
     (one per template, however many layers are asked for), outer hooks -> [*act]."""
     def shapes(p, t):
-        return forward_with_cache(p, t, cfg, Hooks(capture=tuple(names)), return_type="logits",
-                                  **fw)[1]
+        return _forward(p, t, cfg, Hooks(capture=tuple(names)), fw)[1]
 
     cache = jax.eval_shape(shapes, params, tokens)
-    deltas = {f"blocks.*.{t}": jnp.zeros((cfg.n_layers,) + a.shape[1:], a.dtype)
-              for t, a in cache.stacked.items()}
-    deltas.update({k: jnp.zeros(a.shape, a.dtype) for k, a in cache.outer.items()})
+    deltas = {}
+    for rename, part in _stack_caches(cfg, cache):
+        deltas.update({rename(f"blocks.*.{t}"): jnp.zeros((cfg.n_layers,) + a.shape[1:], a.dtype)
+                       for t, a in part.stacked.items()})
+        deltas.update({rename(k): jnp.zeros(a.shape, a.dtype) for k, a in part.outer.items()})
     return deltas, cache
 
 
-def _as_cache(cfg: Config, grads: dict, like: ActivationCache) -> ActivationCache:
+def _as_cache(cfg: Config, grads: dict, like):
     """Gradients of the zero deltas, arranged like the activation cache `like`."""
-    stacked = {t: grads[f"blocks.*.{t}"][jnp.asarray(like._held(t))] for t in like.stacked}
-    return dataclasses.replace(like, stacked=stacked, outer={k: grads[k] for k in like.outer})
+    def arrange(rename, part: ActivationCache) -> ActivationCache:
+        stacked = {t: grads[rename(f"blocks.*.{t}")][jnp.asarray(part._held(t))]
+                   for t in part.stacked}
+        return dataclasses.replace(part, stacked=stacked,
+                                   outer={k: grads[rename(k)] for k in part.outer})
+
+    parts = [arrange(*p) for p in _stack_caches(cfg, like)]
+    if cfg.cross_attention:
+        return dataclasses.replace(like, **dict(zip(STACKS, parts)))
+    return parts[0]
 
 
 def _value_and_grads(params, cfg: Config, tokens, metric: Metric, names_filter, metric_on: str,
                      fw: dict, keep_activations: bool):
-    names = hook_catalogue(cfg).select(names_filter)
+    names = catalogue(cfg).select(names_filter)
     if not names:
         raise ValueError(f"names_filter {names_filter!r} selects no hooks")
     deltas, like = zero_deltas(params, cfg, tokens, names, **fw)
@@ -126,7 +172,7 @@ def grad_wrt(params, cfg: Config, tokens, metric: Metric, names, *, metric_on: s
              **forward_kwargs) -> dict:
     """`{hook name: d metric / d activation}` (each the activation's shape) from one backward
     pass; called as `grad_wrt(model, tokens_or_text, metric, names)` or with `(params, cfg, ...)`."""
-    names = hook_catalogue(cfg).select(names)
+    names = catalogue(cfg).select(names)
     _, cache = grad_cache(params, cfg, jnp.asarray(tokens), metric, names, metric_on=metric_on,
                           **forward_kwargs)
     return {n: cache[n] for n in names}
@@ -140,7 +186,7 @@ def grad_times_activation(params, cfg: Config, tokens, metric: Metric, names_fil
     this). `{name: [*act_shape[:-1]]}`."""
     _, acts, grads = activations_and_grads(params, cfg, tokens, metric, names_filter,
                                            **forward_kwargs)
-    return {n: (grads[n] * acts[n]).sum(-1) for n in hook_catalogue(cfg).select(names_filter)}
+    return {n: (grads[n] * acts[n]).sum(-1) for n in catalogue(cfg).select(names_filter)}
 
 
 @model_or_params
@@ -150,7 +196,7 @@ def integrated_gradients(params, cfg: Config, tokens, metric: Metric, name: str,
     activations at hook `name` (the activation is patched to each path point):
     `(target - baseline) * mean_alpha grad(baseline + alpha (target - baseline))`, midpoint rule
     over `steps` points. Its sum approximates metric(target) - metric(baseline)."""
-    full = hook_catalogue(cfg).one(name, "integrated_gradients")
+    full = catalogue(cfg).one(name, "integrated_gradients")
     baseline, target = jnp.asarray(baseline), jnp.asarray(target)
     if baseline.shape != target.shape:
         raise ValueError(f"baseline {baseline.shape} and target {target.shape} must have one shape")

@@ -6,6 +6,8 @@ dotted paths such as "blocks.attn.W_Q") to `PartitionSpec`s over the param's own
 matching pattern wins, and rules given by the caller are tried before `DEFAULT_RULES`. In a
 spec, the name `LAYERS` stands for the leading layer axis of `blocks.*` params: it becomes the
 `layer_axis` argument (e.g. "data" for an FSDP-style split of the layers) or None (whole).
+An encoder-decoder's (T5) cross-attention and its encoder (params under "encoder.") split as
+the decoder's self-attention and MLP do.
 
 The forward never mentions devices: jit compiles it for whatever shardings its inputs carry.
 
@@ -34,16 +36,13 @@ from jtlens.core.params import param_shapes
 
 LAYERS = "layers"
 
-DEFAULT_RULES: tuple[tuple[str, P], ...] = (
-    # vocabulary split (GSPMD partitions the embedding gather and the unembedding matmul); a
-    # vocabulary the axis does not divide (GPT-2's 50257) splits d_model instead
-    ("embed.W_E", (P("model", None), P(None, "model"))),
-    ("unembed.W_U", (P(None, "model"), P("model", None))),
-    ("unembed.b_U", P("model")),
-    # attention heads (key/value heads for grouped-query attention)
-    ("blocks.attn.W_[QKV]", P(LAYERS, "model", None, None)),
-    ("blocks.attn.b_[QKV]", P(LAYERS, "model", None)),
-    ("blocks.attn.W_O", P(LAYERS, "model", None, None)),
+# The rules of one stack of blocks: a decoder's (its cross-attention, in an encoder-decoder,
+# split like its self-attention) and, under "encoder.", an encoder-decoder's encoder.
+_BLOCK_RULES: tuple[tuple[str, P], ...] = (
+    # attention heads (key/value heads for grouped-query attention); `*attn`: attn and cross_attn
+    ("blocks.*attn.W_[QKV]", P(LAYERS, "model", None, None)),
+    ("blocks.*attn.b_[QKV]", P(LAYERS, "model", None)),
+    ("blocks.*attn.W_O", P(LAYERS, "model", None, None)),
     ("blocks.attn.sinks", P(LAYERS, "model")),
     # the MLP's hidden width
     ("blocks.mlp.W_in", P(LAYERS, None, "model")),
@@ -58,7 +57,17 @@ DEFAULT_RULES: tuple[tuple[str, P], ...] = (
     ("blocks.mlp.experts.b_out", P(LAYERS, "expert", None)),
     # small per-layer tensors (norms, output biases): only the layer axis, if that is split
     ("blocks.*", P(LAYERS)),
-    ("*", P()),
+)
+
+DEFAULT_RULES: tuple[tuple[str, P], ...] = (
+    # vocabulary split (GSPMD partitions the embedding gather and the unembedding matmul); a
+    # vocabulary the axis does not divide (GPT-2's 50257) splits d_model instead
+    ("embed.W_E", (P("model", None), P(None, "model"))),
+    ("unembed.W_U", (P(None, "model"), P("model", None))),
+    ("unembed.b_U", P("model")),
+    *_BLOCK_RULES,
+    *((f"encoder.{pattern}", spec) for pattern, spec in _BLOCK_RULES),
+    ("*", P()),  # (T5's relative position bias tables, [buckets, heads], are small: whole)
 )
 
 

@@ -56,21 +56,27 @@ def _say(message: str) -> None:
 def load_model(name: str):
     """`HookedTransformer.from_pretrained(name)` as a causal LM with a tokenizer, any failure a
     UsageError."""
+    from jtlens.io.loading import load
     from jtlens.tl.hooked_transformer import HookedTransformer
 
     _say(f"loading {name} ...")
     try:
-        model = HookedTransformer.from_pretrained(name, progress=shown())
+        cfg, params, tokenizer = load(name, progress=shown())
     except Exception as err:  # noqa: BLE001 - any load failure is the user's model argument
         raise UsageError(f"cannot load model {name!r}: {_first_line(err)}") from None
-    if model.cfg.attention_dir != "causal":
+    if cfg.cross_attention:
+        raise UsageError(f"model {name!r} is an encoder-decoder ({cfg.original_architecture}); "
+                         f"jtlens run reports next-token predictions of causal decoders: use "
+                         f"jtlens.HookedEncoderDecoder in Python for it (run_with_cache, generate, "
+                         f"jtlens.grads, jtlens.patching.encoder_decoder)")
+    if cfg.attention_dir != "causal":
         raise UsageError(f"model {name!r} is a bidirectional encoder (BERT-style masked LM); jtlens "
                          f"reports next-token predictions of causal decoders: use "
                          f"jtlens.HookedEncoder in Python for it")
-    if model.tokenizer is None:
+    if tokenizer is None:
         raise UsageError(f"model {name!r} has no tokenizer (no tokenizer.json, vocab.json or "
                          f"tokenizer.model in its folder): save its tokenizer beside the weights")
-    return model
+    return HookedTransformer(cfg, params, tokenizer)
 
 
 def _decode(data: bytes, source: str) -> str:

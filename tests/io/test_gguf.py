@@ -67,8 +67,21 @@ FAMILIES = {  # GGUF architecture -> Hugging Face model
     "olmoe": lambda: transformers.OlmoeForCausalLM(transformers.OlmoeConfig(
         **SIZES, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, pad_token_id=0,
         eos_token_id=0)),
+    # An encoder-decoder (llama.cpp's enc.blk.N / dec.blk.N names), Flan-T5 style: gated GELU,
+    # the decoder output not rescaled (transformers 5 reads tie_word_embeddings=False so),
+    # relative distances up to 128 (llama.cpp's fixed maximum), 32 buckets.
+    "t5": lambda: transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=V, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_heads=4,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0)),
+    # v1.0's ReLU MLP (llama.cpp's ffn_up is then `wi`); llama.cpp does not rescale a tied
+    # unembedding as Hugging Face does for v1.0, so the oracle is told not to either.
+    "t5_relu": lambda: transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=V, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_heads=4,
+        feed_forward_proj="relu", scale_decoder_outputs=False, decoder_start_token_id=0)),
 }
-FILE_ARCH = {"mixtral": "llama"}  # a family's GGUF architecture, where the names differ
+ENCODER_DECODERS = ("t5", "t5_relu")
+DECODER_TOKENS = np.random.default_rng(1).integers(0, V, (2, 5))  # (an encoder-decoder's)
+FILE_ARCH = {"mixtral": "llama", "t5_relu": "t5"}  # a family's GGUF architecture, where the names differ
 EXPERTS = re.compile(r"(.*\.experts)\.(\d+)(\..*)")  # one expert's tensor
 # transformers' GGUF loader reads these families' tiny files as llama.cpp would. It has no gemma,
 # gptneox, olmo2, phi2 or bloom support; for qwen3 it ignores attention.key_length (head_dim 128 by
@@ -95,6 +108,20 @@ def _llama_cpp_layout(arch, name, w, hf):
 
 
 def _add_metadata(writer, arch, hf):
+    if arch == "t5":  # llama.cpp's T5Model.set_gguf_parameters
+        writer.add_name("tiny-t5")
+        writer.add_context_length(512)  # (n_positions, absent from T5Config: llama.cpp's default)
+        writer.add_embedding_length(hf.d_model)
+        writer.add_feed_forward_length(hf.d_ff)
+        writer.add_block_count(hf.num_layers)
+        writer.add_head_count(hf.num_heads)
+        writer.add_key_length(hf.d_kv)
+        writer.add_value_length(hf.d_kv)
+        writer.add_layer_norm_eps(hf.layer_norm_epsilon)
+        writer.add_relative_attn_buckets_count(hf.relative_attention_num_buckets)
+        writer.add_layer_norm_rms_eps(hf.layer_norm_epsilon)
+        writer.add_decoder_start_token_id(hf.decoder_start_token_id)
+        return
     get = lambda *keys: next(getattr(hf, k) for k in keys if hasattr(hf, k))  # noqa: E731
     D, H = get("hidden_size", "n_embd"), get("num_attention_heads", "n_head")
     writer.add_name(f"tiny-{arch}")
@@ -209,7 +236,9 @@ def write_gguf(path, family, model, qtype=Q.F32, tokenizer=True, metadata=True, 
         file_w = _llama_cpp_layout(arch, name, w, hf)
         if tensors and gguf_name in tensors:
             file_w = tensors[gguf_name]
-        if file_w.ndim >= 2 and qtype != Q.F32:
+        # (llama.cpp keeps a tensor whose rows are not whole blocks, T5's [32, 4] position
+        # bias, unquantised)
+        if file_w.ndim >= 2 and qtype != Q.F32 and file_w.shape[-1] % 32 == 0:
             data = gguf.quants.quantize(file_w, qtype)
             writer.add_tensor(gguf_name, data, raw_dtype=qtype)
             # Blocks run along rows, so llama.cpp's row permutations commute with the round trip;
@@ -243,8 +272,19 @@ def random_model(arch, seed=0):
 
 
 def hf_logits(model, tokens=TOKENS):
+    extra = ({"decoder_input_ids": torch.tensor(DECODER_TOKENS)} if model.config.is_encoder_decoder
+             else {})
     with torch.no_grad():
-        return model(torch.tensor(np.asarray(tokens))).logits.numpy()
+        return model(torch.tensor(np.asarray(tokens)), **extra).logits.numpy()
+
+
+def jtlens_logits(path, arch):
+    """(Config, logits) of the file loaded unprocessed by the class of its family."""
+    if arch in ENCODER_DECODERS:
+        ours = jtlens.HookedEncoderDecoder.from_pretrained(str(path), progress=False)
+        return ours.cfg, ours(TOKENS, decoder_input=DECODER_TOKENS)
+    ours = jtlens.HookedTransformer.from_pretrained_no_processing(str(path), progress=False)
+    return ours.cfg, ours(TOKENS)
 
 
 @pytest.fixture(scope="module")
@@ -271,9 +311,9 @@ def _cache(tmp_path, monkeypatch):
 @pytest.mark.parametrize("arch", list(FAMILIES))
 def test_gguf_logits_match_the_decoded_weights(files, arch, qtype):
     path, model = files(arch, qtype)
-    ours = jtlens.HookedTransformer.from_pretrained_no_processing(str(path), progress=False)
-    assert ours.cfg.original_architecture == type(model).__name__
-    assert max_diff(ours(TOKENS), hf_logits(model)) <= 1e-4
+    cfg, logits = jtlens_logits(path, arch)
+    assert cfg.original_architecture == type(model).__name__
+    assert max_diff(logits, hf_logits(model)) <= 1e-4
 
 
 @pytest.mark.slow

@@ -59,6 +59,11 @@ def close(a, b, what, tol=1e-5):
 LLAMA = jtlens.Config(n_layers=2, d_model=32, n_heads=8, d_head=4, d_mlp=64, n_ctx=16, d_vocab=64,
                       act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
                       gated_mlp=True, n_key_value_heads=2, initializer_range=0.2)
+T5 = jtlens.Config(n_layers=2, d_model=32, n_heads=8, d_head=4, d_mlp=64, n_ctx=16, d_vocab=64,
+                   act_fn="gelu_new", gated_mlp=True, normalization_type="RMS", use_attn_scale=False,
+                   positional_embedding_type="relative_positional_bias",
+                   relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                   cross_attention=True, initializer_range=0.2)
 GPT2 = jtlens.Config(n_layers=2, d_model=32, n_heads=8, d_head=4, d_mlp=64, n_ctx=16, d_vocab=64,
                      act_fn="gelu_new", normalization_type="LN", initializer_range=0.2)
 MESHES = [(1, 8), (2, 4), (8, 1)]
@@ -90,13 +95,44 @@ def everything(model, mesh):
                                       stop_at_eos=False)  # greedy tokens: equal, not close
     return out
 
+def everything_encoder_decoder(model, mesh):
+    # the same checks on a T5: encoder input `clean` / `corrupted`, decoder input `decoder`
+    from jtlens.core.encoder_decoder import encoder_decoder_forward
+    from jtlens.experiments.encoder_decoder_generation import generate_encoder_decoder
+    from jtlens.patching.encoder_decoder import encoder_decoder_position_sweep
+    cfg, decoder = model.cfg, clean[:, :4]
+    out = {"logits": model(clean, decoder_input=decoder)}
+    _, cache = model.run_with_cache(clean, decoder_input=decoder)
+    out["cache"] = to_host(cache)
+    delta = jnp.ones((cfg.n_layers, 1, 1, cfg.d_model)) * 0.1
+    hooks = jtlens.Hooks(patch={"encoder.0.hook_resid_post": (cache["encoder.0.hook_resid_post"], None)},
+                         add={"decoder.*.hook_resid_mid_cross": delta},
+                         fns={"decoder.1.cross_attn.hook_z": lambda z, hook: z * 0.5})
+    out["hooked"] = jax.jit(encoder_decoder_forward, static_argnames="cfg")(
+        model.params, corrupted, decoder, cfg=cfg, hooks=hooks)
+    for hook in ("encoder.*.hook_resid_pre", "decoder.*.cross_attn.hook_z"):
+        out[hook] = encoder_decoder_position_sweep(model.params, cfg, corrupted, decoder, hook,
+                                                   cache[hook], metric, chunk_size=8, progress=False)
+    value, grads = jtlens.grads.grad_cache(model.params, cfg, jnp.asarray(corrupted), metric,
+                                           decoder_tokens=decoder)
+    out["grads"] = (value, to_host(grads))
+    def loss(p):
+        logits = encoder_decoder_forward(p, corrupted, decoder, cfg)
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1]), decoder[:, 1:, None], -1).mean()
+    out["param_grads"] = to_host(jax.grad(loss)(model.params))
+    out["generate"] = generate_encoder_decoder(model.params, cfg, jnp.asarray(clean), 6,
+                                               decoder_start_token_id=0)  # greedy: equal tokens
+    return out
+
 for cfg, meshes in CASES:
     params = jtlens.init_params(cfg, jax.random.PRNGKey(1))
-    want = everything(jtlens.HookedTransformer(cfg, params), None)
+    Model, run = ((jtlens.HookedEncoderDecoder, everything_encoder_decoder) if cfg.cross_attention
+                  else (jtlens.HookedTransformer, everything))
+    want = run(Model(cfg, params), None)
     for shape in meshes:
         mesh = make_mesh(*shape)
         sharded = jtlens.shard_params(params, cfg, mesh)
-        got = everything(jtlens.HookedTransformer(cfg, sharded), mesh)
+        got = run(Model(cfg, sharded), mesh)
         for k in want:
             close(got[k], want[k], (cfg.normalization_type, shape, k))
         # params really are split: each device holds 1/|model| of every weight split over "model"
@@ -110,6 +146,11 @@ for cfg, meshes in CASES:
         attn = sharded["blocks"]["attn"]
         assert attn["W_Q"].addressable_shards[0].data.shape[1] == 8 // n_model
         assert sharded["blocks"]["mlp"]["W_in"].addressable_shards[0].data.shape[2] == 64 // n_model
+        if cfg.cross_attention:  # the encoder and the cross-attention split like the decoder
+            enc = sharded["encoder"]["blocks"]
+            for W in (sharded["blocks"]["cross_attn"]["W_K"], enc["attn"]["W_Q"], enc["attn"]["W_O"]):
+                assert W.addressable_shards[0].data.shape[1] == 8 // n_model
+            assert enc["mlp"]["W_gate"].addressable_shards[0].data.shape[2] == 64 // n_model
         if cfg is LLAMA and n_model > 2:  # 2 key/value heads do not divide 4 or 8: replicated
             assert attn["W_K"].sharding.is_fully_replicated, attn["W_K"].sharding
         print(cfg.normalization_type, shape, "ok", flush=True)
@@ -118,11 +159,13 @@ print("PARITY OK")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cfg, meshes", [("LLAMA", [(1, 8), (2, 4), (8, 1)]), ("GPT2", [(2, 4)])],
-                         ids=["gqa-1x8-2x4-8x1", "gpt2-2x4"])
+@pytest.mark.parametrize("cfg, meshes", [("LLAMA", [(1, 8), (2, 4), (8, 1)]), ("GPT2", [(2, 4)]),
+                                         ("T5", [(2, 4)])],
+                         ids=["gqa-1x8-2x4-8x1", "gpt2-2x4", "t5-2x4"])
 def test_meshes_give_one_devices_numbers_and_split_the_weights(cfg, meshes):
     # LLAMA: grouped-query (2 key/value heads), rotary, RMS, gated; GPT2: LayerNorm, absolute
-    # positions, every bias. One process per config: the one-device reference is computed once.
+    # positions, every bias; T5: an encoder-decoder (relative position bias, cross-attention).
+    # One process per config: the one-device reference is computed once.
     out = run_on_host_devices(PARITY.replace("for cfg, meshes in CASES:",
                                              f"for cfg, meshes in [({cfg}, {meshes})]:"), timeout=900)
     assert "PARITY OK" in out, out
@@ -171,6 +214,28 @@ def test_default_rules_split_heads_mlp_and_vocabulary_over_model():
         sharding.param_specs(jtlens.param_shapes(cfg), mesh, layer_axis="pipeline")
     with pytest.raises(ValueError, match="has 3 axes"):
         sharding.param_specs(jtlens.param_shapes(cfg), fake, rules=[("ln_final.w", P(None, None, None))])
+
+
+def test_default_rules_split_an_encoder_decoder_like_its_decoder():
+    """T5: cross-attention and the encoder's blocks (under "encoder.") get the decoder's specs;
+    the relative position bias tables stay whole."""
+    cfg = jtlens.Config(n_layers=2, d_model=8, n_heads=4, d_head=2, d_mlp=12, n_ctx=8, d_vocab=12,
+                        act_fn="relu", normalization_type="RMS", use_attn_scale=False,
+                        positional_embedding_type="relative_positional_bias",
+                        relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                        cross_attention=True)
+    fake = type("FakeMesh", (), {"shape": {"data": 2, "model": 4}})()
+    specs = sharding.param_specs(jtlens.param_shapes(cfg), fake, layer_axis="data")
+    decoder, encoder = specs["blocks"], specs["encoder"]["blocks"]
+    for W in ("W_Q", "W_K", "W_V", "W_O"):
+        assert decoder["attn"][W] == decoder["cross_attn"][W] == encoder["attn"][W] == \
+            P("data", "model", None, None), W
+    assert decoder["cross_attn"]["b_Q"] == encoder["attn"]["b_K"] == P("data", "model", None)
+    assert encoder["mlp"]["W_in"] == decoder["mlp"]["W_in"] == P("data", None, "model")
+    assert encoder["mlp"]["W_out"] == P("data", "model", None)
+    assert encoder["ln2"]["w"] == decoder["ln3"]["w"] == P("data", None)
+    assert specs["encoder"]["ln_final"]["w"] == P(None)
+    assert specs["rel_pos_bias"]["W_rel_pos"] == specs["encoder"]["rel_pos_bias"]["W_rel_pos"] == P(None, None)
 
 
 STREAM = COMMON + """

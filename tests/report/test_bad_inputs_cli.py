@@ -149,24 +149,41 @@ def test_corrupted_needs_answer_and_wrong(capsys, tmp_path):
     assert "--corrupted needs --answer and --wrong" in err
 
 
-@pytest.fixture(scope="module")
-def bert_folder(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    import transformers
-
-    folder = tmp_path_factory.mktemp("bert")
-    torch.manual_seed(0)
+def _bert(transformers):
     config = transformers.BertConfig(vocab_size=97, hidden_size=16, num_hidden_layers=1,
                                      num_attention_heads=2, intermediate_size=32,
                                      max_position_embeddings=16)
-    transformers.BertForMaskedLM(config).save_pretrained(folder)
-    return folder
+    return transformers.BertForMaskedLM(config)
 
 
-def test_bert_model_is_refused(capsys, bert_folder, tmp_path):
-    err = _one_line(capsys, 2, ["run", TEXT, "--model", str(bert_folder), "--out", str(tmp_path)])
-    assert "is a bidirectional encoder (BERT-style masked LM)" in err
-    assert "jtlens.HookedEncoder" in err
+def _t5(transformers):
+    config = transformers.T5Config(vocab_size=97, d_model=16, d_kv=8, d_ff=32, num_layers=1,
+                                   num_heads=2, relative_attention_num_buckets=8)
+    return transformers.T5ForConditionalGeneration(config)
+
+
+# The families `jtlens run` refuses (it reports a causal decoder's next token), and what the
+# message names instead.
+REFUSED = {"bert": (_bert, "is a bidirectional encoder (BERT-style masked LM)", "jtlens.HookedEncoder"),
+           "t5": (_t5, "is an encoder-decoder (T5ForConditionalGeneration)", "jtlens.HookedEncoderDecoder")}
+
+
+@pytest.fixture(scope="module", params=sorted(REFUSED))
+def refused_folder(request, tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    folder = tmp_path_factory.mktemp(request.param)
+    torch.manual_seed(0)
+    REFUSED[request.param][0](transformers).save_pretrained(folder)
+    return request.param, folder
+
+
+def test_encoders_and_encoder_decoders_are_refused(capsys, refused_folder, tmp_path):
+    family, folder = refused_folder
+    err = _one_line(capsys, 2, ["run", TEXT, "--model", str(folder), "--out", str(tmp_path)])
+    _, what, instead = REFUSED[family]
+    assert what in err and f"use {instead} in Python" in err, err
 
 
 @pytest.mark.slow

@@ -8,19 +8,16 @@ v1.1 model gets the gate (`wi_0`) and linear half (`wi_1`) by hand.
 
 from __future__ import annotations
 
-import copy
 import types
 
 import jax
 import numpy as np
 import pytest
 
-from tests.oracle import assert_caches_match, max_diff, rel_diff
+from tests.oracle import T5_SMALL, T5_VARIANTS, assert_caches_match, max_diff, rel_diff, t5_hf, tl_t5
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-from transformer_lens import HookedEncoderDecoder as TLHookedEncoderDecoder  # noqa: E402
-from transformer_lens.pretrained.weight_conversions.t5 import convert_t5_weights  # noqa: E402
 
 import jtlens  # noqa: E402
 from jtlens.conversions.common import ConversionError  # noqa: E402
@@ -28,53 +25,14 @@ from jtlens.core.encoder_decoder import encoder_decoder_forward, encoder_decoder
 from jtlens.hooked_encoder_decoder import HookedEncoderDecoder  # noqa: E402
 
 ATOL = 1e-4
-VOCAB = 64
-# Few buckets and a short max_distance, so 7-token inputs reach the logarithmic buckets too.
-SMALL = dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
-             relative_attention_num_buckets=8, relative_attention_max_distance=16,
-             decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-VARIANTS = {"v1_0": dict(feed_forward_proj="relu", tie_word_embeddings=True),
-            "v1_1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)}
-
-
-def tl_t5(hf, scaled: bool):
-    """TransformerLens's HookedEncoderDecoder on the Hugging Face weights (its converter; the
-    gated MLP's two input matrices added by hand)."""
-    c = hf.config
-    gated = c.is_gated_act
-    tl = TLHookedEncoderDecoder(dict(
-        d_model=c.d_model, d_head=c.d_kv, n_heads=c.num_heads, d_mlp=c.d_ff, d_vocab=c.vocab_size,
-        n_layers=c.num_layers, n_ctx=64, eps=c.layer_norm_epsilon,
-        act_fn="gelu_new" if gated else "relu", gated_mlp=gated,
-        positional_embedding_type="relative_positional_bias",
-        relative_attention_max_distance=c.relative_attention_max_distance,
-        relative_attention_num_buckets=c.relative_attention_num_buckets,
-        attention_dir="bidirectional", use_attn_scale=False, tie_word_embeddings=scaled,
-        device="cpu"), move_to_device=False).eval()
-    source = copy.deepcopy(hf)
-    extra = {}
-    if gated:
-        for stack, i in (("encoder", 1), ("decoder", 2)):
-            for l, block in enumerate(getattr(source, stack).block):
-                dense = block.layer[i].DenseReluDense
-                dense.wi = dense.wi_1  # TransformerLens's W_in: the linear half
-                extra[f"{stack}.{l}.mlp.W_gate"] = dense.wi_0.weight.T
-    state = dict(convert_t5_weights(source, tl.cfg), **extra)
-    missing, unexpected = tl.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.endswith(("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U",
-                                              "IGNORE", "mask")) for k in missing), missing
-    return tl
+VOCAB = T5_SMALL["vocab_size"]
+SMALL, VARIANTS = T5_SMALL, T5_VARIANTS
 
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
 def t5(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"t5_{request.param}")
-    torch.manual_seed(0)
-    hf = transformers.T5ForConditionalGeneration(
-        transformers.T5Config(**SMALL, **VARIANTS[request.param])).eval()
-    with torch.no_grad():  # norms start at one: randomise them so they count
-        for p in hf.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    hf = t5_hf(request.param)
     hf.save_pretrained(folder)
     model = HookedEncoderDecoder.from_pretrained(str(folder))
     rng = np.random.default_rng(0)
@@ -372,3 +330,39 @@ def test_sweep_and_generate_refuse_bad_inputs(t5):
         generate_encoder_decoder(*args, 2, decoder_start_token_id=999)
     with pytest.raises(ValueError, match="returns tokens only"):
         generate_encoder_decoder(*args, 2, decoder_start_token_id=0, hooks=Hooks(capture=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precomputed_cross", [True, False], ids=["cross_once", "cross_each_step"])
+def test_cached_decoder_steps_equal_the_full_decoder_run(t5, precomputed_cross):
+    """The decoder run one token at a time against a KeyValueCache (self-attention keys and
+    values cached, the relative bias read at each token's slot; cross-attention keys and values
+    projected once, or again each step) gives the logits of the whole decoder run, padding in
+    the encoder input included. 9 decoder tokens reach the logarithmic buckets."""
+    from jtlens.core.encoder_decoder import EncoderDecoderNames, encode
+    from jtlens.core.engine import run_model
+    from jtlens.core.hooks import HookRunner
+    from jtlens.core.kv_cache import KeyValueCache
+    from jtlens.core.pieces import cross_keys_values
+
+    params, cfg = t5.model.params, t5.model.cfg
+    decoder = np.random.default_rng(2).integers(2, VOCAB, (2, 9))
+    want = encoder_decoder_forward(params, t5.tokens, decoder, cfg, attention_mask=t5.mask)
+    names = EncoderDecoderNames(cfg)
+    encoded = encode(params, t5.tokens, cfg, HookRunner(None, names.stacks["encoder"]), t5.mask)[0]
+    cache = KeyValueCache.init(cfg, 2, 12, cross=cross_keys_values(params["blocks"], encoded)
+                               if precomputed_cross else None)
+
+    @jax.jit  # one compiled step, run 9 times
+    def step(token, cache):
+        out = run_model(params, token, cfg, HookRunner(None, names.stacks["decoder"]), "logits",
+                        False, None, None, None, None, True, None, kv_cache=cache,
+                        encoder=encoded, encoder_mask=t5.mask)
+        return out[0][:, 0], out[4]
+
+    steps = []
+    for i in range(decoder.shape[1]):
+        logits, cache = step(decoder[:, i:i + 1], cache)
+        steps.append(np.asarray(logits))
+    assert int(cache.length) == 9 and (cache.cross is not None) == precomputed_cross
+    assert rel_diff(np.stack(steps, 1), want) <= 1e-5

@@ -37,6 +37,7 @@ ARCHITECTURES = {
     "gpt2": "GPT2LMHeadModel",
     "gptneox": "GPTNeoXForCausalLM",
     "olmoe": "OlmoeForCausalLM",
+    "t5": "T5ForConditionalGeneration",  # an encoder-decoder: load it with HookedEncoderDecoder
 }
 TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.tokens")
 
@@ -106,6 +107,19 @@ def hf_config(reader) -> dict:
         return dict(common, hidden_size=D, n_layer=get("block_count"), n_head=H,
                     n_inner=get("feed_forward_length"), seq_length=get("context_length"),
                     layer_norm_epsilon=get("attention.layer_norm_epsilon"))
+    if arch == "t5":
+        # As llama.cpp runs the file: a gated MLP (GELU) exactly when ffn_gate tensors are there,
+        # relative distances bucketed up to 128 (fixed in llama.cpp), and the decoder output
+        # never scaled by d_model**-0.5 before the unembedding, tied or not.
+        gated = "enc.blk.0.ffn_gate.weight" in names
+        return dict(common, d_model=D, num_layers=get("block_count"), num_heads=H,
+                    d_kv=get("attention.key_length"), d_ff=get("feed_forward_length"),
+                    n_positions=get("context_length"),
+                    layer_norm_epsilon=get("attention.layer_norm_rms_epsilon"),
+                    relative_attention_num_buckets=get("attention.relative_buckets_count"),
+                    relative_attention_max_distance=128, scale_decoder_outputs=False,
+                    feed_forward_proj="gated-gelu" if gated else "relu",
+                    decoder_start_token_id=get("decoder_start_token_id", None))
     if arch == "gpt2":
         return dict(common, n_embd=D, n_layer=get("block_count"), n_head=H,
                     n_positions=get("context_length"), n_inner=get("feed_forward_length"),
@@ -197,6 +211,21 @@ OLMOE_BLOCK = dict(LLAMA_BLOCK, attn_q_norm=("self_attn.q_norm", "Q"),  # q/k no
                    ffn_gate_exps=("mlp.experts.{e}.gate_proj", "E,M,D"),
                    ffn_up_exps=("mlp.experts.{e}.up_proj", "E,M,D"),
                    ffn_down_exps=("mlp.experts.{e}.down_proj", "E,D,M"))
+T5_ATTENTION = {"attn_q": ("SelfAttention.q", "Q,D"), "attn_k": ("SelfAttention.k", "Q,D"),
+                "attn_v": ("SelfAttention.v", "Q,D"), "attn_o": ("SelfAttention.o", "D,Q"),
+                "attn_rel_b": ("SelfAttention.relative_attention_bias", "B,H"),
+                "attn_norm": ("layer_norm", "D")}
+T5_MLP = {"ffn_norm": ("layer_norm", "D"), "ffn_gate": ("DenseReluDense.wi_0", "M,D"),
+          "ffn_up": ("DenseReluDense.wi", "M,D"), "ffn_down": ("DenseReluDense.wo", "D,M")}
+# Stacks of blocks named `<stack>.blk.N.*` (T5): stack -> (Hugging Face prefix, table); T5's
+# sublayers are layer.0 (self-attention), [layer.1 (cross-attention)], then the MLP.
+STACKED_BLOCKS = {"t5": {
+    "enc": ("encoder.block", {**{k: (f"layer.0.{v}", s) for k, (v, s) in T5_ATTENTION.items()},
+                              **{k: (f"layer.1.{v}", s) for k, (v, s) in T5_MLP.items()}}),
+    "dec": ("decoder.block", {**{k: (f"layer.0.{v}", s) for k, (v, s) in T5_ATTENTION.items()},
+                              **{f"cross_{k}": (f"layer.1.{v.replace('SelfAttention', 'EncDecAttention')}", s)
+                                 for k, (v, s) in T5_ATTENTION.items()},
+                              **{k: (f"layer.2.{v}", s) for k, (v, s) in T5_MLP.items()}})}}
 BLOCKS = {
     "llama": ("model.layers", dict(LLAMA_BLOCK, **MIXTRAL_EXPERTS)),
     "olmoe": ("model.layers", OLMOE_BLOCK),
@@ -236,17 +265,21 @@ TOPS = {**{a: LLAMA_TOP for a in ("llama", "qwen2", "qwen3", "gemma", "gemma2", 
                   "output_norm": ("transformer.ln_f", "D"), "output": ("lm_head", "V,D")},
         "gptneox": {"token_embd": ("gpt_neox.embed_in", "V,D"),
                     "output_norm": ("gpt_neox.final_layer_norm", "D"),
-                    "output": ("embed_out", "V,D")}}
+                    "output": ("embed_out", "V,D")},
+        "t5": {"token_embd": ("shared", "V,D"), "enc.output_norm": ("encoder.final_layer_norm", "D"),
+               "dec.output_norm": ("decoder.final_layer_norm", "D"), "output": ("lm_head", "V,D")}}
 
 
 def _dims(hf: dict) -> dict:
     get = lambda *keys: next(hf[k] for k in keys if k in hf)  # noqa: E731
-    D, H = get("hidden_size", "n_embd"), get("num_attention_heads", "n_head")
-    d = hf.get("head_dim") or D // H
-    return dict(D=D, V=hf["vocab_size"], M=get("intermediate_size", "n_inner"),
+    D, H = get("hidden_size", "n_embd", "d_model"), get("num_attention_heads", "n_head", "num_heads")
+    d = hf.get("head_dim") or hf.get("d_kv") or D // H
+    return dict(D=D, V=hf["vocab_size"], M=get("intermediate_size", "n_inner", "d_ff"),
                 E=hf.get("num_local_experts") or hf.get("num_experts", 0),
                 C=get("max_position_embeddings", "n_positions", "seq_length"), d=d, Q=H * d,
-                K=hf.get("num_key_value_heads", H) * d)
+                K=hf.get("num_key_value_heads", H) * d, H=H,
+                B=hf.get("relative_attention_num_buckets", 0),
+                gated=str(hf.get("feed_forward_proj", "")).startswith("gated-"))
 
 
 def _shape(spec: str, dims: dict) -> tuple:
@@ -261,12 +294,16 @@ def hf_name(arch: str, name: str, dims: dict) -> tuple[str, tuple]:
     stem, _, kind = name.rpartition(".")
     parts = stem.split(".")
     if kind in ("weight", "bias"):
-        if parts[0] == "blk" and len(parts) == 3 and parts[1].isdigit():
-            prefix, table = BLOCKS[arch]
-            if parts[2] in table:
-                hf, spec = table[parts[2]]
+        if "blk" in parts[:2] and len(parts) == parts.index("blk") + 3 and parts[-2].isdigit():
+            stack = parts[0] if parts[0] != "blk" else None  # `enc.blk.N.*`: T5's stacks
+            prefix, table = (STACKED_BLOCKS.get(arch, {}).get(stack, (None, {})) if stack
+                             else BLOCKS.get(arch, (None, {})))
+            if parts[-1] in table:
+                hf, spec = table[parts[-1]]
+                if hf.endswith(".wi") and dims["gated"]:  # llama.cpp's ffn_up: wi, or wi_1 beside wi_0
+                    hf += "_1"
                 shape = _shape(spec, dims)
-                return f"{prefix}.{parts[1]}.{hf}.{kind}", shape if kind == "weight" else shape[:1]
+                return f"{prefix}.{parts[-2]}.{hf}.{kind}", shape if kind == "weight" else shape[:1]
         elif stem in TOPS[arch]:
             hf, spec = TOPS[arch][stem]
             shape = _shape(spec, dims)
