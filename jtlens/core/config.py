@@ -79,6 +79,13 @@ class Config:
     yarn_beta_slow: float = 1.0
     yarn_original_max_position_embeddings: int = 4096
     yarn_truncate: bool = True
+    # Qwen 1 (TransformerLens's names): past its training length train_seq_length (default
+    # n_ctx), log-n attention scales the queries and dynamic NTK widens the rotary base. Both are
+    # identities up to that length, and jtlens refuses longer inputs rather than run them
+    # without (see `position_limit`).
+    use_logn_attn: bool = False
+    use_dynamic_ntk_rope: bool = False
+    train_seq_length: Optional[int] = None
     n_key_value_heads: Optional[int] = None
     # Grouped-query attention's keys and values repeated to one per query head before hook_k /
     # hook_v (TransformerLens's flag): hooks see and edit [batch, pos, n_heads, d_head].
@@ -311,6 +318,15 @@ class Config:
         """Whether the model has a learned position table W_pos: "standard" adds it to the
         residual stream, "shortformer" only to the query and key inputs of every block."""
         return self.positional_embedding_type in ("standard", "shortformer")
+
+    @property
+    def position_limit(self) -> Optional[int]:
+        """The longest sequence the forward runs (None: any): n_ctx for learned positions;
+        the training length under Qwen 1's use_logn_attn / use_dynamic_ntk_rope, which change
+        attention past it in ways jtlens does not compute."""
+        if self.use_logn_attn or self.use_dynamic_ntk_rope:
+            return self.train_seq_length or self.n_ctx
+        return self.n_ctx if self.learned_positions else None
 
     @property
     def n_kv_heads(self) -> int:

@@ -220,11 +220,53 @@ def _tl_by_hand(model, name):
     return tl.eval()
 
 
+def _tl_qwen1(folder):
+    """TransformerLens 3.9's own Qwen 1 config and weight conversion, without the remote code
+    they need: config.json read as a plain PretrainedConfig, and the checkpoint's tensors as the
+    module tree (transformer.h[l].attn.c_attn.weight, ...) that convert_qwen_weights walks."""
+    from types import SimpleNamespace
+
+    import transformer_lens.loading_from_pretrained as lp
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformer
+    from transformer_lens.pretrained.weight_conversions import convert_qwen_weights
+
+    class StubAutoConfig:
+        @staticmethod
+        def from_pretrained(path, **kwargs):
+            return transformers.PretrainedConfig(**json.loads((folder / "config.json").read_text()))
+
+    def tree(flat):  # {"a.0.b": t} -> a[0].b = t (numbered children as lists)
+        heads = {}
+        for key, value in flat.items():
+            head, _, rest = key.partition(".")
+            heads.setdefault(head, {})[rest] = value
+        if all(rest == "" for sub in heads.values() for rest in sub):
+            return SimpleNamespace(**{h: sub[""] for h, sub in heads.items()})
+        if all(h.isdigit() for h in heads):
+            return [tree(heads[str(i)]) for i in range(len(heads))]
+        return SimpleNamespace(**{h: tree(sub) for h, sub in heads.items()})
+
+    original = lp.AutoConfig
+    lp.AutoConfig = StubAutoConfig
+    try:
+        cfg = lp.get_pretrained_model_config(str(folder), fold_ln=True, device="cpu",
+                                             dtype=torch.float32, trust_remote_code=True)
+    finally:
+        lp.AutoConfig = original
+    assert cfg.original_architecture == "QWenLMHeadModel"
+    cfg.tokenizer_name = None  # (a random checkpoint has none)
+    tl = HookedTransformer(cfg, move_to_device=False)
+    state = convert_qwen_weights(tree(load_file(str(folder / "model.safetensors"))), cfg)
+    tl.load_and_process_state_dict(state, **tl_processing(cfg))
+    return tl.eval()
+
+
 @pytest.mark.parametrize("name", TL_BY_HAND)
 def test_processed_model_matches_hand_built_transformer_lens_hook_by_hook(built, name):
     folder, model = built(name)
     cfg, params, _ = load(folder, progress=False)
-    tl = _tl_by_hand(model, name)
+    tl = _tl_qwen1(folder) if name == "qwen" else _tl_by_hand(model, name)
     with torch.no_grad():
         ref_logits, ref = tl.run_with_cache(torch.tensor(TOKENS))
     logits, cache = jtlens.forward_with_cache(params, TOKENS, cfg, hooks=jtlens.Hooks(capture=True))
@@ -354,3 +396,24 @@ def test_native_folder_applies_only_the_processing_still_missing(built, tmp_path
     assert max_diff(jtlens.forward(params2, TOKENS, cfg2), jtlens.forward(params_full, TOKENS, cfg_full)) <= 1e-5
     with pytest.warns(UserWarning, match="cannot be undone"):
         load(tmp_path / "native", progress=False, fold_ln=False)
+
+
+def test_qwen1_refuses_what_it_does_not_compute(built, tmp_path):
+    """Past its training length Qwen 1 changes its attention (log-n scaling, dynamic NTK
+    rotary), which jtlens does not compute: longer inputs are refused, also when n_ctx is raised."""
+    folder, _ = built("qwen")
+    model = jtlens.HookedTransformer.from_pretrained_no_processing(folder, progress=False,
+                                                                   n_ctx=128)
+    assert (model.cfg.use_logn_attn, model.cfg.use_dynamic_ntk_rope, model.cfg.train_seq_length) == (
+        True, True, 64)
+    with pytest.raises(ValueError, match="65 tokens.*train_seq_length.*=64"):
+        model(np.zeros((1, 65), np.int64))
+    with pytest.raises(ValueError, match="66 tokens.*train_seq_length.*=64"):
+        model.generate(np.zeros((1, 60), np.int64), max_new_tokens=6, stop_at_eos=False,
+                       verbose=False)
+    cfg = json.loads((folder / "config.json").read_text())
+    bad = tmp_path / "biased"
+    shutil.copytree(folder, bad)
+    (bad / "config.json").write_text(json.dumps(dict(cfg, no_bias=False)))
+    with pytest.raises(ConversionError, match="no_bias=false.*gate"):
+        load(bad, progress=False)

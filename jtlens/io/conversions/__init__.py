@@ -23,6 +23,7 @@ ARCHITECTURES = {
     "OPTForCausalLM": "opt",
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "llama",
+    "QWenLMHeadModel": "qwen",
     "Qwen2ForCausalLM": "llama",
     "Qwen3ForCausalLM": "llama",
     "GemmaForCausalLM": "llama",
