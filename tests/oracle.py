@@ -367,30 +367,52 @@ TL_CAN_LOAD = ("gpt2", "gptj", "gpt_neo", "opt", "neox", "llama", "mistral", "qw
 TL_BY_HAND = ("gemma", "gemma2", "gemma3", "gemma3_multimodal", "olmo", "olmo2", "phi", "qwen")
 
 
+# Qwen 1's tensor names for a Qwen 2 without grouped-query attention (the same function): per
+# layer, then outside the layers; q, k and v fuse into c_attn (rows: q, then k, then v).
+QWEN1_LAYER = {"input_layernorm": "ln_1", "post_attention_layernorm": "ln_2",
+               "self_attn.o_proj": "attn.c_proj", "mlp.up_proj": "mlp.w1",  # w2 is the gate
+               "mlp.gate_proj": "mlp.w2", "mlp.down_proj": "mlp.c_proj"}
+QWEN1_TOP = {"model.embed_tokens": "transformer.wte", "model.norm": "transformer.ln_f",
+             "lm_head": "lm_head"}
+
+
+def qwen1_tensors(sd: dict, n_layers: int) -> dict:
+    """A Qwen 2 state dict (numpy) under Qwen 1's names."""
+    out = {f"{QWEN1_TOP[k]}.weight": sd[f"{k}.weight"] for k in QWEN1_TOP if f"{k}.weight" in sd}
+    out.setdefault("lm_head.weight", sd["model.embed_tokens.weight"])  # never tied in Qwen 1
+    for l in range(n_layers):
+        a, b = f"model.layers.{l}", f"transformer.h.{l}"
+        out.update({f"{b}.{v}.weight": sd[f"{a}.{k}.weight"] for k, v in QWEN1_LAYER.items()})
+        for kind in ("weight", "bias"):
+            out[f"{b}.attn.c_attn.{kind}"] = np.concatenate(
+                [sd[f"{a}.self_attn.{x}_proj.{kind}"] for x in "qkv"])
+    return out
+
+
+def qwen2_tensors(sd: dict, n_layers: int) -> dict:
+    """Qwen 1 tensors (numpy) back under Qwen 2's names (qwen1_tensors' inverse)."""
+    out = {f"{k}.weight": sd[f"{v}.weight"] for k, v in QWEN1_TOP.items()}
+    for l in range(n_layers):
+        a, b = f"model.layers.{l}", f"transformer.h.{l}"
+        out.update({f"{a}.{k}.weight": sd[f"{b}.{v}.weight"] for k, v in QWEN1_LAYER.items()})
+        for kind in ("weight", "bias"):
+            q, k, v = np.split(sd[f"{b}.attn.c_attn.{kind}"], 3)
+            out.update({f"{a}.self_attn.q_proj.{kind}": q, f"{a}.self_attn.k_proj.{kind}": k,
+                        f"{a}.self_attn.v_proj.{kind}": v})
+    return out
+
+
 def save_as_qwen1(model, folder):
     """A Qwen2ForCausalLM without grouped-query attention written as a Qwen 1 checkpoint
     (QWenLMHeadModel's tensor names and config.json, as its remote code reads them): the same
     function, so the Qwen 2 model is the logits oracle."""
-    from safetensors.torch import save_file
+    from safetensors.numpy import save_file
 
     c = model.config
     assert c.num_key_value_heads == c.num_attention_heads
-    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    out = {"transformer.wte.weight": sd["model.embed_tokens.weight"],
-           "transformer.ln_f.weight": sd["model.norm.weight"],
-           "lm_head.weight": sd.get("lm_head.weight", sd["model.embed_tokens.weight"]).clone()}
-    for l in range(c.num_hidden_layers):
-        a, b = f"model.layers.{l}.self_attn", f"transformer.h.{l}"
-        for kind in ("weight", "bias"):  # q, k and v rows, one after the other
-            out[f"{b}.attn.c_attn.{kind}"] = torch.cat([sd[f"{a}.{x}_proj.{kind}"] for x in "qkv"])
-        m = f"model.layers.{l}.mlp"
-        out.update({f"{b}.attn.c_proj.weight": sd[f"{a}.o_proj.weight"],
-                    f"{b}.ln_1.weight": sd[f"model.layers.{l}.input_layernorm.weight"],
-                    f"{b}.ln_2.weight": sd[f"model.layers.{l}.post_attention_layernorm.weight"],
-                    f"{b}.mlp.w1.weight": sd[f"{m}.up_proj.weight"],  # w2 is the gate
-                    f"{b}.mlp.w2.weight": sd[f"{m}.gate_proj.weight"],
-                    f"{b}.mlp.c_proj.weight": sd[f"{m}.down_proj.weight"]})
-    save_file({k: v.contiguous() for k, v in out.items()}, str(folder / "model.safetensors"))
+    sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    save_file({k: np.ascontiguousarray(v) for k, v in qwen1_tensors(sd, c.num_hidden_layers).items()},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(dict(
         architectures=["QWenLMHeadModel"], model_type="qwen", vocab_size=c.vocab_size,
         hidden_size=c.hidden_size, num_attention_heads=c.num_attention_heads,

@@ -24,6 +24,7 @@ from jtlens.core.progress import shown
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM",  # Llama, Mistral-style, SmolLM ...: llama.cpp calls them all llama
     # (with llama.expert_count set: Mixtral, a llama whose MLPs are mixtures of experts)
+    "qwen": "QWenLMHeadModel",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "gemma": "GemmaForCausalLM",
@@ -118,6 +119,12 @@ def hf_config(reader) -> dict:
     sizes = dict(hidden_size=D, num_hidden_layers=get("block_count"), num_attention_heads=H,
                  intermediate_size=get("feed_forward_length"),
                  max_position_embeddings=get("context_length"))
+    if arch == "qwen":  # llama.cpp runs Qwen 1 without log-n attention or dynamic NTK rotary
+        return dict(common, hidden_size=D, num_hidden_layers=get("block_count"),
+                    num_attention_heads=H, intermediate_size=get("feed_forward_length"),
+                    seq_length=get("context_length"), rotary_emb_base=rotary["rope_theta"],
+                    rotary_pct=rotary["partial_rotary_factor"],
+                    layer_norm_epsilon=get("attention.layer_norm_rms_epsilon"))
     if arch == "phi2":
         return dict(common, **sizes, **rotary, hidden_act="gelu_new", num_key_value_heads=n_kv,
                     layer_norm_eps=get("attention.layer_norm_epsilon"))
@@ -170,8 +177,8 @@ def _gemma3_layers(get, n_layers: int, theta: float, scaling: str) -> dict:
 
 # ----------------------------------------------------------------------------- tensor names
 # Per family: GGUF name -> (Hugging Face name, expected shape as stored in the file, numpy order).
-# Shapes use the config: D model width, V vocabulary, M MLP width, C context, L layers, and for
-# attention Q = n_heads * d_head, K = n_kv_heads * d_head.
+# Shapes use the config: D model width, V vocabulary, M MLP width (m: half of it, Qwen 1's
+# MLP), C context, L layers, and for attention Q = n_heads * d_head, K = n_kv_heads * d_head.
 LLAMA_BLOCK = {
     "attn_norm": ("input_layernorm", "D"), "ffn_norm": ("post_attention_layernorm", "D"),
     "attn_q": ("self_attn.q_proj", "Q,D"), "attn_k": ("self_attn.k_proj", "K,D"),
@@ -203,6 +210,10 @@ OLMOE_BLOCK = dict(LLAMA_BLOCK, attn_q_norm=("self_attn.q_norm", "Q"),  # q/k no
 BLOCKS = {
     "llama": ("model.layers", dict(LLAMA_BLOCK, **MIXTRAL_EXPERTS)),
     "olmoe": ("model.layers", OLMOE_BLOCK),
+    "qwen": ("transformer.h", {  # (its MLP is half as wide as feed_forward_length: m)
+        "attn_norm": ("ln_1", "D"), "ffn_norm": ("ln_2", "D"), "attn_qkv": ("attn.c_attn", "3D,D"),
+        "attn_output": ("attn.c_proj", "D,D"), "ffn_up": ("mlp.w1", "m,D"),
+        "ffn_gate": ("mlp.w2", "m,D"), "ffn_down": ("mlp.c_proj", "D,m")}),
     "qwen2": ("model.layers", LLAMA_BLOCK),
     "qwen3": ("model.layers", LLAMA_BLOCK), "gemma": ("model.layers", LLAMA_BLOCK),
     "gemma2": ("model.layers", GEMMA2_BLOCK), "gemma3": ("model.layers", GEMMA2_BLOCK),
@@ -232,6 +243,8 @@ TOPS = {**{a: LLAMA_TOP for a in ("llama", "qwen2", "qwen3", "gemma", "gemma2", 
                                    "phi3", "olmoe")},
         "gpt2": {"token_embd": ("transformer.wte", "V,D"), "position_embd": ("transformer.wpe", "C,D"),
                  "output_norm": ("transformer.ln_f", "D"), "output": ("lm_head", "V,D")},
+        "qwen": {"token_embd": ("transformer.wte", "V,D"), "output_norm": ("transformer.ln_f", "D"),
+                 "output": ("lm_head", "V,D")},
         "phi2": {"token_embd": ("model.embed_tokens", "V,D"),
                  "output_norm": ("model.final_layernorm", "D"), "output": ("lm_head", "V,D")},
         "bloom": {"token_embd": ("transformer.word_embeddings", "V,D"),
@@ -246,7 +259,8 @@ def _dims(hf: dict) -> dict:
     get = lambda *keys: next(hf[k] for k in keys if k in hf)  # noqa: E731
     D, H = get("hidden_size", "n_embd"), get("num_attention_heads", "n_head")
     d = hf.get("head_dim") or D // H
-    return dict(D=D, V=hf["vocab_size"], M=get("intermediate_size", "n_inner"),
+    M = get("intermediate_size", "n_inner")
+    return dict(D=D, V=hf["vocab_size"], M=M, m=M // 2,
                 E=hf.get("num_local_experts") or hf.get("num_experts", 0),
                 C=get("max_position_embeddings", "n_positions", "seq_length"), d=d, Q=H * d,
                 K=hf.get("num_key_value_heads", H) * d)
