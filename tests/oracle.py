@@ -333,6 +333,13 @@ FAMILIES = {
                                                   num_experts_per_tok=2),
     "olmoe": lambda: transformers.OlmoeConfig(**SMALL, num_key_value_heads=2, num_experts=4,
                                               num_experts_per_tok=2, pad_token_id=0, eos_token_id=0),
+    # Qwen2-MoE: biased q/k/v, a shared expert (its own width) beside the routed ones
+    "qwen2_moe": lambda: transformers.Qwen2MoeConfig(
+        **SMALL, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=24, shared_expert_intermediate_size=40),
+    "qwen3_moe": lambda: transformers.Qwen3MoeConfig(
+        **SMALL, num_key_value_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=24, norm_topk_prob=True),
     # Attention sinks, YaRN rotary (its released settings), one sliding and one full layer, and
     # biased clamped-SwiGLU experts.
     "gpt_oss": lambda: transformers.GptOssConfig(
@@ -356,7 +363,8 @@ MODELS = {"gpt2": "GPT2LMHeadModel", "gptj": "GPTJForCausalLM", "gpt_neo": "GPTN
           "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM", "phi": "PhiForCausalLM",
           "bloom": "BloomForCausalLM", "apertus": "ApertusForCausalLM",
           "phi3": "Phi3ForCausalLM", "mixtral": "MixtralForCausalLM", "olmoe": "OlmoeForCausalLM",
-          "gpt_oss": "GptOssForCausalLM", "qwen": "QWenLMHeadModel"}
+          "gpt_oss": "GptOssForCausalLM", "qwen": "QWenLMHeadModel",
+          "qwen2_moe": "Qwen2MoeForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
 
 
 # The families TransformerLens 3.9 loads from a Hugging Face folder offline.

@@ -170,6 +170,10 @@ class Config:
     # * (clamp(up, +-limit) + 1) instead of act_fn(gate) * up.
     moe_biases: bool = False
     moe_softmax_after_topk: bool = False
+    # Qwen2-MoE: a shared gated expert of width shared_expert_d_mlp (params mlp.shared_expert.*)
+    # runs on every token beside the routed ones, its output scaled by
+    # sigmoid(x @ mlp.W_shared_expert_gate) (transformers' names; TransformerLens has none).
+    shared_expert_d_mlp: Optional[int] = None
     swiglu_limit: Optional[float] = None
     swiglu_alpha: float = 1.702
 
@@ -237,6 +241,10 @@ class Config:
                                        or self.swiglu_limit is not None),
               "moe_biases, moe_softmax_after_topk and swiglu_limit describe experts: set "
               "num_experts and experts_per_token too")
+        check(self.shared_expert_d_mlp is None or (self.num_experts and self.swiglu_limit is None
+                                                   and not self.moe_biases),
+              "shared_expert_d_mlp adds a shared expert beside routed ones: set num_experts and "
+              "experts_per_token too (and no moe_biases / swiglu_limit, which it has no variant of)")
         check(not self.use_yarn_rope or self.positional_embedding_type == "rotary",
               "use_yarn_rope scales rotary embeddings: set positional_embedding_type='rotary'")
         check(not (self.use_yarn_rope and (self.use_NTK_by_parts_rope or self.rotary_scaling_factor != 1)),

@@ -62,7 +62,7 @@ def test_unprocessed_logits_match_hugging_face(built, name):
     assert rel_diff(ours(TOKENS), hf_logits(model, TOKENS)) <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["mixtral", "olmoe", "gpt_oss"])
+@pytest.mark.parametrize("name", ["mixtral", "olmoe", "gpt_oss", "qwen2_moe"])
 def test_gather_dispatch_matches_hugging_face(built, name):
     """Mixtures of experts with each expert run on its gathered tokens only (Config options)."""
     folder, model = built(name)
@@ -417,3 +417,35 @@ def test_qwen1_refuses_what_it_does_not_compute(built, tmp_path):
     (bad / "config.json").write_text(json.dumps(dict(cfg, no_bias=False)))
     with pytest.raises(ConversionError, match="no_bias=false.*gate"):
         load(bad, progress=False)
+
+
+def test_qwen2_moe_shared_expert_hooks_match_hugging_face_modules(built, tmp_path):
+    """TransformerLens 3.9 cannot load Qwen2-MoE or Qwen3-MoE (NotImplementedError), so the
+    shared expert's hooks are checked against Hugging Face's own modules, and the processed
+    model's log-probs against Hugging Face's."""
+    folder, model = built("qwen2_moe")
+    seen = {}
+    for l, layer in enumerate(model.model.layers):
+        moe = layer.mlp
+        moe.shared_expert.down_proj.register_forward_pre_hook(
+            lambda m, args, l=l: seen.__setitem__(("post", l), args[0].numpy()))
+        moe.shared_expert_gate.register_forward_hook(
+            lambda m, args, out, l=l: seen.__setitem__(("weight", l), torch.sigmoid(out).numpy()))
+    logits = hf_logits(model, TOKENS)
+    ours = jtlens.HookedTransformer.from_pretrained_no_processing(folder, progress=False)
+    _, cache = ours.run_with_cache(TOKENS)
+    for l in range(2):
+        assert max_diff(cache[f"blocks.{l}.mlp.shared_expert.hook_post"], seen["post", l]) <= 1e-5
+        assert max_diff(cache[f"blocks.{l}.mlp.hook_shared_expert_weight"], seen["weight", l]) <= 1e-5
+    for name in ("qwen2_moe", "qwen3_moe"):
+        folder, model = built(name)
+        cfg, params, _ = load(folder, progress=False)
+        assert cfg.normalization_type == "RMSPre"  # ln2 folded into the experts and their gates
+        assert max_diff(jax.nn.log_softmax(jtlens.forward(params, TOKENS, cfg)),
+                        jax.nn.log_softmax(hf_logits(model, TOKENS))) <= 1e-4
+    cfg = json.loads((folder / "config.json").read_text())
+    dense = tmp_path / "dense"
+    shutil.copytree(folder, dense)
+    (dense / "config.json").write_text(json.dumps(dict(cfg, mlp_only_layers=[1])))
+    with pytest.raises(ConversionError, match=r"layers \[1\] have a dense MLP"):
+        load(dense, progress=False)

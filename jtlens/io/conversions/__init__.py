@@ -40,6 +40,8 @@ ARCHITECTURES = {
     "MixtralForCausalLM": "llama",
     "OlmoeForCausalLM": "llama",
     "GptOssForCausalLM": "llama",
+    "Qwen2MoeForCausalLM": "llama",
+    "Qwen3MoeForCausalLM": "llama",
     "BertForMaskedLM": "bert",
     "BertForPreTraining": "bert",
     "BertModel": "bert",
