@@ -67,6 +67,12 @@ FAMILIES = {  # GGUF architecture -> Hugging Face model
     # Qwen 1 (no transformers class): a Qwen 2 without grouped-query attention, written as Qwen 1
     "qwen": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
         **SIZES, num_key_value_heads=4)),
+    "qwen2moe": lambda: transformers.Qwen2MoeForCausalLM(transformers.Qwen2MoeConfig(
+        **SIZES, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=32, shared_expert_intermediate_size=64, norm_topk_prob=False)),
+    "qwen3moe": lambda: transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(
+        **SIZES, num_key_value_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=32, norm_topk_prob=True)),
     "olmoe": lambda: transformers.OlmoeForCausalLM(transformers.OlmoeConfig(
         **SIZES, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, pad_token_id=0,
         eos_token_id=0)),
@@ -94,6 +100,8 @@ def _llama_cpp_layout(arch, name, w, hf):
         return w.reshape(n, 3, -1, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
     if arch == "gpt2" and name.endswith(CONV1D):
         return w.T
+    if name.endswith("shared_expert_gate.weight"):
+        return w.reshape(-1)  # llama.cpp's converter squeezes tensors: [1, D] -> [D]
     return w
 
 
@@ -130,7 +138,7 @@ def _add_metadata(writer, arch, hf):
         writer.add_rope_scaling_factor(rope["factor"])
     head_dim = getattr(hf, "head_dim", None) or D // H
     writer.add_rope_dimension_count(head_dim)
-    if arch in ("gemma", "gemma2", "gemma3", "qwen3"):
+    if arch in ("gemma", "gemma2", "gemma3", "qwen3", "qwen3moe"):
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     if arch == "gemma2":
@@ -144,6 +152,10 @@ def _add_metadata(writer, arch, hf):
     if experts:
         writer.add_expert_count(experts)
         writer.add_expert_used_count(hf.num_experts_per_tok)
+    if arch in ("qwen2moe", "qwen3moe"):  # (llama.cpp's Qwen2MoeModel / Qwen3MoeModel)
+        writer.add_expert_feed_forward_length(hf.moe_intermediate_size)
+    if arch == "qwen2moe":
+        writer.add_expert_shared_feed_forward_length(hf.shared_expert_intermediate_size)
 
 
 def _add_tokenizer(writer):
