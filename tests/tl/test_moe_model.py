@@ -61,6 +61,7 @@ def test_moe_state_dict_and_fold_ln_as_transformer_lens(family):
         assert max_diff(model(tokens), tl(torch.as_tensor(np.asarray(tokens))).numpy()) <= 1e-4
 
 
+@pytest.mark.slow
 def test_shared_expert_hooks_and_state_dict_round_trip():
     """Qwen2-MoE's shared expert: its hooks over all tokens, and its weights in the flat state
     dict (nn.Linear layout) and back."""
