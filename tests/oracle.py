@@ -69,6 +69,10 @@ CONFIGS = {
     "qwen3_like": dict(BASE, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
                        gated_mlp=True, final_rms=True, use_qk_norm=True, n_key_value_heads=2,
                        use_split_qkv_input=False),
+    # Qwen 1: log-n attention and dynamic NTK rotary past a training length the tests stay within
+    "qwen_like": dict(BASE, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
+                      gated_mlp=True, final_rms=True, use_logn_attn=True, use_dynamic_ntk_rope=True,
+                      train_seq_length=16, use_split_qkv_input=False),
     "mixtral_like": dict(BASE, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
                          n_key_value_heads=2, gated_mlp=True, final_rms=True, d_mlp=32,
                          num_experts=4, experts_per_token=2, norm_topk_prob=True,
@@ -330,6 +334,13 @@ FAMILIES = {
                                                   num_experts_per_tok=2),
     "olmoe": lambda: transformers.OlmoeConfig(**SMALL, num_key_value_heads=2, num_experts=4,
                                               num_experts_per_tok=2, pad_token_id=0, eos_token_id=0),
+    # Qwen2-MoE: biased q/k/v, a shared expert (its own width) beside the routed ones
+    "qwen2_moe": lambda: transformers.Qwen2MoeConfig(
+        **SMALL, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=24, shared_expert_intermediate_size=40),
+    "qwen3_moe": lambda: transformers.Qwen3MoeConfig(
+        **SMALL, num_key_value_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=24, norm_topk_prob=True),
     # Attention sinks, YaRN rotary (its released settings), one sliding and one full layer, and
     # biased clamped-SwiGLU experts.
     "gpt_oss": lambda: transformers.GptOssConfig(
@@ -340,6 +351,9 @@ FAMILIES = {
     "phi": lambda: transformers.PhiConfig(**SMALL, partial_rotary_factor=0.5, pad_token_id=0),
     "phi3": lambda: transformers.Phi3Config(**SMALL, num_key_value_heads=2, sliding_window=5,
                                               pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    # Qwen 1 (remote code, no transformers class): a Qwen 2 without grouped-query attention
+    # computes the same, saved under Qwen 1's names (REMOTE_CODE).
+    "qwen": lambda: transformers.Qwen2Config(**SMALL, num_key_value_heads=4),
 }
 MODELS = {"gpt2": "GPT2LMHeadModel", "gptj": "GPTJForCausalLM", "gpt_neo": "GPTNeoForCausalLM",
           "opt": "OPTForCausalLM", "neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
@@ -350,28 +364,107 @@ MODELS = {"gpt2": "GPT2LMHeadModel", "gptj": "GPTJForCausalLM", "gpt_neo": "GPTN
           "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM", "phi": "PhiForCausalLM",
           "bloom": "BloomForCausalLM", "apertus": "ApertusForCausalLM",
           "phi3": "Phi3ForCausalLM", "mixtral": "MixtralForCausalLM", "olmoe": "OlmoeForCausalLM",
-          "gpt_oss": "GptOssForCausalLM"}
+          "gpt_oss": "GptOssForCausalLM", "qwen": "QWenLMHeadModel",
+          "qwen2_moe": "Qwen2MoeForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
 
 
 # The families TransformerLens 3.9 loads from a Hugging Face folder offline.
 TL_CAN_LOAD = ("gpt2", "gptj", "gpt_neo", "opt", "neox", "llama", "mistral", "qwen2", "qwen3", "phi3",
                "olmo3", "bloom", "apertus", "mixtral", "olmoe", "gpt_oss")
-# Those it supports but picks by hub name: tests build its config by hand (tests/io/test_conversions.py).
-TL_BY_HAND = ("gemma", "gemma2", "gemma3", "gemma3_multimodal", "olmo", "olmo2", "phi")
+# Those it supports but picks by hub name, or loads with remote code (Qwen 1): tests build its
+# config by hand or with its remote code's config stubbed (tests/io/test_conversions.py).
+TL_BY_HAND = ("gemma", "gemma2", "gemma3", "gemma3_multimodal", "olmo", "olmo2", "phi", "qwen")
+
+
+# Qwen 1's tensor names for a Qwen 2 without grouped-query attention (the same function): per
+# layer, then outside the layers; q, k and v fuse into c_attn (rows: q, then k, then v).
+QWEN1_LAYER = {"input_layernorm": "ln_1", "post_attention_layernorm": "ln_2",
+               "self_attn.o_proj": "attn.c_proj", "mlp.up_proj": "mlp.w1",  # w2 is the gate
+               "mlp.gate_proj": "mlp.w2", "mlp.down_proj": "mlp.c_proj"}
+QWEN1_TOP = {"model.embed_tokens": "transformer.wte", "model.norm": "transformer.ln_f",
+             "lm_head": "lm_head"}
+
+
+def qwen1_tensors(sd: dict, n_layers: int) -> dict:
+    """A Qwen 2 state dict (numpy) under Qwen 1's names."""
+    out = {f"{QWEN1_TOP[k]}.weight": sd[f"{k}.weight"] for k in QWEN1_TOP if f"{k}.weight" in sd}
+    out.setdefault("lm_head.weight", sd["model.embed_tokens.weight"])  # never tied in Qwen 1
+    for l in range(n_layers):
+        a, b = f"model.layers.{l}", f"transformer.h.{l}"
+        out.update({f"{b}.{v}.weight": sd[f"{a}.{k}.weight"] for k, v in QWEN1_LAYER.items()})
+        for kind in ("weight", "bias"):
+            out[f"{b}.attn.c_attn.{kind}"] = np.concatenate(
+                [sd[f"{a}.self_attn.{x}_proj.{kind}"] for x in "qkv"])
+    return out
+
+
+def qwen2_tensors(sd: dict, n_layers: int) -> dict:
+    """Qwen 1 tensors (numpy) back under Qwen 2's names (qwen1_tensors' inverse)."""
+    out = {f"{k}.weight": sd[f"{v}.weight"] for k, v in QWEN1_TOP.items()}
+    for l in range(n_layers):
+        a, b = f"model.layers.{l}", f"transformer.h.{l}"
+        out.update({f"{a}.{k}.weight": sd[f"{b}.{v}.weight"] for k, v in QWEN1_LAYER.items()})
+        for kind in ("weight", "bias"):
+            q, k, v = np.split(sd[f"{b}.attn.c_attn.{kind}"], 3)
+            out.update({f"{a}.self_attn.q_proj.{kind}": q, f"{a}.self_attn.k_proj.{kind}": k,
+                        f"{a}.self_attn.v_proj.{kind}": v})
+    return out
+
+
+def save_as_qwen1(model, folder):
+    """A Qwen2ForCausalLM without grouped-query attention written as a Qwen 1 checkpoint
+    (QWenLMHeadModel's tensor names and config.json, as its remote code reads them): the same
+    function, so the Qwen 2 model is the logits oracle."""
+    from safetensors.numpy import save_file
+
+    c = model.config
+    assert c.num_key_value_heads == c.num_attention_heads
+    sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    save_file({k: np.ascontiguousarray(v) for k, v in qwen1_tensors(sd, c.num_hidden_layers).items()},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(dict(
+        architectures=["QWenLMHeadModel"], model_type="qwen", vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size, num_attention_heads=c.num_attention_heads,
+        num_hidden_layers=c.num_hidden_layers, intermediate_size=2 * c.intermediate_size,
+        kv_channels=c.hidden_size // c.num_attention_heads, layer_norm_epsilon=c.rms_norm_eps,
+        rotary_emb_base=c.rope_parameters["rope_theta"], rotary_pct=1.0,
+        seq_length=c.max_position_embeddings, max_position_embeddings=c.max_position_embeddings,
+        no_bias=True, use_logn_attn=True, use_dynamic_ntk=True, scale_attn_weights=True,
+        tie_word_embeddings=False, initializer_range=0.02,
+        auto_map={"AutoModelForCausalLM": "modeling_qwen.QWenLMHeadModel"})))
+
+
+# Families whose checkpoints need remote code: name -> (the transformers class computing the
+# same function, the writer of its checkpoint in the family's own layout).
+REMOTE_CODE = {"qwen": ("Qwen2ForCausalLM", save_as_qwen1)}
+
+
+def hf_model(name, config=None):
+    """A randomly initialised transformers model of family `name` (its FAMILIES config unless
+    `config`): the family's own class or, for REMOTE_CODE families, its stand-in."""
+    cls = REMOTE_CODE[name][0] if name in REMOTE_CODE else MODELS[name]
+    return getattr(transformers, cls)(config or FAMILIES[name]()).eval()
+
+
+def save_hf(model, name, folder, **save_kw):
+    """Save a model of family `name` as that family's checkpoint folder."""
+    if name in REMOTE_CODE:
+        return REMOTE_CODE[name][1](model, folder)
+    model.save_pretrained(folder, **save_kw)
+    if name == "gpt2":  # TransformerLens 3.9 reads n_ctx, which transformers 5 no longer writes
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(dict(cfg, n_ctx=cfg["n_positions"])))
 
 
 def build_hf(name, folder, **save_kw):
     torch.manual_seed(0)
-    model = getattr(transformers, MODELS[name])(FAMILIES[name]()).eval()
+    model = hf_model(name)
     with torch.no_grad():  # HF initialises norms to one and biases to zero: randomise them
         for pname, p in model.named_parameters():
             if ("norm" in pname or "ln" in pname or pname.endswith(("bias", "sinks"))
                     or "act_fn" in pname):  # (act_fn: Apertus's per-layer xIELU)
                 p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(folder, **save_kw)
-    if name == "gpt2":  # TransformerLens 3.9 reads n_ctx, which transformers 5 no longer writes
-        cfg = json.loads((folder / "config.json").read_text())
-        (folder / "config.json").write_text(json.dumps(dict(cfg, n_ctx=cfg["n_positions"])))
+    save_hf(model, name, folder, **save_kw)
     return model
 
 

@@ -75,6 +75,13 @@ def check_attention_mask(mask, tokens_shape: tuple):
         ids_in_range(mask, 2, "attention_mask value", "use 1 for a token and 0 for padding")
 
 
+def context_name(cfg: Config) -> str:
+    """The Config field that `cfg.position_limit` comes from (for error messages)."""
+    if (cfg.use_logn_attn or cfg.use_dynamic_ntk_rope) and cfg.train_seq_length:
+        return "train_seq_length (past it, log-n attention and dynamic NTK rotary are not implemented)"
+    return "n_ctx"
+
+
 def check_tokens(tokens, cfg: Config):
     """A token batch [batch, pos]: its rank, length and ids (eagerly when concrete, through
     checkify when traced). Call it from every entry point that receives tokens."""
@@ -85,9 +92,11 @@ def check_tokens(tokens, cfg: Config):
                          f"sequence of at least one token")
     if np.dtype(tokens.dtype).kind not in "iu":
         raise ValueError(f"tokens hold {tokens.dtype} values; token ids must be integers")
-    if tokens.shape[1] > cfg.n_ctx and cfg.learned_positions:
+    limit = cfg.position_limit
+    if limit is not None and tokens.shape[1] > limit:
         raise ValueError(f"sequence of {tokens.shape[1]} tokens is longer than the model's context "
-                         f"n_ctx={cfg.n_ctx}; truncate the input (to_tokens(..., truncate=True))")
+                         f"{context_name(cfg)}={limit}; truncate the input "
+                         f"(to_tokens(..., truncate=True))")
     ids_in_range(tokens, cfg.d_vocab, "token id", "check the tokenizer matches the model",
                  "the vocabulary ")
 

@@ -79,6 +79,13 @@ class Config:
     yarn_beta_slow: float = 1.0
     yarn_original_max_position_embeddings: int = 4096
     yarn_truncate: bool = True
+    # Qwen 1 (TransformerLens's names): past its training length train_seq_length (default
+    # n_ctx), log-n attention scales the queries and dynamic NTK widens the rotary base. Both are
+    # identities up to that length, and jtlens refuses longer inputs rather than run them
+    # without (see `position_limit`).
+    use_logn_attn: bool = False
+    use_dynamic_ntk_rope: bool = False
+    train_seq_length: Optional[int] = None
     n_key_value_heads: Optional[int] = None
     # Grouped-query attention's keys and values repeated to one per query head before hook_k /
     # hook_v (TransformerLens's flag): hooks see and edit [batch, pos, n_heads, d_head].
@@ -163,6 +170,10 @@ class Config:
     # * (clamp(up, +-limit) + 1) instead of act_fn(gate) * up.
     moe_biases: bool = False
     moe_softmax_after_topk: bool = False
+    # Qwen2-MoE: a shared gated expert of width shared_expert_d_mlp (params mlp.shared_expert.*)
+    # runs on every token beside the routed ones, its output scaled by
+    # sigmoid(x @ mlp.W_shared_expert_gate) (transformers' names; TransformerLens has none).
+    shared_expert_d_mlp: Optional[int] = None
     swiglu_limit: Optional[float] = None
     swiglu_alpha: float = 1.702
 
@@ -230,6 +241,10 @@ class Config:
                                        or self.swiglu_limit is not None),
               "moe_biases, moe_softmax_after_topk and swiglu_limit describe experts: set "
               "num_experts and experts_per_token too")
+        check(self.shared_expert_d_mlp is None or (self.num_experts and self.swiglu_limit is None
+                                                   and not self.moe_biases),
+              "shared_expert_d_mlp adds a shared expert beside routed ones: set num_experts and "
+              "experts_per_token too (and no moe_biases / swiglu_limit, which it has no variant of)")
         check(not self.use_yarn_rope or self.positional_embedding_type == "rotary",
               "use_yarn_rope scales rotary embeddings: set positional_embedding_type='rotary'")
         check(not (self.use_yarn_rope and (self.use_NTK_by_parts_rope or self.rotary_scaling_factor != 1)),
@@ -311,6 +326,15 @@ class Config:
         """Whether the model has a learned position table W_pos: "standard" adds it to the
         residual stream, "shortformer" only to the query and key inputs of every block."""
         return self.positional_embedding_type in ("standard", "shortformer")
+
+    @property
+    def position_limit(self) -> Optional[int]:
+        """The longest sequence the forward runs (None: any): n_ctx for learned positions;
+        the training length under Qwen 1's use_logn_attn / use_dynamic_ntk_rope, which change
+        attention past it in ways jtlens does not compute."""
+        if self.use_logn_attn or self.use_dynamic_ntk_rope:
+            return self.train_seq_length or self.n_ctx
+        return self.n_ctx if self.learned_positions else None
 
     @property
     def n_kv_heads(self) -> int:

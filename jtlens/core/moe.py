@@ -1,9 +1,11 @@
-"""Mixture-of-experts MLP (Mixtral / OLMoE / GPT-OSS) with TransformerLens's MoE hooks.
+"""Mixture-of-experts MLP (Mixtral / OLMoE / GPT-OSS / Qwen2-MoE) with TransformerLens's MoE hooks.
 
 Expert weights are stacked on a leading expert axis (`experts.W_gate`, `experts.W_in`:
 [n_experts, d_model, d_mlp]; `experts.W_out`: [n_experts, d_mlp, d_model]; the router
 `W_router`: [d_model, n_experts]; under Config.moe_biases also `b_router` [n_experts] and
-`experts.b_gate` / `b_in` [n_experts, d_mlp], `experts.b_out` [n_experts, d_model]), so an
+`experts.b_gate` / `b_in` [n_experts, d_mlp], `experts.b_out` [n_experts, d_model]; under
+Config.shared_expert_d_mlp a shared expert `shared_expert.W_gate` / `W_in` / `W_out` and its
+gate `W_shared_expert_gate` [d_model, 1]), so an
 expert ablation or patching sweep is one `vmap` over that axis, and the params shard over an
 "expert" mesh axis. Two exact dispatch modes (Config.moe_dispatch): "dense" runs every expert
 on every token and weights the outputs by the (mostly zero) routing weights; "gather" runs
@@ -114,7 +116,24 @@ def moe_mlp(p: dict, x, ctx):
     else:
         out, overflow = gather_dispatch(p["experts"], flat, weights, indices, act, capacity(flat.shape[0], cfg))
         out = _checked(out, overflow)
+    if cfg.shared_expert_d_mlp:
+        out = out + shared_expert(p, flat, ctx)
     return out.reshape(batch, pos, d_model)
+
+
+def shared_expert(p: dict, x, ctx):
+    """Qwen2-MoE's shared expert on every token x [tokens, d_model] -> [tokens, d_model].
+
+    Its hooks are named as TransformerLens names a routed expert's, over all tokens:
+    mlp.shared_expert.hook_gate / hook_pre / hook_post [tokens, shared_expert_d_mlp], and
+    mlp.hook_shared_expert_weight [tokens, 1], the sigmoid gate scaling its output.
+    """
+    w = p["shared_expert"]
+    gate = ctx("mlp.shared_expert.hook_gate", x @ w["W_gate"])
+    pre = ctx("mlp.shared_expert.hook_pre", x @ w["W_in"])
+    post = ctx("mlp.shared_expert.hook_post", C.ACTIVATION_FNS[ctx.cfg.act_fn](gate) * pre)
+    weight = ctx("mlp.hook_shared_expert_weight", jax.nn.sigmoid(x @ p["W_shared_expert_gate"]))
+    return weight * (post @ w["W_out"])
 
 
 def _checked(out, overflow):

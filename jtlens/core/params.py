@@ -67,6 +67,10 @@ def param_shapes(cfg: Config) -> dict:
             if cfg.moe_biases:
                 mlp["b_router"] = (L, E)
                 mlp["experts"].update(b_gate=(L, E, M), b_in=(L, E, M), b_out=(L, E, D))
+            if cfg.shared_expert_d_mlp:  # (its gate: a router with one output)
+                S = cfg.shared_expert_d_mlp
+                mlp["shared_expert"] = {"W_gate": (L, D, S), "W_in": (L, D, S), "W_out": (L, S, D)}
+                mlp["W_shared_expert_gate"] = (L, D, 1)
         blocks["mlp"] = mlp
         norms["ln2"] = cfg.normalization_type
     if cfg.use_normalization_before_and_after:

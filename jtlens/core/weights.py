@@ -153,6 +153,9 @@ def fold_layer_norm(params: dict, cfg: Config) -> dict:
         ln2 = blocks.pop("ln2")
         _fold_into(blocks["mlp"], ("W_router",), ln2, center)
         _fold_into(blocks["mlp"]["experts"], ("W_gate", "W_in"), ln2, center)
+        if cfg.shared_expert_d_mlp:  # the shared expert and its gate read it too
+            _fold_into(blocks["mlp"], ("W_shared_expert_gate",), ln2, center)
+            _fold_into(blocks["mlp"]["shared_expert"], ("W_gate", "W_in"), ln2, center)
     if "ln2" in blocks:
         mlp = blocks["mlp"]
         if cfg.gated_mlp and "b" in blocks["ln2"]:
@@ -186,6 +189,9 @@ def center_writing(params: dict, cfg: Config) -> dict:
         experts = p["blocks"]["mlp"]["experts"]
         for name in ("W_out", "b_out") if cfg.moe_biases else ("W_out",):
             experts[name] = _center(experts[name], -1)
+        if cfg.shared_expert_d_mlp:
+            shared = p["blocks"]["mlp"]["shared_expert"]
+            shared["W_out"] = _center(shared["W_out"], -1)
     elif "mlp" in p["blocks"]:
         mlp = p["blocks"]["mlp"]
         mlp["W_out"], mlp["b_out"] = _center(mlp["W_out"], -1), _center(mlp["b_out"], -1)

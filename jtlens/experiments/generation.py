@@ -26,7 +26,7 @@ from jtlens.core.config import Config
 from jtlens.core import decode_layout as layout
 from jtlens.core.hooks import Hooks
 from jtlens.core.kv_cache import KeyValueCache, check_decoder
-from jtlens.core.checks import check_tokens
+from jtlens.core.checks import check_tokens, context_name
 from jtlens.core.forward import forward, forward_with_cache, forward_with_kv
 
 # The decode layout saves about 20 ms a step (GPT-2-small, batch 1, 2 cores: 43 -> 22-26 ms) and
@@ -123,10 +123,12 @@ def generate(params, cfg: Config, tokens, max_new_tokens: int, *, key: Optional[
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
     total = tokens.shape[1] + int(max_new_tokens)
-    if total > cfg.n_ctx:
+    limit = min(cfg.n_ctx, cfg.position_limit or cfg.n_ctx)
+    if total > limit:
         raise ValueError(f"the prompt ({tokens.shape[1]} tokens) plus max_new_tokens="
                          f"{max_new_tokens} is {total} tokens, beyond the model's context "
-                         f"n_ctx={cfg.n_ctx}; shorten the prompt or ask for fewer tokens")
+                         f"{'n_ctx' if limit == cfg.n_ctx else context_name(cfg)}={limit}; "
+                         f"shorten the prompt or ask for fewer tokens")
     sampling.check_options(do_sample, top_k, top_p, temperature, freq_penalty)
     stop_tokens: tuple = ()
     if stop_at_eos:

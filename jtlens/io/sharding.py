@@ -55,6 +55,9 @@ _BLOCK_RULES: tuple[tuple[str, P], ...] = (
     ("blocks.mlp.experts.W_out", P(LAYERS, "expert", "model", None)),
     ("blocks.mlp.experts.b_[gi]*", P(LAYERS, "expert", "model")),  # (b_gate, b_in)
     ("blocks.mlp.experts.b_out", P(LAYERS, "expert", None)),
+    # Qwen2-MoE's shared expert: its hidden width over "model", as a dense MLP's
+    ("blocks.mlp.shared_expert.W_[gi]*", P(LAYERS, None, "model")),  # (W_gate, W_in)
+    ("blocks.mlp.shared_expert.W_out", P(LAYERS, "model", None)),
     # small per-layer tensors (norms, output biases): only the layer axis, if that is split
     ("blocks.*", P(LAYERS)),
 )

@@ -36,6 +36,10 @@ FAMILIES["moe_ln"] = jtlens.Config(**{**CONFIGS["mixtral_like"], "d_model": 32, 
                                      "d_head": 8, "d_vocab": 50, "normalization_type": "LN",
                                      "final_rms": False})
 
+# Qwen2-MoE's shared expert and its sigmoid gate read ln2 too, and write to the residual.
+FAMILIES["moe_shared_expert"] = jtlens.Config(**{**CONFIGS["mixtral_like"], "d_model": 32, "n_ctx": 16,
+                                                "d_head": 8, "d_vocab": 50, "shared_expert_d_mlp": 24})
+
 STEPS = {"all": {}, "no_center_writing": dict(center_writing_weights=False),
          "no_fold_ln": dict(fold_ln=False), "refactor": dict(refactor_factored_attn_matrices=True)}
 

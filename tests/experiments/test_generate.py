@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 import jtlens  # noqa: E402
 from jtlens.loading import load  # noqa: E402
-from tests.oracle import FAMILIES, MODELS, TL_CAN_LOAD, max_diff, tl_from_folder  # noqa: E402
+from tests.oracle import FAMILIES, TL_CAN_LOAD, hf_model, max_diff, save_hf, tl_from_folder  # noqa: E402
 
 N_NEW = 32
 LENGTHS = (7, 3, 6, 1)  # a batch of 4 prompts of different lengths, left-padded to 7
@@ -35,7 +35,7 @@ def family(name, sharp=True):
     torch.manual_seed(0)
     config = FAMILIES[name]()
     config.tie_word_embeddings = not sharp and config.tie_word_embeddings
-    hf = getattr(transformers, MODELS[name])(config).eval()
+    hf = hf_model(name, config)
     with torch.no_grad():
         for pname, p in hf.named_parameters():
             if p.ndim >= 2 and sharp:
@@ -45,11 +45,7 @@ def family(name, sharp=True):
     hf.generation_config.eos_token_id = None  # stop only where a test says so
     hf.generation_config.pad_token_id = 0
     folder = pathlib.Path(tempfile.mkdtemp())  # no family name in the path: TL guesses by it
-    hf.save_pretrained(folder)
-    if name == "gpt2":  # TransformerLens 3.9 reads n_ctx, which transformers 5 no longer writes
-        import json
-        cfg = json.loads((folder / "config.json").read_text())
-        (folder / "config.json").write_text(json.dumps(dict(cfg, n_ctx=cfg["n_positions"])))
+    save_hf(hf, name, folder)
     model = jtlens.HookedTransformer.from_pretrained_no_processing(folder, progress=False)
     return folder, hf, model
 

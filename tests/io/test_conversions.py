@@ -62,7 +62,7 @@ def test_unprocessed_logits_match_hugging_face(built, name):
     assert rel_diff(ours(TOKENS), hf_logits(model, TOKENS)) <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["mixtral", "olmoe", "gpt_oss"])
+@pytest.mark.parametrize("name", ["mixtral", "olmoe", "gpt_oss", "qwen2_moe"])
 def test_gather_dispatch_matches_hugging_face(built, name):
     """Mixtures of experts with each expert run on its gathered tokens only (Config options)."""
     folder, model = built(name)
@@ -220,11 +220,53 @@ def _tl_by_hand(model, name):
     return tl.eval()
 
 
+def _tl_qwen1(folder):
+    """TransformerLens 3.9's own Qwen 1 config and weight conversion, without the remote code
+    they need: config.json read as a plain PretrainedConfig, and the checkpoint's tensors as the
+    module tree (transformer.h[l].attn.c_attn.weight, ...) that convert_qwen_weights walks."""
+    from types import SimpleNamespace
+
+    import transformer_lens.loading_from_pretrained as lp
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformer
+    from transformer_lens.pretrained.weight_conversions import convert_qwen_weights
+
+    class StubAutoConfig:
+        @staticmethod
+        def from_pretrained(path, **kwargs):
+            return transformers.PretrainedConfig(**json.loads((folder / "config.json").read_text()))
+
+    def tree(flat):  # {"a.0.b": t} -> a[0].b = t (numbered children as lists)
+        heads = {}
+        for key, value in flat.items():
+            head, _, rest = key.partition(".")
+            heads.setdefault(head, {})[rest] = value
+        if all(rest == "" for sub in heads.values() for rest in sub):
+            return SimpleNamespace(**{h: sub[""] for h, sub in heads.items()})
+        if all(h.isdigit() for h in heads):
+            return [tree(heads[str(i)]) for i in range(len(heads))]
+        return SimpleNamespace(**{h: tree(sub) for h, sub in heads.items()})
+
+    original = lp.AutoConfig
+    lp.AutoConfig = StubAutoConfig
+    try:
+        cfg = lp.get_pretrained_model_config(str(folder), fold_ln=True, device="cpu",
+                                             dtype=torch.float32, trust_remote_code=True)
+    finally:
+        lp.AutoConfig = original
+    assert cfg.original_architecture == "QWenLMHeadModel"
+    cfg.tokenizer_name = None  # (a random checkpoint has none)
+    tl = HookedTransformer(cfg, move_to_device=False)
+    state = convert_qwen_weights(tree(load_file(str(folder / "model.safetensors"))), cfg)
+    tl.load_and_process_state_dict(state, **tl_processing(cfg))
+    return tl.eval()
+
+
 @pytest.mark.parametrize("name", TL_BY_HAND)
 def test_processed_model_matches_hand_built_transformer_lens_hook_by_hook(built, name):
     folder, model = built(name)
     cfg, params, _ = load(folder, progress=False)
-    tl = _tl_by_hand(model, name)
+    tl = _tl_qwen1(folder) if name == "qwen" else _tl_by_hand(model, name)
     with torch.no_grad():
         ref_logits, ref = tl.run_with_cache(torch.tensor(TOKENS))
     logits, cache = jtlens.forward_with_cache(params, TOKENS, cfg, hooks=jtlens.Hooks(capture=True))
@@ -354,3 +396,56 @@ def test_native_folder_applies_only_the_processing_still_missing(built, tmp_path
     assert max_diff(jtlens.forward(params2, TOKENS, cfg2), jtlens.forward(params_full, TOKENS, cfg_full)) <= 1e-5
     with pytest.warns(UserWarning, match="cannot be undone"):
         load(tmp_path / "native", progress=False, fold_ln=False)
+
+
+def test_qwen1_refuses_what_it_does_not_compute(built, tmp_path):
+    """Past its training length Qwen 1 changes its attention (log-n scaling, dynamic NTK
+    rotary), which jtlens does not compute: longer inputs are refused, also when n_ctx is raised."""
+    folder, _ = built("qwen")
+    model = jtlens.HookedTransformer.from_pretrained_no_processing(folder, progress=False,
+                                                                   n_ctx=128)
+    assert (model.cfg.use_logn_attn, model.cfg.use_dynamic_ntk_rope, model.cfg.train_seq_length) == (
+        True, True, 64)
+    with pytest.raises(ValueError, match="65 tokens.*train_seq_length.*=64"):
+        model(np.zeros((1, 65), np.int64))
+    with pytest.raises(ValueError, match="66 tokens.*train_seq_length.*=64"):
+        model.generate(np.zeros((1, 60), np.int64), max_new_tokens=6, stop_at_eos=False,
+                       verbose=False)
+    cfg = json.loads((folder / "config.json").read_text())
+    bad = tmp_path / "biased"
+    shutil.copytree(folder, bad)
+    (bad / "config.json").write_text(json.dumps(dict(cfg, no_bias=False)))
+    with pytest.raises(ConversionError, match="no_bias=false.*gate"):
+        load(bad, progress=False)
+
+
+def test_qwen2_moe_shared_expert_hooks_match_hugging_face_modules(built, tmp_path):
+    """TransformerLens 3.9 cannot load Qwen2-MoE or Qwen3-MoE (NotImplementedError), so the
+    shared expert's hooks are checked against Hugging Face's own modules, and the processed
+    model's log-probs against Hugging Face's."""
+    folder, model = built("qwen2_moe")
+    seen = {}
+    for l, layer in enumerate(model.model.layers):
+        moe = layer.mlp
+        moe.shared_expert.down_proj.register_forward_pre_hook(
+            lambda m, args, l=l: seen.__setitem__(("post", l), args[0].numpy()))
+        moe.shared_expert_gate.register_forward_hook(
+            lambda m, args, out, l=l: seen.__setitem__(("weight", l), torch.sigmoid(out).numpy()))
+    logits = hf_logits(model, TOKENS)
+    ours = jtlens.HookedTransformer.from_pretrained_no_processing(folder, progress=False)
+    _, cache = ours.run_with_cache(TOKENS)
+    for l in range(2):
+        assert max_diff(cache[f"blocks.{l}.mlp.shared_expert.hook_post"], seen["post", l]) <= 1e-5
+        assert max_diff(cache[f"blocks.{l}.mlp.hook_shared_expert_weight"], seen["weight", l]) <= 1e-5
+    for name in ("qwen2_moe", "qwen3_moe"):
+        folder, model = built(name)
+        cfg, params, _ = load(folder, progress=False)
+        assert cfg.normalization_type == "RMSPre"  # ln2 folded into the experts and their gates
+        assert max_diff(jax.nn.log_softmax(jtlens.forward(params, TOKENS, cfg)),
+                        jax.nn.log_softmax(hf_logits(model, TOKENS))) <= 1e-4
+    cfg = json.loads((folder / "config.json").read_text())
+    dense = tmp_path / "dense"
+    shutil.copytree(folder, dense)
+    (dense / "config.json").write_text(json.dumps(dict(cfg, mlp_only_layers=[1])))
+    with pytest.raises(ConversionError, match=r"layers \[1\] have a dense MLP"):
+        load(dense, progress=False)

@@ -22,7 +22,7 @@ import jtlens  # noqa: E402
 import jtlens.conversions.__main__ as conversions_cli  # noqa: E402  (an alias: import it whole)
 from jtlens.conversions import gguf as gguf_conversion  # noqa: E402
 from jtlens.conversions.common import ConversionError  # noqa: E402
-from tests.oracle import max_diff  # noqa: E402
+from tests.oracle import MODELS, REMOTE_CODE, max_diff, qwen2_tensors, save_hf  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 TOKENIZER = json.loads((Path(jtlens.__file__).parent / "assets/jtlens-tiny/tokenizer.json").read_text())
@@ -64,6 +64,15 @@ FAMILIES = {  # GGUF architecture -> Hugging Face model
     # llama.cpp writes Mixtral as a llama with llama.expert_count and stacked expert tensors.
     "mixtral": lambda: transformers.MixtralForCausalLM(transformers.MixtralConfig(
         **SIZES, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)),
+    # Qwen 1 (no transformers class): a Qwen 2 without grouped-query attention, written as Qwen 1
+    "qwen": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        **SIZES, num_key_value_heads=4)),
+    "qwen2moe": lambda: transformers.Qwen2MoeForCausalLM(transformers.Qwen2MoeConfig(
+        **SIZES, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=32, shared_expert_intermediate_size=64, norm_topk_prob=False)),
+    "qwen3moe": lambda: transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(
+        **SIZES, num_key_value_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=32, norm_topk_prob=True)),
     "olmoe": lambda: transformers.OlmoeForCausalLM(transformers.OlmoeConfig(
         **SIZES, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, pad_token_id=0,
         eos_token_id=0)),
@@ -104,6 +113,8 @@ def _llama_cpp_layout(arch, name, w, hf):
         return w.reshape(n, 3, -1, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
     if arch == "gpt2" and name.endswith(CONV1D):
         return w.T
+    if name.endswith("shared_expert_gate.weight"):
+        return w.reshape(-1)  # llama.cpp's converter squeezes tensors: [1, D] -> [D]
     return w
 
 
@@ -131,6 +142,11 @@ def _add_metadata(writer, arch, hf):
     writer.add_feed_forward_length(getattr(hf, "intermediate_size", getattr(hf, "n_inner", None))
                                    or 4 * D)
     writer.add_head_count(H)
+    if arch == "qwen":  # llama.cpp's QwenModel reads Qwen 1's config.json keys
+        writer.add_layer_norm_rms_eps(hf.layer_norm_epsilon)
+        writer.add_rope_freq_base(hf.rotary_emb_base)
+        writer.add_rope_dimension_count(D // H)
+        return
     if arch in ("gpt2", "bloom"):
         writer.add_layer_norm_eps(hf.layer_norm_epsilon)
         return
@@ -149,7 +165,7 @@ def _add_metadata(writer, arch, hf):
         writer.add_rope_scaling_factor(rope["factor"])
     head_dim = getattr(hf, "head_dim", None) or D // H
     writer.add_rope_dimension_count(head_dim)
-    if arch in ("gemma", "gemma2", "gemma3", "qwen3"):
+    if arch in ("gemma", "gemma2", "gemma3", "qwen3", "qwen3moe"):
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     if arch == "gemma2":
@@ -163,6 +179,10 @@ def _add_metadata(writer, arch, hf):
     if experts:
         writer.add_expert_count(experts)
         writer.add_expert_used_count(hf.num_experts_per_tok)
+    if arch in ("qwen2moe", "qwen3moe"):  # (llama.cpp's Qwen2MoeModel / Qwen3MoeModel)
+        writer.add_expert_feed_forward_length(hf.moe_intermediate_size)
+    if arch == "qwen2moe":
+        writer.add_expert_shared_feed_forward_length(hf.shared_expert_intermediate_size)
 
 
 def _add_tokenizer(writer):
@@ -178,14 +198,20 @@ def _add_tokenizer(writer):
     writer.add_pad_token_id(0)
 
 
-def checkpoint_tensors(model) -> dict:
-    """The tensors as save_pretrained writes them, which llama.cpp's converter reads
-    (transformers 5 fuses Mixtral's experts in memory and splits them again on saving)."""
+def checkpoint(model, family) -> tuple:
+    """(tensors, config) as the family's checkpoint folder holds them, which llama.cpp's converter
+    reads (transformers 5 fuses Mixtral's experts in memory and splits them again on saving; Qwen 1
+    is written under its own names and config.json, tests/oracle.py's REMOTE_CODE)."""
+    from types import SimpleNamespace
+
     from safetensors.numpy import load_file
 
     with tempfile.TemporaryDirectory() as folder:
-        model.save_pretrained(folder)
-        return {k: v.astype(np.float32) for k, v in load_file(f"{folder}/model.safetensors").items()}
+        save_hf(model, family, Path(folder))
+        config = (SimpleNamespace(**json.loads((Path(folder) / "config.json").read_text()))
+                  if family in REMOTE_CODE else model.config)
+        return ({k: v.astype(np.float32) for k, v in load_file(f"{folder}/model.safetensors").items()},
+                config)
 
 
 def with_weights(model, tensors: dict):
@@ -217,7 +243,7 @@ def write_gguf(path, family, model, qtype=Q.F32, tokenizer=True, metadata=True, 
     stacked experts, matrices quantised to `qtype`, norms and biases F32). Returns the Hugging
     Face state dict the file decodes to: quantised tensors round-tripped through gguf.quants."""
     arch = FILE_ARCH.get(family, family)
-    hf = model.config
+    state, hf = checkpoint(model, family)
     names = gguf.get_tensor_name_map(next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch),
                                      hf.num_hidden_layers)
     writer = gguf.GGUFWriter(str(path), arch)
@@ -226,7 +252,7 @@ def write_gguf(path, family, model, qtype=Q.F32, tokenizer=True, metadata=True, 
     if tokenizer:
         _add_tokenizer(writer)
     decoded = {}
-    state = _stack_experts(checkpoint_tensors(model))
+    state = _stack_experts(state)
     for name, w in state.items():
         if name == "lm_head.weight" and hf.tie_word_embeddings:
             continue  # llama.cpp leaves a tied output out (GPT-2's unembedding included)
@@ -258,7 +284,7 @@ def write_gguf(path, family, model, qtype=Q.F32, tokenizer=True, metadata=True, 
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return decoded
+    return qwen2_tensors(decoded, hf.num_hidden_layers) if family == "qwen" else decoded
 
 
 def random_model(arch, seed=0):
@@ -312,7 +338,7 @@ def _cache(tmp_path, monkeypatch):
 def test_gguf_logits_match_the_decoded_weights(files, arch, qtype):
     path, model = files(arch, qtype)
     cfg, logits = jtlens_logits(path, arch)
-    assert cfg.original_architecture == type(model).__name__
+    assert cfg.original_architecture == (MODELS[arch] if arch in REMOTE_CODE else type(model).__name__)
     assert max_diff(logits, hf_logits(model)) <= 1e-4
 
 

@@ -174,7 +174,9 @@ def test_meshes_give_one_devices_numbers_and_split_the_weights(cfg, meshes):
 def test_default_rules_split_experts_over_expert_axis():
     shapes = {"blocks": {"mlp": {"W_router": (2, 8, 4), "experts": {
         "W_in": (2, 4, 8, 12), "W_gate": (2, 4, 8, 12), "W_out": (2, 4, 12, 8),
-        "b_in": (2, 4, 12), "b_gate": (2, 4, 12), "b_out": (2, 4, 8)}},  # (GPT-OSS's biases)
+        "b_in": (2, 4, 12), "b_gate": (2, 4, 12), "b_out": (2, 4, 8)},  # (GPT-OSS's biases)
+        "shared_expert": {"W_in": (2, 8, 16), "W_gate": (2, 8, 16), "W_out": (2, 16, 8)},
+        "W_shared_expert_gate": (2, 8, 1)},  # (Qwen2-MoE)
         "attn": {"sinks": (2, 4)}}}
     fake = type("FakeMesh", (), {"shape": {"data": 1, "expert": 2, "model": 4}})()
     specs = sharding.param_specs(shapes, fake)["blocks"]["mlp"]
@@ -184,7 +186,9 @@ def test_default_rules_split_experts_over_expert_axis():
     assert specs["experts"]["W_in"] == P(None, "expert", None, "model")
     assert specs["experts"]["W_gate"] == P(None, "expert", None, "model")
     assert specs["experts"]["W_out"] == P(None, "expert", "model", None)
-    assert specs["W_router"] == P(None, None, None)
+    assert specs["W_router"] == specs["W_shared_expert_gate"] == P(None, None, None)
+    assert specs["shared_expert"]["W_in"] == specs["shared_expert"]["W_gate"] == P(None, None, "model")
+    assert specs["shared_expert"]["W_out"] == P(None, "model", None)
     no_expert_axis = type("FakeMesh", (), {"shape": {"data": 2, "model": 4}})()
     assert sharding.param_specs(shapes, no_expert_axis)["blocks"]["mlp"]["experts"]["W_in"] == \
         P(None, None, None, "model")  # without the axis the experts stay whole
@@ -262,7 +266,8 @@ print("STREAM OK")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["gpt2", "llama", "gemma2", "olmo2", "bloom", "apertus", "gpt_oss"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "gemma2", "olmo2", "bloom", "apertus", "gpt_oss",
+                                  "qwen2_moe"])
 def test_streamed_load_onto_a_mesh_equals_loading_whole(name, tmp_path):
     oracle = pytest.importorskip("tests.oracle")
     # sharded safetensors: tensors come from several files

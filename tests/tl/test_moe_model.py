@@ -59,3 +59,26 @@ def test_moe_state_dict_and_fold_ln_as_transformer_lens(family):
     tokens = tokens_for(cfg, pos=6)
     with torch.no_grad():
         assert max_diff(model(tokens), tl(torch.as_tensor(np.asarray(tokens))).numpy()) <= 1e-4
+
+
+@pytest.mark.slow
+def test_shared_expert_hooks_and_state_dict_round_trip():
+    """Qwen2-MoE's shared expert: its hooks over all tokens, and its weights in the flat state
+    dict (nn.Linear layout) and back."""
+    from jtlens.conversions.transformer_lens import params_from_state_dict
+
+    S = 6
+    cfg = Config(n_layers=2, d_model=D, n_ctx=8, d_head=4, d_mlp=M, d_vocab=11, act_fn="silu",
+                 gated_mlp=True, normalization_type="RMS", positional_embedding_type="rotary",
+                 num_experts=E, experts_per_token=K, shared_expert_d_mlp=S)
+    params = jtlens.init_params(cfg, jax.random.PRNGKey(0))
+    model = jtlens.HookedTransformer(cfg, params)
+    _, cache = model.run_with_cache(jnp.arange(14).reshape(2, 7) % 11)
+    assert cache["blocks.1.mlp.shared_expert.hook_post"].shape == (14, S)
+    weight = np.asarray(cache["blocks.1.mlp.hook_shared_expert_weight"])
+    assert weight.shape == (14, 1) and ((weight > 0) & (weight < 1)).all()
+    state = model.state_dict()
+    assert state["blocks.1.mlp.shared_expert.W_in.weight"].shape == (S, D)
+    assert state["blocks.1.mlp.shared_expert_gate.weight"].shape == (1, D)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params,
+                           params_from_state_dict(state, cfg))  # (same tree, same values)

@@ -52,7 +52,7 @@ def test_sweep_matches_transformerlens(setup, fn):
 # The families that reach the forward through knobs the two configs above leave off: one sweep
 # each (per-head z patches read every knob of attention), against TransformerLens's.
 SWEPT_FAMILIES = ["gemma3_like", "olmo_like", "olmo2_like", "phi_like", "bloom_like",
-                  "apertus_like", "mixtral_like", "olmoe_like", "gpt_oss_like"]
+                  "apertus_like", "mixtral_like", "olmoe_like", "gpt_oss_like", "qwen_like"]
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from jtlens.core.progress import shown
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM",  # Llama, Mistral-style, SmolLM ...: llama.cpp calls them all llama
     # (with llama.expert_count set: Mixtral, a llama whose MLPs are mixtures of experts)
+    "qwen": "QWenLMHeadModel",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "gemma": "GemmaForCausalLM",
@@ -38,6 +39,8 @@ ARCHITECTURES = {
     "gptneox": "GPTNeoXForCausalLM",
     "olmoe": "OlmoeForCausalLM",
     "t5": "T5ForConditionalGeneration",  # an encoder-decoder: load it with HookedEncoderDecoder
+    "qwen2moe": "Qwen2MoeForCausalLM",
+    "qwen3moe": "Qwen3MoeForCausalLM",
 }
 TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.tokens")
 
@@ -129,6 +132,12 @@ def hf_config(reader) -> dict:
     sizes = dict(hidden_size=D, num_hidden_layers=get("block_count"), num_attention_heads=H,
                  intermediate_size=get("feed_forward_length"),
                  max_position_embeddings=get("context_length"))
+    if arch == "qwen":  # llama.cpp runs Qwen 1 without log-n attention or dynamic NTK rotary
+        return dict(common, hidden_size=D, num_hidden_layers=get("block_count"),
+                    num_attention_heads=H, intermediate_size=get("feed_forward_length"),
+                    seq_length=get("context_length"), rotary_emb_base=rotary["rope_theta"],
+                    rotary_pct=rotary["partial_rotary_factor"],
+                    layer_norm_epsilon=get("attention.layer_norm_rms_epsilon"))
     if arch == "phi2":
         return dict(common, **sizes, **rotary, hidden_act="gelu_new", num_key_value_heads=n_kv,
                     layer_norm_eps=get("attention.layer_norm_epsilon"))
@@ -141,6 +150,13 @@ def hf_config(reader) -> dict:
     if arch == "olmoe":  # llama.cpp leaves OLMoE's top-k routing weights as they are
         hf.update(num_experts=get("expert_count"), num_experts_per_tok=get("expert_used_count"),
                   norm_topk_prob=False, clip_qkv=get("attention.clamp_kqv", None))
+    elif arch in ("qwen2moe", "qwen3moe"):
+        # llama.cpp renormalises qwen3moe's top-k routing weights, not qwen2moe's
+        hf.update(num_experts=get("expert_count"), num_experts_per_tok=get("expert_used_count"),
+                  moe_intermediate_size=get("expert_feed_forward_length"),
+                  norm_topk_prob=arch == "qwen3moe")
+        if arch == "qwen2moe":
+            hf["shared_expert_intermediate_size"] = get("expert_shared_feed_forward_length")
     elif get("expert_count", 0):
         if arch != "llama":
             raise ConversionError(f"{path}: mixtures of experts are supported for GGUF architectures "
@@ -181,7 +197,8 @@ def _gemma3_layers(get, n_layers: int, theta: float, scaling: str) -> dict:
 
 # ----------------------------------------------------------------------------- tensor names
 # Per family: GGUF name -> (Hugging Face name, expected shape as stored in the file, numpy order).
-# Shapes use the config: D model width, V vocabulary, M MLP width, C context, L layers, and for
+# Shapes use the config: D model width, V vocabulary, M MLP width (an expert's in a mixture; m:
+# half of it, Qwen 1's MLP), S a shared expert's width, E experts, C context, L layers, and for
 # attention Q = n_heads * d_head, K = n_kv_heads * d_head.
 LLAMA_BLOCK = {
     "attn_norm": ("input_layernorm", "D"), "ffn_norm": ("post_attention_layernorm", "D"),
@@ -206,11 +223,17 @@ MIXTRAL_EXPERTS = {  # llama.cpp stacks the experts ({e}: each expert's Hugging 
     "ffn_gate_exps": ("block_sparse_moe.experts.{e}.w1", "E,M,D"),
     "ffn_up_exps": ("block_sparse_moe.experts.{e}.w3", "E,M,D"),
     "ffn_down_exps": ("block_sparse_moe.experts.{e}.w2", "E,D,M")}
+MLP_EXPERTS = {"ffn_gate_inp": ("mlp.gate", "E,D"),  # OLMoE's and Qwen-MoE's names
+               "ffn_gate_exps": ("mlp.experts.{e}.gate_proj", "E,M,D"),
+               "ffn_up_exps": ("mlp.experts.{e}.up_proj", "E,M,D"),
+               "ffn_down_exps": ("mlp.experts.{e}.down_proj", "E,D,M")}
 OLMOE_BLOCK = dict(LLAMA_BLOCK, attn_q_norm=("self_attn.q_norm", "Q"),  # q/k norms over all heads
-                   attn_k_norm=("self_attn.k_norm", "K"), ffn_gate_inp=("mlp.gate", "E,D"),
-                   ffn_gate_exps=("mlp.experts.{e}.gate_proj", "E,M,D"),
-                   ffn_up_exps=("mlp.experts.{e}.up_proj", "E,M,D"),
-                   ffn_down_exps=("mlp.experts.{e}.down_proj", "E,D,M"))
+                   attn_k_norm=("self_attn.k_norm", "K"), **MLP_EXPERTS)
+QWEN2MOE_BLOCK = dict(  # the shared expert (width S), its gate squeezed to [D] by llama.cpp
+    LLAMA_BLOCK, **MLP_EXPERTS, ffn_gate_inp_shexp=("mlp.shared_expert_gate", "D"),
+    ffn_gate_shexp=("mlp.shared_expert.gate_proj", "S,D"),
+    ffn_up_shexp=("mlp.shared_expert.up_proj", "S,D"),
+    ffn_down_shexp=("mlp.shared_expert.down_proj", "D,S"))
 T5_ATTENTION = {"attn_q": ("SelfAttention.q", "Q,D"), "attn_k": ("SelfAttention.k", "Q,D"),
                 "attn_v": ("SelfAttention.v", "Q,D"), "attn_o": ("SelfAttention.o", "D,Q"),
                 "attn_rel_b": ("SelfAttention.relative_attention_bias", "B,H"),
@@ -229,6 +252,12 @@ STACKED_BLOCKS = {"t5": {
 BLOCKS = {
     "llama": ("model.layers", dict(LLAMA_BLOCK, **MIXTRAL_EXPERTS)),
     "olmoe": ("model.layers", OLMOE_BLOCK),
+    "qwen2moe": ("model.layers", QWEN2MOE_BLOCK),
+    "qwen3moe": ("model.layers", dict(LLAMA_BLOCK, **MLP_EXPERTS)),
+    "qwen": ("transformer.h", {  # (its MLP is half as wide as feed_forward_length: m)
+        "attn_norm": ("ln_1", "D"), "ffn_norm": ("ln_2", "D"), "attn_qkv": ("attn.c_attn", "3D,D"),
+        "attn_output": ("attn.c_proj", "D,D"), "ffn_up": ("mlp.w1", "m,D"),
+        "ffn_gate": ("mlp.w2", "m,D"), "ffn_down": ("mlp.c_proj", "D,m")}),
     "qwen2": ("model.layers", LLAMA_BLOCK),
     "qwen3": ("model.layers", LLAMA_BLOCK), "gemma": ("model.layers", LLAMA_BLOCK),
     "gemma2": ("model.layers", GEMMA2_BLOCK), "gemma3": ("model.layers", GEMMA2_BLOCK),
@@ -255,9 +284,11 @@ BLOCKS = {
         "ffn_up": ("mlp.dense_h_to_4h", "M,D"), "ffn_down": ("mlp.dense_4h_to_h", "D,M")}),
 }
 TOPS = {**{a: LLAMA_TOP for a in ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "olmo2",
-                                   "phi3", "olmoe")},
+                                   "phi3", "olmoe", "qwen2moe", "qwen3moe")},
         "gpt2": {"token_embd": ("transformer.wte", "V,D"), "position_embd": ("transformer.wpe", "C,D"),
                  "output_norm": ("transformer.ln_f", "D"), "output": ("lm_head", "V,D")},
+        "qwen": {"token_embd": ("transformer.wte", "V,D"), "output_norm": ("transformer.ln_f", "D"),
+                 "output": ("lm_head", "V,D")},
         "phi2": {"token_embd": ("model.embed_tokens", "V,D"),
                  "output_norm": ("model.final_layernorm", "D"), "output": ("lm_head", "V,D")},
         "bloom": {"token_embd": ("transformer.word_embeddings", "V,D"),
@@ -274,7 +305,8 @@ def _dims(hf: dict) -> dict:
     get = lambda *keys: next(hf[k] for k in keys if k in hf)  # noqa: E731
     D, H = get("hidden_size", "n_embd", "d_model"), get("num_attention_heads", "n_head", "num_heads")
     d = hf.get("head_dim") or hf.get("d_kv") or D // H
-    return dict(D=D, V=hf["vocab_size"], M=get("intermediate_size", "n_inner", "d_ff"),
+    M = hf.get("moe_intermediate_size") or get("intermediate_size", "n_inner", "d_ff")  # (Qwen-MoE experts)
+    return dict(D=D, V=hf["vocab_size"], M=M, m=M // 2, S=hf.get("shared_expert_intermediate_size"),
                 E=hf.get("num_local_experts") or hf.get("num_experts", 0),
                 C=get("max_position_embeddings", "n_positions", "seq_length"), d=d, Q=H * d,
                 K=hf.get("num_key_value_heads", H) * d, H=H,
@@ -325,6 +357,8 @@ def _fixer(arch: str, hf: dict) -> Callable[[str, np.ndarray], np.ndarray]:
             return _undo_rotary_permutation(w, H)
         if arch == "llama" and ".attn_k." in name:
             return _undo_rotary_permutation(w, n_kv)
+        if name.endswith("ffn_gate_inp_shexp.weight"):
+            return w.reshape(1, -1)  # Hugging Face's shared expert gate: a Linear to one output
         if arch.startswith("gemma") and name.endswith("norm.weight"):
             return w - np.float32(1.0)  # llama.cpp stores Gemma's (1 + w) norm scale
         if arch in ("gptneox", "bloom") and ".attn_qkv." in name:

@@ -1,5 +1,5 @@
 """Llama-style decoders (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2 and 3, Phi-3, OLMo,
-Apertus, Mixtral, OLMoE, GPT-OSS) -> jtlens.
+Apertus, Mixtral, OLMoE, GPT-OSS, Qwen2-MoE, Qwen3-MoE) -> jtlens.
 
 They share one layout (RMSNorm, rotary, grouped-query attention, gated MLP); the differences are
 config knobs and tensor names: q/k/v biases (Qwen2), per-head q/k RMSNorm (Qwen3, Gemma 3),
@@ -13,7 +13,8 @@ Apertus has per-head q/k norms and a plain MLP whose xIELU activation has per-la
 Mixtral, OLMoE and GPT-OSS replace the MLP with a mixture of experts (a router and per-expert
 gated MLPs, stacked on an expert axis); OLMoE normalises q/k over all heads, as OLMo 2; GPT-OSS
 has attention sinks, YaRN rotary, alternating sliding/full layers and biased clamped-SwiGLU
-experts.
+experts. Qwen2-MoE and Qwen3-MoE are Qwen2 and Qwen3 with OLMoE's experts; Qwen2-MoE adds a
+shared expert whose output a sigmoid gate scales.
 """
 
 from __future__ import annotations
@@ -34,7 +35,12 @@ APERTUS = "ApertusForCausalLM"
 # config.json's key for the expert count).
 MOE = {"MixtralForCausalLM": ("block_sparse_moe", ("w1", "w3", "w2"), "num_local_experts"),
        "OlmoeForCausalLM": ("mlp", ("gate_proj", "up_proj", "down_proj"), "num_experts"),
-       "GptOssForCausalLM": ("mlp", None, "num_local_experts")}  # (fused experts, below)
+       "GptOssForCausalLM": ("mlp", None, "num_local_experts"),  # (fused experts, below)
+       "Qwen2MoeForCausalLM": ("mlp", ("gate_proj", "up_proj", "down_proj"), "num_experts"),
+       # (hub configs say num_experts, transformers 5 writes num_local_experts)
+       "Qwen3MoeForCausalLM": ("mlp", ("gate_proj", "up_proj", "down_proj"),
+                               ("num_experts", "num_local_experts"))}
+QWEN_MOE = ("Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
 GPT_OSS = "GptOssForCausalLM"
 # Where the decoder's tensors sit -> its unembedding: text-only models, then Gemma 3's
 # multimodal checkpoint as saved (language_model.*) and as transformers 5 names it in memory.
@@ -68,6 +74,28 @@ def _local_attention(hf: dict, arch: str, n_layers: int) -> dict:
     return dict(use_local_attn=True, window_size=window, attn_types=types)
 
 
+def _n_experts(hf: dict, arch: str) -> int:
+    """The expert count, under the config key (or first of the keys) MOE names for `arch`."""
+    keys = MOE[arch][2]
+    return next((hf[k] for k in keys if k in hf), 0) if isinstance(keys, tuple) else hf[keys]
+
+
+def _qwen_moe(hf: dict, n_layers: int) -> dict:
+    """Qwen2-MoE / Qwen3-MoE: every layer a mixture of experts (dense layers among them, by
+    decoder_sparse_step or mlp_only_layers, are refused: jtlens's layers share one layout);
+    Qwen2-MoE adds a shared expert."""
+    n_experts = _n_experts(hf, hf["architectures"][0])
+    sparse = [l not in (hf.get("mlp_only_layers") or []) and n_experts
+              and (l + 1) % hf.get("decoder_sparse_step", 1) == 0 for l in range(n_layers)]
+    if not all(sparse):
+        raise ConversionError(f"layers {[l for l, s in enumerate(sparse) if not s]} have a dense MLP "
+                              f"(decoder_sparse_step={hf.get('decoder_sparse_step')}, mlp_only_layers="
+                              f"{hf.get('mlp_only_layers')}, num_experts={n_experts}); only "
+                              f"checkpoints whose every layer is a mixture of experts convert")
+    shared = hf.get("shared_expert_intermediate_size")
+    return dict(shared_expert_d_mlp=shared) if hf["architectures"][0] == "Qwen2MoeForCausalLM" else {}
+
+
 def config_from_hf(hf: dict) -> Config:
     """A Llama / Mistral / Qwen2 / Qwen3 / Gemma 1-3 / Phi-3 / OLMo 1-3 / Apertus / Mixtral /
     OLMoE / GPT-OSS config dict -> Config."""
@@ -97,19 +125,22 @@ def config_from_hf(hf: dict) -> Config:
         extra = dict(use_attention_sinks=True, moe_biases=True, moe_softmax_after_topk=True,
                      norm_topk_prob=False, swiglu_limit=float(hf["swiglu_limit"]),
                      swiglu_alpha=float(hf["swiglu_alpha"]))
+    if arch in QWEN_MOE:
+        extra = _qwen_moe(hf, n_layers)
     if arch in MOE:  # Mixtral renormalises the top-k routing weights always (its config has no flag)
         extra = dict(dict(norm_topk_prob=hf.get("norm_topk_prob", True)), **extra,
-                     num_experts=hf[MOE[arch][2]], experts_per_token=hf["num_experts_per_tok"])
+                     num_experts=_n_experts(hf, arch), experts_per_token=hf["num_experts_per_tok"])
     return Config(
         n_layers=n_layers, d_model=hf["hidden_size"], n_heads=n_heads, d_head=d_head,
-        d_mlp=hf["intermediate_size"], n_ctx=hf["max_position_embeddings"],
+        d_mlp=hf["moe_intermediate_size"] if arch in QWEN_MOE else hf["intermediate_size"],
+        n_ctx=hf["max_position_embeddings"],
         d_vocab=hf["vocab_size"],
         act_fn=hf.get("hidden_activation") or hf.get("hidden_act", "silu"),
         **dict(dict(normalization_type="RMS", final_rms=True, eps=hf.get("rms_norm_eps", 1e-6),
                     gated_mlp=True), **extra),
         positional_embedding_type="rotary", rotary_dim=round(partial * d_head),
         rotary_adjacent_pairs=False, n_key_value_heads=n_kv if n_kv != n_heads else None,
-        use_qk_norm=arch in ("Qwen3ForCausalLM", APERTUS) or arch in GEMMA3,
+        use_qk_norm=arch in ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM", APERTUS) or arch in GEMMA3,
         default_prepend_bos=not arch.startswith("Qwen"),
         original_architecture=arch, model_name=hf.get("_name_or_path") or arch,
         **_local_attention(hf, arch, n_layers), **rope(hf))
@@ -177,8 +208,14 @@ def params_from_hf(r: TensorReader, cfg: Config) -> dict:
             return fused_experts(f"{b}.{block}")
         stacked = [np.stack([r.take(f"{b}.{block}.experts.{e}.{n}.weight").T
                              for e in range(cfg.num_experts)]) for n in names]
-        return {"W_router": r.take(f"{b}.{block}.gate.weight").T,
-                "experts": dict(zip(("W_gate", "W_in", "W_out"), stacked))}
+        out = {"W_router": r.take(f"{b}.{block}.gate.weight").T,
+               "experts": dict(zip(("W_gate", "W_in", "W_out"), stacked))}
+        if cfg.shared_expert_d_mlp:  # Qwen2-MoE
+            shared = f"{b}.{block}.shared_expert"
+            out["shared_expert"] = {k: r.take(f"{shared}.{n}.weight").T
+                                    for k, n in zip(("W_gate", "W_in", "W_out"), names)}
+            out["W_shared_expert_gate"] = r.take(f"{shared}_gate.weight").T
+        return out
 
     def layer(l):
         b = f"{pre}layers.{l}"

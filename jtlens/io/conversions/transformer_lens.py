@@ -39,6 +39,10 @@ def params_from_state_dict(state_dict: Mapping[str, Any], cfg: Config) -> dict:
         if cfg.moe_biases:
             out["b_router"] = r.take(f"{prefix}W_gate.bias")
             out["experts"].update({b: stack(n, "bias") for n, b in EXPERT_WEIGHTS.items()})
+        if cfg.shared_expert_d_mlp:  # (flat_state_dict's names: TransformerLens has none)
+            out["shared_expert"] = {n: r.take(f"{prefix}shared_expert.{n}.weight").T
+                                    for n in EXPERT_WEIGHTS}
+            out["W_shared_expert_gate"] = r.take(f"{prefix}shared_expert_gate.weight").T
         return out
 
     def sub(prefix, tree):
@@ -70,7 +74,8 @@ def flat_state_dict(params: dict, cfg) -> dict[str, Any]:
     """Layer-stacked params -> {TransformerLens name: array}: `blocks.0.attn.W_Q` [n_heads,
     d_model, d_head], GQA keys/values as TransformerLens stores them (`_W_K`, `_b_V`), MoE
     layers as its nn.Linear weights (`mlp.W_gate.weight` the router [n_experts, d_model],
-    `mlp.experts.3.W_in.weight` [d_mlp, d_model])."""
+    `mlp.experts.3.W_in.weight` [d_mlp, d_model]; a shared expert as `mlp.shared_expert.W_in.weight`
+    and `mlp.shared_expert_gate.weight` [1, d_model])."""
     gqa = cfg.n_kv_heads != cfg.n_heads
     out: dict[str, Any] = {}
 
@@ -85,6 +90,10 @@ def flat_state_dict(params: dict, cfg) -> dict[str, Any]:
                         out[f"{prefix}mlp.experts.{e}.{n}.weight"] = v["experts"][n][layer][e].T
                         if cfg.moe_biases:
                             out[f"{prefix}mlp.experts.{e}.{n}.bias"] = v["experts"][b][layer][e]
+                if cfg.shared_expert_d_mlp:  # as nn.Linear weights too (Qwen2-MoE's layout)
+                    for n in EXPERT_WEIGHTS:
+                        out[f"{prefix}mlp.shared_expert.{n}.weight"] = v["shared_expert"][n][layer].T
+                    out[f"{prefix}mlp.shared_expert_gate.weight"] = v["W_shared_expert_gate"][layer].T
                 continue
             if isinstance(v, dict):
                 put(f"{prefix}{k}.", v, layer)
