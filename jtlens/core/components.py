@@ -166,12 +166,21 @@ def apply_rotary(x, positions, cfg: Config, local=False):
     return jnp.concatenate([x_rot * cos + flip * sin, x_pass], axis=-1)
 
 
+def alibi_slopes(n_heads: int) -> np.ndarray:
+    """ALiBi's per-head slopes m_h [heads]: 2^(-8(h+1)/n) for n a power of two; otherwise (BLOOM's
+    rule, e.g. its 112-head 176B model) those of the power of two p below n, then every other
+    slope of 2p for the remaining heads. TransformerLens 3.9 uses the power-of-two formula for
+    every n, so its BLOOM logits differ from Hugging Face's when n is not a power of two."""
+    p = 2 ** int(math.floor(math.log2(n_heads)))
+    slopes = 2.0 ** (-8.0 * np.arange(1, p + 1) / p)
+    extra = 2.0 ** (-8.0 * np.arange(1, 2 * (n_heads - p), 2) / (2 * p))
+    return np.concatenate([slopes, extra]).astype(np.float32)
+
+
 def alibi_bias(n_heads: int, q_pos, k_pos):
-    """ALiBi bias [heads, q, k] = m_h * min(k - q, 0), m_h = 2^(-8(h+1)/n_heads)."""
-    start = 2.0 ** (-8.0 / n_heads)
-    slopes = start * start ** jnp.arange(n_heads, dtype=jnp.float32)
+    """ALiBi bias [heads, q, k] = m_h * min(k - q, 0), slopes m_h from `alibi_slopes`."""
     rel = jnp.minimum(k_pos[None, :] - q_pos[:, None], 0).astype(jnp.float32)
-    return slopes[:, None, None] * rel[None]
+    return jnp.asarray(alibi_slopes(n_heads))[:, None, None] * rel[None]
 
 
 def relative_position_buckets(n_q: int, n_k: int, bidirectional: bool, num_buckets: int,

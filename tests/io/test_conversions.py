@@ -449,3 +449,21 @@ def test_qwen2_moe_shared_expert_hooks_match_hugging_face_modules(built, tmp_pat
     (dense / "config.json").write_text(json.dumps(dict(cfg, mlp_only_layers=[1])))
     with pytest.raises(ConversionError, match=r"layers \[1\] have a dense MLP"):
         load(dense, progress=False)
+
+
+def test_bloom_with_heads_not_a_power_of_two_matches_hugging_face(tmp_path):
+    """BLOOM's ALiBi slopes for 6 heads (as for bloom-176b's 112) interleave a second series;
+    TransformerLens 3.9's single geometric series would move these logits."""
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+
+    from jtlens.core.components import alibi_slopes
+
+    for n in (1, 3, 6, 12, 16, 112):
+        hf = build_alibi_tensor(torch.ones(1, 2), n, torch.float32).reshape(n, 2)[:, 1].numpy()
+        np.testing.assert_allclose(alibi_slopes(n), hf, rtol=1e-6)
+    torch.manual_seed(0)
+    model = transformers.BloomForCausalLM(transformers.BloomConfig(
+        vocab_size=97, hidden_size=48, n_layer=2, n_head=6, seq_length=64)).eval()
+    model.save_pretrained(tmp_path)
+    ours = jtlens.HookedTransformer.from_pretrained_no_processing(tmp_path, progress=False)
+    assert rel_diff(ours(TOKENS), hf_logits(model, TOKENS)) <= 1e-5
