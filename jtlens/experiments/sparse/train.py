@@ -267,8 +267,9 @@ def auxk_loss(params, pre, residual, dead_mask, unit=None):
     k_aux = d_in // 2
     n_dead = dead_mask.sum()
     latents = jnp.where(dead_mask, pre, -jnp.inf)
-    values, idx = jax.lax.top_k(latents, k_aux)
-    keep = jnp.arange(k_aux) < jnp.minimum(n_dead, k_aux)   # only dead ones, at most n_dead
+    # at most d_sae latents exist (a dictionary narrower than d_in / 2: every one may be dead)
+    values, idx = jax.lax.top_k(latents, min(k_aux, latents.shape[-1]))
+    keep = jnp.arange(values.shape[-1]) < jnp.minimum(n_dead, k_aux)   # dead ones, at most n_dead
     values = jnp.where(keep & jnp.isfinite(values), values, 0.0)
     if unit is not None:
         values = values / unit[idx]

@@ -155,3 +155,20 @@ def test_training_recovers_planted_features(arch):
     x = batch()
     ev = 1 - ((sae(x) - x) ** 2).sum(-1).mean() / ((x - x.mean(0)) ** 2).sum(-1).mean()
     assert float(ev) > 0.7
+
+
+def test_auxk_loss_of_a_dictionary_narrower_than_half_its_input():
+    """AuxK asks for the top d_in/2 dead latents; with fewer latents than that (4 < 16/2) all of
+    them take part, scaled by n_dead / (d_in/2), as SAELens's min(k_aux, num_dead) does."""
+    from jtlens.sparse.train import auxk_loss
+
+    rng = np.random.default_rng(0)
+    W_dec = rng.standard_normal((4, D_IN)).astype(np.float32)
+    pre = rng.standard_normal((B, 4)).astype(np.float32)
+    residual = rng.standard_normal((B, D_IN)).astype(np.float32)
+    dead = np.array([True, True, False, True])
+    ours = auxk_loss({"W_dec": jnp.asarray(W_dec)}, jnp.asarray(pre), jnp.asarray(residual),
+                     jnp.asarray(dead))
+    recon = (pre * dead) @ W_dec
+    expected = 3 / (D_IN // 2) * ((recon - residual) ** 2).sum(-1).mean()
+    np.testing.assert_allclose(float(ours), expected, rtol=1e-5)
