@@ -69,6 +69,13 @@ def _model(folder: str, transcoders):
 
     hf = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
     cfg = lp.get_pretrained_model_config(folder, fold_ln=True, device="cpu", dtype=torch.float32)
+    # transformers 5 writes rope_theta inside rope_parameters, which 4.57 does not read (it would
+    # take its default 10000): carry it over, and refuse scaled RoPE rather than misread it
+    rope = json.loads((Path(folder) / "config.json").read_text()).get("rope_parameters")
+    if rope is not None:
+        if rope.get("rope_type", "default") != "default":
+            raise ValueError(f"{folder}: rope_parameters {rope} (only default RoPE is carried over)")
+        cfg.rotary_base = rope["rope_theta"]
     state = lp.get_pretrained_state_dict(folder, cfg, hf_model=hf, dtype=torch.float32)
     cfg.tokenizer_name = None
     model = TransformerLensReplacementModel(cfg, move_to_device=False)

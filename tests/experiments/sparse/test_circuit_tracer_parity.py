@@ -32,7 +32,8 @@ def fixture(tmp_path_factory):
     torch.manual_seed(0)
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.3))
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.3,
+        rope_parameters=dict(rope_type="default", rope_theta=500.0)))  # not the default 10000
     with torch.no_grad():  # HF initialises norms to one: randomise them so folding them counts
         for name, p in hf.named_parameters():
             if "norm" in name:
