@@ -38,7 +38,8 @@ def available() -> bool:
 def run(model_folder, transcoder_folder, tokens, **options) -> dict | None:
     """circuit-tracer's graph of `tokens` (ids, the first a special token, as circuit-tracer
     prepends one otherwise): adjacency, active_features [n, 3] (selected ones only),
-    activation_values, logit_tokens, logit_probabilities, and first_s / second_s / peak_GiB.
+    activation_values, logit_tokens, logit_probabilities, and first_s / second_s / peak_GiB
+    (loaded_GiB: the peak before attribute, loading the model and transcoders).
     options: batch_size, max_feature_nodes, update_interval, max_n_logits, desired_logit_prob,
     threads, repeat
     (2: time a second call). None when `.ct` is absent."""
@@ -124,6 +125,7 @@ def main():
     from circuit_tracer import attribute
 
     model = _model(args["model"], _transcoders(Path(args["transcoders"])))
+    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # GiB, before attribute
     tokens = torch.tensor(args["tokens"])
     options = {k: args[k] for k in ("batch_size", "max_feature_nodes", "max_n_logits", "update_interval",
                                     "desired_logit_prob") if k in args}
@@ -141,6 +143,7 @@ def main():
              tokens=graph.input_tokens.numpy())
     print(json.dumps({"first_s": times[0], "second_s": times[-1],
                       "peak_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                      "loaded_GiB": loaded,
                       "torch_threads": torch.get_num_threads()}))
 
 
