@@ -2,7 +2,7 @@
 prompt length, jtlens and circuit-tracer 0.5.0.
 
     python -m benchmarks.attribution_graph [--tokens 16 128 1024] [--d-transcoder 2304] [--k 8]
-        [--max-feature-nodes 256] [--batch-size 32] [--ct-threads 2] [--no-ct]
+        [--max-feature-nodes 256] [--batch-size 32] [--ct-threads 1] [--no-ct]
 
 Each length runs in its own process per library (so the peak memory is that run's): SmolLM2 is
 the Hugging Face folder of its GGUF's dequantised weights (tests/oracle.py: smollm2_hf), the
@@ -133,7 +133,8 @@ def main():
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--max-feature-nodes", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--ct-threads", type=int, default=2, help="torch threads for circuit-tracer")
+    p.add_argument("--ct-threads", type=int, default=1,
+                   help="torch threads for circuit-tracer (1: at 128 tokens it took 31 s, 63 s with 2)")
     p.add_argument("--no-ct", action="store_true", help="skip circuit-tracer")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a single length, in this process
     p.add_argument("--save", help=argparse.SUPPRESS)          # where --one leaves its graph
