@@ -36,10 +36,22 @@ run: $(VENV)/.core
 # of a test is single-threaded tracing and compiling (peak memory measured at 13 GB of the 24).
 # A test file stays on one worker: its module fixtures (oracle models) are built once, and the
 # README's blocks share one namespace in order.
-test: $(VENV)/.test corpora
+test: $(VENV)/.test corpora $(VENV)/.ct
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser tests will skip"; }
 	$(VENV)/bin/lint-imports --no-logo
 	$(PY) -m pytest -q -n 2 --dist loadfile
+
+# circuit-tracer 0.5.0 (the attribution-graph parity test and benchmark) pins transformers <= 4.57.3:
+# it goes to .ct with those of the versions it resolves to that differ from .venv's (datasets: the
+# one that works with huggingface-hub 0.36), which shadow them in a subprocess
+# (benchmarks/circuit_tracer_worker.py); torch and the rest are .venv's. 17 s with a cold pip
+# cache, 153 MB.
+CIRCUIT_TRACER := circuit-tracer==0.5.0 transformers==4.57.3 tokenizers==0.22.2 \
+	huggingface-hub==0.36.2 transformer-lens==3.2.1 datasets==5.0.1
+$(VENV)/.ct: $(VENV)/.test
+	rm -rf .ct
+	$(PY) -m pip install -q --no-deps --target .ct $(CIRCUIT_TRACER)
+	touch $@
 
 # Benchmarks compare against TransformerLens 4.3 (TransformerBridge), which cannot share an
 # environment with the 3.9 oracle: it goes to .tl43 and runs in a subprocess.

@@ -1,44 +1,84 @@
 """Attribution graphs on SmolLM2-135M with random TopK transcoders: time and peak memory by
-prompt length.
+prompt length, jtlens and circuit-tracer 0.5.0.
 
     python -m benchmarks.attribution_graph [--tokens 16 128 1024] [--d-transcoder 2304] [--k 8]
-        [--max-feature-nodes 256] [--batch-size 32]
+        [--max-feature-nodes 256] [--batch-size 32] [--ct-threads 1] [--no-ct]
 
-Each length runs in its own process (so the peak memory is that run's): the transcoders are
-random TopK (k active features per layer and position, 30 layers), the prompt is the first
-N tokens of the CPython-docstrings corpus. It prints the number of active features, the graph's
+Each length runs in its own process per library (so the peak memory is that run's): SmolLM2 is
+the Hugging Face folder of its GGUF's dequantised weights (tests/oracle.py: smollm2_hf), the
+transcoders are random TopK (k active features per layer and position, 30 layers) written once
+in circuit-tracer's format and read by both, the prompt is the first N tokens of the
+CPython-docstrings corpus (a BOS first). It prints the number of active features, the graph's
 size, the time of `attribute` (first call, compiling included, and a second call on the same
 shapes) and the peak memory: the device's peak bytes where JAX reports them (GPU, TPU), else
-the process's peak resident set (CPU).
+the process's peak resident set (CPU). circuit-tracer (from `.ct`, `make test` installs it;
+benchmarks/circuit_tracer_worker.py) runs on the same folder, transcoders and tokens with the
+same batch size and feature budget; the ratio is jtlens's second call over circuit-tracer's, and
+the largest adjacency difference between the two graphs shows they computed the same one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Optional
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+
+CACHE = Path(tempfile.gettempdir()) / "jtlens-bench"
+
+
+def model_folder() -> Path:
+    from benchmarks.first_contact import hf_folder
+
+    return hf_folder(CACHE)
+
+
+def transcoder_folder(args) -> Path:
+    """Random TopK transcoders for SmolLM2 in circuit-tracer's format (seed 0, written once)."""
+    folder = CACHE / f"smollm2-topk-transcoders-{args.d_transcoder}-k{args.k}"
+    if not (folder / "config.yaml").exists():
+        import jax
+
+        from jtlens.sparse import TranscoderConfig, Transcoders
+        from jtlens.experiments.sparse.transcoder_formats import write_circuit_tracer
+
+        cfg = json.loads((model_folder() / "config.json").read_text())
+        tc = Transcoders.init(TranscoderConfig(cfg["num_hidden_layers"], cfg["hidden_size"],
+                                               args.d_transcoder, activation="topk", k=args.k),
+                              jax.random.PRNGKey(0))
+        write_circuit_tracer(tc, folder)
+    return folder
+
+
+def prompt(n_tokens: int, tokenizer) -> np.ndarray:
+    from jtlens.sparse.corpus import corpus_tokens
+
+    return corpus_tokens("docstrings", tokenizer, max_tokens=n_tokens)[:n_tokens]
 
 
 def one(n_tokens: int, args) -> dict:
     import jax
 
     import jtlens
-    from jtlens.sparse import TranscoderConfig, Transcoders, attribute
-    from jtlens.sparse.corpus import corpus_tokens
+    from jtlens.sparse import attribute
+    from jtlens.experiments.sparse.transcoder_formats import read_circuit_tracer
 
-    model = jtlens.HookedTransformer.from_pretrained("smollm2-135m")
+    model = jtlens.HookedTransformer.from_pretrained(str(model_folder()), progress=False)
     cfg = model.cfg
-    stream = corpus_tokens("docstrings", model.tokenizer, max_tokens=n_tokens)
-    tokens = jax.numpy.asarray(stream[:n_tokens])
-    tc = Transcoders.init(TranscoderConfig(cfg.n_layers, cfg.d_model, args.d_transcoder,
-                                           activation="topk", k=args.k), jax.random.PRNGKey(0))
+    tokens = jax.numpy.asarray(prompt(n_tokens, model.tokenizer))
+    tc = read_circuit_tracer(transcoder_folder(args))
     run = lambda: attribute(model.params, cfg, tc, tokens, batch_size=args.batch_size,  # noqa: E731
                             max_feature_nodes=args.max_feature_nodes)
     t = time.perf_counter()
@@ -52,10 +92,38 @@ def one(n_tokens: int, args) -> dict:
     where = "device peak"
     if peak is None:
         peak, where = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
+    np.savez(args.save, adjacency=graph.adjacency, feature_index=graph.active_features,
+             tokens=graph.tokens)
     return {"tokens": n_tokens, "active_features": int(cfg.n_layers * (n_tokens - 1) * args.k),
             "feature_nodes": graph.n_features, "graph_nodes": graph.adjacency.shape[0],
             "first_s": round(first, 2), "second_s": round(second, 2),
             "peak_GiB": round(peak / 2**30, 2), "memory": where, "device": str(jax.devices()[0])}
+
+
+def circuit_tracer(n_tokens: int, args, ours: Optional[dict]) -> str:
+    """circuit-tracer's cells of the row: time, peak RSS, ratio, largest adjacency difference."""
+    from transformers import AutoTokenizer
+
+    from benchmarks import circuit_tracer_worker
+
+    tokens = prompt(n_tokens, AutoTokenizer.from_pretrained(model_folder()))
+    try:
+        r = circuit_tracer_worker.run(model_folder(), transcoder_folder(args), tokens,
+                                      batch_size=args.batch_size, repeat=2, threads=args.ct_threads,
+                                      max_feature_nodes=args.max_feature_nodes)
+    except RuntimeError as e:
+        return f"failed: {str(e).strip().splitlines()[-1]} |||"
+    if r is None:
+        return "not installed (`make test` puts it in .ct) |||"
+    if os.environ.get("JTLENS_BENCH_KEEP"):  # both graphs, to look into a difference
+        np.savez(Path(os.environ["JTLENS_BENCH_KEEP"]) / f"graphs-{n_tokens}.npz",
+                 **{f"ct_{k}": v for k, v in r.items() if isinstance(v, np.ndarray)},
+                 **{f"jt_{k}": v for k, v in (ours or {}).items() if isinstance(v, np.ndarray)})
+    same = "different nodes"
+    if ours is not None and np.array_equal(ours["feature_index"], r["active_features"]):
+        same = f"{np.abs(ours['adjacency'] - r['adjacency']).max():.1e}"
+    ratio = f"{ours['second_s'] / r['second_s']:.2f}" if ours is not None else ""
+    return (f"{r['first_s']:.2f} / {r['second_s']:.2f} | {r['peak_GiB']:.2f} | {ratio} | {same}")
 
 
 def main():
@@ -65,25 +133,39 @@ def main():
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--max-feature-nodes", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--ct-threads", type=int, default=1,
+                   help="torch threads for circuit-tracer (1: at 128 tokens it took 31 s, 63 s with 2)")
+    p.add_argument("--no-ct", action="store_true", help="skip circuit-tracer")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a single length, in this process
+    p.add_argument("--save", help=argparse.SUPPRESS)          # where --one leaves its graph
     args = p.parse_args()
     if args.one:
         print(json.dumps(one(args.one, args)))
         return
+    model_folder(), transcoder_folder(args)  # built once, before the timed processes
     passed = [a for a in sys.argv[1:] if a not in map(str, args.tokens) and a != "--tokens"]
-    print("| tokens | active features | feature nodes | graph nodes | first call, s | second call, s "
-          "| peak memory, GiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| tokens | active features | feature nodes | graph nodes | jtlens first / second call, s "
+          "| jtlens peak memory, GiB | circuit-tracer first / second call, s | circuit-tracer peak "
+          "RSS, GiB | jtlens / circuit-tracer (second calls) | max adjacency difference |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n in args.tokens:
-        out = subprocess.run([sys.executable, "-m", "benchmarks.attribution_graph", "--one", str(n),
-                              *passed], cwd=ROOT, capture_output=True, text=True)
-        if out.returncode:
-            why = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
-            print(f"| {n} | failed: {why} |||||")
-            continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {n} | {r['active_features']} | {r['feature_nodes']} | {r['graph_nodes']} | "
-              f"{r['first_s']} | {r['second_s']} | {r['peak_GiB']} ({r['memory']}, {r['device']}) |")
+        with tempfile.TemporaryDirectory() as tmp:
+            save = str(Path(tmp) / "graph.npz")
+            out = subprocess.run([sys.executable, "-m", "benchmarks.attribution_graph", "--one",
+                                  str(n), "--save", save, *passed], cwd=ROOT, capture_output=True,
+                                 text=True)
+            ours = None
+            if out.returncode:
+                why = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+                cells = f"failed: {why} ||||"
+            else:
+                ours = json.loads(out.stdout.strip().splitlines()[-1])
+                ours.update(np.load(save))
+                cells = (f"{ours['active_features']} | {ours['feature_nodes']} | "
+                         f"{ours['graph_nodes']} | {ours['first_s']} / {ours['second_s']} | "
+                         f"{ours['peak_GiB']} ({ours['memory']}, {ours['device']})")
+            theirs = "skipped ||||" if args.no_ct else circuit_tracer(n, args, ours)
+            print(f"| {n} | {cells} | {theirs} |", flush=True)
 
 
 if __name__ == "__main__":

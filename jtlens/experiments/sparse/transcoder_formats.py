@@ -12,7 +12,9 @@ activation: topk + k, optional `transcoders` list of files) and
 - cross_layer_transcoder: W_enc_{i}.safetensors (W_enc_i [d_tc, d_model], b_enc_i, b_dec_i,
   optional threshold_i) and W_dec_{i}.safetensors (W_dec_i [d_tc, n_layers - i, d_model]).
 circuit-tracer's `mlp.hook_in` / `mlp.hook_out` (hooks it adds around the MLP) are jtlens's
-`ln2.hook_normalized` / `hook_mlp_out` (for models without a norm after the MLP).
+`ln2.hook_normalized` / `hook_mlp_out` (for models without a norm after the MLP) when the model
+is loaded with fold_ln, jtlens's default; circuit-tracer's own loader does not fold, and there
+`mlp.hook_in` is ln2's output times its weight.
 """
 
 from __future__ import annotations
