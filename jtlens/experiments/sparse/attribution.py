@@ -97,9 +97,10 @@ def node_inputs(params, cfg: Config, tc: Transcoders, frozen: Frozen, nodes: _No
     # layer's [pos, d_tc] cotangent in turn, never holding the whole [L, pos, d_tc] per row
     acts = [nodes.base_acts[i].at[p, f].add(jnp.where(l == i, values, 0.0))
             for i in range(cfg.n_layers)]
-    logits, mlp_in, _ = run_replacement(params, cfg, tc, frozen, acts=acts,
-                                        errors=nodes.base_errors + errors, embed=embed)
-    return mlp_in, logits[-1] @ nodes.logit_dirs
+    last, mlp_in, _ = run_replacement(params, cfg, tc, frozen, acts=acts,
+                                      errors=nodes.base_errors + errors, embed=embed,
+                                      last_logits_only=True)
+    return mlp_in, last @ nodes.logit_dirs
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))

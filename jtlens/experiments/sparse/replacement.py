@@ -27,9 +27,10 @@ import jax
 import jax.numpy as jnp
 
 from jtlens.core.config import Config
-from jtlens.core.forward import forward_with_cache
+from jtlens.core.forward import context, forward_with_cache
 from jtlens.core.hook_catalogue import hook_catalogue
 from jtlens.core.hooks import Hooks
+from jtlens.core.pieces import unembed
 from jtlens.experiments.sparse.transcoder import Transcoders
 
 Edit = Callable[[int, jax.Array], jax.Array]
@@ -107,9 +108,12 @@ def true_nodes(tc: Transcoders, frozen: Frozen):
 
 
 def run_replacement(params, cfg: Config, tc: Transcoders, frozen: Frozen, *, acts=None,
-                    errors=None, embed=None, edit: Optional[Edit] = None, freeze: bool = True):
+                    errors=None, embed=None, edit: Optional[Edit] = None, freeze: bool = True,
+                    last_logits_only: bool = False):
     """The replacement model on the frozen prompt -> (logits [pos, d_vocab], MLP inputs
     [L, pos, d_in], feature activations used [L, pos, d_tc]).
+    last_logits_only: the logits of the last position only, [d_vocab] (what attribution reads:
+    the unembedding of every position cost most of each VJP row on a 49k vocabulary).
 
     acts / errors / embed: node values (default: their values on the prompt; `acts` may also
     be a list of per-layer [pos, d_tc] arrays); with `acts` the
@@ -148,11 +152,16 @@ def run_replacement(params, cfg: Config, tc: Transcoders, frozen: Frozen, *, act
             new = new + x @ tc.params["W_skip"][layer].T
         return new[None].astype(out.dtype)
 
-    patch = {"hook_embed": (embed[None], None)}
-    if freeze:
-        patch.update({k: (jax.lax.stop_gradient(v), None) for k, v in frozen.patched.items()})
+    held = {k: (jax.lax.stop_gradient(v), None) for k, v in frozen.patched.items()} if freeze else {}
+    final = {k: v for k, v in held.items() if k.startswith("ln_final.")}
+    patch = {"hook_embed": (embed[None], None),
+             **{k: v for k, v in held.items() if not (last_logits_only and k in final)}}
     hooks = Hooks(capture=f"blocks.*.{t.input_hook}", patch=patch,
                   fns=((f"blocks.*.{t.input_hook}", read_input),
                        (f"blocks.*.{t.output_hook}", write_output)))
-    logits, cache = forward_with_cache(params, frozen.tokens[None], cfg, hooks, scan=False)
-    return logits[0], cache.stacked[t.input_hook][:, 0], jnp.stack(used)
+    out, cache = forward_with_cache(params, frozen.tokens[None], cfg, hooks, scan=False,
+                                    stop_at_layer=cfg.n_layers if last_logits_only else None)
+    if last_logits_only:  # the final norm (its scale held at the last position) and unembedding
+        last = Hooks(patch={k: (v[:, -1:], None) for k, (v, _) in final.items()})
+        out = unembed(params, out[:, -1:], context(cfg, last, 1, 1))[:, 0]
+    return out[0], cache.stacked[t.input_hook][:, 0], jnp.stack(used)
