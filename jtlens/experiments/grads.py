@@ -17,6 +17,7 @@ its hook names are TransformerLens's (`encoder.{l}.*`, `decoder.{l}.*`, ...) and
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 from typing import Any, Callable, Sequence
 
@@ -115,6 +116,14 @@ def zero_deltas(params, cfg: Config, tokens, names: Sequence[str], **fw):
         deltas.update({rename(f"blocks.*.{t}"): jnp.zeros((cfg.n_layers,) + a.shape[1:], a.dtype)
                        for t, a in part.stacked.items()})
         deltas.update({rename(k): jnp.zeros(a.shape, a.dtype) for k, a in part.outer.items()})
+    # integer activations (a mixture's mlp.hook_expert_indices) have no gradient: leave them out
+    ints = [k for k, d in deltas.items() if not jnp.issubdtype(d.dtype, jnp.inexact)]
+    if ints:
+        names = [n for n in names if not any(fnmatch.fnmatchcase(n, k) for k in ints)]
+        if not names:
+            raise ValueError("the selected hooks are all integer-valued (routing indices), which "
+                             "have no gradient; select floating-point activations")
+        return zero_deltas(params, cfg, tokens, names, **fw)
     return deltas, cache
 
 

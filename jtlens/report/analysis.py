@@ -54,6 +54,13 @@ def _readout(model, direction, bias):
     return d, bias + (np.asarray(p["b"]) @ direction if "b" in p else 0.0)
 
 
+def _attn_out_norm(cfg) -> Optional[str]:
+    """The norm applied to the attention's output before the residual add, if any."""
+    if cfg.use_normalization_before_and_after:
+        return "ln1_post"
+    return "ln1" if cfg.norm_sublayer_outputs else None
+
+
 def dla_by_position(model, cache, direction, bias=0.0) -> dict:
     """Direct logit attribution at every position of the first prompt, along `direction`
     [d_model] (a column of W_U, or the difference of two) plus `bias` (b_U's share).
@@ -69,15 +76,30 @@ def dla_by_position(model, cache, direction, bias=0.0) -> dict:
     d, const = _readout(model, np.asarray(direction, np.float32), np.asarray(bias, np.float32))
     inv = (1.0 / get("ln_final.hook_scale")[0, :, 0] if cfg.final_norm_type is not None
            else np.ones(cache["hook_embed"].shape[1], np.float32))           # [pos]
-    out_dir = np.einsum("lhem,m->lhe", np.asarray(attn["W_O"], np.float32), d)  # [L, H, d_head]
+    # A norm on the attention's output (Gemma 2/3's ln1_post, OLMo 2's ln1) is linear given its
+    # scale, as ln_final is: its weight (and centring) joins the direction per layer, its bias
+    # is attention bias, and each layer's heads are divided by its scale.
+    post = _attn_out_norm(cfg)
+    d_l = np.broadcast_to(d, (cfg.n_layers, d.shape[0]))                     # [L, d_model]
+    post_bias = np.zeros((1, cfg.n_layers), np.float32)
+    inv_l = inv[:, None]                                                    # [pos, L]
+    if post is not None:
+        p = {k: np.asarray(v, np.float32) for k, v in model.params["blocks"][post].items()}
+        d_l = d_l * p["w"]
+        if "b" in p:  # (LayerNorm: centring moves into the direction)
+            d_l = d_l - d_l.mean(-1, keepdims=True)
+            post_bias = (p["b"] @ d)[None, :] * inv[:, None]
+        inv_l = inv[:, None] / get(f"blocks.*.{post}.hook_scale")[:, 0, :, 0].T
+    out_dir = np.einsum("lhem,lm->lhe", np.asarray(attn["W_O"], np.float32), d_l)  # [L, H, d_head]
     embed = get("hook_embed")[0]
     if "hook_pos_embed" in cache:
         embed = embed + get("hook_pos_embed")[0]
     parts = dict(
         embed=embed @ d * inv,
         heads=np.einsum("lphe,lhe->plh", get("blocks.*.attn.hook_z")[:, 0], out_dir)
-        * inv[:, None, None],
-        attn_bias=(np.asarray(attn["b_O"], np.float32) @ d)[None, :] * inv[:, None],
+        * inv_l[:, :, None],
+        attn_bias=np.einsum("lm,lm->l", np.asarray(attn["b_O"], np.float32), d_l)[None, :] * inv_l
+        + post_bias,
         constant=np.broadcast_to(const, inv.shape))
     if not cfg.attn_only:
         parts["mlp"] = np.einsum("lpm,m->pl", get("blocks.*.hook_mlp_out")[:, 0], d) * inv[:, None]
@@ -135,7 +157,8 @@ def induction(model, seq_len: int = 20, n_prompts: int = 4) -> dict:
     the first occurrence), the best head (layer, head), its pattern [pos, pos] on the first
     prompt, and that prompt's str_tokens.
     """
-    seq_len = min(seq_len, (model.cfg.n_ctx - 1) // 2)
+    limit = model.cfg.position_limit  # (Qwen 1: train_seq_length, under n_ctx)
+    seq_len = min(seq_len, ((limit or model.cfg.n_ctx) - 1) // 2)
     rep, pattern = induction_patterns(model, seq_len, n_prompts)       # pattern [L, b, H, q, k]
     scores = np.asarray(induction_pattern_scores(pattern, seq_len))
     layer, head = np.unravel_index(int(scores.argmax()), scores.shape)
@@ -190,8 +213,12 @@ def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: b
         names.append("hook_pos_embed")
     if cfg.final_norm_type is not None:
         names.append("ln_final.hook_scale")
+    if _attn_out_norm(cfg) is not None:
+        names.append(f"blocks.*.{_attn_out_norm(cfg)}.hook_scale")
     if not cfg.attn_only:
-        names += ["blocks.*.hook_mlp_out", "blocks.*.mlp.hook_post"]
+        names.append("blocks.*.hook_mlp_out")
+    if not (cfg.attn_only or cfg.num_experts):  # (a mixture has no single hidden layer)
+        names.append("blocks.*.mlp.hook_post")
     # Saved activations are exactly run_with_cache's: padding changes XLA's summation order.
     logits, cache = (model.run_with_cache(tokens) if capture_all
                      else _run_bucketed(model, tokens, names))
@@ -219,7 +246,7 @@ def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: b
         patterns=np.asarray(pattern[:, :, :WINDOW, :WINDOW]),
         target=target, target_logit=float(last[-1, target]),
         dla=direct_logit_attribution(model, cache, target), neurons=[], induction=induction(model))
-    if not cfg.attn_only:
+    if not (cfg.attn_only or cfg.num_experts):
         post = np.asarray(cache["blocks.*.mlp.hook_post"])[:, 0, skip:]      # [L, P - skip, M]
         for layer in post:
             peak = layer.max(0)
@@ -270,7 +297,7 @@ def _rows(n: int, max_rows: int) -> tuple[list[int], Optional[tuple[int, int]]]:
 
 def _top_components(dla: dict, pos: int, k: int = 6) -> list[tuple[float, str]]:
     comps = [(float(v), f"L{l}H{h}") for (l, h), v in np.ndenumerate(dla["heads"][pos])]
-    comps += [(float(v), f"MLP{l}") for l, v in enumerate(dla.get("mlp", [[]] * (pos + 1))[pos])]
+    comps += [(float(v), f"MLP{l}") for l, v in enumerate(dla["mlp"][pos] if "mlp" in dla else [])]
     return sorted(comps, key=lambda x: -abs(x[0]))[:k]
 
 
