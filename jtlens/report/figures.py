@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from jtlens.report.heatmap import css_colour
+from jtlens.report.heatmap import css_colour, full_scale
 from jtlens.report.svg import bars_svg, figure, heatmap_svg, svg_file
 
 _STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
@@ -55,7 +55,7 @@ def dla_positions_svgs(dla: dict, toks, what: str, start: int = 0) -> list[str]:
     panels = [("attention (sum over heads)", np.asarray(dla["heads"]).sum(-1).T)]
     if "mlp" in dla:
         panels.append(("MLP", np.asarray(dla["mlp"]).T))
-    limit = max(float(np.abs(p[np.isfinite(p)]).max(initial=0.0)) for _, p in panels) or 1.0
+    limit = full_scale([p for _, p in panels])
     return [heatmap_svg(arr, xlabel="position", ylabel="layer", limit=limit, label="logit",
                         title=f"{name}: direct logit attribution of {what}",
                         col_labels=_token_labels(toks, start)) for name, arr in panels]

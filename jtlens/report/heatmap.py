@@ -42,6 +42,16 @@ def legend(label: str = "", signed: bool = True) -> str:
     return f"{label} ({key})" if label else key
 
 
+def full_scale(arrays, signed: bool = True, limit: Optional[float] = None) -> float:
+    """The value drawn at full colour on one scale for `arrays`: `limit` when given, else the
+    largest |finite value| (1 for unsigned values that are at most 1, such as probabilities)."""
+    if limit is not None:
+        return limit
+    finite = [np.abs(a[np.isfinite(a)]) for a in map(np.asarray, arrays)]
+    peak = max((float(f.max()) for f in finite if f.size), default=0.0)
+    return (1.0 if not signed and peak <= 1.0 else peak) or 1.0
+
+
 def _ticks(n: int, labels: Optional[Sequence[str]]):
     """Integer positions 0..n-1 and their labels, every k-th shown when there are many."""
     labels = [str(i) for i in range(n)] if labels is None else [str(t) for t in labels]
@@ -64,10 +74,7 @@ def draw(ax, values, *, xlabel: str, ylabel: str, title: str = "", signed: bool 
     arr = np.asarray(values, np.float64)
     if arr.ndim != 2:
         raise ValueError(f"a heatmap needs a 2-d array; got shape {arr.shape}")
-    finite = np.abs(arr[np.isfinite(arr)])
-    peak = float(finite.max()) if finite.size else 0.0
-    if limit is None:
-        limit = (1.0 if not signed and peak <= 1.0 else peak) or 1.0
+    limit = full_scale([arr], signed, limit)
     im = ax.imshow(arr, cmap=SIGNED_CMAP if signed else UNSIGNED_CMAP,
                    vmin=-limit if signed else 0.0, vmax=limit, aspect="auto",
                    interpolation="nearest")
@@ -110,9 +117,7 @@ def panels_figure(panels, *, xlabel: str, ylabel: str, title: str = "", label: s
                   col_labels: Optional[Sequence[str]] = None):
     """Several heatmaps [(panel title, [rows, cols]), ...] side by side on one shared scale."""
     arrays = [np.asarray(a, np.float64) for _, a in panels]
-    if limit is None:
-        peak = max((float(np.nanmax(np.abs(a))) for a in arrays if a.size), default=0.0)
-        limit = (1.0 if not signed and peak <= 1.0 else peak) or 1.0
+    limit = full_scale(arrays, signed, limit)
     rows, cols = arrays[0].shape
     fig, axes = pyplot().subplots(1, len(arrays), squeeze=False, figsize=(
         min(8.0, max(3.5, 0.32 * cols + 2)) * len(arrays), min(14.0, max(3.0, 0.24 * rows + 1.6))))

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from jtlens.report.heatmap import BLUE, MAX_TICK_LABELS, RED, css_colour, legend
+from jtlens.report.heatmap import BLUE, RED, _ticks, css_colour, full_scale, legend
 
 _FONT = 'font-family="sans-serif"'
 _CHAR = 6.2  # px per character at font-size 10, for margins sized to the labels
@@ -24,23 +24,13 @@ def _esc(text) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _limit(arrays, signed: bool, limit: Optional[float]) -> float:
-    """The value drawn at full colour: `limit`, else the largest |finite value| (1 for
-    unsigned values that are at most 1, such as probabilities)."""
-    if limit is not None:
-        return limit
-    finite = [np.abs(a[np.isfinite(a)]) for a in arrays]
-    peak = max((float(f.max()) for f in finite if f.size), default=0.0)
-    return (1.0 if not signed and peak <= 1.0 else peak) or 1.0
-
-
 def _labels(n: int, labels: Optional[Sequence[str]]) -> list[str]:
-    """n tick labels, every k-th kept (the others blank) when there are many."""
-    labels = [str(i) for i in range(n)] if labels is None else [str(t) for t in labels]
-    if len(labels) != n:
-        raise ValueError(f"{len(labels)} tick labels for an axis of {n}")
-    step = max(1, -(-n // MAX_TICK_LABELS))
-    return [t if i % step == 0 else "" for i, t in enumerate(labels)]
+    """n tick labels, thinned as matplotlib's axes are (`heatmap._ticks`; the others blank)."""
+    at, kept = _ticks(n, labels)
+    out = [""] * n
+    for i, t in zip(at, kept):
+        out[i] = t
+    return out
 
 
 def _colour_key(x: float, y: float, width: float, limit: float, signed: bool, label: str) -> str:
@@ -69,7 +59,7 @@ def heatmap_svg(values, *, xlabel: str, ylabel: str, title: str = "", label: str
     if arr.ndim != 2:
         raise ValueError(f"a heatmap needs a 2-d array; got shape {arr.shape}")
     rows, cols = arr.shape
-    limit = _limit([arr], signed, limit)
+    limit = full_scale([arr], signed, limit)
     ylab, xlab = _labels(rows, row_labels), _labels(cols, col_labels)
     w = cell or max(6.0, min(26.0, 620.0 / max(cols, 1)))
     h = cell or max(6.0, min(20.0, 560.0 / max(rows, 1)))
