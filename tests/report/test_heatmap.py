@@ -6,6 +6,7 @@ import pathlib
 import re
 
 import numpy as np
+import pytest
 
 from jtlens import heatmap
 from jtlens.heatmap import css_colour, draw, heatmap_figure, panels_figure, pyplot
@@ -59,3 +60,16 @@ def test_no_other_module_picks_a_colour_map():
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
                  if p.name != "heatmap.py" and re.search(r"cmap\s*=|\.imshow\(|\.colorbar\(", p.read_text())]
     assert offenders == []
+
+
+def test_svg_heatmap_refuses_what_it_cannot_draw():
+    """The report's SVG heatmaps refuse a non-2-d array and labels that do not fit the axis,
+    naming the shape and the count, as the matplotlib heatmaps do."""
+    from jtlens.report.svg import heatmap_svg
+
+    with pytest.raises(ValueError, match=r"2-d array; got shape \(2, 3, 4\)"):
+        heatmap_svg(np.zeros((2, 3, 4)), xlabel="x", ylabel="y")
+    with pytest.raises(ValueError, match="2 tick labels for an axis of 3"):
+        heatmap_svg(np.zeros((2, 3)), xlabel="x", ylabel="y", col_labels=["a", "b"])
+    svg = heatmap_svg(np.array([[0.0, -2.0], [1.0, np.nan]]), xlabel="x", ylabel="y")
+    assert svg.count("<rect") == 4 + 2 and "-2</title>" in svg  # cells, frame, key; a value on hover
