@@ -49,8 +49,8 @@ class GGUFFile:
 
 
 class _Cursor:
-    def __init__(self, buf, path: Path):
-        self.buf, self.pos, self.path = buf, 0, path
+    def __init__(self, buf, pos: int):
+        self.buf, self.pos = buf, pos
 
     def unpack(self, fmt: str):
         value = struct.unpack_from(fmt, self.buf, self.pos)[0]
@@ -94,8 +94,7 @@ def read_gguf_file(path) -> GGUFFile:
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if path.stat().st_size else b""
     if buf[:4] != b"GGUF":
         raise GGUFFormatError(f"starts with {bytes(buf[:4])!r}, not the magic b'GGUF'")
-    c = _Cursor(buf, path)
-    c.pos = 4
+    c = _Cursor(buf, 4)  # after the magic
     try:
         version = c.unpack("<I")
         if version not in (2, 3):
