@@ -388,6 +388,12 @@ def post_ln_block(p: dict, resid: Resid, ctx: Ctx) -> Resid:
     return ctx("hook_normalized_resid_post", norm(p["ln2"], "LN", resid_post, ctx, "ln2"))
 
 
+def local_layers(cfg: Config) -> list[bool]:
+    """Per layer, whether its attention is a sliding window. attn_types counts only with
+    use_local_attn, as in TransformerLens (OLMo 3 sets it without)."""
+    return [cfg.use_local_attn and t == "local" for t in (cfg.attn_types or ("global",) * cfg.n_layers)]
+
+
 def run_blocks(blocks: Params, resid: Resid, ctx: Ctx, first_layer: int = 0, start_layer=None,
                scan: bool = True) -> tuple[Resid, dict]:
     """Run stacked blocks, under `lax.scan` or unrolled.
@@ -408,8 +414,7 @@ def run_blocks(blocks: Params, resid: Resid, ctx: Ctx, first_layer: int = 0, sta
     cfg = ctx.cfg
     layers = blocks if isinstance(blocks, (tuple, list)) else None
     n = len(layers) if layers is not None else jax.tree_util.tree_leaves(blocks)[0].shape[0]
-    # attn_types counts only with use_local_attn, as in TransformerLens (OLMo 3 sets it without).
-    local = [cfg.use_local_attn and t == "local" for t in (cfg.attn_types or ("global",) * cfg.n_layers)]
+    local = local_layers(cfg)
     block_fn = post_ln_block if cfg.post_ln else block
     past = () if ctx.kv is None else (ctx.kv.k, ctx.kv.v) + (ctx.kv.cross or ())
     per_layer_kv = bool(past) and isinstance(past[0], tuple)

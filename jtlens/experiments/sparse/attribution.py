@@ -1,19 +1,28 @@
 """Attribution graphs (circuit-tracer's method) as batched VJPs of the local replacement model.
 
     graph = attribute(params, cfg, tc, tokens)          # tokens [pos], one prompt
+    graph.edges                                        # [n_features + n_logits, n_sources]
     graph.adjacency                                    # [n_nodes, n_nodes], rows = targets
 
 Nodes, in circuit-tracer's order: active features (layer, pos, feature) (none at the first
 `zero_positions` positions, as circuit-tracer leaves out BOS), one error node per (layer, pos),
 the input token embeddings, the target logits (the top logits at the last position up to
 cumulative probability `desired_logit_prob`, at most `max_n_logits`). A feature node's input is
-its pre-activation (less b_enc), a logit node's is its demeaned logit. With patterns and norm
-scales frozen and features as inputs (`replacement.run_replacement(acts=...)`) every node input
-is linear in the source values, and an edge is the direct effect
-`A[t, s] = value_s * d input_t / d value_s` (for error and token nodes a dot product with the
-vector). Each block of `batch_size` rows is one `vmap` of the VJP over its cotangents (a
-feature's encoder column at its layer and position, a logit's one-hot), as circuit-tracer
-injects gradients.
+its pre-activation (less b_enc), a logit node's is its demeaned logit. Only features and logits
+have inputs, so a graph keeps their rows (`edges`); error and token rows are zero.
+
+The linear model. Every node gets a coefficient, 1 on the prompt, that scales what it writes: a
+feature its activation times its decoder row into its layer's MLP output (a CLT's: into every
+later layer's), an error node its error vector, a token its embedding. Attention patterns and
+norm scales are `stop_gradient`-ed where the forward computes them, so each node input is
+linear in the coefficients and an edge is `A[t, s] = d input_t / d coef_s` (circuit-tracer's
+`value_s * d input_t / d value_s`). A block of `batch_size` rows is one `vmap` of a VJP over
+one-hot cotangents on the targets' inputs, which the forward reads inside each layer, so no row
+holds a [layers, pos, d_model] cotangent. The layers run under `lax.scan`, each rematerialised in
+the backward (per layer only the residual stream is kept, never the attention patterns), and a
+block stops at its highest target layer (`lax.cond` on a traced bound: the layers above it cost
+nothing and nothing recompiles). Feature rows are computed in influence order, sorted by layer
+within each update so that blocks stop early.
 """
 
 from __future__ import annotations
@@ -27,21 +36,26 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtlens.core.config import Config
-from jtlens.experiments.sparse.replacement import Frozen, freeze, run_replacement, true_nodes
+from jtlens.core.forward import context, forward_with_cache
+from jtlens.core.hook_catalogue import hook_catalogue
+from jtlens.core.hooks import Hooks, split_name
+from jtlens.core.pieces import block, embed, local_layers, unembed
+from jtlens.core.progress import shown
+from jtlens.experiments.sparse.replacement import check_hooks, is_held
 from jtlens.experiments.sparse.transcoder import Transcoders
 
 
 @dataclasses.dataclass
 class AttributionGraph:
-    """A dense attribution graph (numpy). adjacency[t, s]: direct effect of node s on node t's
-    input; columns and rows ordered [features, errors (layer-major), tokens, logits]."""
+    """An attribution graph (numpy). edges[t, s]: direct effect of source s on target t's input;
+    targets [features, logits], sources [features, errors (layer-major), tokens]."""
 
     tokens: np.ndarray               # [pos]
     active_features: np.ndarray      # [n_features, 3] (layer, pos, feature)
     activation_values: np.ndarray    # [n_features]
     logit_tokens: np.ndarray         # [n_logits] vocabulary ids
     logit_probabilities: np.ndarray  # [n_logits]
-    adjacency: np.ndarray            # [n_nodes, n_nodes]
+    edges: np.ndarray                # [n_features + n_logits, n_features + n_layers * pos + pos]
     n_layers: int
     scan: Optional[str] = None
 
@@ -52,6 +66,18 @@ class AttributionGraph:
     @property
     def n_features(self) -> int:
         return len(self.active_features)
+
+    @property
+    def adjacency(self) -> np.ndarray:
+        """The dense [n_nodes, n_nodes] matrix, nodes [features, errors, tokens, logits] (rows of
+        errors and tokens, and columns of logits, are zero). n_nodes^2 floats: at 1,024 tokens on
+        a 30-layer model that is 4 GB, where `edges` holds 1/100 of it."""
+        n_sources = self.edges.shape[1]
+        n = n_sources + len(self.logit_tokens)
+        dense = np.zeros((n, n), np.float32)
+        dense[:self.n_features, :n_sources] = self.edges[:self.n_features]
+        dense[n_sources:, :n_sources] = self.edges[self.n_features:]
+        return dense
 
     def node_kinds(self) -> np.ndarray:
         """[n_nodes] 'feature' | 'error' | 'token' | 'logit'."""
@@ -73,53 +99,132 @@ def salient_logits(logits: np.ndarray, max_n_logits: int = 10, desired_logit_pro
 
 @dataclasses.dataclass(frozen=True)
 class _Nodes:
-    """What the linear map from node values to node inputs needs besides those values."""
+    """The prompt's nodes as the linear model reads them. Every active feature is listed per
+    layer (padded to M with activation 0), the non-node ones (first positions) too: their
+    coefficients' gradients are simply not read."""
 
-    feature_index: jax.Array   # [n_features, 3]
-    base_acts: jax.Array       # [L, pos, d_tc] activations that are not nodes (first positions)
-    base_errors: jax.Array     # [L, pos, d_out] errors that are not nodes
-    logit_dirs: jax.Array      # [d_vocab, n_logits] one-hot minus 1/d_vocab
+    tokens: jax.Array       # [pos]
+    feature: jax.Array      # [L, M] feature ids
+    pos: jax.Array          # [L, M] their positions
+    value: jax.Array        # [L, M] their activations (0: padding)
+    errors: jax.Array       # [L, pos, d_out] what the transcoders miss of each MLP output
+    slots: jax.Array        # [n_features] the node features' places in the flattened [L, M]
+    error_nodes: jax.Array  # [pos] 1.0 where errors are nodes, 0.0 at the first positions
+    logit_dirs: jax.Array   # [d_vocab, n_logits] one-hot minus 1/d_vocab
 
 
 jax.tree_util.register_dataclass(
-    _Nodes, data_fields=("feature_index", "base_acts", "base_errors", "logit_dirs"), meta_fields=())
+    _Nodes, data_fields=[f.name for f in dataclasses.fields(_Nodes)], meta_fields=())
+
+
+def _mlp_out(tc: Transcoders, nodes: _Nodes, coef, layer, x):
+    """Layer `layer`'s MLP output [pos, d_out] without its error: the features' writes (each
+    activation scaled by its coefficient, coef [L, M]), b_dec and the skip path of x [pos, d_in]."""
+    amount = coef * nodes.value
+    if tc.cfg.cross_layer:  # every layer's features; W_dec is zero into earlier layers
+        rows = tc.params["W_dec"][jnp.arange(tc.cfg.n_layers)[:, None], nodes.feature, layer]
+        pos, amount, rows = nodes.pos.ravel(), amount.ravel(), rows.reshape(-1, rows.shape[-1])
+    else:
+        rows = tc.params["W_dec"][layer][nodes.feature[layer]]
+        pos, amount = nodes.pos[layer], amount[layer]
+    out = jnp.zeros((x.shape[0], rows.shape[-1]), rows.dtype).at[pos].add(amount[:, None] * rows)
+    out = out + tc.params["b_dec"][layer]
+    return out + x @ tc.params["W_skip"][layer].T if tc.cfg.skip else out
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def node_inputs(params, cfg: Config, tc: Transcoders, frozen: Frozen, nodes: _Nodes,
-                values, errors, embed):
-    """What every target node's input is read from, given source node values (feature
-    activations [n_features], error vectors [L, pos, d_out], token embeddings [pos, d_model]):
-    (the transcoders' inputs [L, pos, d_in] (a feature's input is its encoder column times
-    its layer and position's row), the target logits, demeaned [n_logits])."""
-    l, p, f = nodes.feature_index.T
-    # one scatter per layer (each value lands only in its own layer): the VJP then gathers each
-    # layer's [pos, d_tc] cotangent in turn, never holding the whole [L, pos, d_tc] per row
-    acts = [nodes.base_acts[i].at[p, f].add(jnp.where(l == i, values, 0.0))
-            for i in range(cfg.n_layers)]
-    last, mlp_in, _ = run_replacement(params, cfg, tc, frozen, acts=acts,
-                                      errors=nodes.base_errors + errors, embed=embed,
-                                      last_logits_only=True)
-    return mlp_in, last @ nodes.logit_dirs
+def _run_prompt(params, cfg: Config, tc: Transcoders, tokens):
+    """The model on the prompt [pos]: (MLP inputs [L, pos, d_in], MLP outputs [L, pos, d_out],
+    the last position's logits [d_vocab])."""
+    t = tc.cfg
+    hooks = Hooks(capture=(f"blocks.*.{t.input_hook}", f"blocks.*.{t.output_hook}"))
+    resid, cache = forward_with_cache(params, tokens[None], cfg, hooks, stop_at_layer=cfg.n_layers)
+    last = unembed(params, resid[:, -1:], context(cfg, None, 1, 1))[0, 0]
+    return cache.stacked[t.input_hook][:, 0], cache.stacked[t.output_hook][:, 0], last
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _rows(params, cfg: Config, tc: Transcoders, frozen: Frozen, nodes: _Nodes, feature_ids,
-          logit_ids, values, errors, embed):
-    """Adjacency rows [B, n_sources] of B target nodes (feature_ids [B] or logit_ids [B]; -1
-    where the row is the other kind, or padding): VJP times source values. As circuit-tracer,
-    a feature row's cotangent is its encoder column at its layer and position."""
-    f = functools.partial(node_inputs, params, cfg, tc, frozen, nodes)
-    (mlp_in, logit_out), vjp_fn = jax.vjp(f, values, errors, embed)
-    B = len(feature_ids)
-    l, p, k = nodes.feature_index[jnp.maximum(feature_ids, 0)].T
-    enc = tc.params["W_enc"][l, :, k] * (feature_ids >= 0)[:, None]          # [B, d_in]
-    ct_in = jnp.zeros((B,) + mlp_in.shape, mlp_in.dtype).at[jnp.arange(B), l, p].set(enc)
-    ct_logits = jax.nn.one_hot(logit_ids, logit_out.shape[0], dtype=logit_out.dtype)
-    g_values, g_errors, g_embed = jax.vmap(vjp_fn)((ct_in, ct_logits))
-    return jnp.concatenate([g_values * values,
-                            (g_errors * errors).sum(-1).reshape(B, -1),
-                            (g_embed * embed).sum(-1)], axis=1)
+@jax.jit
+def _layer_acts(tc: Transcoders, x, layer):
+    return tc.encode_at(x, layer)
+
+
+@jax.jit
+def _errors(tc: Transcoders, nodes: _Nodes, mlp_in, mlp_out):
+    """Each MLP output's error [L, pos, d_out]: what the features, b_dec and skip miss of it."""
+    ones = jnp.ones_like(nodes.value)
+    return jax.lax.map(lambda l: mlp_out[l] - _mlp_out(tc, nodes, ones, l, mlp_in[l]),
+                       jnp.arange(tc.cfg.n_layers))
+
+
+def _held_hooks(cfg: Config) -> list[str]:
+    """The hooks whose activations the replacement model holds (blocks.* names once)."""
+    split = map(split_name, hook_catalogue(cfg).names())
+    return sorted({t if layer is None else f"blocks.*.{t}" for t, layer in split if is_held(t)})
+
+
+def _linear(params, cfg: Config, tc: Transcoders, nodes: _Nodes, coef, targets, stop,
+            with_logits: bool):
+    """The linear replacement model: node coefficients (features [L, M], errors [L, pos],
+    tokens [pos]) -> the inputs of `targets` (layer, pos, feature), each [B] (layer -1: none),
+    and, with_logits, the demeaned target logits [n_logits]. Layers from `stop` on are skipped
+    (with_logits needs stop = n_layers)."""
+    c_feat, c_err, c_tok = coef
+    t_layer, t_pos, t_feat = targets
+    enc = tc.params["W_enc"][jnp.maximum(t_layer, 0), :, t_feat]             # [B, d_in]
+    seen: dict = {}
+
+    def read(x, hp):
+        seen["x"] = x[0]
+        return x
+
+    def write(out, hp):
+        l = hp.layer()
+        new = _mlp_out(tc, nodes, c_feat, l, seen["x"]) + c_err[l][:, None] * nodes.errors[l]
+        return new[None].astype(out.dtype)
+
+    hold = lambda x, hp: jax.lax.stop_gradient(x)  # noqa: E731
+    fns = [(name, hold) for name in _held_hooks(cfg)]
+    fns += [("hook_embed", lambda x, hp: x * c_tok[None, :, None]),
+            (f"blocks.*.{tc.cfg.input_hook}", read), (f"blocks.*.{tc.cfg.output_hook}", write)]
+    ctx = context(cfg, Hooks(fns=tuple(fns)), 1, len(nodes.tokens))
+    local = jnp.asarray(local_layers(cfg))
+
+    @jax.checkpoint
+    def layer(resid, p, l):
+        resid = block(p, resid, ctx.at(l, local[l], {}))
+        x = seen.pop("x")
+        return resid, jnp.where(t_layer == l, (x[t_pos] * enc).sum(-1), 0.0)
+
+    def body(resid, xs):
+        p, l = xs
+        return jax.lax.cond(l < stop, lambda r: layer(r, p, l),
+                            lambda r: (r, jnp.zeros(t_layer.shape, r.dtype)), resid)
+
+    resid = embed(params, nodes.tokens[None], ctx)
+    resid, reads = jax.lax.scan(body, resid, (params["blocks"], jnp.arange(cfg.n_layers)))
+    if not with_logits:
+        return reads.sum(0)
+    return reads.sum(0), unembed(params, resid[:, -1:], ctx)[0, 0] @ nodes.logit_dirs
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "with_logits"))
+def _rows(params, cfg: Config, tc: Transcoders, nodes: _Nodes, targets, stop, with_logits: bool):
+    """Adjacency rows [R, n_sources]: of the B target features (targets [3, B]), or with_logits
+    of the target logits. One VJP, vmapped over one-hot cotangents."""
+    L, M = nodes.value.shape
+    P = len(nodes.tokens)
+    coef = (jnp.ones((L, M)), jnp.ones((L, P)), jnp.ones(P))
+    out, vjp_fn = jax.vjp(functools.partial(_linear, params, cfg, tc, nodes, targets=targets,
+                                            stop=stop, with_logits=with_logits), coef)
+    if with_logits:
+        n = out[1].shape[0]
+        cts = (jnp.zeros((n,) + out[0].shape, out[0].dtype), jnp.eye(n, dtype=out[1].dtype))
+    else:
+        cts = jnp.eye(out.shape[0], dtype=out.dtype)
+    g_feat, g_err, g_tok = jax.vmap(vjp_fn)(cts)[0]
+    R = g_tok.shape[0]
+    return jnp.concatenate([g_feat.reshape(R, L * M)[:, nodes.slots],
+                            (g_err * nodes.error_nodes).reshape(R, L * P), g_tok], axis=1)
 
 
 def partial_influence(rows, row_nodes, probs, n_sources: int, max_iter: int = 128):
@@ -140,51 +245,81 @@ def partial_influence(rows, row_nodes, probs, n_sources: int, max_iter: int = 12
     raise RuntimeError("the influence did not converge: the graph has a cycle")
 
 
+def _nodes(tc: Transcoders, tokens, mlp_in, mlp_out, zero_positions: int, logit_dirs):
+    """(_Nodes, node features [n, 3] (layer, pos, feature), their activations [n])."""
+    per_layer = []
+    for l in range(tc.cfg.n_layers):  # one layer's [pos, d_tc] at a time: never all of them
+        a = np.asarray(_layer_acts(tc, mlp_in[l], l))
+        p, f = np.nonzero(a)
+        per_layer.append((p, f, a[p, f]))
+    M = max(1, max(len(p) for p, _, _ in per_layer))
+    grid = np.zeros((3, len(per_layer), M))
+    for l, (p, f, v) in enumerate(per_layer):
+        grid[:, l, :len(p)] = p, f, v
+    listed = np.concatenate([np.stack([np.full(len(p), l), p, f], 1)
+                             for l, (p, f, _) in enumerate(per_layer)])
+    slots = np.concatenate([l * M + np.arange(len(p)) for l, (p, _, _) in enumerate(per_layer)])
+    keep = listed[:, 1] >= zero_positions
+    P = len(tokens)
+    nodes = _Nodes(jnp.asarray(tokens), jnp.asarray(grid[1], jnp.int32),
+                   jnp.asarray(grid[0], jnp.int32), jnp.asarray(grid[2], jnp.float32), None,
+                   jnp.asarray(slots[keep], jnp.int32),
+                   jnp.asarray(np.arange(P) >= zero_positions, jnp.float32), logit_dirs)
+    nodes = dataclasses.replace(nodes, errors=_errors(tc, nodes, mlp_in, mlp_out))
+    values = np.concatenate([v for _, _, v in per_layer])[keep]
+    return nodes, listed[keep], values
+
+
 def attribute(params, cfg: Config, tc: Transcoders, tokens, *, max_n_logits: int = 10,
               desired_logit_prob: float = 0.95, batch_size: int = 64, zero_positions: int = 1,
               max_feature_nodes: Optional[int] = None, update_interval: int = 4,
-              frozen: Optional[Frozen] = None) -> AttributionGraph:
+              progress: bool = True) -> AttributionGraph:
     """The attribution graph of `tokens` [pos] through the transcoders `tc` (see module doc).
 
     batch_size: adjacency rows per vmapped VJP (memory grows with it). zero_positions: leading
     positions whose features and errors are not nodes (circuit-tracer: 1, the BOS token).
     max_feature_nodes: attribute only this many features, chosen as circuit-tracer does (after
     the logits, the unvisited features of highest influence through the rows so far,
-    `update_interval * batch_size` at a time); the graph keeps only them.
+    `update_interval * batch_size` at a time); the graph keeps only them. progress: a bar over
+    the feature rows on a terminal.
     """
-    frozen = freeze(params, cfg, tc, tokens) if frozen is None else frozen
-    acts, errors = true_nodes(tc, frozen)
-    keep = (jnp.arange(acts.shape[1]) >= zero_positions)[None, :, None]
-    index = np.argwhere(np.asarray((acts != 0) & keep))          # (layer, pos, feature) order
-    values = acts[tuple(index.T)]
-    node_errors = jnp.where(keep, errors, 0.0)
-    logit_tokens, probs = salient_logits(frozen.logits[-1], max_n_logits, desired_logit_prob)
-    V = frozen.logits.shape[-1]
+    check_hooks(cfg, tc)
+    tokens = jnp.asarray(tokens).reshape(-1)
+    mlp_in, mlp_out, last = _run_prompt(params, cfg, tc, tokens)
+    logit_tokens, probs = salient_logits(last, max_n_logits, desired_logit_prob)
+    V = last.shape[-1]
     dirs = jax.nn.one_hot(logit_tokens, V, dtype=jnp.float32).T - 1.0 / V
-    nodes = _Nodes(jnp.asarray(index, jnp.int32), acts.at[tuple(index.T)].set(0.0),
-                   errors - node_errors, dirs)
-    primals = (values, node_errors, frozen.embed)
-    n_all, n_logit = len(index), len(logit_tokens)
-
-    def rows_of(targets: np.ndarray) -> np.ndarray:  # targets: ids among [features, logits]
-        out = [np.zeros((0, n_all + cfg.n_layers * len(frozen.tokens) + len(frozen.tokens)))]
-        for start in range(0, len(targets), batch_size):
-            chunk = targets[start:start + batch_size]
-            ids = np.full(batch_size, -1)
-            ids[:len(chunk)] = chunk
-            feature_ids = np.where(ids < n_all, ids, -1)
-            logit_ids = np.where(ids >= n_all, ids - n_all, -1)
-            out.append(np.asarray(_rows(params, cfg, tc, frozen, nodes, feature_ids, logit_ids,
-                                        *primals))[:len(chunk)])
-        return np.concatenate(out)
-
-    logit_rows = rows_of(n_all + np.arange(n_logit))
+    nodes, index, values = _nodes(tc, np.asarray(tokens), mlp_in, mlp_out, zero_positions, dirs)
+    del mlp_in, mlp_out
+    n_all, n_logit, L = len(index), len(logit_tokens), cfg.n_layers
+    none = jnp.full((3, 1), -1, jnp.int32)
+    logit_rows = np.asarray(_rows(params, cfg, tc, nodes, none, L, True))
     n_sources = logit_rows.shape[1]
     limit = n_all if max_feature_nodes is None else min(max_feature_nodes, n_all)
+    bar = None
+    if shown(progress):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=limit, desc="attribution rows", unit="row")
+
+    def rows_of(targets: np.ndarray) -> np.ndarray:  # feature ids -> their rows, in that order
+        order = np.argsort(index[targets, 0], kind="stable")  # by layer: blocks stop early
+        out = np.zeros((len(targets), n_sources), np.float32)
+        for start in range(0, len(targets), batch_size):
+            chunk = order[start:start + batch_size]
+            t = np.full((3, batch_size), -1)
+            t[:, :len(chunk)] = index[targets[chunk]].T
+            stop = int(t[0].max()) + 1
+            out[chunk] = np.asarray(_rows(params, cfg, tc, nodes, jnp.asarray(t, jnp.int32),
+                                          stop, False))[:len(chunk)]
+            if bar is not None:
+                bar.update(len(chunk))
+        return out
+
     if limit == n_all:
         selected, feature_rows = np.arange(n_all), rows_of(np.arange(n_all))
     else:
-        selected, parts = np.zeros(0, int), [np.zeros((0, n_sources))]
+        selected, parts = np.zeros(0, int), [np.zeros((0, n_sources), np.float32)]
         visited = np.zeros(n_all, bool)
         while len(selected) < limit:
             rows = np.concatenate([logit_rows] + parts)
@@ -197,11 +332,9 @@ def attribute(params, cfg: Config, tc: Transcoders, tokens, *, max_n_logits: int
             selected = np.r_[selected, pending]
         order = np.argsort(selected)
         selected, feature_rows = selected[order], np.concatenate(parts)[order]
+    if bar is not None:
+        bar.close()
     columns = np.r_[selected, np.arange(n_all, n_sources)]
-    n_kept = len(columns)
-    adjacency = np.zeros((n_kept + n_logit,) * 2, np.float32)
-    adjacency[:len(selected), :n_kept] = feature_rows[:, columns]
-    adjacency[n_kept:, :n_kept] = logit_rows[:, columns]
-    return AttributionGraph(np.asarray(frozen.tokens), index[selected],
-                            np.asarray(values)[selected], logit_tokens, probs, adjacency,
-                            cfg.n_layers, tc.cfg.scan)
+    edges = np.concatenate([feature_rows[:, columns], logit_rows[:, columns]])
+    return AttributionGraph(np.asarray(tokens), index[selected], values[selected], logit_tokens,
+                            probs, edges, L, tc.cfg.scan)

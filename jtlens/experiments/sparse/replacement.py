@@ -27,10 +27,9 @@ import jax
 import jax.numpy as jnp
 
 from jtlens.core.config import Config
-from jtlens.core.forward import context, forward_with_cache
+from jtlens.core.forward import forward_with_cache
 from jtlens.core.hook_catalogue import hook_catalogue
 from jtlens.core.hooks import Hooks
-from jtlens.core.pieces import unembed
 from jtlens.experiments.sparse.transcoder import Transcoders
 
 Edit = Callable[[int, jax.Array], jax.Array]
@@ -57,7 +56,9 @@ jax.tree_util.register_dataclass(
     Frozen, data_fields=("tokens", "patched", "embed", "mlp_in", "mlp_out", "logits"), meta_fields=())
 
 
-def _is_frozen(template: str) -> bool:
+def is_held(template: str) -> bool:
+    """Whether the replacement model holds this activation at its value on the prompt
+    (attention patterns and norm scales)."""
     return template.endswith("hook_scale") or template == "attn.hook_pattern"
 
 
@@ -73,6 +74,11 @@ def check_hooks(cfg: Config, tc: Transcoders):
     if t.output_hook == "hook_mlp_out" and t.d_out != cfg.d_model:
         raise ValueError(f"the transcoders write d_out={t.d_out}; hook_mlp_out has d_model="
                          f"{cfg.d_model}")
+    names = hook_catalogue(cfg).names()
+    for w in (t.input_hook, t.output_hook):
+        if f"blocks.0.{w}" not in names:
+            raise ValueError(f"this model has no hook blocks.L.{w} for the transcoders; use a hook "
+                             f"it has (e.g. ln2.hook_normalized / hook_mlp_out)")
 
 
 def freeze(params, cfg: Config, tc: Transcoders, tokens) -> Frozen:
@@ -80,11 +86,6 @@ def freeze(params, cfg: Config, tc: Transcoders, tokens) -> Frozen:
     holds fixed."""
     check_hooks(cfg, tc)
     t = tc.cfg
-    names = hook_catalogue(cfg).names()
-    for w in (t.input_hook, t.output_hook):
-        if f"blocks.0.{w}" not in names:
-            raise ValueError(f"this model has no hook blocks.L.{w} for the transcoders; use a hook "
-                             f"it has (e.g. ln2.hook_normalized / hook_mlp_out)")
     return _freeze(params, jnp.asarray(tokens).reshape(1, -1), cfg, t.input_hook, t.output_hook)
 
 
@@ -94,8 +95,8 @@ def _freeze(params, tokens, cfg: Config, input_hook: str, output_hook: str) -> F
     capture = tuple(n for n in hook_catalogue(cfg).names() if n.endswith("hook_scale")
                     or n == "hook_embed" or any(n.endswith(f".{w}") for w in wanted))
     logits, cache = forward_with_cache(params, tokens, cfg, Hooks(capture=capture))
-    patched = {f"blocks.*.{k}": v for k, v in cache.stacked.items() if _is_frozen(k)}
-    patched.update({k: v for k, v in cache.outer.items() if _is_frozen(k)})
+    patched = {f"blocks.*.{k}": v for k, v in cache.stacked.items() if is_held(k)}
+    patched.update({k: v for k, v in cache.outer.items() if is_held(k)})
     return Frozen(tokens[0], patched, cache.outer["hook_embed"][0],
                   cache.stacked[input_hook][:, 0], cache.stacked[output_hook][:, 0], logits[0])
 
@@ -108,12 +109,9 @@ def true_nodes(tc: Transcoders, frozen: Frozen):
 
 
 def run_replacement(params, cfg: Config, tc: Transcoders, frozen: Frozen, *, acts=None,
-                    errors=None, embed=None, edit: Optional[Edit] = None, freeze: bool = True,
-                    last_logits_only: bool = False):
+                    errors=None, embed=None, edit: Optional[Edit] = None, freeze: bool = True):
     """The replacement model on the frozen prompt -> (logits [pos, d_vocab], MLP inputs
     [L, pos, d_in], feature activations used [L, pos, d_tc]).
-    last_logits_only: the logits of the last position only, [d_vocab] (what attribution reads:
-    the unembedding of every position cost most of each VJP row on a 49k vocabulary).
 
     acts / errors / embed: node values (default: their values on the prompt; `acts` may also
     be a list of per-layer [pos, d_tc] arrays); with `acts` the
@@ -153,15 +151,9 @@ def run_replacement(params, cfg: Config, tc: Transcoders, frozen: Frozen, *, act
         return new[None].astype(out.dtype)
 
     held = {k: (jax.lax.stop_gradient(v), None) for k, v in frozen.patched.items()} if freeze else {}
-    final = {k: v for k, v in held.items() if k.startswith("ln_final.")}
-    patch = {"hook_embed": (embed[None], None),
-             **{k: v for k, v in held.items() if not (last_logits_only and k in final)}}
+    patch = {"hook_embed": (embed[None], None), **held}
     hooks = Hooks(capture=f"blocks.*.{t.input_hook}", patch=patch,
                   fns=((f"blocks.*.{t.input_hook}", read_input),
                        (f"blocks.*.{t.output_hook}", write_output)))
-    out, cache = forward_with_cache(params, frozen.tokens[None], cfg, hooks, scan=False,
-                                    stop_at_layer=cfg.n_layers if last_logits_only else None)
-    if last_logits_only:  # the final norm (its scale held at the last position) and unembedding
-        last = Hooks(patch={k: (v[:, -1:], None) for k, (v, _) in final.items()})
-        out = unembed(params, out[:, -1:], context(cfg, last, 1, 1))[:, 0]
+    out, cache = forward_with_cache(params, frozen.tokens[None], cfg, hooks, scan=False)
     return out[0], cache.stacked[t.input_hook][:, 0], jnp.stack(used)

@@ -38,7 +38,8 @@ def graph():
     return AttributionGraph(tokens=np.array([11, 5, 9]), active_features=FEATURES,
                             activation_values=np.abs(rng.standard_normal(N_FEAT)).astype(np.float32),
                             logit_tokens=np.array([4, 8]), logit_probabilities=np.array([0.6, 0.3], np.float32),
-                            adjacency=adj, n_layers=L, scan="test-scan")
+                            edges=np.concatenate([adj[:N_FEAT], adj[sources:]])[:, :sources],
+                            n_layers=L, scan="test-scan")
 
 
 def _threshold(scores, fraction):
