@@ -189,12 +189,12 @@ def _linear(params, cfg: Config, tc: Transcoders, nodes: _Nodes, coef, targets, 
     ctx = context(cfg, Hooks(fns=tuple(fns)), 1, len(nodes.tokens))
     local = jnp.asarray(local_layers(cfg))
 
-    @jax.checkpoint
     def layer(resid, p, l):
         resid = block(p, resid, ctx.at(l, local[l], {}))
         x = seen.pop("x")
         return resid, jnp.where(t_layer == l, (x[t_pos] * enc).sum(-1), 0.0)
 
+    @jax.checkpoint
     def body(resid, xs):
         p, l = xs
         return jax.lax.cond(l < stop, lambda r: layer(r, p, l),
