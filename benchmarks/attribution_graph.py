@@ -11,10 +11,13 @@ in circuit-tracer's format and read by both, the prompt is the first N tokens of
 CPython-docstrings corpus (a BOS first). It prints the number of active features, the graph's
 size, the time of `attribute` (first call, compiling included, and a second call on the same
 shapes) and the peak memory: the device's peak bytes where JAX reports them (GPU, TPU), else
-the process's peak resident set (CPU). circuit-tracer (from `.ct`, `make test` installs it;
+the process's peak resident set (CPU), which includes loading the model; in brackets, what the
+second call added to the resident set at its highest (benchmarks/rss.py), the graph's own
+memory. circuit-tracer (from `.ct`, `make test` installs it;
 benchmarks/circuit_tracer_worker.py) runs on the same folder, transcoders and tokens with the
 same batch size and feature budget; the ratio is jtlens's second call over circuit-tracer's, and
-the largest adjacency difference between the two graphs shows they computed the same one.
+the largest difference between the two graphs' edges (feature and logit rows) shows they
+computed the same one.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.rss import RSSPeak  # noqa: E402
 
 
 CACHE = Path(tempfile.gettempdir()) / "jtlens-bench"
@@ -85,19 +90,21 @@ def one(n_tokens: int, args) -> dict:
     graph = run()
     first = time.perf_counter() - t
     t = time.perf_counter()
-    run()
+    with RSSPeak() as rss:
+        run()
     second = time.perf_counter() - t
     stats = jax.devices()[0].memory_stats() or {}
     peak = stats.get("peak_bytes_in_use")
     where = "device peak"
     if peak is None:
         peak, where = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
-    np.savez(args.save, adjacency=graph.adjacency, feature_index=graph.active_features,
+    np.savez(args.save, edges=graph.edges, feature_index=graph.active_features,
              tokens=graph.tokens)
     return {"tokens": n_tokens, "active_features": int(cfg.n_layers * (n_tokens - 1) * args.k),
             "feature_nodes": graph.n_features, "graph_nodes": graph.adjacency.shape[0],
             "first_s": round(first, 2), "second_s": round(second, 2),
-            "peak_GiB": round(peak / 2**30, 2), "memory": where, "device": str(jax.devices()[0])}
+            "peak_GiB": round(peak / 2**30, 2), "memory": where, "device": str(jax.devices()[0]),
+            "added_GiB": round(rss.added, 2)}
 
 
 def circuit_tracer(n_tokens: int, args, ours: Optional[dict]) -> str:
@@ -110,6 +117,7 @@ def circuit_tracer(n_tokens: int, args, ours: Optional[dict]) -> str:
     try:
         r = circuit_tracer_worker.run(model_folder(), transcoder_folder(args), tokens,
                                       batch_size=args.batch_size, repeat=2, threads=args.ct_threads,
+                                      dense=False,
                                       max_feature_nodes=args.max_feature_nodes)
     except RuntimeError as e:
         return f"failed: {str(e).strip().splitlines()[-1]} |||"
@@ -121,9 +129,10 @@ def circuit_tracer(n_tokens: int, args, ours: Optional[dict]) -> str:
                  **{f"jt_{k}": v for k, v in (ours or {}).items() if isinstance(v, np.ndarray)})
     same = "different nodes"
     if ours is not None and np.array_equal(ours["feature_index"], r["active_features"]):
-        same = f"{np.abs(ours['adjacency'] - r['adjacency']).max():.1e}"
+        same = f"{np.abs(ours['edges'] - r['edges']).max():.1e}"
     ratio = f"{ours['second_s'] / r['second_s']:.2f}" if ours is not None else ""
-    return (f"{r['first_s']:.2f} / {r['second_s']:.2f} | {r['peak_GiB']:.2f} | {ratio} | {same}")
+    return (f"{r['first_s']:.2f} / {r['second_s']:.2f} | {r['peak_GiB']:.2f} "
+            f"(+{r['added_GiB']:.2f}) | {ratio} | {same}")
 
 
 def main():
@@ -145,8 +154,8 @@ def main():
     model_folder(), transcoder_folder(args)  # built once, before the timed processes
     passed = [a for a in sys.argv[1:] if a not in map(str, args.tokens) and a != "--tokens"]
     print("| tokens | active features | feature nodes | graph nodes | jtlens first / second call, s "
-          "| jtlens peak memory, GiB | circuit-tracer first / second call, s | circuit-tracer peak "
-          "RSS, GiB | jtlens / circuit-tracer (second calls) | max adjacency difference |")
+          "| jtlens peak memory (+ added by the second call), GiB | circuit-tracer first / second "
+          "call, s | circuit-tracer peak RSS (+ added by the second call), GiB | jtlens / circuit-tracer (second calls) | max adjacency difference |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n in args.tokens:
         with tempfile.TemporaryDirectory() as tmp:
@@ -163,7 +172,8 @@ def main():
                 ours.update(np.load(save))
                 cells = (f"{ours['active_features']} | {ours['feature_nodes']} | "
                          f"{ours['graph_nodes']} | {ours['first_s']} / {ours['second_s']} | "
-                         f"{ours['peak_GiB']} ({ours['memory']}, {ours['device']})")
+                         f"{ours['peak_GiB']} (+{ours['added_GiB']}; {ours['memory']}, "
+                         f"{ours['device']})")
             theirs = "skipped ||||" if args.no_ct else circuit_tracer(n, args, ours)
             print(f"| {n} | {cells} | {theirs} |", flush=True)
 

@@ -37,11 +37,12 @@ def available() -> bool:
 
 def run(model_folder, transcoder_folder, tokens, **options) -> dict | None:
     """circuit-tracer's graph of `tokens` (ids, the first a special token, as circuit-tracer
-    prepends one otherwise): adjacency, active_features [n, 3] (selected ones only),
+    prepends one otherwise): edges (its feature and logit rows, as AttributionGraph.edges),
+    adjacency (unless dense=False: n_nodes^2 floats), active_features [n, 3] (selected ones only),
     activation_values, logit_tokens, logit_probabilities, and first_s / second_s / peak_GiB
     (loaded_GiB: the peak before attribute, loading the model and transcoders).
     options: batch_size, max_feature_nodes, update_interval, max_n_logits, desired_logit_prob,
-    threads, repeat
+    threads, dense, repeat
     (2: time a second call). None when `.ct` is absent."""
     if not available():
         return None
@@ -121,6 +122,9 @@ def main():
     args = json.loads(sys.argv[1])
     import torch
 
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.rss import RSSPeak
+
     torch.set_num_threads(int(args.get("threads", 1)))
     from circuit_tracer import attribute
 
@@ -132,10 +136,14 @@ def main():
     times = []
     for _ in range(int(args.get("repeat", 1))):
         t = time.perf_counter()
-        graph = attribute(tokens, model, **options)
+        with RSSPeak() as rss:
+            graph = attribute(tokens, model, **options)
         times.append(time.perf_counter() - t)
     selected = graph.selected_features.numpy()
-    np.savez(args["out"], adjacency=graph.adjacency_matrix.numpy(),
+    A, n_feat, n_logit = graph.adjacency_matrix, len(selected), len(graph.logit_targets)
+    rows = torch.cat([A[:n_feat], A[-n_logit:]])[:, :-n_logit]  # jtlens's `edges` layout
+    dense = {"adjacency": A.numpy()} if args.get("dense", True) else {}
+    np.savez(args["out"], edges=rows.numpy(), **dense,
              active_features=graph.active_features.numpy()[selected],
              activation_values=graph.activation_values.numpy()[selected],
              logit_tokens=np.array([t.vocab_idx for t in graph.logit_targets]),
@@ -143,7 +151,7 @@ def main():
              tokens=graph.input_tokens.numpy())
     print(json.dumps({"first_s": times[0], "second_s": times[-1],
                       "peak_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                      "loaded_GiB": loaded,
+                      "loaded_GiB": loaded, "added_GiB": rss.added,
                       "torch_threads": torch.get_num_threads()}))
 
 

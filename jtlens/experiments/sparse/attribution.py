@@ -162,12 +162,11 @@ def _held_hooks(cfg: Config) -> list[str]:
     return sorted({t if layer is None else f"blocks.*.{t}" for t, layer in split if is_held(t)})
 
 
-def _linear(params, cfg: Config, tc: Transcoders, nodes: _Nodes, coef, targets, stop,
-            with_logits: bool):
+def _linear(params, cfg: Config, tc: Transcoders, nodes: _Nodes, coef, targets, stop):
     """The linear replacement model: node coefficients (features [L, M], errors [L, pos],
-    tokens [pos]) -> the inputs of `targets` (layer, pos, feature), each [B] (layer -1: none),
-    and, with_logits, the demeaned target logits [n_logits]. Layers from `stop` on are skipped
-    (with_logits needs stop = n_layers)."""
+    tokens [pos]) -> (the inputs of `targets` (layer, pos, feature), each [B] (layer -1: none),
+    the demeaned target logits [n_logits]). Layers from `stop` on are skipped (the logits are
+    then meaningless)."""
     c_feat, c_err, c_tok = coef
     t_layer, t_pos, t_feat = targets
     enc = tc.params["W_enc"][jnp.maximum(t_layer, 0), :, t_feat]             # [B, d_in]
@@ -202,29 +201,24 @@ def _linear(params, cfg: Config, tc: Transcoders, nodes: _Nodes, coef, targets, 
 
     resid = embed(params, nodes.tokens[None], ctx)
     resid, reads = jax.lax.scan(body, resid, (params["blocks"], jnp.arange(cfg.n_layers)))
-    if not with_logits:
-        return reads.sum(0)
     return reads.sum(0), unembed(params, resid[:, -1:], ctx)[0, 0] @ nodes.logit_dirs
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "with_logits"))
-def _rows(params, cfg: Config, tc: Transcoders, nodes: _Nodes, targets, stop, with_logits: bool):
-    """Adjacency rows [R, n_sources]: of the B target features (targets [3, B]), or with_logits
-    of the target logits. One VJP, vmapped over one-hot cotangents."""
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _rows(params, cfg: Config, tc: Transcoders, nodes: _Nodes, targets, logit_ids, stop):
+    """Adjacency rows [B, n_sources] of B targets: features (targets [3, B], layer -1 where the
+    row is not one) or logits (logit_ids [B], -1 where not; these need stop = n_layers). One
+    VJP, vmapped over one-hot cotangents; features and logits share the compiled program."""
     L, M = nodes.value.shape
     P = len(nodes.tokens)
     coef = (jnp.ones((L, M)), jnp.ones((L, P)), jnp.ones(P))
-    out, vjp_fn = jax.vjp(functools.partial(_linear, params, cfg, tc, nodes, targets=targets,
-                                            stop=stop, with_logits=with_logits), coef)
-    if with_logits:
-        n = out[1].shape[0]
-        cts = (jnp.zeros((n,) + out[0].shape, out[0].dtype), jnp.eye(n, dtype=out[1].dtype))
-    else:
-        cts = jnp.eye(out.shape[0], dtype=out.dtype)
+    (reads, logits), vjp_fn = jax.vjp(
+        functools.partial(_linear, params, cfg, tc, nodes, targets=targets, stop=stop), coef)
+    B = reads.shape[0]
+    cts = (jnp.eye(B, dtype=reads.dtype), jax.nn.one_hot(logit_ids, logits.shape[0], dtype=logits.dtype))
     g_feat, g_err, g_tok = jax.vmap(vjp_fn)(cts)[0]
-    R = g_tok.shape[0]
-    return jnp.concatenate([g_feat.reshape(R, L * M)[:, nodes.slots],
-                            (g_err * nodes.error_nodes).reshape(R, L * P), g_tok], axis=1)
+    return jnp.concatenate([g_feat.reshape(B, L * M)[:, nodes.slots],
+                            (g_err * nodes.error_nodes).reshape(B, L * P), g_tok], axis=1)
 
 
 def partial_influence(rows, row_nodes, probs, n_sources: int, max_iter: int = 128):
@@ -281,7 +275,7 @@ def attribute(params, cfg: Config, tc: Transcoders, tokens, *, max_n_logits: int
     max_feature_nodes: attribute only this many features, chosen as circuit-tracer does (after
     the logits, the unvisited features of highest influence through the rows so far,
     `update_interval * batch_size` at a time); the graph keeps only them. progress: a bar over
-    the feature rows on a terminal.
+    the rows on a terminal.
     """
     check_hooks(cfg, tc)
     tokens = jnp.asarray(tokens).reshape(-1)
@@ -292,30 +286,35 @@ def attribute(params, cfg: Config, tc: Transcoders, tokens, *, max_n_logits: int
     nodes, index, values = _nodes(tc, np.asarray(tokens), mlp_in, mlp_out, zero_positions, dirs)
     del mlp_in, mlp_out
     n_all, n_logit, L = len(index), len(logit_tokens), cfg.n_layers
-    none = jnp.full((3, 1), -1, jnp.int32)
-    logit_rows = np.asarray(_rows(params, cfg, tc, nodes, none, L, True))
-    n_sources = logit_rows.shape[1]
+    n_sources = n_all + (L + 1) * len(tokens)
     limit = n_all if max_feature_nodes is None else min(max_feature_nodes, n_all)
     bar = None
     if shown(progress):
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=limit, desc="attribution rows", unit="row")
+        bar = tqdm(total=n_logit + limit, desc="attribution rows", unit="row")
 
-    def rows_of(targets: np.ndarray) -> np.ndarray:  # feature ids -> their rows, in that order
-        order = np.argsort(index[targets, 0], kind="stable")  # by layer: blocks stop early
+    def rows_of(targets: np.ndarray) -> np.ndarray:
+        """Rows of targets (ids: features 0..n_all-1, then logits), in that order."""
+        is_logit = targets >= n_all
+        feature = np.concatenate([index, np.full((1, 3), -1)])[np.where(is_logit, n_all, targets)]
+        layer = np.where(is_logit, L, feature[:, 0])
+        order = np.argsort(layer, kind="stable")  # by layer, so that blocks stop early
         out = np.zeros((len(targets), n_sources), np.float32)
         for start in range(0, len(targets), batch_size):
             chunk = order[start:start + batch_size]
             t = np.full((3, batch_size), -1)
-            t[:, :len(chunk)] = index[targets[chunk]].T
-            stop = int(t[0].max()) + 1
+            logit_ids = np.full(batch_size, -1)
+            t[:, :len(chunk)] = feature[chunk].T
+            logit_ids[:len(chunk)] = np.where(is_logit[chunk], targets[chunk] - n_all, -1)
+            stop = int(layer[chunk].max()) + 1
             out[chunk] = np.asarray(_rows(params, cfg, tc, nodes, jnp.asarray(t, jnp.int32),
-                                          stop, False))[:len(chunk)]
+                                          jnp.asarray(logit_ids, jnp.int32), stop))[:len(chunk)]
             if bar is not None:
                 bar.update(len(chunk))
         return out
 
+    logit_rows = rows_of(n_all + np.arange(n_logit))
     if limit == n_all:
         selected, feature_rows = np.arange(n_all), rows_of(np.arange(n_all))
     else:
