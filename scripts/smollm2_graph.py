@@ -28,7 +28,7 @@ import jtlens
 from jtlens.report.graph_view import write_graph_html
 from jtlens.sparse import attribute, graph_json, graph_scores, prune_graph, write_graph_json
 from jtlens.sparse.corpus import corpus_tokens
-from jtlens.sparse.graph_prune import influence, logit_weights, normalize_matrix
+from jtlens.sparse.graph_prune import node_influence
 from jtlens.sparse.train import Hyper, TrainConfig, init_state, train_step
 from jtlens.sparse.transcoder_formats import write_circuit_tracer
 from jtlens.sparse.transcoder_train import mlp_activations, to_transcoders
@@ -59,7 +59,7 @@ def train(model, args):
 def top_path(graph, pruned, decode) -> list[str]:
     """From the top logit back to a token, each step the strongest positive input edge from a
     feature or token that the pruned graph keeps; the path reads token -> ... -> logit."""
-    A = np.where(np.asarray(pruned.edge_mask), graph.adjacency, 0.0)
+    A = np.where(np.asarray(pruned.edge_mask), graph.edges, 0.0)   # rows: features, logits
     kinds, n_err = graph.node_kinds(), graph.n_layers * graph.n_pos
     first_token, first_logit = graph.n_features + n_err, graph.n_features + n_err + graph.n_pos
 
@@ -75,9 +75,9 @@ def top_path(graph, pruned, decode) -> list[str]:
         return f"token {decode(int(graph.tokens[n - first_token]))!r} @{n - first_token}"
 
     A[:, kinds == "error"] = 0.0  # the path through features (errors: their share is printed)
-    node, path = first_logit, [label(first_logit)]
-    while kinds[node] != "token" and A[node].max() > 0:
-        node = int(np.argmax(A[node]))
+    row, node, path = graph.n_features, first_logit, [label(first_logit)]  # the top logit's row
+    while kinds[node] != "token" and A[row].max() > 0:
+        node = row = int(np.argmax(A[row]))  # a source; a feature's row has its node's index
         path.append(label(node))
     return path[::-1]
 
@@ -106,8 +106,7 @@ def main():
     attributed = time.perf_counter() - start
     pruned = prune_graph(graph, node_threshold=0.8, edge_threshold=0.98)
     replacement, completeness = graph_scores(graph)
-    A = normalize_matrix(jnp.asarray(graph.adjacency))
-    inf = np.asarray(influence(A, logit_weights(graph)))
+    inf = node_influence(graph)
     err = slice(graph.n_features, graph.n_features + graph.n_layers * graph.n_pos)
     decode = lambda t: model.tokenizer.decode([t])  # noqa: E731
     scan = f"jtlens-smollm2-135m-transcoders-{args.d_transcoder}-k{args.k}"

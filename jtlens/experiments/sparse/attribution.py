@@ -117,17 +117,37 @@ jax.tree_util.register_dataclass(
     _Nodes, data_fields=[f.name for f in dataclasses.fields(_Nodes)], meta_fields=())
 
 
+_CHUNK = 256  # features written per step: a VJP row's cotangent is gathered [_CHUNK, d] at a time
+
+
 def _mlp_out(tc: Transcoders, nodes: _Nodes, coef, layer, x):
     """Layer `layer`'s MLP output [pos, d_out] without its error: the features' writes (each
-    activation scaled by its coefficient, coef [L, M]), b_dec and the skip path of x [pos, d_in]."""
+    activation scaled by its coefficient, coef [L, M]), b_dec and the skip path of x [pos, d_in].
+
+    The writes are added a chunk of features at a time (`lax.scan`), so that the VJP, batched
+    over rows, gathers the cotangent at [rows, chunk, d_out] and not [rows, M, d_out] (600 MB
+    per layer at 1,024 tokens and 32 rows)."""
+    L, d_tc = tc.cfg.n_layers, tc.cfg.d_transcoder
     amount = coef * nodes.value
+    W = tc.params["W_dec"]
     if tc.cfg.cross_layer:  # every layer's features; W_dec is zero into earlier layers
-        rows = tc.params["W_dec"][jnp.arange(tc.cfg.n_layers)[:, None], nodes.feature, layer]
-        pos, amount, rows = nodes.pos.ravel(), amount.ravel(), rows.reshape(-1, rows.shape[-1])
+        ids = (jnp.arange(L)[:, None] * d_tc + nodes.feature).ravel()
+        table = W.reshape(L * d_tc, L, W.shape[-1])
+        row = lambda i: table[i, layer]  # noqa: E731
+        pos, amount = nodes.pos.ravel(), amount.ravel()
     else:
-        rows = tc.params["W_dec"][layer][nodes.feature[layer]]
+        ids = layer * d_tc + nodes.feature[layer]
+        table = W.reshape(L * d_tc, W.shape[-1])
+        row = lambda i: table[i]  # noqa: E731
         pos, amount = nodes.pos[layer], amount[layer]
-    out = jnp.zeros((x.shape[0], rows.shape[-1]), rows.dtype).at[pos].add(amount[:, None] * rows)
+    chunk = min(_CHUNK, nodes.value.shape[1])  # M is whole chunks when above one
+
+    def add(out, xs):
+        i, p, a = xs
+        return out.at[p].add(a[:, None] * row(i)), None
+
+    out = jnp.zeros((x.shape[0], W.shape[-1]), W.dtype)
+    out, _ = jax.lax.scan(add, out, tuple(v.reshape(-1, chunk) for v in (ids, pos, amount)))
     out = out + tc.params["b_dec"][layer]
     return out + x @ tc.params["W_skip"][layer].T if tc.cfg.skip else out
 
@@ -247,6 +267,7 @@ def _nodes(tc: Transcoders, tokens, mlp_in, mlp_out, zero_positions: int, logit_
         p, f = np.nonzero(a)
         per_layer.append((p, f, a[p, f]))
     M = max(1, max(len(p) for p, _, _ in per_layer))
+    M = M if M <= _CHUNK else -(-M // _CHUNK) * _CHUNK   # whole chunks (see _mlp_out)
     grid = np.zeros((3, len(per_layer), M))
     for l, (p, f, v) in enumerate(per_layer):
         grid[:, l, :len(p)] = p, f, v

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from jtlens.experiments.sparse.attribution import AttributionGraph
-from jtlens.experiments.sparse.graph_prune import prune_graph
+from jtlens.experiments.sparse.graph_prune import prune_graph, row_nodes
 
 
 def _node(node_id, feature, layer, ctx_idx, feature_type, js_id, **extra) -> dict:
@@ -70,10 +70,11 @@ def graph_json(graph: AttributionGraph, slug: str, *, scan: Optional[str] = None
     decode = decode or str
     node_mask, edge_mask, cumulative = prune_graph(graph, node_threshold, edge_threshold)
     nodes = _nodes(graph, node_mask, cumulative, decode)
-    dsts, srcs = edge_mask.nonzero()
-    links = [{"source": nodes[s]["node_id"], "target": nodes[d]["node_id"],
-              "weight": float(graph.adjacency[d, s])}
-             for d, s in zip(dsts.tolist(), srcs.tolist()) if s in nodes and d in nodes]
+    rows, srcs = edge_mask.nonzero()
+    targets = row_nodes(graph)
+    links = [{"source": nodes[s]["node_id"], "target": nodes[int(targets[r])]["node_id"],
+              "weight": float(graph.edges[r, s])}
+             for r, s in zip(rows.tolist(), srcs.tolist()) if s in nodes and targets[r] in nodes]
     linked = {x for link in links for x in (link["source"], link["target"])}
     used = [n for n in nodes.values()
             if n["node_id"] in linked or n["feature_type"] in ("embedding", "logit")]

@@ -94,7 +94,10 @@ def test_pruning_follows_circuit_tracer(graph, node_t, edge_t):
     keep, edges, cum, _ = _expected(graph.adjacency, graph.logit_probabilities, node_t, edge_t)
     got = prune_graph(graph, node_t, edge_t)
     np.testing.assert_array_equal(got.node_mask, keep)
-    np.testing.assert_array_equal(got.edge_mask, edges)
+    rows = np.r_[np.arange(N_FEAT), np.arange(N - N_LOGIT, N)]  # the nodes with inputs
+    np.testing.assert_array_equal(got.edge_mask, edges[rows][:, :N - N_LOGIT])
+    if edge_t < 1:  # (at 1.0 every entry, zeros too, reaches the threshold)
+        assert not np.delete(edges, rows, axis=0).any() and not edges[:, N - N_LOGIT:].any()
     np.testing.assert_allclose(got.cumulative_scores, cum, atol=1e-5)
     if node_t < 1:
         assert 0 < keep[:N_FEAT].sum() < N_FEAT  # the case prunes some features, not all
