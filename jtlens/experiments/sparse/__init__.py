@@ -30,6 +30,7 @@ from jtlens.experiments.sparse.activations import context_windows as context_win
 from jtlens.experiments.sparse.dashboards import dashboard_data as dashboard_data
 from jtlens.experiments.sparse.transcoder import TranscoderConfig as TranscoderConfig
 from jtlens.experiments.sparse.transcoder import Transcoders as Transcoders
+from jtlens.experiments.sparse.transcoder import fold_input_norm as fold_input_norm
 from jtlens.experiments.sparse.transcoder_formats import read_circuit_tracer as read_circuit_tracer
 from jtlens.experiments.sparse.transcoder_formats import read_saelens as read_saelens
 from jtlens.experiments.sparse.transcoder_formats import write_circuit_tracer as write_circuit_tracer

@@ -183,6 +183,29 @@ class Transcoders:
         return x.reshape(x.shape[0], -1, width)
 
 
+def fold_input_norm(tc: Transcoders, weight, bias=None) -> Transcoders:
+    """Transcoders that read a norm's output `n * weight + bias` (weight, bias [L, d_in]; e.g.
+    circuit-tracer's `mlp.hook_in` on a model loaded without fold_ln), rewritten to read the
+    normalised `n` alone: jtlens's `ln2.hook_normalized` on a model loaded with fold_ln, which
+    moved ln2's weight and bias into the MLP. Take them from the unfolded model:
+    `HookedTransformer.from_pretrained(name, fold_ln=False).params["blocks"]["ln2"]` ("w", "b";
+    RMSNorm has no bias). Encoder rows and skip columns scale by the weight; the bias moves
+    into b_enc (and through the skip path into b_dec), so every output is unchanged."""
+    p, L, d_in = tc.params, tc.cfg.n_layers, tc.cfg.d_in
+    weight = jnp.asarray(weight)
+    if weight.shape != (L, d_in) or (bias is not None and jnp.shape(bias) != (L, d_in)):
+        raise ValueError(f"the norm's weight and bias must be [n_layers, d_in] = {(L, d_in)}; got "
+                         f"{tuple(weight.shape)} and {None if bias is None else jnp.shape(bias)}")
+    new = dict(p, W_enc=p["W_enc"] * weight[:, :, None])
+    if bias is not None:
+        new["b_enc"] = p["b_enc"] + jnp.einsum("li,lif->lf", bias, p["W_enc"])
+    if tc.cfg.skip:
+        new["W_skip"] = p["W_skip"] * weight[:, None, :]
+        if bias is not None:
+            new["b_dec"] = p["b_dec"] + jnp.einsum("li,loi->lo", bias, p["W_skip"])
+    return Transcoders(new, tc.cfg)
+
+
 def _masked(params: dict, cfg: TranscoderConfig) -> dict:
     """A CLT's decoder with the entries that would write to earlier layers zeroed."""
     if not cfg.cross_layer:

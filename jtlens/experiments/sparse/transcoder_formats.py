@@ -14,7 +14,8 @@ activation: topk + k, optional `transcoders` list of files) and
 circuit-tracer's `mlp.hook_in` / `mlp.hook_out` (hooks it adds around the MLP) are jtlens's
 `ln2.hook_normalized` / `hook_mlp_out` (for models without a norm after the MLP) when the model
 is loaded with fold_ln, jtlens's default; circuit-tracer's own loader does not fold, and there
-`mlp.hook_in` is ln2's output times its weight.
+`mlp.hook_in` is ln2's output times its weight: transcoders trained that way read jtlens's hook
+after `transcoder.fold_input_norm(tc, ln2 weight, ln2 bias)`.
 """
 
 from __future__ import annotations

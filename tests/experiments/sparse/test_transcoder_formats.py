@@ -157,3 +157,29 @@ def test_bad_files_say_what_is_wrong(ct_set, tmp_path, one_line_error):
     with pytest.raises(ValueError) as e:
         tc.decode(tc.encode(_arr(L, 2, D)))
     one_line_error(e, "skip path")
+
+
+@pytest.mark.parametrize("kind", ["jumprelu_skip", "clt"])
+def test_fold_input_norm_reads_the_normalised_input(kind):
+    """Transcoders trained on a norm's output n * w + b (circuit-tracer's mlp.hook_in without
+    fold_ln), folded, give the same features and outputs from n alone."""
+    import jax
+
+    from jtlens.experiments.sparse.transcoder import fold_input_norm
+    from tests.experiments.sparse.transcoder_fixtures import model, transcoders
+
+    cfg, _, _ = model("gpt2")
+    tc = transcoders(cfg, kind)
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(5), 3)
+    L, d = cfg.n_layers, cfg.d_model
+    w = 1 + 0.5 * jax.random.normal(k1, (L, d))
+    b = 0.3 * jax.random.normal(k2, (L, d))
+    n = jax.random.normal(k3, (L, 6, d))
+    seen = n * w[:, None] + b[:, None]
+    folded = fold_input_norm(tc, w, b)
+    acts = tc.encode(seen)
+    assert (acts > 0).mean() > 0.05
+    np.testing.assert_allclose(folded.encode(n), acts, atol=1e-5)
+    np.testing.assert_allclose(folded.decode(acts, n), tc.decode(acts, seen), atol=1e-5)
+    with pytest.raises(ValueError, match=r"\[n_layers, d_in\]"):
+        fold_input_norm(tc, w[0])
