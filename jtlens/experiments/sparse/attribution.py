@@ -41,6 +41,7 @@ from jtlens.core.hook_catalogue import hook_catalogue
 from jtlens.core.hooks import Hooks, split_name
 from jtlens.core.pieces import block, embed, local_layers, unembed
 from jtlens.core.progress import shown
+from jtlens.experiments.patching.planning import chunk_sharding, chunk_splits
 from jtlens.experiments.sparse.replacement import check_hooks, is_held
 from jtlens.experiments.sparse.transcoder import Transcoders
 
@@ -224,11 +225,13 @@ def _linear(params, cfg: Config, tc: Transcoders, nodes: _Nodes, coef, targets, 
     return reads.sum(0), unembed(params, resid[:, -1:], ctx)[0, 0] @ nodes.logit_dirs
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _rows(params, cfg: Config, tc: Transcoders, nodes: _Nodes, targets, logit_ids, stop):
+@functools.partial(jax.jit, static_argnames=("cfg", "sharding"))
+def _rows(params, cfg: Config, tc: Transcoders, nodes: _Nodes, targets, logit_ids, stop,
+          sharding=None):
     """Adjacency rows [B, n_sources] of B targets: features (targets [3, B], layer -1 where the
     row is not one) or logits (logit_ids [B], -1 where not; these need stop = n_layers). One
-    VJP, vmapped over one-hot cotangents; features and logits share the compiled program."""
+    VJP, vmapped over one-hot cotangents; features and logits share the compiled program.
+    sharding: a NamedSharding of the rows' axis, which splits the backward over its devices."""
     L, M = nodes.value.shape
     P = len(nodes.tokens)
     coef = (jnp.ones((L, M)), jnp.ones((L, P)), jnp.ones(P))
@@ -236,6 +239,8 @@ def _rows(params, cfg: Config, tc: Transcoders, nodes: _Nodes, targets, logit_id
         functools.partial(_linear, params, cfg, tc, nodes, targets=targets, stop=stop), coef)
     B = reads.shape[0]
     cts = (jnp.eye(B, dtype=reads.dtype), jax.nn.one_hot(logit_ids, logits.shape[0], dtype=logits.dtype))
+    if sharding is not None:
+        cts = jax.lax.with_sharding_constraint(cts, sharding)
     g_feat, g_err, g_tok = jax.vmap(vjp_fn)(cts)[0]
     return jnp.concatenate([g_feat.reshape(B, L * M)[:, nodes.slots],
                             (g_err * nodes.error_nodes).reshape(B, L * P), g_tok], axis=1)
@@ -288,17 +293,23 @@ def _nodes(tc: Transcoders, tokens, mlp_in, mlp_out, zero_positions: int, logit_
 def attribute(params, cfg: Config, tc: Transcoders, tokens, *, max_n_logits: int = 10,
               desired_logit_prob: float = 0.95, batch_size: int = 64, zero_positions: int = 1,
               max_feature_nodes: Optional[int] = None, update_interval: int = 4,
-              progress: bool = True) -> AttributionGraph:
+              sharding=None, progress: bool = True) -> AttributionGraph:
     """The attribution graph of `tokens` [pos] through the transcoders `tc` (see module doc).
 
     batch_size: adjacency rows per vmapped VJP (memory grows with it). zero_positions: leading
     positions whose features and errors are not nodes (circuit-tracer: 1, the BOS token).
     max_feature_nodes: attribute only this many features, chosen as circuit-tracer does (after
     the logits, the unvisited features of highest influence through the rows so far,
-    `update_interval * batch_size` at a time); the graph keeps only them. progress: a bar over
-    the rows on a terminal.
+    `update_interval * batch_size` at a time); the graph keeps only them. sharding: a Mesh (or a
+    NamedSharding) over whose devices each block's rows are split (batch_size a multiple of
+    their number; the model and transcoders as placed). progress: a bar over the rows on a
+    terminal.
     """
     check_hooks(cfg, tc)
+    sharding = chunk_sharding(sharding)
+    if batch_size % chunk_splits(sharding):
+        raise ValueError(f"batch_size={batch_size} rows do not split evenly over the "
+                         f"{chunk_splits(sharding)} devices of the sharding; use a multiple of it")
     tokens = jnp.asarray(tokens).reshape(-1)
     mlp_in, mlp_out, last = _run_prompt(params, cfg, tc, tokens)
     logit_tokens, probs = salient_logits(last, max_n_logits, desired_logit_prob)
@@ -330,7 +341,8 @@ def attribute(params, cfg: Config, tc: Transcoders, tokens, *, max_n_logits: int
             logit_ids[:len(chunk)] = np.where(is_logit[chunk], targets[chunk] - n_all, -1)
             stop = int(layer[chunk].max()) + 1
             out[chunk] = np.asarray(_rows(params, cfg, tc, nodes, jnp.asarray(t, jnp.int32),
-                                          jnp.asarray(logit_ids, jnp.int32), stop))[:len(chunk)]
+                                          jnp.asarray(logit_ids, jnp.int32), stop,
+                                          sharding))[:len(chunk)]
             if bar is not None:
                 bar.update(len(chunk))
         return out

@@ -91,3 +91,39 @@ def test_max_feature_nodes_keeps_the_full_graphs_rows():
     logit_rows = np.abs(full.adjacency[-len(full.logit_tokens):, :n_full])
     direct = full.logit_probabilities @ (logit_rows / logit_rows.sum(1, keepdims=True).clip(1e-8))
     assert set(np.argsort(-direct)[:16]) <= set(rows)
+
+
+SHARDED = """
+import jax, numpy as np
+assert len(jax.devices()) == 4
+from jtlens.experiments.sparse.attribution import attribute
+from jtlens.sharding import make_mesh
+from tests.experiments.sparse.transcoder_fixtures import model, transcoders
+cfg, params, tokens = model("llama")
+tc = transcoders(cfg, "topk")
+one = attribute(params, cfg, tc, tokens, batch_size=8)
+mesh = make_mesh(data=4)
+split = attribute(params, cfg, tc, tokens, batch_size=8, sharding=mesh)
+assert np.array_equal(one.active_features, split.active_features)
+np.testing.assert_allclose(split.edges, one.edges, atol=1e-5)
+try:
+    attribute(params, cfg, tc, tokens, batch_size=6, sharding=mesh)
+except ValueError as e:
+    assert "batch_size=6" in str(e) and "4 devices" in str(e), e
+else:
+    raise AssertionError("batch_size=6 over 4 devices was accepted")
+print("SHARDED OK")
+"""
+
+
+@pytest.mark.slow
+def test_rows_split_over_a_mesh_with_the_same_graph():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[3], timeout=300)
+    assert "SHARDED OK" in proc.stdout, proc.stderr[-3000:]
