@@ -120,7 +120,7 @@ def circuit_tracer(n_tokens: int, args, ours: Optional[dict]) -> str:
                                       dense=False,
                                       max_feature_nodes=args.max_feature_nodes)
     except RuntimeError as e:
-        return f"failed: {str(e).strip().splitlines()[-1]} |||"
+        return f"failed: {' '.join(str(e).split())[-200:]} |||"
     if r is None:
         return "not installed (`make test` puts it in .ct) |||"
     if os.environ.get("JTLENS_BENCH_KEEP"):  # both graphs, to look into a difference

@@ -54,7 +54,9 @@ def run(model_folder, transcoder_folder, tokens, **options) -> dict | None:
         proc = subprocess.run([sys.executable, __file__, json.dumps(args)], env=env,
                               capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"the circuit-tracer worker failed:\n{proc.stderr[-3000:]}")
+            killed = " (killed: out of memory?)" if proc.returncode == -9 else ""
+            raise RuntimeError(f"the circuit-tracer worker failed with exit status "
+                               f"{proc.returncode}{killed}:\n{proc.stderr[-3000:]}")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         result.update(np.load(out))
         return result
