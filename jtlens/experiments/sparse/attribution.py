@@ -246,22 +246,42 @@ def _rows(params, cfg: Config, tc: Transcoders, nodes: _Nodes, targets, logit_id
                             (g_err * nodes.error_nodes).reshape(B, L * P), g_tok], axis=1)
 
 
-def partial_influence(rows, row_nodes, probs, n_sources: int, max_iter: int = 128):
-    """circuit-tracer's `compute_partial_influences`: each source's influence on the logits
-    through the rows computed so far. rows [R, n_sources]; row_nodes [R]: the node each row is
-    the input of (logits numbered n_sources + k); probs: the logits' probabilities."""
-    a = np.abs(rows)
-    a = a / np.maximum(a.sum(1, keepdims=True), 1e-8)
-    prod = np.zeros(n_sources + len(probs))
-    prod[n_sources:] = probs
-    total = np.zeros(n_sources)
+def partial_influence(blocks, row_nodes, probs, n_sources: int, max_iter: int = 128):
+    """circuit-tracer's `compute_partial_influences`: each source's influence [n_sources] on the
+    logits through the rows computed so far. blocks: those rows, a list of [R_i, n_sources]
+    arrays; row_nodes [R]: the node each row is the input of (logits numbered n_sources + k);
+    probs: the logits' probabilities.
+
+    With x_k the weight reaching each row after k steps and s its row's 1 / sum |row|, a path
+    goes on only through the features that have rows, so the recursion needs only those
+    columns (x_{k+1} = (x_k * s) @ |rows[:, features]|), and the total is one pass,
+    (sum_k x_k * s) @ |rows|: no normalised copy of the rows."""
+    def pieces():  # (first row, |rows| of 32 rows) over all blocks: no whole copy of them
+        at = 0
+        for b in blocks:
+            for i in range(0, len(b), 32):
+                yield at + i, np.abs(b[i:i + 32], dtype=np.float64)
+            at += len(b)
+
+    scale = 1.0 / np.maximum(np.concatenate([a.sum(1) for _, a in pieces()]), 1e-8)
+    is_feature = row_nodes < n_sources
+    into = np.abs(np.concatenate([b[:, row_nodes[is_feature]] for b in blocks]), dtype=np.float64)
+    x = np.zeros(len(row_nodes))
+    x[~is_feature] = probs[row_nodes[~is_feature] - n_sources]
+    reached = np.zeros_like(x)
     for _ in range(max_iter):
-        step = prod[row_nodes] @ a
-        if not step.any():
-            return total
-        total += step
-        prod[:n_sources], prod[n_sources:] = step, 0.0
-    raise RuntimeError("the influence did not converge: the graph has a cycle")
+        if not x.any():
+            break
+        reached += x
+        step = (x * scale) @ into
+        x = np.zeros_like(x)
+        x[is_feature] = step
+    else:
+        raise RuntimeError("the influence did not converge: the graph has a cycle")
+    weights, total = reached * scale, np.zeros(n_sources)
+    for at, a in pieces():
+        total += weights[at:at + len(a)] @ a
+    return total
 
 
 def _nodes(tc: Transcoders, tokens, mlp_in, mlp_out, zero_positions: int, logit_dirs):
@@ -348,25 +368,28 @@ def attribute(params, cfg: Config, tc: Transcoders, tokens, *, max_n_logits: int
         return out
 
     logit_rows = rows_of(n_all + np.arange(n_logit))
+    picked, parts = [], []        # feature ids and their rows, update by update
     if limit == n_all:
-        selected, feature_rows = np.arange(n_all), rows_of(np.arange(n_all))
-    else:
-        selected, parts = np.zeros(0, int), [np.zeros((0, n_sources), np.float32)]
-        visited = np.zeros(n_all, bool)
-        while len(selected) < limit:
-            rows = np.concatenate([logit_rows] + parts)
-            row_nodes = np.r_[n_sources + np.arange(n_logit), selected]
-            rank = np.argsort(-partial_influence(rows, row_nodes, probs, n_sources)[:n_all],
-                              kind="stable")
-            pending = rank[~visited[rank]][:min(update_interval * batch_size, limit - len(selected))]
-            parts.append(rows_of(pending))
-            visited[pending] = True
-            selected = np.r_[selected, pending]
-        order = np.argsort(selected)
-        selected, feature_rows = selected[order], np.concatenate(parts)[order]
+        picked, parts = [np.arange(n_all)], [rows_of(np.arange(n_all))]
+    visited = np.zeros(n_all, bool)
+    while sum(map(len, picked)) < limit:
+        so_far = np.concatenate([np.zeros(0, int)] + picked)
+        row_nodes = np.r_[n_sources + np.arange(n_logit), so_far]
+        influence = partial_influence([logit_rows] + parts, row_nodes, probs, n_sources)
+        rank = np.argsort(-influence[:n_all], kind="stable")
+        pending = rank[~visited[rank]][:min(update_interval * batch_size, limit - len(so_far))]
+        picked.append(pending)
+        parts.append(rows_of(pending))
+        visited[pending] = True
     if bar is not None:
         bar.close()
+    selected = np.sort(np.concatenate([np.zeros(0, int)] + picked))
     columns = np.r_[selected, np.arange(n_all, n_sources)]
-    edges = np.concatenate([feature_rows[:, columns], logit_rows[:, columns]])
+    place = np.zeros(n_all, int)
+    place[selected] = np.arange(len(selected))
+    edges = np.zeros((len(selected) + n_logit, len(columns)), np.float32)
+    for ids, rows in zip(picked, parts):   # a part at a time: no copy of all the rows
+        edges[place[ids]] = rows[:, columns]
+    edges[len(selected):] = logit_rows[:, columns]
     return AttributionGraph(np.asarray(tokens), index[selected], values[selected], logit_tokens,
                             probs, edges, L, tc.cfg.scan)
