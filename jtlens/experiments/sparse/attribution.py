@@ -183,11 +183,14 @@ def _held_hooks(cfg: Config) -> list[str]:
     return sorted({t if layer is None else f"blocks.*.{t}" for t, layer in split if is_held(t)})
 
 
-def _linear(params, cfg: Config, tc: Transcoders, nodes: _Nodes, coef, targets, stop):
+def _linear(params, cfg: Config, tc: Transcoders, nodes: _Nodes, coef, targets, stop,
+            score=None, held=None):
     """The linear replacement model: node coefficients (features [L, M], errors [L, pos],
     tokens [pos]) -> (the inputs of `targets` (layer, pos, feature), each [B] (layer -1: none),
     the demeaned target logits [n_logits]). Layers from `stop` on are skipped (the logits are
-    then meaningless)."""
+    then meaningless). score: (layer, head, query, key), an attention score added to every read
+    (attention_attribution's one row); held: {hook: stacked value} patched in (the side of the
+    score held fixed)."""
     c_feat, c_err, c_tok = coef
     t_layer, t_pos, t_feat = targets
     enc = tc.params["W_enc"][jnp.maximum(t_layer, 0), :, t_feat]             # [B, d_in]
@@ -206,13 +209,19 @@ def _linear(params, cfg: Config, tc: Transcoders, nodes: _Nodes, coef, targets, 
     fns = [(name, hold) for name in _held_hooks(cfg)]
     fns += [("hook_embed", lambda x, hp: x * c_tok[None, :, None]),
             (f"blocks.*.{tc.cfg.input_hook}", read), (f"blocks.*.{tc.cfg.output_hook}", write)]
-    ctx = context(cfg, Hooks(fns=tuple(fns)), 1, len(nodes.tokens))
+    if score is not None:
+        fns.append(("blocks.*.attn.hook_attn_scores", lambda x, hp: seen.update(scores=x[0])))
+    ctx = context(cfg, Hooks(fns=tuple(fns), patch=held or {}), 1, len(nodes.tokens))
     local = jnp.asarray(local_layers(cfg))
 
     def layer(resid, p, l):
         resid = block(p, resid, ctx.at(l, local[l], {}))
         x = seen.pop("x")
-        return resid, jnp.where(t_layer == l, (x[t_pos] * enc).sum(-1), 0.0)
+        reads = jnp.where(t_layer == l, (x[t_pos] * enc).sum(-1), 0.0)
+        if score is not None:
+            s_layer, head, q, k = score
+            reads = reads + jnp.where(l == s_layer, seen.pop("scores")[head, q, k], 0.0)
+        return resid, reads
 
     @jax.checkpoint
     def body(resid, xs):
@@ -241,7 +250,13 @@ def _rows(params, cfg: Config, tc: Transcoders, nodes: _Nodes, targets, logit_id
     cts = (jnp.eye(B, dtype=reads.dtype), jax.nn.one_hot(logit_ids, logits.shape[0], dtype=logits.dtype))
     if sharding is not None:
         cts = jax.lax.with_sharding_constraint(cts, sharding)
-    g_feat, g_err, g_tok = jax.vmap(vjp_fn)(cts)[0]
+    return _source_columns(nodes, *jax.vmap(vjp_fn)(cts)[0])
+
+
+def _source_columns(nodes: _Nodes, g_feat, g_err, g_tok):
+    """Coefficient gradients ([B, L, M], [B, L, pos], [B, pos]) -> rows [B, n_sources] over the
+    graph's sources: node features, errors (zero at the first positions), tokens."""
+    (B, L, M), P = g_feat.shape, g_tok.shape[1]
     return jnp.concatenate([g_feat.reshape(B, L * M)[:, nodes.slots],
                             (g_err * nodes.error_nodes).reshape(B, L * P), g_tok], axis=1)
 
