@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 import jtlens
 from jtlens.report.graph_view import write_graph_html
-from jtlens.sparse import attribute, graph_json, graph_scores, prune_graph, write_graph_json
+from jtlens.sparse import (attribute, graph_json, graph_scores, output_token_labels, prune_graph,
+                           write_graph_json)
 from jtlens.sparse.corpus import corpus_tokens
 from jtlens.sparse.graph_prune import node_influence
 from jtlens.sparse.train import Hyper, TrainConfig, init_state, train_step
@@ -110,8 +111,9 @@ def main():
     err = slice(graph.n_features, graph.n_features + graph.n_layers * graph.n_pos)
     decode = lambda t: model.tokenizer.decode([t])  # noqa: E731
     scan = f"jtlens-smollm2-135m-transcoders-{args.d_transcoder}-k{args.k}"
-    data = graph_json(graph, "eiffel", scan=scan, decode=decode)
-    write_graph_json(graph, out, "eiffel", scan=scan, decode=decode)
+    labels = output_token_labels(graph, model.params, model.cfg, tc, decode)
+    data = graph_json(graph, "eiffel", scan=scan, decode=decode, labels=labels)
+    write_graph_json(graph, out, "eiffel", scan=scan, decode=decode, labels=labels)
     write_graph_html(data, out / "eiffel.html")
     figures = dict(
         training_tokens=int(args.tokens // (args.batch * args.seq) * args.batch * args.seq),

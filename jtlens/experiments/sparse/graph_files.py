@@ -15,8 +15,14 @@ import json
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+import jax
+import numpy as np
+
+from jtlens.core.config import Config
 from jtlens.experiments.sparse.attribution import AttributionGraph
+from jtlens.experiments.sparse.features import through_final_norm
 from jtlens.experiments.sparse.graph_prune import prune_graph, row_nodes
+from jtlens.experiments.sparse.transcoder import Transcoders
 
 
 def _node(node_id, feature, layer, ctx_idx, feature_type, js_id, **extra) -> dict:
@@ -28,7 +34,8 @@ def _node(node_id, feature, layer, ctx_idx, feature_type, js_id, **extra) -> dic
             "influence": extra.get("influence"), "activation": extra.get("activation")}
 
 
-def _nodes(graph: AttributionGraph, node_mask, cumulative, decode: Callable[[int], str]) -> dict:
+def _nodes(graph: AttributionGraph, node_mask, cumulative, decode: Callable[[int], str],
+           labels: dict) -> dict:
     n_feat, L, P = graph.n_features, graph.n_layers, graph.n_pos
     err_end, tok_end = n_feat + L * P, n_feat + L * P + P
     nodes = {}
@@ -39,7 +46,8 @@ def _nodes(graph: AttributionGraph, node_mask, cumulative, decode: Callable[[int
             cantor = (layer + feat) * (layer + feat + 1) // 2 + feat
             nodes[i] = _node(f"{layer}_{feat}_{pos}", cantor, layer, pos, "cross layer transcoder",
                              f"{layer}_{feat}-0", influence=inf,
-                             activation=float(graph.activation_values[i]))
+                             activation=float(graph.activation_values[i]),
+                             clerp=labels.get(i, ""))
         elif i < err_end:
             layer, pos = divmod(i - n_feat, P)
             nodes[i] = _node(f"0_{layer}_{pos}", -1, layer, pos, "mlp reconstruction error",
@@ -58,18 +66,33 @@ def _nodes(graph: AttributionGraph, node_mask, cumulative, decode: Callable[[int
     return nodes
 
 
+def output_token_labels(graph: AttributionGraph, params, cfg: Config, tc: Transcoders,
+                        decode: Callable[[int], str], k: int = 3) -> dict:
+    """{feature node index: 'out: "a" "b" "c"'}: the k tokens each graph feature's decoder row
+    (a CLT's summed over the layers it writes) raises most through ln_final and the
+    unembedding; `graph_json(labels=...)` shows them as the nodes' labels."""
+    layer, _, feature = np.asarray(graph.active_features).T
+    rows = tc.params["W_dec"][layer, feature]                 # [n, d_out] or a CLT's [n, L, d_out]
+    rows = rows.sum(1) if tc.cfg.cross_layer else rows
+    logits = through_final_norm(rows, params, cfg) @ params["unembed"]["W_U"]
+    top = np.asarray(jax.lax.top_k(logits, k)[1])
+    return {i: "out: " + " ".join(json.dumps(decode(int(t))) for t in row) for i, row in enumerate(top)}
+
+
 def graph_json(graph: AttributionGraph, slug: str, *, scan: Optional[str] = None,
                decode: Optional[Callable[[int], str]] = None, prompt: Optional[str] = None,
-               node_threshold: float = 0.8, edge_threshold: float = 0.98) -> dict:
+               node_threshold: float = 0.8, edge_threshold: float = 0.98,
+               labels: Optional[dict] = None) -> dict:
     """The pruned graph as circuit-tracer's JSON dict. decode: token id -> text (default: the
-    id as text); scan: the transcoders' identifier (default graph.scan)."""
+    id as text); scan: the transcoders' identifier (default graph.scan); labels: {feature node
+    index: text} for the features' "clerp" (e.g. `output_token_labels`)."""
     scan = scan or graph.scan
     if scan is None:
         raise ValueError("the graph has no scan (the transcoders' identifier, which viewers use to "
                          "find feature pages): pass scan='...' or set TranscoderConfig.scan")
     decode = decode or str
     node_mask, edge_mask, cumulative = prune_graph(graph, node_threshold, edge_threshold)
-    nodes = _nodes(graph, node_mask, cumulative, decode)
+    nodes = _nodes(graph, node_mask, cumulative, decode, labels or {})
     rows, srcs = edge_mask.nonzero()
     targets = row_nodes(graph)
     links = [{"source": nodes[s]["node_id"], "target": nodes[int(targets[r])]["node_id"],

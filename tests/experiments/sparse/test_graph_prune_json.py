@@ -156,3 +156,24 @@ def test_graph_json_schema_and_ids(graph, tmp_path):
     assert json.loads(path.read_text())["metadata"]["slug"] == "demo"
     write_graph_json(graph, tmp_path, "demo")
     assert [g["slug"] for g in json.loads((tmp_path / "graph-metadata.json").read_text())["graphs"]] == ["demo"]
+
+
+@pytest.mark.parametrize("kind", ["topk", "clt"])
+def test_output_token_labels_name_the_tokens_a_feature_raises(kind):
+    from jtlens.experiments.sparse.attribution import attribute
+    from jtlens.experiments.sparse.graph_files import output_token_labels
+    from tests.experiments.sparse.transcoder_fixtures import model, transcoders
+
+    cfg, params, tokens = model("llama")
+    tc = transcoders(cfg, kind)
+    g = attribute(params, cfg, tc, tokens, batch_size=16, max_feature_nodes=12)
+    labels = output_token_labels(g, params, cfg, tc, decode=lambda t: f"t{t}", k=2)
+    assert sorted(labels) == list(range(12))
+    W_dec, w = np.asarray(tc.W_dec), np.asarray(params["ln_final"]["w"])
+    for i, (layer, _, f) in enumerate(g.active_features):
+        row = W_dec[layer, f].sum(0) if kind == "clt" else W_dec[layer, f]
+        top = np.argsort(-((row * w) @ np.asarray(params["unembed"]["W_U"])))[:2]
+        assert labels[i] == f'out: "t{top[0]}" "t{top[1]}"'
+    data = graph_json(g, "x", scan="s", labels=labels, node_threshold=1.0)
+    kept = [n for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    assert kept and all(n["clerp"].startswith("out: ") for n in kept)
