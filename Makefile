@@ -59,7 +59,7 @@ $(VENV)/.bench: $(VENV)/.test
 	$(PY) -m pip install -q --no-deps --target .tl43 transformer-lens==4.3.0
 	touch $@
 
-bench: $(VENV)/.bench
+bench: $(VENV)/.bench $(VENV)/.ct
 	$(PY) -m benchmarks.forward
 	$(PY) -m benchmarks.patching
 	$(PY) -m benchmarks.grads
@@ -70,6 +70,7 @@ bench: $(VENV)/.bench
 	$(PY) -m benchmarks.streaming_load
 	$(PY) -m benchmarks.sae_train
 	$(PY) -m benchmarks.sae_sweep
+	$(PY) -m benchmarks.attribution_graph
 
 # Re-resolve every dependency (test extras and torch included) in a scratch environment and pin
 # what pip chose; commit the new constraints.txt once `make test` passes on it.
