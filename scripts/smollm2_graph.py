@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 import jtlens
 from jtlens.report.graph_view import write_graph_html
 from jtlens.sparse import (attribute, graph_json, graph_scores, output_token_labels, prune_graph,
-                           write_graph_json)
+                           top_activation_labels, write_graph_json)
 from jtlens.sparse.corpus import corpus_tokens
 from jtlens.sparse.graph_prune import node_influence
 from jtlens.sparse.train import Hyper, TrainConfig, init_state, train_step
@@ -111,7 +111,12 @@ def main():
     err = slice(graph.n_features, graph.n_features + graph.n_layers * graph.n_pos)
     decode = lambda t: model.tokenizer.decode([t])  # noqa: E731
     scan = f"jtlens-smollm2-135m-transcoders-{args.d_transcoder}-k{args.k}"
-    labels = output_token_labels(graph, model.params, model.cfg, tc, decode)
+    # labels: the tokens each feature raises, and its top activations on 16k corpus tokens
+    windows = corpus_tokens("docstrings", model.tokenizer, max_tokens=16384)[:16384].reshape(-1, 64)
+    tops = top_activation_labels(graph, model.params, model.cfg, tc, windows, decode,
+                                 ignore_token=int(windows[0, 0]))
+    labels = {i: f"{out} | {tops[i]}"
+              for i, out in output_token_labels(graph, model.params, model.cfg, tc, decode).items()}
     data = graph_json(graph, "eiffel", scan=scan, decode=decode, labels=labels)
     write_graph_json(graph, out, "eiffel", scan=scan, decode=decode, labels=labels)
     write_graph_html(data, out / "eiffel.html")

@@ -44,6 +44,7 @@ from jtlens.experiments.sparse.graph_prune import prune_graph as prune_graph
 from jtlens.experiments.sparse.graph_prune import graph_scores as graph_scores
 from jtlens.experiments.sparse.graph_files import graph_json as graph_json
 from jtlens.experiments.sparse.graph_files import output_token_labels as output_token_labels
+from jtlens.experiments.sparse.graph_files import top_activation_labels as top_activation_labels
 from jtlens.experiments.sparse.graph_files import write_graph_json as write_graph_json
 from jtlens.experiments.sparse.interventions import intervene as intervene
 from jtlens.experiments.sparse.interventions import intervention_sweep as intervention_sweep

@@ -28,12 +28,16 @@ from jtlens.experiments.sparse.sae import SAE
 _RESIDUAL = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "hook", "k"))
-def _merge_batch(params, tokens, keep, offset, cfg, sae, hook, features, k, best, where):
-    """Acts of `features` on tokens [B, P] (zero where not `keep`), and the top k per feature of
-    them and of (best, where) [F, k]: flat positions count from `offset`."""
-    acts = feature_acts(params, tokens, cfg, sae, hook)[..., features]           # [B, P, F]
-    acts = jnp.where(keep[..., None], acts, 0.0).reshape(-1, len(features)).T    # [F, B * P]
+@functools.partial(jax.jit, static_argnames=("cfg", "hook"))
+def _sae_acts(params, tokens, cfg, sae, hook, features):
+    return feature_acts(params, tokens, cfg, sae, hook)[..., features]
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _merge(acts, keep, offset, k, best, where):
+    """The top k per feature of acts [B, P, F] (zero where not `keep`) and of (best, where)
+    [F, k]: flat positions count from `offset`. Also returns the masked acts [F, B * P]."""
+    acts = jnp.where(keep[..., None], acts, 0.0).reshape(-1, acts.shape[-1]).T
     at = offset + jnp.arange(acts.shape[1], dtype=jnp.int32)
     values = jnp.concatenate([best, acts], 1)
     flat = jnp.concatenate([where, jnp.broadcast_to(at, acts.shape)], 1)
@@ -41,10 +45,12 @@ def _merge_batch(params, tokens, keep, offset, cfg, sae, hook, features, k, best
     return best, jnp.take_along_axis(flat, i, 1), acts
 
 
-def top_activations(params, cfg: Config, sae: SAE, windows, features, k: int = 10,
-                    batch_size: int = 32, ignore_token: Optional[int] = None,
-                    hook_name: Optional[str] = None, progress: bool = True):
-    """The k largest activations of each feature over windows [n, P].
+def top_positions(acts_of, windows, n_features: int, k: int = 10, batch_size: int = 32,
+                  ignore_token: Optional[int] = None, progress: bool = True):
+    """The k largest activations of each of `n_features` features over windows [n, P], where
+    acts_of(tokens [batch_size, P]) -> [batch_size, P, n_features] (a jitted function: one batch
+    shape, one compile; each batch merges into the running top k with `lax.top_k`, no loop per
+    token). Positions holding `ignore_token` count as inactive.
 
     Returns (values [F, k], window [F, k], pos [F, k], active) where active[f] holds every
     non-zero activation of feature f (for its histogram); entries past a feature's active
@@ -52,26 +58,34 @@ def top_activations(params, cfg: Config, sae: SAE, windows, features, k: int = 1
     """
     windows = np.asarray(windows, np.int32)
     n, P = windows.shape
-    features = jnp.asarray(features, jnp.int32)
-    n_pad = -n % batch_size  # one batch shape, one compile
+    n_pad = -n % batch_size
     padded = np.concatenate([windows, np.zeros((n_pad, P), np.int32)])
     keep = np.arange(len(padded))[:, None] < n
     if ignore_token is not None:
         keep = keep & (padded != ignore_token)
-    best = jnp.zeros((len(features), k), jnp.float32)
-    where = jnp.full((len(features), k), -1, jnp.int32)
-    active = [[] for _ in range(len(features))]
+    best = jnp.zeros((n_features, k), jnp.float32)
+    where = jnp.full((n_features, k), -1, jnp.int32)
+    active = [[] for _ in range(n_features)]
     starts = range(0, len(padded), batch_size)
     for s in tqdm(starts, desc="feature activations", disable=not shown(progress) or len(starts) < 2):
-        best, where, acts = _merge_batch(params, jnp.asarray(padded[s:s + batch_size]),
-                                         jnp.asarray(keep[s:s + batch_size]), s * P, cfg, sae,
-                                         hook_name, features, k, best, where)
+        acts = acts_of(jnp.asarray(padded[s:s + batch_size]))
+        best, where, acts = _merge(acts, jnp.asarray(keep[s:s + batch_size]), s * P, k, best, where)
         for f, row in enumerate(np.asarray(acts)):
             active[f].append(row[row != 0])
     best, where = np.asarray(best), np.asarray(where)
     where = np.where(best != 0, where, -1)  # zeros are no activation, whichever position
     return best, np.where(where >= 0, where // P, -1), np.where(where >= 0, where % P, -1), \
         [np.concatenate(a) for a in active]
+
+
+def top_activations(params, cfg: Config, sae: SAE, windows, features, k: int = 10,
+                    batch_size: int = 32, ignore_token: Optional[int] = None,
+                    hook_name: Optional[str] = None, progress: bool = True):
+    """The k largest activations of each SAE feature over windows [n, P]: `top_positions`'s
+    (values [F, k], window [F, k], pos [F, k], active)."""
+    features = jnp.asarray(features, jnp.int32)
+    return top_positions(lambda t: _sae_acts(params, t, cfg, sae, hook_name, features), windows,
+                         len(features), k, batch_size, ignore_token, progress)
 
 
 def logit_effects(params, cfg: Config, sae: SAE, features, k: int = 10,

@@ -11,15 +11,20 @@ kept edge (tokens and logits always), are written.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jtlens.core.config import Config
+from jtlens.core.forward import forward_with_cache
+from jtlens.core.hooks import Hooks
 from jtlens.experiments.sparse.attribution import AttributionGraph
+from jtlens.experiments.sparse.dashboards import top_positions
 from jtlens.experiments.sparse.features import through_final_norm
 from jtlens.experiments.sparse.graph_prune import prune_graph, row_nodes
 from jtlens.experiments.sparse.transcoder import Transcoders
@@ -77,6 +82,47 @@ def output_token_labels(graph: AttributionGraph, params, cfg: Config, tc: Transc
     logits = through_final_norm(rows, params, cfg) @ params["unembed"]["W_U"]
     top = np.asarray(jax.lax.top_k(logits, k)[1])
     return {i: "out: " + " ".join(json.dumps(decode(int(t))) for t in row) for i, row in enumerate(top)}
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def transcoder_feature_acts(params, tokens, cfg: Config, tc: Transcoders, features):
+    """Activations [batch, pos, F] of the transcoder features features [F, 2] (layer, feature)
+    on tokens [batch, pos]: one forward to the last block, each layer that holds a requested
+    feature encoded once (TopK needs its whole layer)."""
+    layers, ids = features[:, 0], features[:, 1]
+    _, cache = forward_with_cache(params, tokens, cfg, Hooks(capture=f"blocks.*.{tc.cfg.input_hook}"),
+                                  stop_at_layer=cfg.n_layers)
+    x = cache.stacked[tc.cfg.input_hook]                                     # [L, batch, pos, d_in]
+
+    def add(acc, layer):
+        acts = jax.lax.cond(jnp.any(layers == layer), lambda: tc.encode_at(x[layer], layer)[..., ids],
+                            lambda: jnp.zeros_like(acc))
+        return acc + jnp.where(layers == layer, acts, 0.0), None
+
+    acc, _ = jax.lax.scan(add, jnp.zeros(x.shape[1:3] + (len(ids),), x.dtype),
+                          jnp.arange(cfg.n_layers))
+    return acc
+
+
+def top_activation_labels(graph: AttributionGraph, params, cfg: Config, tc: Transcoders, windows,
+                          decode: Callable[[int], str], k: int = 3, left: int = 6,
+                          ignore_token: Optional[int] = None, batch_size: int = 16,
+                          progress: bool = True) -> dict:
+    """{feature node index: 'top: ...context[token]... 2.31 | ...'}: each graph feature's k
+    largest activations over corpus windows [n, P] (e.g. `context_windows(corpus_tokens(...))`),
+    each with `left` tokens before the token it fires on (in brackets); `graph_json(labels=...)`
+    shows them on hover. Positions holding `ignore_token` (BOS) do not count."""
+    windows = np.asarray(windows, np.int32)
+    features = jnp.asarray(np.asarray(graph.active_features)[:, [0, 2]], jnp.int32)
+    values, win, pos, _ = top_positions(
+        lambda t: transcoder_feature_acts(params, t, cfg, tc, features), windows, len(features),
+        k, batch_size, ignore_token, progress)
+    labels = {}
+    for i in range(len(features)):
+        parts = [f"{''.join(map(decode, windows[w, max(0, p - left):p]))}[{decode(int(windows[w, p]))}] "
+                 f"{v:.2f}" for v, w, p in zip(values[i], win[i], pos[i]) if w >= 0]
+        labels[i] = "top: " + (" | ".join(parts) if parts else "(never active)")
+    return labels
 
 
 def graph_json(graph: AttributionGraph, slug: str, *, scan: Optional[str] = None,

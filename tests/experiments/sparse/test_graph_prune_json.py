@@ -1,14 +1,17 @@
 """Pruning a hand-built attribution graph against circuit-tracer's formulas written out in numpy
-(influence by a matrix inverse rather than the series), and its graph JSON (circuit-tracer's
-field names and node ids)."""
+(influence by a matrix inverse rather than the series), its graph JSON (circuit-tracer's field
+names and node ids), and the features' labels (output tokens, top activations) by hand."""
 
 from __future__ import annotations
 
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jtlens
+from jtlens.core.hooks import Hooks
 from jtlens.experiments.sparse.attribution import AttributionGraph
 from jtlens.experiments.sparse.graph_files import graph_json, write_graph_json
 from jtlens.experiments.sparse.graph_prune import graph_scores, prune_graph
@@ -177,3 +180,32 @@ def test_output_token_labels_name_the_tokens_a_feature_raises(kind):
     data = graph_json(g, "x", scan="s", labels=labels, node_threshold=1.0)
     kept = [n for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"]
     assert kept and all(n["clerp"].startswith("out: ") for n in kept)
+
+
+def test_top_activation_labels_find_each_features_largest_activations():
+    import jax
+
+    from jtlens.experiments.sparse.attribution import attribute
+    from jtlens.experiments.sparse.graph_files import top_activation_labels, transcoder_feature_acts
+    from tests.experiments.sparse.transcoder_fixtures import model, transcoders
+
+    cfg, params, tokens = model("llama")
+    tc = transcoders(cfg, "topk")
+    g = attribute(params, cfg, tc, tokens, batch_size=16, max_feature_nodes=6)
+    windows = np.array(jax.random.randint(jax.random.PRNGKey(9), (10, 8), 1, cfg.d_vocab))
+    windows[:, 0] = 0                                                   # a BOS, ignored
+    # by hand: every layer's full encoding of the MLP inputs, read at each graph feature
+    _, cache = jtlens.forward_with_cache(params, jnp.asarray(windows), cfg,
+                                         Hooks(capture="blocks.*.ln2.hook_normalized"))
+    every = np.asarray(tc.encode(cache.stacked["ln2.hook_normalized"]))   # [L, n, P, d_tc]
+    feats = jnp.asarray(g.active_features[:, [0, 2]])
+    got = np.asarray(transcoder_feature_acts(params, jnp.asarray(windows[:4]), cfg, tc, feats))
+    np.testing.assert_allclose(got, every[feats[:, 0], :4, :, feats[:, 1]].transpose(1, 2, 0), atol=1e-5)
+    labels = top_activation_labels(g, params, cfg, tc, windows, decode=lambda t: f"<{t}>", k=2,
+                                   left=1, ignore_token=0, batch_size=4)
+    for i, (layer, _, f) in enumerate(g.active_features):
+        acts = every[layer, :, :, f].copy()
+        acts[:, 0] = 0.0
+        w, p = np.unravel_index(np.argmax(acts), acts.shape)
+        best = f"<{windows[w, p - 1]}>[<{windows[w, p]}>] {acts[w, p]:.2f}"
+        assert labels[i].startswith("top: " + best), (labels[i], best)
