@@ -38,7 +38,7 @@ from jtlens.experiments.sparse.transcoder_formats import write_saelens as write_
 from jtlens.experiments.sparse.replacement import freeze as freeze
 from jtlens.experiments.sparse.replacement import run_replacement as run_replacement
 from jtlens.experiments.sparse.attribution import AttributionGraph as AttributionGraph
-from jtlens.experiments.sparse.attention_attribution import attention_attribution as attention_attribution
+from jtlens.experiments.sparse.attention_scores import attention_attribution as attention_attribution
 from jtlens.experiments.sparse.attribution import attribute as attribute
 from jtlens.experiments.sparse.graph_prune import prune_graph as prune_graph
 from jtlens.experiments.sparse.graph_prune import graph_scores as graph_scores

@@ -14,7 +14,7 @@ import pytest
 
 import jtlens
 from jtlens.core.hooks import Hooks
-from jtlens.experiments.sparse.attention_attribution import _held_value, attention_attribution
+from jtlens.experiments.sparse.attention_scores import _held_value, attention_attribution
 from jtlens.experiments.sparse.attribution import _linear, _nodes, _run_prompt
 from jtlens.experiments.sparse.replacement import freeze
 from tests.experiments.sparse.transcoder_fixtures import model, transcoders
