@@ -63,12 +63,17 @@ class AttentionAttribution:
         return labels
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "held_hook"))
-def _held_value(params, cfg: Config, tokens, held_hook: str):
-    """The held side's activations on the prompt, stacked [L, 1, pos, heads, d_head]."""
-    _, cache = forward_with_cache(params, tokens[None], cfg, Hooks(capture=f"blocks.*.{held_hook}"),
+HELD = {"query": "attn.hook_k", "key": "attn.hook_q"}  # a side's score holds the other side
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _held_values(params, cfg: Config, tokens) -> dict:
+    """{hook: its activations on the prompt, stacked [L, 1, pos, heads, d_head]} for both held
+    hooks, from one forward."""
+    _, cache = forward_with_cache(params, tokens[None], cfg,
+                                  Hooks(capture=[f"blocks.*.{h}" for h in HELD.values()]),
                                   stop_at_layer=cfg.n_layers)
-    return cache.stacked[held_hook]
+    return {h: cache.stacked[h] for h in HELD.values()}
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "held_hook"))
@@ -106,10 +111,9 @@ def attention_attribution(params, cfg: Config, tc: Transcoders, tokens, layer: i
     nodes, index, _ = _nodes(tc, np.asarray(tokens), mlp_in, mlp_out, zero_positions,
                              jnp.zeros((last.shape[0], 1), jnp.float32))
     score = jnp.asarray([layer, head, query_pos, key_pos], jnp.int32)
-    sides = {}
-    for side, held_hook in (("query", "attn.hook_k"), ("key", "attn.hook_q")):
-        held = _held_value(params, cfg, tokens, held_hook)
-        row, value = _score_row(params, cfg, tc, nodes, score, held_hook, held)
+    held, sides = _held_values(params, cfg, tokens), {}
+    for side, held_hook in HELD.items():
+        row, value = _score_row(params, cfg, tc, nodes, score, held_hook, held[held_hook])
         sides[side] = np.asarray(row)
     return AttentionAttribution(float(value), sides["query"], sides["key"], index,
                                 np.asarray(tokens), cfg.n_layers)

@@ -14,7 +14,7 @@ import pytest
 
 import jtlens
 from jtlens.core.hooks import Hooks
-from jtlens.experiments.sparse.attention_scores import _held_value, attention_attribution
+from jtlens.experiments.sparse.attention_scores import HELD, _held_values, attention_attribution
 from jtlens.experiments.sparse.attribution import _linear, _nodes, _run_prompt
 from jtlens.experiments.sparse.replacement import freeze
 from tests.experiments.sparse.transcoder_fixtures import model, transcoders
@@ -41,12 +41,13 @@ def test_each_side_is_the_one_sided_ablation_effect(name, kind):
     n_src = len(index) + L * P + P
     score = jnp.asarray([layer, head, q, k])
     frozen = freeze(params, cfg, tc, tokens)
-    for side, held_hook, got in (("query", "attn.hook_k", qk.query_side),
-                                 ("key", "attn.hook_q", qk.key_side)):
+    prompt_values = _held_values(params, cfg, tokens)
+    for side, got in (("query", qk.query_side), ("key", qk.key_side)):
+        held_hook = HELD[side]
         # patterns and norm scales patched at their values too, so that an ablation moves
         # nothing but the linear model's (they are stop_gradient-ed, which a forward ignores)
         held = {**{n: (v, None) for n, v in frozen.patched.items() if n.startswith("blocks.")},
-                f"blocks.*.{held_hook}": (_held_value(params, cfg, tokens, held_hook), None)}
+                f"blocks.*.{held_hook}": (prompt_values[held_hook], None)}
 
         @jax.jit
         @functools.partial(jax.vmap)
