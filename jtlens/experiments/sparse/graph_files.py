@@ -21,13 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtlens.core.config import Config
-from jtlens.core.forward import forward_with_cache
-from jtlens.core.hooks import Hooks
 from jtlens.experiments.sparse.attribution import AttributionGraph
 from jtlens.experiments.sparse.dashboards import top_positions
 from jtlens.experiments.sparse.features import through_final_norm
 from jtlens.experiments.sparse.graph_prune import prune_graph, row_nodes
 from jtlens.experiments.sparse.transcoder import Transcoders
+from jtlens.experiments.sparse.transcoder_train import mlp_activations
 
 
 def _node(node_id, feature, layer, ctx_idx, feature_type, js_id, **extra) -> dict:
@@ -87,21 +86,18 @@ def output_token_labels(graph: AttributionGraph, params, cfg: Config, tc: Transc
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def transcoder_feature_acts(params, tokens, cfg: Config, tc: Transcoders, features):
     """Activations [batch, pos, F] of the transcoder features features [F, 2] (layer, feature)
-    on tokens [batch, pos]: one forward to the last block, each layer that holds a requested
-    feature encoded once (TopK needs its whole layer)."""
+    on tokens [batch, pos]: one forward, each layer that holds a requested feature encoded once
+    (TopK needs its whole layer)."""
     layers, ids = features[:, 0], features[:, 1]
-    _, cache = forward_with_cache(params, tokens, cfg, Hooks(capture=f"blocks.*.{tc.cfg.input_hook}"),
-                                  stop_at_layer=cfg.n_layers)
-    x = cache.stacked[tc.cfg.input_hook]                                     # [L, batch, pos, d_in]
+    x, _ = mlp_activations(params, cfg, tokens, tc.cfg.input_hook, tc.cfg.output_hook)
 
-    def add(acc, layer):
+    def add(acc, layer):                                         # x: [L, batch * pos, d_in]
         acts = jax.lax.cond(jnp.any(layers == layer), lambda: tc.encode_at(x[layer], layer)[..., ids],
                             lambda: jnp.zeros_like(acc))
         return acc + jnp.where(layers == layer, acts, 0.0), None
 
-    acc, _ = jax.lax.scan(add, jnp.zeros(x.shape[1:3] + (len(ids),), x.dtype),
-                          jnp.arange(cfg.n_layers))
-    return acc
+    acc, _ = jax.lax.scan(add, jnp.zeros((x.shape[1], len(ids)), x.dtype), jnp.arange(cfg.n_layers))
+    return acc.reshape(tokens.shape + (len(ids),))
 
 
 def top_activation_labels(graph: AttributionGraph, params, cfg: Config, tc: Transcoders, windows,
