@@ -34,6 +34,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from jtlens.core.config import Config
 from jtlens.core.forward import context, forward_with_cache
@@ -355,11 +356,8 @@ def attribute(params, cfg: Config, tc: Transcoders, tokens, *, max_n_logits: int
     n_all, n_logit, L = len(index), len(logit_tokens), cfg.n_layers
     n_sources = n_all + (L + 1) * len(tokens)
     limit = n_all if max_feature_nodes is None else min(max_feature_nodes, n_all)
-    bar = None
-    if shown(progress):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_logit + limit, desc="attribution rows", unit="row")
+    bar = tqdm(total=n_logit + limit, desc="attribution rows", unit="row",
+               disable=not shown(progress))
 
     def rows_of(targets: np.ndarray) -> np.ndarray:
         """Rows of targets (ids: features 0..n_all-1, then logits), in that order."""
@@ -378,8 +376,7 @@ def attribute(params, cfg: Config, tc: Transcoders, tokens, *, max_n_logits: int
             out[chunk] = np.asarray(_rows(params, cfg, tc, nodes, jnp.asarray(t, jnp.int32),
                                           jnp.asarray(logit_ids, jnp.int32), stop,
                                           sharding))[:len(chunk)]
-            if bar is not None:
-                bar.update(len(chunk))
+            bar.update(len(chunk))
         return out
 
     logit_rows = rows_of(n_all + np.arange(n_logit))
@@ -396,8 +393,7 @@ def attribute(params, cfg: Config, tc: Transcoders, tokens, *, max_n_logits: int
         picked.append(pending)
         parts.append(rows_of(pending))
         visited[pending] = True
-    if bar is not None:
-        bar.close()
+    bar.close()
     selected = np.sort(np.concatenate([np.zeros(0, int)] + picked))
     columns = np.r_[selected, np.arange(n_all, n_sources)]
     place = np.zeros(n_all, int)
