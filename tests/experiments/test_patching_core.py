@@ -1,10 +1,6 @@
 """The pure sweep: chunking, sharding over devices, metric position analysis."""
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +10,7 @@ import pytest
 import jtlens
 import jtlens.patching as jp
 from jtlens.patching.planning import metric_positions
+from tests.io.test_sharding import run_on_host_devices
 
 CFG = jtlens.Config(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_vocab=50, act_fn="gelu_new")
 
@@ -92,7 +89,4 @@ SHARDED = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_sweeps_shard_over_eight_devices_with_the_same_numbers():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[2], timeout=300)
-    assert "SHARDED OK" in proc.stdout, proc.stderr[-3000:]
+    assert "SHARDED OK" in run_on_host_devices(SHARDED, n=8, timeout=300)

@@ -118,12 +118,6 @@ print("SHARDED OK")
 
 @pytest.mark.slow
 def test_rows_split_over_a_mesh_with_the_same_graph():
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.io.test_sharding import run_on_host_devices
 
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[3], timeout=300)
-    assert "SHARDED OK" in proc.stdout, proc.stderr[-3000:]
+    assert "SHARDED OK" in run_on_host_devices(SHARDED, n=4, timeout=300)
