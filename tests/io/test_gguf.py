@@ -22,6 +22,7 @@ import jtlens  # noqa: E402
 import jtlens.conversions.__main__ as conversions_cli  # noqa: E402  (an alias: import it whole)
 from jtlens.conversions import gguf as gguf_conversion  # noqa: E402
 from jtlens.conversions.common import ConversionError  # noqa: E402
+from jtlens.io import checkpoint_io  # noqa: E402
 from tests.oracle import MODELS, REMOTE_CODE, max_diff, qwen2_tensors, save_hf  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
@@ -379,6 +380,11 @@ def test_second_load_reads_the_cache(files, tmp_path, monkeypatch):
         return fail
     monkeypatch.setattr(gguf_conversion, "convert_gguf", refuse("converted"))
     monkeypatch.setattr(weights, "fold_layer_norm", refuse("folded"))
+    # jtlens wrote the cache atomically: its sizes are checked, its params not hashed again
+    checked = []
+    check = checkpoint_io.check_manifest
+    monkeypatch.setattr(checkpoint_io, "check_manifest",
+                        lambda folder, hashed=None: checked.append(hashed) or check(folder, hashed))
     again = jtlens.HookedTransformer.from_pretrained(str(path), progress=False)
     raw_again = jtlens.HookedTransformer.from_pretrained_no_processing(str(path), progress=False)
     assert max_diff(again(TOKENS), first(TOKENS)) == 0
@@ -386,6 +392,7 @@ def test_second_load_reads_the_cache(files, tmp_path, monkeypatch):
     assert again.cfg == first.cfg and raw_again.cfg == raw.cfg != first.cfg
     assert again.cfg.model_name == first.cfg.model_name == path.name
     assert all((tmp_path / "cache" / f / "tokenizer.json").exists() for f in folders)
+    assert checked == [None, None]
 
 
 def test_python_m_conversions_converts_a_gguf(files, tmp_path):
