@@ -26,6 +26,7 @@ from jtlens.io.conversions import convert_folder
 from jtlens.io.saved_tokenizer import SavedTokenizer
 from jtlens.io.native import NATIVE_CONFIG, NATIVE_PARAMS, load_native, save_converted  # noqa: F401
 from jtlens.core.config import Config
+from jtlens.core.memory import release_freed_memory
 from jtlens.core.params import check_shapes, param_shapes, to_device
 
 ASSETS = Path(__file__).parents[1] / "assets"
@@ -110,6 +111,7 @@ def load(name_or_path, *, dtype: Optional[str] = None, tokenizer: Any = None,
                               sharding_rules, layer_axis)
     if tokenizer is None:
         tokenizer = load_tokenizer(folder, trust_remote_code)
+    release_freed_memory()  # the host copies of conversion and processing, now on the device
     return cfg, params, tokenizer
 
 

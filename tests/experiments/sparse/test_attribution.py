@@ -93,6 +93,20 @@ def test_max_feature_nodes_keeps_the_full_graphs_rows():
     assert set(np.argsort(-direct)[:16]) <= set(rows)
 
 
+def test_the_lean_program_for_long_prompts_gives_the_same_graph(monkeypatch):
+    """Long prompts compile the VJP batches with XLA's lean options: the same edges."""
+    from jtlens.experiments.sparse import attribution
+
+    cfg, params, tokens = model("llama")
+    tc = transcoders(cfg, "topk")
+    plain = attribute(params, cfg, tc, tokens, batch_size=8, max_feature_nodes=20)
+    monkeypatch.setattr(attribution, "LEAN_FROM_TOKENS", 1)
+    lean = attribute(params, cfg, tc, tokens, batch_size=8, max_feature_nodes=20)
+    assert attribution.lean_compiler_options()  # this jax knows them: the lean path ran
+    np.testing.assert_array_equal(lean.active_features, plain.active_features)
+    np.testing.assert_allclose(lean.edges, plain.edges, atol=1e-6)
+
+
 SHARDED = """
 import jax, numpy as np
 assert len(jax.devices()) == 4
