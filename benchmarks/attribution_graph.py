@@ -2,7 +2,7 @@
 prompt length, jtlens and circuit-tracer 0.5.0.
 
     python -m benchmarks.attribution_graph [--tokens 16 128 1024] [--d-transcoder 2304] [--k 8]
-        [--max-feature-nodes 256] [--batch-size 32] [--ct-threads 1] [--no-ct]
+        [--max-feature-nodes 256] [--batch-size 16] [--ct-threads 1] [--no-ct]
 
 Each length runs in its own process per library (so the peak memory is that run's): SmolLM2 is
 the Hugging Face folder of its GGUF's dequantised weights (tests/oracle.py: smollm2_hf), the
@@ -50,7 +50,7 @@ def model_folder() -> Path:
     return hf_folder(CACHE)
 
 
-def transcoder_folder(args) -> Path:
+def transcoder_folder(args, model: Path) -> Path:
     """Random TopK transcoders for SmolLM2 in circuit-tracer's format (seed 0, written once)."""
     folder = CACHE / f"smollm2-topk-transcoders-{args.d_transcoder}-k{args.k}"
     if not (folder / "config.yaml").exists():
@@ -59,7 +59,7 @@ def transcoder_folder(args) -> Path:
         from jtlens.sparse import TranscoderConfig, Transcoders
         from jtlens.experiments.sparse.transcoder_formats import write_circuit_tracer
 
-        cfg = json.loads((model_folder() / "config.json").read_text())
+        cfg = json.loads((model / "config.json").read_text())
         tc = Transcoders.init(TranscoderConfig(cfg["num_hidden_layers"], cfg["hidden_size"],
                                                args.d_transcoder, activation="topk", k=args.k),
                               jax.random.PRNGKey(0))
@@ -80,10 +80,10 @@ def one(n_tokens: int, args) -> dict:
     from jtlens.sparse import attribute
     from jtlens.experiments.sparse.transcoder_formats import read_circuit_tracer
 
-    model = jtlens.HookedTransformer.from_pretrained(str(model_folder()), progress=False)
+    model = jtlens.HookedTransformer.from_pretrained(args.model, progress=False)
     cfg = model.cfg
     tokens = jax.numpy.asarray(prompt(n_tokens, model.tokenizer))
-    tc = read_circuit_tracer(transcoder_folder(args))
+    tc = read_circuit_tracer(args.transcoders)
     run = lambda: attribute(model.params, cfg, tc, tokens, batch_size=args.batch_size,  # noqa: E731
                             max_feature_nodes=args.max_feature_nodes)
     t = time.perf_counter()
@@ -113,9 +113,9 @@ def circuit_tracer(n_tokens: int, args, ours: Optional[dict]) -> str:
 
     from benchmarks import circuit_tracer_worker
 
-    tokens = prompt(n_tokens, AutoTokenizer.from_pretrained(model_folder()))
+    tokens = prompt(n_tokens, AutoTokenizer.from_pretrained(args.model))
     try:
-        r = circuit_tracer_worker.run(model_folder(), transcoder_folder(args), tokens,
+        r = circuit_tracer_worker.run(Path(args.model), Path(args.transcoders), tokens,
                                       batch_size=args.batch_size, repeat=2, threads=args.ct_threads,
                                       dense=False,
                                       max_feature_nodes=args.max_feature_nodes)
@@ -141,17 +141,23 @@ def main():
     p.add_argument("--d-transcoder", type=int, default=2304)
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--max-feature-nodes", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="rows per vmapped VJP, both libraries (memory grows with it)")
     p.add_argument("--ct-threads", type=int, default=1,
                    help="torch threads for circuit-tracer (1: at 128 tokens it took 31 s, 63 s with 2)")
     p.add_argument("--no-ct", action="store_true", help="skip circuit-tracer")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a single length, in this process
     p.add_argument("--save", help=argparse.SUPPRESS)          # where --one leaves its graph
+    p.add_argument("--model", help=argparse.SUPPRESS)         # --one: the folders main built
+    p.add_argument("--transcoders", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print(json.dumps(one(args.one, args)))
         return
-    model_folder(), transcoder_folder(args)  # built once, before the timed processes
+    # Built once here: the timed processes get their paths (building them needs torch, whose
+    # import and model would count in the measured process's memory).
+    model = model_folder()
+    args.model, args.transcoders = str(model), str(transcoder_folder(args, model))
     passed = [a for a in sys.argv[1:] if a not in map(str, args.tokens) and a != "--tokens"]
     print("| tokens | active features | feature nodes | graph nodes | jtlens first / second call, s "
           "| jtlens peak memory (+ added by the second call), GiB | circuit-tracer first / second "
@@ -161,7 +167,8 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             save = str(Path(tmp) / "graph.npz")
             out = subprocess.run([sys.executable, "-m", "benchmarks.attribution_graph", "--one",
-                                  str(n), "--save", save, *passed], cwd=ROOT, capture_output=True,
+                                  str(n), "--save", save, "--model", args.model,
+                                  "--transcoders", args.transcoders, *passed], cwd=ROOT, capture_output=True,
                                  text=True)
             ours = None
             if out.returncode:
