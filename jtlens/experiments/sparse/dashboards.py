@@ -57,6 +57,9 @@ def top_positions(acts_of, windows, n_features: int, k: int = 10, batch_size: in
     positions have value 0 and window -1.
     """
     windows = np.asarray(windows, np.int32)
+    if windows.ndim != 2:
+        raise ValueError(f"windows: shape {windows.shape}, expected [n_windows, positions]; cut a "
+                         f"token stream into windows with context_windows(tokens, positions)")
     n, P = windows.shape
     n_pad = -n % batch_size
     padded = np.concatenate([windows, np.zeros((n_pad, P), np.int32)])

@@ -209,3 +209,6 @@ def test_top_activation_labels_find_each_features_largest_activations():
         w, p = np.unravel_index(np.argmax(acts), acts.shape)
         best = f"<{windows[w, p - 1]}>[<{windows[w, p]}>] {acts[w, p]:.2f}"
         assert labels[i].startswith("top: " + best), (labels[i], best)
+    with pytest.raises(ValueError, match=r"windows: shape \(80,\), expected \[n_windows, "
+                                         r"positions\]; cut a token stream .* context_windows"):
+        top_activation_labels(g, params, cfg, tc, windows.ravel(), decode=str)
