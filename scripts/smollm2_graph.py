@@ -61,19 +61,15 @@ def top_path(graph, pruned, decode) -> list[str]:
     """From the top logit back to a token, each step the strongest positive input edge from a
     feature or token that the pruned graph keeps; the path reads token -> ... -> logit."""
     A = np.where(np.asarray(pruned.edge_mask), graph.edges, 0.0)   # rows: features, logits
-    kinds, n_err = graph.node_kinds(), graph.n_layers * graph.n_pos
-    first_token, first_logit = graph.n_features + n_err, graph.n_features + n_err + graph.n_pos
+    kinds = graph.node_kinds()
+    first_logit = graph.n_features + (graph.n_layers + 1) * graph.n_pos
 
     def label(n: int) -> str:
-        if kinds[n] == "logit":
-            return f"logit {decode(int(graph.logit_tokens[n - first_logit]))!r}"
-        if kinds[n] == "feature":
-            layer, pos, feat = graph.active_features[n]
-            return f"L{layer} feature {feat} @{pos}"
-        if kinds[n] == "error":
-            e = n - graph.n_features
-            return f"L{e // graph.n_pos} error @{e % graph.n_pos}"
-        return f"token {decode(int(graph.tokens[n - first_token]))!r} @{n - first_token}"
+        kind, layer, pos, item = graph.locate(n)
+        return {"logit": lambda: f"logit {decode(int(graph.logit_tokens[item]))!r}",
+                "feature": lambda: f"L{layer} feature {item} @{pos}",
+                "error": lambda: f"L{layer} error @{pos}",
+                "token": lambda: f"token {decode(int(graph.tokens[pos]))!r} @{pos}"}[kind]()
 
     A[:, kinds == "error"] = 0.0  # the path through features (errors: their share is printed)
     row, node, path = graph.n_features, first_logit, [label(first_logit)]  # the top logit's row

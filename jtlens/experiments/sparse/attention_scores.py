@@ -26,7 +26,8 @@ import numpy as np
 from jtlens.core.config import Config
 from jtlens.core.forward import forward_with_cache
 from jtlens.core.hooks import Hooks
-from jtlens.experiments.sparse.attribution import _linear, _nodes, _run_prompt, _source_columns
+from jtlens.experiments.sparse.attribution import (_linear, _nodes, _run_prompt, _source_columns,
+                                                    locate)
 from jtlens.experiments.sparse.replacement import check_hooks
 from jtlens.experiments.sparse.transcoder import Transcoders
 
@@ -48,18 +49,12 @@ class AttentionAttribution:
         """The k sources of largest |contribution| on `side`, as (label, value): "L3 f17 @5",
         "L3 error @5", "token 42 @5"."""
         values = {"query": self.query_side, "key": self.key_side}[side]
-        n_feat, P = len(self.active_features), len(self.tokens)
         labels = []
         for i in np.argsort(-np.abs(values), kind="stable")[:k]:
-            if i < n_feat:
-                layer, pos, feat = self.active_features[i]
-                labels.append((f"L{layer} f{feat} @{pos}", float(values[i])))
-            elif i < n_feat + self.n_layers * P:
-                layer, pos = divmod(int(i) - n_feat, P)
-                labels.append((f"L{layer} error @{pos}", float(values[i])))
-            else:
-                pos = int(i) - n_feat - self.n_layers * P
-                labels.append((f"token {int(self.tokens[pos])} @{pos}", float(values[i])))
+            kind, layer, pos, item = locate(i, self.active_features, self.n_layers, len(self.tokens))
+            name = {"feature": f"L{layer} f{item}", "error": f"L{layer} error",
+                    "token": f"token {int(self.tokens[pos])}"}[kind]
+            labels.append((f"{name} @{pos}", float(values[i])))
         return labels
 
 

@@ -93,6 +93,25 @@ class AttributionGraph:
         counts = (self.n_features, self.n_layers * self.n_pos, self.n_pos, len(self.logit_tokens))
         return np.repeat(np.array(["feature", "error", "token", "logit"]), counts)
 
+    def locate(self, i: int) -> tuple[str, int, int, int]:
+        """Node i as (kind, layer, pos, item): see `locate`."""
+        return locate(i, self.active_features, self.n_layers, self.n_pos)
+
+
+def locate(i: int, active_features, n_layers: int, n_pos: int) -> tuple[str, int, int, int]:
+    """Node i of the order [features, errors (layer-major), tokens, logits] as (kind, layer, pos,
+    item): ("feature", layer, pos, feature id), ("error", layer, pos, -1), ("token", -1, pos,
+    pos), ("logit", n_layers, n_pos - 1, k) for the k-th target logit."""
+    i, n_feat = int(i), len(active_features)
+    if i < n_feat:
+        layer, pos, feature = map(int, active_features[i])
+        return "feature", layer, pos, feature
+    i -= n_feat
+    if i < n_layers * n_pos:
+        return ("error", *divmod(i, n_pos), -1)
+    i -= n_layers * n_pos
+    return ("token", -1, i, i) if i < n_pos else ("logit", n_layers, n_pos - 1, i - n_pos)
+
 
 def salient_logits(logits: np.ndarray, max_n_logits: int = 10, desired_logit_prob: float = 0.95):
     """(vocab ids, probabilities) of the fewest top logits whose cumulative probability reaches
@@ -420,13 +439,13 @@ def attribute(params, cfg: Config, tc: Transcoders, tokens, *, max_n_logits: int
             t[:, :len(chunk)] = feature[chunk].T
             logit_ids[:len(chunk)] = np.where(is_logit[chunk], targets[chunk] - n_all, -1)
             top = int(layer[chunk].max())
+            release_freed_memory()  # what the last block (or the influence update) freed
             rows = np.asarray(program(params, cfg, tc, nodes, jnp.asarray(t, jnp.int32),
                                       jnp.asarray(logit_ids, jnp.int32), top + 1,
                                       sharding))[:len(chunk)]
             kept = sources_below(top)
             blocks.append(_Rows(ids[chunk], rows if top == L else rows[:, kept], kept))
             del rows
-            release_freed_memory()  # the block's full rows and the VJP's buffers
             bar.update(len(chunk))
         return blocks
 

@@ -40,32 +40,28 @@ def _node(node_id, feature, layer, ctx_idx, feature_type, js_id, **extra) -> dic
 
 def _nodes(graph: AttributionGraph, node_mask, cumulative, decode: Callable[[int], str],
            labels: dict) -> dict:
-    n_feat, L, P = graph.n_features, graph.n_layers, graph.n_pos
-    err_end, tok_end = n_feat + L * P, n_feat + L * P + P
+    L, P = graph.n_layers, graph.n_pos
     nodes = {}
     for i in map(int, node_mask.nonzero()[0]):
         inf = float(cumulative[i])
-        if i < n_feat:
-            layer, pos, feat = map(int, graph.active_features[i])
-            cantor = (layer + feat) * (layer + feat + 1) // 2 + feat
-            nodes[i] = _node(f"{layer}_{feat}_{pos}", cantor, layer, pos, "cross layer transcoder",
-                             f"{layer}_{feat}-0", influence=inf,
+        kind, layer, pos, item = graph.locate(i)
+        if kind == "feature":
+            cantor = (layer + item) * (layer + item + 1) // 2 + item
+            nodes[i] = _node(f"{layer}_{item}_{pos}", cantor, layer, pos, "cross layer transcoder",
+                             f"{layer}_{item}-0", influence=inf,
                              activation=float(graph.activation_values[i]),
                              clerp=labels.get(i, ""))
-        elif i < err_end:
-            layer, pos = divmod(i - n_feat, P)
+        elif kind == "error":
             nodes[i] = _node(f"0_{layer}_{pos}", -1, layer, pos, "mlp reconstruction error",
                              f"{layer}_{pos}-0", influence=inf)
-        elif i < tok_end:
-            pos = i - err_end
+        elif kind == "token":
             tok = int(graph.tokens[pos])
             nodes[i] = _node(f"E_{tok}_{pos}", pos, "E", pos, "embedding", f"E_{tok}-{pos}",
                              influence=inf)
         else:
-            k = i - tok_end
-            tok, prob = int(graph.logit_tokens[k]), float(graph.logit_probabilities[k])
+            tok, prob = int(graph.logit_tokens[item]), float(graph.logit_probabilities[item])
             nodes[i] = _node(f"{L + 1}_{tok}_{P - 1}", tok, L + 1, P - 1, "logit",
-                             f"L_{tok}-{P - 1}", token_prob=prob, is_target_logit=k == 0,
+                             f"L_{tok}-{P - 1}", token_prob=prob, is_target_logit=item == 0,
                              clerp=f'Output "{decode(tok)}" (p={prob:.3f})')
     return nodes
 

@@ -212,3 +212,14 @@ def test_top_activation_labels_find_each_features_largest_activations():
     with pytest.raises(ValueError, match=r"windows: shape \(80,\), expected \[n_windows, "
                                          r"positions\]; cut a token stream .* context_windows"):
         top_activation_labels(g, params, cfg, tc, windows.ravel(), decode=str)
+
+
+def test_locate_names_every_node_in_graph_order():
+    g = AttributionGraph(np.array([5, 6, 7]), np.array([[0, 1, 4], [1, 2, 9]]), np.ones(2),
+                         np.array([11, 12]), np.array([0.6, 0.3]), np.zeros((4, 11)), n_layers=2)
+    got = [g.locate(i) for i in range(13)]
+    assert got == [("feature", 0, 1, 4), ("feature", 1, 2, 9),
+                   *[("error", layer, pos, -1) for layer in range(2) for pos in range(3)],
+                   ("token", -1, 0, 0), ("token", -1, 1, 1), ("token", -1, 2, 2),
+                   ("logit", 2, 2, 0), ("logit", 2, 2, 1)]
+    assert [kind for kind, *_ in got] == g.node_kinds().tolist()
