@@ -28,7 +28,7 @@ Memory. Each block's rows are kept with only the columns that can be nonzero (th
 errors of layers below its targets', and the tokens: `_Rows`), the freed heap is handed back to
 the system after each block, and for long prompts the VJP program is compiled with
 `lean_compiler_options`. At 1,024 tokens on SmolLM2 (30 layers, 245,520 active features) with
-16 rows a block, the graph adds about 0.7 GiB to the model and transcoders.
+16 rows a block, the graph adds about 0.6 GiB to the model and transcoders.
 """
 
 from __future__ import annotations
