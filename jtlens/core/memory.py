@@ -4,7 +4,6 @@ for programs whose peak is the point."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 import jax
@@ -12,8 +11,8 @@ import jax
 
 @functools.lru_cache(maxsize=1)
 def _malloc_trim():
-    name = ctypes.util.find_library("c")
-    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    # the process's own symbols, the C library's included: no search for the library's file
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
 def release_freed_memory() -> None:

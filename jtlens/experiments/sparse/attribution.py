@@ -410,13 +410,12 @@ def attribute(params, cfg: Config, tc: Transcoders, tokens, *, max_n_logits: int
     dirs = jax.nn.one_hot(logit_tokens, V, dtype=jnp.float32).T - 1.0 / V
     nodes, index, values = _nodes(tc, np.asarray(tokens), mlp_in, mlp_out, zero_positions, dirs)
     del mlp_in, mlp_out
-    n_all, n_logit, L = len(index), len(logit_tokens), cfg.n_layers
-    n_sources = n_all + (L + 1) * len(tokens)
+    n_all, n_logit, L, P = len(index), len(logit_tokens), cfg.n_layers, len(tokens)
+    n_sources = n_all + (L + 1) * P
     limit = n_all if max_feature_nodes is None else min(max_feature_nodes, n_all)
     bar = tqdm(total=n_logit + limit, desc="attribution rows", unit="row",
                disable=not shown(progress))
 
-    P = len(tokens)
     program = _rows_program(P >= LEAN_FROM_TOKENS)
     below = np.searchsorted(index[:, 0], np.arange(L + 1))  # node features under each layer
 
