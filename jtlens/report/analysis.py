@@ -125,10 +125,17 @@ def direct_logit_attribution(model, cache, target: int) -> dict:
 
 # ----------------------------------------------------------------------------- logit lens
 
+# Rows of logits [rows, d_vocab] the lens computes per product. A layer at a time, a few positions
+# re-read all of W_U per handful of rows (memory-bound); all layers at once, the logits outgrow
+# the caches. Measured on SmolLM2, 2 cores: 11 positions 0.33 s a layer at a time, 0.19 s at 8
+# layers (88 rows), 0.24 s all 31; 64 positions best at 2 layers (128 rows).
+LENS_ROWS = 128
+
+
 @functools.lru_cache(maxsize=8)
-def _lens_fn(cfg):
+def _lens_fn(cfg, layers_at_once: int):
     """One compiled logit lens per Config: the residual of every layer [L+1, pos, d_model] through
-    ln_final and the unembedding, a layer at a time (lax.map keeps one [pos, vocab] alive)."""
+    ln_final and the unembedding, `layers_at_once` layers per product (lax.map over groups)."""
     def one(params, resid, answer, wrong):
         logits = unembed(params, resid[None], context(cfg, None, 1, resid.shape[0]))[0].astype(jnp.float32)
         logp = jax.nn.log_softmax(logits, -1)
@@ -137,14 +144,14 @@ def _lens_fn(cfg):
         return dict(top=top, top_p=jnp.exp(logp.max(-1)), answer_p=jnp.exp(logp[:, answer]),
                     answer_rank=(logits > a[:, None]).sum(-1), diff=a - logits[:, wrong])
 
-    return jax.jit(lambda params, resids, answer, wrong:
-                   jax.lax.map(lambda r: one(params, r, answer, wrong), resids))
+    return jax.jit(lambda params, resids, answer, wrong: jax.lax.map(
+        lambda r: one(params, r, answer, wrong), resids, batch_size=layers_at_once))
 
 
 def logit_lens(model, resid, answer: int = 0, wrong: int = 0) -> dict:
     """resid [L+1, pos, d_model] -> top [L+1, pos] (id), top_p, answer_p (probability of
     `answer`), answer_rank (0 = top), diff (logit of answer minus logit of wrong)."""
-    out = _lens_fn(model.cfg)(model.params, resid, answer, wrong)
+    out = _lens_fn(model.cfg, max(1, LENS_ROWS // resid.shape[1]))(model.params, resid, answer, wrong)
     return {k: np.asarray(v) for k, v in out.items()}
 
 
