@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 from tqdm.auto import tqdm
 
 
@@ -16,6 +15,8 @@ def train_linear_probe(acts, labels, n_classes: int | None = None, *, steps: int
     acts: [n, d] (e.g. `cache["resid_post", 3][:, -1]`), labels: int [n].
     Returns (probe {"W": [d, n_classes], "b": [n_classes]}, training accuracy).
     """
+    import optax  # (here, not at the top: `import jtlens` need not pay for optax, 0.1 s)
+
     acts, labels = jnp.asarray(acts, jnp.float32), jnp.asarray(labels)
     if acts.ndim != 2 or labels.shape != acts.shape[:1]:
         raise ValueError(f"probe needs acts [n, d] and labels [n]; got {acts.shape} and {labels.shape}")

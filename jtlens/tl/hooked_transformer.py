@@ -66,7 +66,9 @@ class HookedTransformer(HookRegistry, TransformerLensCompat):
         self.params = params if params is not None else init_params(self.cfg, jax.random.PRNGKey(0))
         self.set_tokenizer(tokenizer, default_padding_side)
         self._init_hook_registry()
-        self._sample_key = jax.random.PRNGKey(0)  # advanced by every sampling generate()
+        # PRNGKey(0) on the first sampling generate(), then advanced by each: made here, it would
+        # cost every new process a compiled program (0.05-0.1 s) that most never use
+        self._sample_key = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -193,6 +195,8 @@ class HookedTransformer(HookRegistry, TransformerLensCompat):
         (`names_filter` as in run_with_cache).
         """
         if key is None and do_sample and temperature > 0:
+            if self._sample_key is None:
+                self._sample_key = jax.random.PRNGKey(0)
             self._sample_key, key = jax.random.split(self._sample_key)
         persistent = self._persistent_hooks()
         fns = (() if hooks is None else hooks.fns) + (persistent.fns if persistent else ())

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import jax
 import jax.numpy as jnp
-import optax
+
+if TYPE_CHECKING:  # (imported where used: `import jtlens` need not pay for optax, 0.1 s)
+    import optax
 
 from jtlens.experiments.sparse.config import SAEConfig
 from jtlens.experiments.sparse.sae import SAE, batchtopk_to_jumprelu
@@ -106,6 +108,8 @@ class TrainState:
 
 
 def _optimizer(tc: TrainConfig):
+    import optax
+
     return optax.scale_by_adam(b1=tc.adam_beta1, b2=tc.adam_beta2)
 
 
