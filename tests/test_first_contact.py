@@ -72,6 +72,8 @@ def test_the_command_keeps_compiled_programs_unless_told_not_to(tmp_path):
            "--out", str(tmp_path / "report")]
     subprocess.run(run, env=env, check=True, capture_output=True)
     assert any((tmp_path / "on" / "xla").iterdir())
+    assert [p.name.split("-")[0] for p in (tmp_path / "on" / "remembered").iterdir()] == ["induction"]
     env = dict(env, JTLENS_CACHE=str(tmp_path / "off"), JTLENS_COMPILATION_CACHE="0")
     subprocess.run(run, env=env, check=True, capture_output=True)
     assert not (tmp_path / "off" / "xla").exists()
+    assert not (tmp_path / "off" / "remembered").exists()

@@ -18,6 +18,7 @@ from jtlens.core.compilation_cache import bucket
 from jtlens.experiments.head_detector import induction_pattern_scores, induction_patterns
 from jtlens.core.forward import context
 from jtlens.core.pieces import unembed
+from jtlens.core.remembered import remembered
 from jtlens.report.figures import (answer_lens_svgs, cell, dla_positions_svgs, dla_svgs,
                                    html_page, induction_svgs, svg_figure)
 from jtlens.report.patching_section import patching_html
@@ -157,22 +158,33 @@ def logit_lens(model, resid, answer: int = 0, wrong: int = 0) -> dict:
 
 # ----------------------------------------------------------------------------- analysis
 
-def induction(model, seq_len: int = 20, n_prompts: int = 4) -> dict:
+def induction(model, seq_len: int = 20, n_prompts: int = 4, remember: bool = False) -> dict:
     """Induction heads, found as TransformerLens users do: random tokens said twice.
 
     Returns scores [n_layers, n_heads] (mean attention from the second copy to the token after
     the first occurrence), the best head (layer, head), its pattern [pos, pos] on the first
-    prompt, and that prompt's str_tokens.
+    prompt, and that prompt's str_tokens. `remember`: keep the result on disk for the next
+    process with the same model (`jtlens.core.remembered`; the text plays no part in it).
     """
     limit = model.cfg.position_limit  # (Qwen 1: train_seq_length, under n_ctx)
     seq_len = min(seq_len, ((limit or model.cfg.n_ctx) - 1) // 2)
-    rep, pattern = induction_patterns(model, seq_len, n_prompts)       # pattern [L, b, H, q, k]
-    scores = np.asarray(induction_pattern_scores(pattern, seq_len))
-    layer, head = np.unravel_index(int(scores.argmax()), scores.shape)
-    return dict(scores=scores, best=(int(layer), int(head)), seq_len=seq_len,
-                threshold=INDUCTION_THRESHOLD, pattern=np.asarray(pattern[layer, 0, head]),
-                str_tokens=(to_str_tokens(model.tokenizer, rep[0]) if model.tokenizer is not None
-                            else [str(int(t)) for t in rep[0]]))
+
+    def compute() -> dict:
+        rep, pattern = induction_patterns(model, seq_len, n_prompts)   # pattern [L, b, H, q, k]
+        scores = np.asarray(induction_pattern_scores(pattern, seq_len))
+        layer, head = np.unravel_index(int(scores.argmax()), scores.shape)
+        return dict(scores=scores, tokens=np.asarray(rep[0]),
+                    pattern=np.asarray(pattern[layer, 0, head]))
+
+    bos = (bos_id(model.tokenizer) if model.tokenizer is not None and model.cfg.default_prepend_bos
+           else None)
+    found = (remembered(("induction", seq_len, n_prompts, bos), model.cfg, model.params, compute)
+             if remember else compute())
+    layer, head = np.unravel_index(int(found["scores"].argmax()), found["scores"].shape)
+    return dict(scores=found["scores"], best=(int(layer), int(head)), seq_len=seq_len,
+                threshold=INDUCTION_THRESHOLD, pattern=found["pattern"],
+                str_tokens=(to_str_tokens(model.tokenizer, found["tokens"])
+                            if model.tokenizer is not None else [str(int(t)) for t in found["tokens"]]))
 
 
 def _run_bucketed(model, tokens, names):
@@ -192,7 +204,7 @@ def _run_bucketed(model, tokens, names):
 
 def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: bool = False,
             capture_all: bool = False, answer: Optional[int] = None, wrong: Optional[int] = None,
-            include_bos: bool = False) -> Analysis:
+            include_bos: bool = False, remember: bool = False) -> Analysis:
     """Run `model` (a HookedTransformer with a tokenizer) on `text` and collect what it does.
 
     Returns a dict of plain arrays: str_tokens [pos]; n_text_tokens (before any truncation);
@@ -206,6 +218,8 @@ def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: b
     induction (see `induction`); with `answer` (a token id) the answer's lens and attribution
     at every position (`answer_view`), and with `wrong` too those of answer - wrong; cache when
     capture_all. Summaries of neurons and heads skip the BOS position unless include_bos.
+    `remember` keeps what does not depend on the text (the induction probe) on disk for the next
+    process (the CLI's default; see `jtlens.core.remembered`).
     """
     if not text or not text.strip():
         raise ValueError("the text is empty: give some words to run the model on")
@@ -252,7 +266,7 @@ def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: b
         lens_from=start, last_attn=np.asarray(pattern[:, :, -1]),
         patterns=np.asarray(pattern[:, :, :WINDOW, :WINDOW]),
         target=target, target_logit=float(last[-1, target]),
-        dla=direct_logit_attribution(model, cache, target), neurons=[], induction=induction(model))
+        dla=direct_logit_attribution(model, cache, target), neurons=[], induction=induction(model, remember=remember))
     if not (cfg.attn_only or cfg.num_experts):
         post = np.asarray(cache["blocks.*.mlp.hook_post"])[:, 0, skip:]      # [L, P - skip, M]
         for layer in post:

@@ -7,7 +7,9 @@
     jtlens patch --clean "..." --corrupted "..." --answer " Paris" --wrong " Rome"
 
 Compiled programs are kept on disk (`jtlens.enable_compilation_cache`, under $JTLENS_CACHE/xla),
-so a second run compiles nothing it ran before; JTLENS_COMPILATION_CACHE=0 turns that off.
+so a second run compiles nothing it ran before, and so is the model's induction probe (the same
+random tokens for every text; `jtlens.core.remembered`); JTLENS_COMPILATION_CACHE=0 turns both
+off.
 
 Bad input (empty or non-UTF-8 text, text past the context, an unknown model, an output folder
 that cannot be written) is one line on stderr and exit status 2; output cut off by a closed
@@ -194,7 +196,7 @@ def cmd_run(args) -> int:
     _say("running the model and reading its activations (the first run also compiles) ...")
     a = report.analyze(model, text, top_k=args.top_k, truncate=args.truncate,
                        capture_all=args.save_activations, answer=answer, wrong=wrong,
-                       include_bos=args.include_bos)
+                       include_bos=args.include_bos, remember=args.keep)
     if corrupted is not None:
         a["patching"] = _patching(model, text, corrupted, args, out / "patching")
     if sae is not None:
@@ -330,9 +332,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     try:
         args = parser().parse_args(argv)
-        # The command itself (argv from the shell) keeps compiled programs; in-process callers
-        # choose for themselves with jtlens.enable_compilation_cache().
-        if argv is None and os.environ.get("JTLENS_COMPILATION_CACHE", "1") != "0":
+        # The command itself (argv from the shell) keeps compiled programs and the text-free
+        # induction probe; in-process callers choose for themselves with
+        # jtlens.enable_compilation_cache() and analyze(remember=True).
+        args.keep = argv is None and os.environ.get("JTLENS_COMPILATION_CACHE", "1") != "0"
+        if args.keep:
             from jtlens.core.compilation_cache import enable_compilation_cache
 
             enable_compilation_cache()
