@@ -8,7 +8,8 @@ transformers' GGUF loader, not timed). Every figure comes from fresh Python proc
 inherits another's compiled programs or imports.
 
 - Commands (timed from outside, imports included): a plain `jtlens run` with an empty compilation
-  cache, then a second `jtlens run` of another text of similar length (the cache warm), against
+  cache (and no remembered induction probe), then a second `jtlens run` of another text of
+  similar length (both warm), against
   TransformerLens's load + `run_with_cache`; the full report with `--corrupted` against
   TransformerLens's load + `run_with_cache` + the same two patching sweeps; jtlens's first load
   (dequantise, convert, write the cache).
@@ -181,8 +182,8 @@ class Table:
 
 def commands(table: Table, py: str, folder: Path, cache: Path) -> float:
     """The command rows (fresh processes timed from outside); returns second run / first."""
-    def drop(name=""):
-        return lambda: shutil.rmtree(cache / name, ignore_errors=True)
+    def drop(*names):  # (none: the whole cache, the GGUF's conversion too)
+        return lambda: [shutil.rmtree(cache / name, ignore_errors=True) for name in names or [""]]
 
     def jtlens_run(*argv):
         return [py, "-m", "jtlens.cli", "run", *argv, "--out", str(cache / "report")]
@@ -193,12 +194,13 @@ def commands(table: Table, py: str, folder: Path, cache: Path) -> float:
     table.row("first load: dequantise, convert, cache", first_load,
               table.median([py, "-c", tl_prologue]))
     tl_run = table.median([py, "-c", TL_RUN.format(root=str(ROOT), folder=str(folder), clean=EIFFEL)])
-    first = table.median(jtlens_run(EIFFEL), before=drop("xla"))
+    # (the compiled programs and the remembered induction probe: a first run on this machine)
+    first = table.median(jtlens_run(EIFFEL), before=drop("xla", "remembered"))
     table.row("jtlens run (cached model, no compiled code)", first, tl_run)
     second = table.median(jtlens_run(SECOND))
     table.row("second jtlens run, another text", second, tl_run)
     report = table.median(jtlens_run(EIFFEL, "--answer", " Paris", "--wrong", " Rome",
-                                     "--corrupted", COLOSSEUM), before=drop("xla"))
+                                     "--corrupted", COLOSSEUM), before=drop("xla", "remembered"))
     tl_report = table.median([py, "-c", TL_REPORT.format(root=str(ROOT), folder=str(folder),
                                                          clean=EIFFEL, corrupted=COLOSSEUM)])
     table.row("full report with --corrupted (2 sweeps)", report, tl_report)
