@@ -70,6 +70,36 @@ def test_weights_and_factored_matrices(models):
     assert close(ours.all_composition_scores("Q"), tl.all_composition_scores("Q"))
 
 
+def test_state_dict_is_transformer_lens_named_torch_views(models):
+    tl, ours = models
+    state, theirs = ours.state_dict(), dict(tl.named_parameters())  # (TL's state_dict adds
+    assert set(state) == set(theirs)                                  # its attention-mask buffers)
+    for name, value in theirs.items():
+        assert close(state[name], value), name
+    assert [n for n, _ in ours.named_parameters()] == list(state)
+    assert all(isinstance(p, torch.Tensor) for p in ours.parameters())
+
+
+def test_state_dict_of_a_mixture_with_grouped_keys_equals_the_jax_models():
+    import jax
+    import numpy as np
+
+    import jtlens
+    import jtlens.torch
+
+    cfg = jtlens.Config(n_layers=2, d_model=16, n_heads=4, n_key_value_heads=2, d_head=4,
+                        d_mlp=8, d_vocab=20, n_ctx=8, act_fn="silu", gated_mlp=True,
+                        num_experts=4, experts_per_token=2, moe_biases=True,
+                        normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=4)
+    params = jtlens.init_params(cfg, jax.random.PRNGKey(0))
+    ours = jtlens.torch.HookedTransformer(cfg, params).state_dict()
+    reference = jtlens.HookedTransformer(cfg, params).state_dict()
+    assert list(ours) == list(reference) and "blocks.1.mlp.experts.3.W_gate.weight" in ours
+    for name, value in reference.items():
+        assert isinstance(ours[name], torch.Tensor), name
+        np.testing.assert_array_equal(ours[name].numpy(), np.asarray(value), err_msg=name)
+
+
 def test_hooks_get_torch_tensors_and_in_place_edits_are_read_back(models):
     tl, ours = models
     seen = {}
