@@ -11,9 +11,12 @@ files and the jax version and platform, so any change there computes afresh.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -70,12 +73,22 @@ def remembered(what: tuple, cfg, params, compute: Callable[[], dict]) -> dict:
     key = hashlib.sha256(json.dumps([list(what), repr(cfg), params_fingerprint(params),
                                      code_digest()]).encode()).hexdigest()[:32]
     path = cache_root() / "remembered" / f"{what[0]}-{key}.npz"
-    if path.exists():
+    try:
         with np.load(path, allow_pickle=False) as saved:
             return {name: saved[name] for name in saved.files}
+    except (FileNotFoundError, NotADirectoryError):  # (the write below says why, if it fails)
+        pass
+    except (OSError, ValueError, zipfile.BadZipFile) as err:  # unreadable: computed again below
+        warnings.warn(f"{path} cannot be read ({err}); computing it again", stacklevel=2)
     result = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial.npz")
-    np.savez(partial, **{name: np.asarray(value) for name, value in result.items()})
-    os.replace(partial, path)  # whole or absent, also with another process writing the same key
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(partial, **{name: np.asarray(value) for name, value in result.items()})
+        os.replace(partial, path)  # whole or absent, also with another process on the same key
+    except OSError as err:  # a read-only or full cache folder costs the next run, not this one
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        warnings.warn(f"cannot keep {what[0]} under {path.parent} ({err}); the next process "
+                      f"computes it again", stacklevel=2)
     return result

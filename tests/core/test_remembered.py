@@ -2,6 +2,8 @@
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
+
 from jtlens.core.remembered import params_fingerprint, remembered
 from jtlens.report import analysis as report
 
@@ -60,3 +62,20 @@ def test_a_remembered_induction_probe_is_the_computed_one(shipped, tmp_path, mon
         assert np.array_equal(kept["scores"], fresh["scores"])
         assert np.array_equal(kept["pattern"], fresh["pattern"])
     assert len(list((tmp_path / "remembered").iterdir())) == 1
+
+
+def test_an_unreadable_or_unwritable_folder_costs_a_recomputation_not_the_run(tiny, tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setenv("JTLENS_CACHE", str(tmp_path))
+    cfg, params, _ = tiny
+    remembered(("probe",), cfg, params, lambda: dict(x=np.ones(2)))
+    (path,) = (tmp_path / "remembered").iterdir()
+    path.write_bytes(b"not an npz")
+    with pytest.warns(UserWarning, match="cannot be read"):
+        again = remembered(("probe",), cfg, params, lambda: dict(x=np.full(2, 3.0)))
+    assert np.array_equal(again["x"], [3.0, 3.0])
+    assert np.array_equal(remembered(("probe",), cfg, params, lambda: {})["x"], [3.0, 3.0])
+    (tmp_path / "blocked").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("JTLENS_CACHE", str(tmp_path / "blocked"))
+    with pytest.warns(UserWarning, match="cannot keep probe"):
+        assert remembered(("probe",), cfg, params, lambda: dict(x=np.zeros(1)))["x"].tolist() == [0.0]
