@@ -79,6 +79,13 @@ def test_state_dict_is_transformer_lens_named_torch_views(models):
     assert [n for n, _ in ours.named_parameters()] == list(state)
     assert all(isinstance(p, torch.Tensor) for p in ours.parameters())
 
+    def groups(names):  # TransformerLens's module order: embeddings, blocks 0.., final norm, unembed
+        return list(dict.fromkeys(".".join(n.split(".")[:2 if n.startswith("blocks.") else 1])
+                                  for n in names))
+    assert groups(state) == groups(theirs)
+    # (so the last name a loop over named_parameters() leaves bound is TransformerLens's too)
+    assert list(state)[-1] == list(theirs)[-1] == "unembed.b_U"
+
 
 def test_state_dict_of_a_mixture_with_grouped_keys_equals_the_jax_models():
     import jax

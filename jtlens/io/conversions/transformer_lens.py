@@ -101,9 +101,13 @@ def flat_state_dict(params: dict, cfg) -> dict[str, Any]:
             key = f"_{k}" if gqa and k in ("W_K", "W_V", "b_K", "b_V") else k
             out[f"{prefix}{key}"] = v if layer is None else v[layer]
 
-    for k, v in params.items():
+    # TransformerLens's order (its modules'): embeddings, the blocks, then the final norm and
+    # the unembedding, whatever order the checkpoint's params came in
+    order = list(param_shapes(cfg))
+    for k in sorted(params, key=lambda k: order.index(k) if k in order else len(order)):
         if k != "blocks":
-            put(f"{k}.", v, None)
-    for l in range(cfg.n_layers):
-        put(f"blocks.{l}.", params["blocks"], l)
+            put(f"{k}.", params[k], None)
+            continue
+        for l in range(cfg.n_layers):
+            put(f"blocks.{l}.", params["blocks"], l)
     return out
