@@ -8,9 +8,9 @@ views) so its attributes, methods and operators answer in torch tensors and acce
 
 from __future__ import annotations
 
+import collections.abc
 import functools
 import inspect
-import types
 from typing import Any, Callable
 
 import jax
@@ -48,7 +48,7 @@ def to_torch(x: Any) -> Any:
     items = _each(x, to_torch)
     if items is not _LEAF:
         return items
-    if isinstance(x, types.GeneratorType):
+    if isinstance(x, collections.abc.Iterator):  # generators, and iter(dict.items()) alike
         return (to_torch(v) for v in x)
     for jax_type, face in _FACES.items():
         if isinstance(x, jax_type):

@@ -87,6 +87,16 @@ def test_state_dict_is_transformer_lens_named_torch_views(models):
     assert list(state)[-1] == list(theirs)[-1] == "unembed.b_U"
 
 
+def test_iterators_the_jax_model_returns_come_back_as_torch():
+    import jax.numpy as jnp
+
+    from jtlens.torch.convert import to_torch
+
+    items = list(to_torch(iter({"W": jnp.ones(2)}.items())))   # (named_parameters' kind)
+    assert items[0][0] == "W" and isinstance(items[0][1], torch.Tensor)
+    assert all(isinstance(v, torch.Tensor) for v in to_torch(iter([jnp.zeros(1), jnp.ones(3)])))
+
+
 def test_state_dict_of_a_mixture_with_grouped_keys_equals_the_jax_models():
     import jax
     import numpy as np
