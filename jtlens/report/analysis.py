@@ -266,7 +266,8 @@ def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: b
         lens_from=start, last_attn=np.asarray(pattern[:, :, -1]),
         patterns=np.asarray(pattern[:, :, :WINDOW, :WINDOW]),
         target=target, target_logit=float(last[-1, target]),
-        dla=direct_logit_attribution(model, cache, target), neurons=[], induction=induction(model, remember=remember))
+        dla=direct_logit_attribution(model, cache, target), neurons=[],
+        induction=induction(model, remember=remember))
     if not (cfg.attn_only or cfg.num_experts):
         post = np.asarray(cache["blocks.*.mlp.hook_post"])[:, 0, skip:]      # [L, P - skip, M]
         for layer in post:
