@@ -95,7 +95,7 @@ class ActivationCache(CacheAnalysis):
                 if held == tuple(range(self.cfg.n_layers)):
                     return self.stacked[template]
             elif layer in held:
-                return self.stacked[template][held.index(layer)]
+                return _take(self.stacked[template], held.index(layer), copy=True)
         raise KeyError(f"{full!r} is not in this cache (it holds {len(self)} activations; "
                        f"capture it with names_filter / Hooks(capture=...))")
 
@@ -133,11 +133,11 @@ class ActivationCache(CacheAnalysis):
         for k, v in self.stacked.items():
             if v.shape[1] != 1:
                 raise BatchDimError(f"remove_batch_dim needs batch size 1; {k} has batch {v.shape[1]}")
-            self.stacked[k] = v[:, 0]
+            self.stacked[k] = _take(v, (slice(None), 0))
         for k, v in self.outer.items():
             if v.shape[0] != 1:
                 raise BatchDimError(f"remove_batch_dim needs batch size 1; {k} has batch {v.shape[0]}")
-            self.outer[k] = v[0]
+            self.outer[k] = _take(v, 0)
         self.has_batch_dim = False
         return self
 
@@ -203,6 +203,21 @@ class ActivationCache(CacheAnalysis):
         read weights or take tokens as strings); `None` detaches them."""
         return dataclasses.replace(self, params=getattr(model, "params", None),
                                    tokenizer=getattr(model, "tokenizer", None))
+
+
+def _take(x: jax.Array, index, copy: bool = False) -> jax.Array:
+    """`x[index]` (ints and slices). An array on one CPU device is indexed as a NumPy view and
+    put back, which compiles nothing: eager indexing compiles a program per shape (30-80 ms on 2
+    cores) and a notebook reads a cache in many shapes. `copy` gives the result its own buffer,
+    so that keeping one layer does not keep the whole stack alive. Elsewhere (accelerators,
+    sharded arrays, under a trace) `x[index]`."""
+    if isinstance(x, jax.core.Tracer) or not isinstance(x, jax.Array):
+        return x[index]
+    devices = x.sharding.device_set
+    if len(devices) != 1 or next(iter(devices)).platform != "cpu":
+        return x[index]
+    view = np.asarray(x)[index]
+    return jax.device_put(np.array(view) if copy else view, x.sharding if x.committed else None)
 
 
 @functools.partial(jax.jit, static_argnames=("n",))
