@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtlens.core.cache_analysis import CacheAnalysis
+from jtlens.core.compilation_cache import quick_jit
 from jtlens.core.config import Config
 from jtlens.core.hooks import ALL_LAYERS, HookNames, split_name
 from jtlens.core.slice import Slice, check_in_bounds
@@ -220,7 +221,7 @@ def _take(x: jax.Array, index, copy: bool = False) -> jax.Array:
     return jax.device_put(np.array(view) if copy else view, x.sharding if x.committed else None)
 
 
-@functools.partial(jax.jit, static_argnames=("n",))
+@functools.partial(quick_jit, static_argnames=("n",))
 def _first_positions(stacked: dict, outer: dict, n: int):
     """One program for every entry (not one per array): position axes cut to n."""
     def cut(name: str, x, batch_axis: int):

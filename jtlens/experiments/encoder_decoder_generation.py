@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtlens.core.checks import ids_in_range
+from jtlens.core.compilation_cache import quick_jit
 from jtlens.core.config import Config
 from jtlens.core.encoder_decoder import EncoderDecoderNames, STACKS, encode, split_hooks
 from jtlens.core.engine import run_model
@@ -65,7 +66,7 @@ def generate_encoder_decoder(params: Params, cfg: Config, tokens, max_new_tokens
     return np.asarray(out)[:, :int(steps) + 1]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "n_new", "start", "options"))
+@functools.partial(quick_jit, static_argnames=("cfg", "n_new", "start", "options"))
 def _generate(params, tokens, mask, key, hooks, *, cfg, n_new, start, options):
     do_sample, temperature, top_k, top_p, freq_penalty, stop, padding = options
     names = EncoderDecoderNames(cfg)

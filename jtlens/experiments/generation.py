@@ -26,6 +26,7 @@ from jtlens.core.config import Config
 from jtlens.core import decode_layout as layout
 from jtlens.core.hooks import Hooks
 from jtlens.core.kv_cache import KeyValueCache, check_decoder
+from jtlens.core.compilation_cache import quick_jit
 from jtlens.core.checks import check_tokens, context_name
 from jtlens.core.forward import forward, forward_with_cache, forward_with_kv
 
@@ -172,12 +173,12 @@ def _on_cpu(params) -> bool:
     return all(d.platform == "cpu" for d in devices)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@functools.partial(quick_jit, static_argnames=("cfg",))
 def _capture(params, tokens, mask, hooks, cfg):
     return forward_with_cache(params, tokens, cfg, hooks, return_type=None, attention_mask=mask)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "options"))
+@functools.partial(quick_jit, static_argnames=("cfg", "options"))
 def _generate(params, prompt, prompt_mask, key, hooks, cfg: Config, options: _Options):
     """-> (tokens [batch, pos + max_new_tokens], number of new tokens actually produced)."""
     o = options

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtlens.report.attention_view import attention_viewer
-from jtlens.core.compilation_cache import bucket
+from jtlens.core.compilation_cache import bucket, quick_jit
 from jtlens.experiments.head_detector import induction_pattern_scores, induction_patterns
 from jtlens.core.forward import context
 from jtlens.core.pieces import unembed
@@ -145,7 +145,7 @@ def _lens_fn(cfg, layers_at_once: int):
         return dict(top=top, top_p=jnp.exp(logp.max(-1)), answer_p=jnp.exp(logp[:, answer]),
                     answer_rank=(logits > a[:, None]).sum(-1), diff=a - logits[:, wrong])
 
-    return jax.jit(lambda params, resids, answer, wrong: jax.lax.map(
+    return quick_jit(lambda params, resids, answer, wrong: jax.lax.map(
         lambda r: one(params, r, answer, wrong), resids, batch_size=layers_at_once))
 
 

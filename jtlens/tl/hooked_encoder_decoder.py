@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jtlens.core import tokens as T
+from jtlens.core.compilation_cache import quick_jit
 from jtlens.core.checks import check_attention_mask, check_tokens
 from jtlens.core.config import Config
 from jtlens.core.encoder_decoder import (EncoderDecoderNames, encoder_decoder_forward,
@@ -26,8 +27,8 @@ from jtlens.experiments.encoder_decoder_generation import generate_encoder_decod
 from jtlens.io.loading import load_no_processing
 
 _STATIC = ("cfg", "return_type", "scan")
-_forward_jit = jax.jit(encoder_decoder_forward, static_argnames=_STATIC)
-_forward_with_cache_jit = jax.jit(encoder_decoder_forward_with_cache, static_argnames=_STATIC)
+_forward_jit = quick_jit(encoder_decoder_forward, static_argnames=_STATIC)
+_forward_with_cache_jit = quick_jit(encoder_decoder_forward_with_cache, static_argnames=_STATIC)
 
 
 _LAYER_WEIGHTS = {**dict.fromkeys(("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"), "attn"),

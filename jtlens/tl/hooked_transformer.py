@@ -18,6 +18,7 @@ import numpy as np
 
 from jtlens.core import cache_analysis as analysis
 from jtlens.core import tokens as T
+from jtlens.core.compilation_cache import quick_jit
 from jtlens.core.checks import check_attention_mask, check_tokens
 from jtlens.core.config import Config
 from jtlens.core.factored_matrix import FactoredMatrix, composition_scores
@@ -34,9 +35,9 @@ from jtlens.core.params import init_params
 from jtlens.core.weights import NO_PROCESSING
 
 _STATIC = ("cfg", "return_type", "loss_per_token", "start_at_layer", "stop_at_layer", "scan")
-_forward_jit = jax.jit(forward, static_argnames=_STATIC)
-_forward_with_cache_jit = jax.jit(forward_with_cache, static_argnames=_STATIC)
-_forward_kv_jit = jax.jit(forward_with_kv, static_argnames=("cfg", "return_type", "loss_per_token"))
+_forward_jit = quick_jit(forward, static_argnames=_STATIC)
+_forward_with_cache_jit = quick_jit(forward_with_cache, static_argnames=_STATIC)
+_forward_kv_jit = quick_jit(forward_with_kv, static_argnames=("cfg", "return_type", "loss_per_token"))
 
 
 class Output(NamedTuple):
