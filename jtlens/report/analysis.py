@@ -109,10 +109,16 @@ def dla_by_position(model, cache, direction, bias=0.0) -> dict:
 
 def logit_direction(model, answer: int, wrong: Optional[int] = None):
     """(W_U column [d_model], b_U entry) of `answer`, or of answer minus `wrong`."""
-    w_u, b_u = model.params["unembed"]["W_U"], model.params["unembed"]["b_U"]
-    cols = [answer] if wrong is None else [answer, wrong]
-    w, b = np.asarray(w_u[:, jnp.asarray(cols)]), np.asarray(b_u[jnp.asarray(cols)])
+    cols = np.asarray([answer] if wrong is None else [answer, wrong], np.int32)
+    w, b = map(np.asarray, _unembed_columns(model.params["unembed"], cols))
     return (w[:, 0], b[0]) if wrong is None else (w[:, 0] - w[:, 1], b[0] - b[1])
+
+
+@quick_jit
+def _unembed_columns(unembed: dict, cols: jax.Array):
+    # one program: indexed eagerly, W_U[:, cols] and b_U[cols] are six (each one loaded from the
+    # compilation cache or compiled in every process)
+    return unembed["W_U"][:, cols], unembed["b_U"][cols]
 
 
 def direct_logit_attribution(model, cache, target: int) -> dict:
@@ -257,7 +263,7 @@ def analyze(model, text: str, *, top_k: int = 5, n_neurons: int = 5, truncate: b
     ids = np.asarray(tokens)[0]
     skip = int(not include_bos and len(ids) > 1 and int(ids[0]) == bos_id(model.tokenizer))
     a: Analysis = dict(
-        text=text, model_name=cfg.model_name, str_tokens=model.to_str_tokens(tokens[0]),
+        text=text, model_name=cfg.model_name, str_tokens=model.to_str_tokens(ids),
         tokens=ids, n_text_tokens=max(n_text_tokens, len(ids)), skip=skip, top_ids=top_ids,
         top_probs=np.take_along_axis(probs, top_ids, -1),
         loss=_next_token_loss(last, ids),
