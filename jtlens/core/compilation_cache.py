@@ -35,15 +35,24 @@ MIN_COMPILE_SECONDS = 0.0
 _QUICK = {"xla_cpu_use_fusion_emitters": False}
 
 
-@functools.lru_cache(maxsize=1)
-def quick_compile_options() -> dict:
-    """`compiler_options` that make XLA compile sooner at the same run time ({} where this jax
-    or XLA does not know them; other backends ignore them)."""
+def known_compiler_options(options: dict) -> dict:
+    """`options` for `jax.jit(compiler_options=...)` where this jax and XLA accept them, else {}
+    (probed once per set on the default backend; other backends ignore `xla_cpu_*` ones)."""
+    return dict(_accepted(tuple(sorted(options.items()))))
+
+
+@functools.lru_cache(maxsize=None)
+def _accepted(options: tuple) -> tuple:
     try:
-        jax.jit(lambda x: x + 1, compiler_options=_QUICK).lower(1.0).compile()
-    except Exception:  # an older jax (no compiler_options) or an XLA without the option
-        return {}
-    return dict(_QUICK)
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(1.0).compile()
+    except Exception:  # an older jax (no compiler_options) or an XLA without an option
+        return ()
+    return options
+
+
+def quick_compile_options() -> dict:
+    """`compiler_options` that make XLA compile sooner at the same run time ({} where unknown)."""
+    return known_compiler_options(_QUICK)
 
 
 class quick_jit:

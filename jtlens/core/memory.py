@@ -6,7 +6,7 @@ from __future__ import annotations
 import ctypes
 import functools
 
-import jax
+from jtlens.core.compilation_cache import known_compiler_options
 
 
 @functools.lru_cache(maxsize=1)
@@ -32,12 +32,7 @@ def release_freed_memory() -> None:
 _LEAN = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
-@functools.lru_cache(maxsize=1)
 def lean_compiler_options() -> dict:
     """`compiler_options` for `jax.jit` of a memory-bound program ({} where this jax or XLA does
     not know them; other backends ignore them)."""
-    try:
-        jax.jit(lambda x: x + 1, compiler_options=_LEAN).lower(1.0).compile()
-    except Exception:  # an older jax (no compiler_options) or an XLA without the option
-        return {}
-    return dict(_LEAN)
+    return known_compiler_options(_LEAN)

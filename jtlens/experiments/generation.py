@@ -26,8 +26,8 @@ from jtlens.core.config import Config
 from jtlens.core import decode_layout as layout
 from jtlens.core.hooks import Hooks
 from jtlens.core.kv_cache import KeyValueCache, check_decoder
-from jtlens.core.compilation_cache import quick_jit
 from jtlens.core.checks import check_tokens, context_name
+from jtlens.core.compilation_cache import quick_jit
 from jtlens.core.forward import forward, forward_with_cache, forward_with_kv
 
 # The decode layout saves about 20 ms a step (GPT-2-small, batch 1, 2 cores: 43 -> 22-26 ms) and
